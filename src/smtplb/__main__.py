@@ -1,0 +1,3 @@
+from smtplb.cli import main
+
+main()

@@ -1,0 +1,119 @@
+"""Member health from real traffic (passive checks): a small state machine.
+
+Theory of operation (Envoy outlier detection + a circuit breaker):
+
+- ``up``: traffic flows. Each local-origin failure (refused, timeout, TLS,
+  dropped) adds to a consecutive count; a success resets it. At ``fall``
+  consecutive failures the member is *ejected*.
+- ``ejected``: no traffic until ``base_ejection × ejections`` (capped at
+  ``max_ejection``) has passed; then ``half_open``.
+- ``half_open``: at most ``probe_limit`` deliveries at once go through as
+  probes. A success closes the circuit (``up``); a failure ejects again, for
+  longer. The ejection count decays after a member stays up for a while.
+
+Time is injected: every method takes ``now`` (monotonic seconds).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class HealthState(enum.Enum):
+    UP = "up"
+    EJECTED = "ejected"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(slots=True)
+class Transition:
+    """A state change worth a log record (``member_down``, ``member_up``, …)."""
+
+    event: str
+    reason: str
+
+
+class PassiveHealth:
+    def __init__(
+        self,
+        *,
+        fall: int = 3,
+        base_ejection: float = 10.0,
+        max_ejection: float = 300.0,
+        probe_limit: int = 1,
+    ) -> None:
+        self.fall = fall
+        self.base_ejection = base_ejection
+        self.max_ejection = max_ejection
+        self.probe_limit = probe_limit
+        self.state = HealthState.UP
+        self.consecutive_failures = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
+        self.up_since = 0.0
+        self.probes = 0
+        self.last_reason = ""
+
+    def _refresh(self, now: float) -> None:
+        if self.state is HealthState.EJECTED and now >= self.ejected_until:
+            self.state = HealthState.HALF_OPEN
+            self.probes = 0
+        elif (
+            self.state is HealthState.UP
+            and self.ejections
+            and now - self.up_since >= self.max_ejection
+        ):
+            self.ejections = 0  # stayed healthy long enough: forgive earlier ejections
+
+    def available(self, now: float) -> bool:
+        """May a new delivery start on this member now?"""
+        self._refresh(now)
+        if self.state is HealthState.UP:
+            return True
+        if self.state is HealthState.HALF_OPEN:
+            return self.probes < self.probe_limit
+        return False
+
+    def started(self, now: float) -> None:
+        """A delivery starts (counts as a probe while half-open)."""
+        self._refresh(now)
+        if self.state is HealthState.HALF_OPEN:
+            self.probes += 1
+
+    def success(self, now: float) -> Transition | None:
+        self.consecutive_failures = 0
+        if self.state is not HealthState.UP:
+            self.state = HealthState.UP
+            self.up_since = now
+            self.probes = 0
+            return Transition("member_up", "delivery succeeded")
+        return None
+
+    def failure(self, now: float, reason: str) -> Transition | None:
+        self._refresh(now)
+        self.last_reason = reason
+        self.consecutive_failures += 1
+        if self.state is HealthState.HALF_OPEN or (
+            self.state is HealthState.UP and self.consecutive_failures >= self.fall
+        ):
+            return self._eject(now, reason)
+        return None
+
+    def _eject(self, now: float, reason: str) -> Transition:
+        self.ejections += 1
+        duration = min(self.max_ejection, self.base_ejection * self.ejections)
+        self.state = HealthState.EJECTED
+        self.ejected_until = now + duration
+        self.probes = 0
+        return Transition(
+            "member_ejected",
+            f"{self.consecutive_failures} consecutive failures ({reason}); "
+            f"ejected for {duration:g}s",
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"PassiveHealth({self.state.value}, failures={self.consecutive_failures}, "
+            f"ejections={self.ejections})"
+        )

@@ -1,0 +1,391 @@
+"""The ``smtplb`` command (SPEC §3.1). Commands that talk to a running service
+use its HTTP API (``--api URL``, default from the config's ``[http] listen``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import smtplib
+import sys
+import time
+import urllib.error
+import urllib.request
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import click
+
+from smtplb.config import Config, ConfigError, load_config, parse_hostport
+
+CONFIG_OPTION = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Config file (TOML). Default: ./smtplb.toml if present, else built-in defaults.",
+)
+
+
+def _config(config_path: Path | None) -> Config:
+    if config_path is None and Path("smtplb.toml").is_file():
+        config_path = Path("smtplb.toml")
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(f"config error: {line}", err=True)
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="smtplb")
+def main() -> None:
+    """smtplb: an outbound SMTP load balancer and smart relay."""
+
+
+@main.command()
+@CONFIG_OPTION
+def run(config_path: Path | None) -> None:
+    """Run the service in the foreground (SIGTERM drains, SIGHUP reloads)."""
+    from smtplb.service import Service
+
+    config = _config(config_path)
+    logging.basicConfig(
+        level=getattr(logging, config.log.level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _install_uvloop()
+    resolved = config_path or (Path("smtplb.toml") if Path("smtplb.toml").is_file() else None)
+    service = Service(config, resolved)
+    try:
+        asyncio.run(service.run_forever())
+    except OSError as exc:
+        click.echo(f"smtplb: cannot start: {exc}", err=True)
+        sys.exit(1)
+
+
+def _install_uvloop() -> None:
+    if os.environ.get("SMTPLB_NO_UVLOOP"):
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+@main.command()
+@CONFIG_OPTION
+def check(config_path: Path | None) -> None:
+    """Validate a config: exit 0 when usable, else 1 naming each key and problem."""
+    config = _config(config_path)
+    pools = ", ".join(f"{p.name} ({p.strategy}, {len(p.members)} members)" for p in config.pools)
+    click.echo(f"config ok: pools {pools}; {len(config.routes)} routes")
+
+
+@main.command()
+@click.option("--from", "sender", required=True, help='Envelope sender ("" for <>).')
+@click.option("--to", "recipients", required=True, multiple=True, help="Recipient (repeatable).")
+@click.option("--subject", default="Test message from smtplb")
+@click.option("--body", default=None, help="Body text.")
+@click.option(
+    "--file",
+    "eml",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A whole RFC 5322 message to send instead of --subject/--body.",
+)
+@click.option("--server", default=None, help="HOST:PORT (default: the config's first listener).")
+@CONFIG_OPTION
+def send(
+    sender: str,
+    recipients: tuple[str, ...],
+    subject: str,
+    body: str | None,
+    eml: Path | None,
+    server: str | None,
+    config_path: Path | None,
+) -> None:
+    """Submit a message over SMTP."""
+    if server is None:
+        server = _config(config_path).smtp.listen[0]
+    host, port = parse_hostport(server)
+    if eml is not None:
+        data = eml.read_bytes()
+    else:
+        msg = EmailMessage()
+        msg["From"] = sender or "MAILER-DAEMON"
+        msg["To"] = ", ".join(recipients)
+        msg["Subject"] = subject
+        msg.set_content(body if body is not None else "Sent with smtplb send.\n")
+        data = msg.as_bytes()
+    try:
+        with smtplib.SMTP(host, port, timeout=30) as client:
+            client.ehlo()
+            code, text = client.mail(sender)
+            if code != 250:
+                raise smtplib.SMTPSenderRefused(code, text, sender)
+            refused = {}
+            for rcpt in recipients:
+                code, text = client.rcpt(rcpt)
+                if code not in (250, 251):
+                    refused[rcpt] = (code, text)
+            if len(refused) == len(recipients):
+                raise smtplib.SMTPRecipientsRefused(refused)  # type: ignore[arg-type]
+            code, text = client.data(data)
+            if code != 250:
+                raise smtplib.SMTPDataError(code, text)
+    except (smtplib.SMTPException, OSError) as exc:
+        click.echo(f"send failed: {exc}", err=True)
+        sys.exit(1)
+    for rcpt, (code, text) in refused.items():
+        click.echo(f"refused {rcpt}: {code} {text.decode(errors='replace')}", err=True)
+    click.echo(text.decode(errors="replace"))
+
+
+# -- API client ----------------------------------------------------------------------
+
+
+class Api:
+    def __init__(self, url: str, key: str | None) -> None:
+        self.url = url.rstrip("/")
+        self.key = key
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.key:
+            req.add_header("Authorization", f"Bearer {self.key}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            try:
+                detail = json.loads(exc.read())
+                text = f"{detail.get('title', exc.reason)}: {detail.get('detail', '')}".rstrip(": ")
+            except ValueError:
+                text = str(exc.reason)
+            click.echo(f"error {exc.code}: {text}", err=True)
+            sys.exit(1)
+        except urllib.error.URLError as exc:
+            click.echo(f"cannot reach the smtplb API at {self.url}: {exc.reason}", err=True)
+            sys.exit(1)
+
+
+API_OPTIONS = [
+    click.option("--api", "api_url", default=None, help="API base URL (default from config)."),
+    click.option(
+        "--api-key",
+        envvar="SMTPLB_API_KEY",
+        default=None,
+        help="API key (default: $SMTPLB_API_KEY or the config's first key).",
+    ),
+    CONFIG_OPTION,
+]
+
+
+def api_options(f: Any) -> Any:
+    for option in reversed(API_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _api(api_url: str | None, api_key: str | None, config_path: Path | None) -> Api:
+    if api_url is None or api_key is None:
+        config = _config(config_path)
+        if api_url is None:
+            host, port = parse_hostport(config.http.listen)
+            api_url = f"http://{host}:{port}"
+        if api_key is None and config.http.api_keys:
+            api_key = config.http.api_keys[0]
+    return Api(api_url, api_key)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@main.group()
+def queue() -> None:
+    """Inspect and manage the queue."""
+
+
+@queue.command("list")
+@click.option("--state", default=None, help="Only messages with a recipient in this state.")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@api_options
+def queue_list(
+    state: str | None,
+    limit: int,
+    as_json: bool,
+    api_url: str | None,
+    api_key: str | None,
+    config_path: Path | None,
+) -> None:
+    """List messages, newest first."""
+    path = f"/api/v1/queue?limit={limit}" + (f"&state={state}" if state else "")
+    data = _api(api_url, api_key, config_path).call("GET", path)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    now = time.time()
+    click.echo(f"{'QUEUE ID':<22}{'AGE':>6}  {'SENDER':<30} RECIPIENTS")
+    for m in data["messages"]:
+        rcpts = ", ".join(f"{r['address']} ({r['state']})" for r in m["recipients"])
+        sender = m["sender"] or "<>"
+        click.echo(f"{m['queue_id']:<22}{_age(now - m['received_at']):>6}  {sender:<30} {rcpts}")
+
+
+@queue.command("show")
+@click.argument("queue_id")
+@click.option("--json", "as_json", is_flag=True)
+@api_options
+def queue_show(
+    queue_id: str, as_json: bool, api_url: str | None, api_key: str | None, config_path: Path | None
+) -> None:
+    """Show one message: each recipient's state, member and last reply."""
+    m = _api(api_url, api_key, config_path).call("GET", f"/api/v1/queue/{queue_id}")
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        return
+    click.echo(f"queue id:    {m['queue_id']}")
+    click.echo(f"message-id:  {m['message_id']}")
+    click.echo(f"sender:      {m['sender'] or '<>'}")
+    click.echo(f"size:        {m['size']} bytes   class: {m['content_class']}")
+    click.echo(f"received:    {time.ctime(m['received_at'])}")
+    click.echo(f"expires:     {time.ctime(m['expires_at'])}")
+    for r in m["recipients"]:
+        click.echo(f"  {r['address']}: {r['state']}, pool {r['pool']}, attempts {r['attempts']}")
+        if r["member"]:
+            click.echo(f"    last member: {r['member']}")
+        if r["last_code"]:
+            click.echo(
+                f"    last reply: {r['last_code']} {r['last_enhanced'] or ''} {r['last_response']}"
+            )
+        if r["state"] == "deferred":
+            click.echo(f"    next attempt: {time.ctime(r['next_attempt'])}")
+
+
+@queue.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+@api_options
+def queue_stats(
+    as_json: bool, api_url: str | None, api_key: str | None, config_path: Path | None
+) -> None:
+    """Recipients by state, and the age of the oldest in each."""
+    data = _api(api_url, api_key, config_path).call("GET", "/api/v1/queue?limit=0")
+    if as_json:
+        click.echo(json.dumps({"stats": data["stats"], "oldest_age": data["oldest_age"]}))
+        return
+    for state, count in data["stats"].items():
+        age = data["oldest_age"].get(state)
+        click.echo(f"{state:<12}{count:>10}" + (f"   oldest {_age(age)}" if age else ""))
+
+
+@queue.command("retry")
+@click.argument("queue_id", required=False)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every deferred message now.")
+@api_options
+def queue_retry(
+    queue_id: str | None,
+    retry_all: bool,
+    api_url: str | None,
+    api_key: str | None,
+    config_path: Path | None,
+) -> None:
+    """Make a deferred message (or all with --all) due now."""
+    if (queue_id is None) == (not retry_all):
+        raise click.UsageError("give a QUEUE_ID or --all")
+    path = "/api/v1/queue/retry" if retry_all else f"/api/v1/queue/{queue_id}/retry"
+    data = _api(api_url, api_key, config_path).call("POST", path)
+    click.echo(f"{data['retried']} recipients due now")
+
+
+@queue.command("delete")
+@click.argument("queue_id")
+@api_options
+def queue_delete(
+    queue_id: str, api_url: str | None, api_key: str | None, config_path: Path | None
+) -> None:
+    """Remove a message from the queue."""
+    _api(api_url, api_key, config_path).call("DELETE", f"/api/v1/queue/{queue_id}")
+    click.echo(f"deleted {queue_id}")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def members(ctx: click.Context) -> None:
+    """List, pause and resume members."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(members_list)
+
+
+@members.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@api_options
+def members_list(
+    as_json: bool = False,
+    api_url: str | None = None,
+    api_key: str | None = None,
+    config_path: Path | None = None,
+) -> None:
+    """Every member with health, load and counters."""
+    data = _api(api_url, api_key, config_path).call("GET", "/api/v1/members")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(
+        f"{'MEMBER':<16}{'POOL':<12}{'HEALTH':<11}{'ACTIVE':>7}{'DELIVERED':>11}"
+        f"{'DEFERRED':>10}{'BOUNCED':>9}{'FAILURES':>10}  TARGET"
+    )
+    for m in data["members"]:
+        click.echo(
+            f"{m['name']:<16}{m['pool']:<12}{m['health']:<11}{m['active']:>7}"
+            f"{m['delivered']:>11}{m['deferred']:>10}{m['bounced']:>9}"
+            f"{m['failures']:>10}  {m['target']}"
+        )
+
+
+@members.command("pause")
+@click.argument("name")
+@api_options
+def members_pause(
+    name: str, api_url: str | None, api_key: str | None, config_path: Path | None
+) -> None:
+    """Stop new traffic to NAME (survives restarts)."""
+    _api(api_url, api_key, config_path).call("POST", f"/api/v1/members/{name}/pause")
+    click.echo(f"{name} paused")
+
+
+@members.command("resume")
+@click.argument("name")
+@api_options
+def members_resume(
+    name: str, api_url: str | None, api_key: str | None, config_path: Path | None
+) -> None:
+    """Let NAME take traffic again."""
+    _api(api_url, api_key, config_path).call("POST", f"/api/v1/members/{name}/resume")
+    click.echo(f"{name} resumed")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sink(args: tuple[str, ...]) -> None:
+    """A smart sink for tests and demos: `smtplb sink --listen ADDR [--profile FILE]`."""
+    from smtplb.sink.server import main as sink_main
+
+    sys.exit(sink_main(list(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,399 @@
+"""Configuration: the TOML file of SPEC §3.2, parsed and validated.
+
+Every user error becomes a :class:`ConfigError` whose lines each name the key
+path and the problem, e.g. ``pools[0].strategy: unknown strategy 'x'
+(expected one of round_robin, weighted, …)``. Never a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from smtplb.units import Duration, Size
+
+STRATEGIES = ("round_robin", "weighted", "least_connections", "latency", "hash", "failover")
+HASH_KEYS = ("recipient_domain", "sender_domain", "client_ip", "sender")
+TLS_MODES = ("opportunistic", "required", "none")
+PRIORITIES = {"high": 0, "normal": 1, "low": 2}
+CONTENT_CLASSES = ("transactional", "marketing", "bulk")
+ROUTE_MATCH_KEYS = (
+    "sender",
+    "sender_domain",
+    "recipient",
+    "recipient_domain",
+    "auth_user",
+    "client_ip",
+    "header",
+    "class",
+)
+SUPPRESSION_ACTIONS = ("reject", "drop")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Struct(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class UserConfig(_Struct):
+    name: str
+    password_hash: str
+
+
+class SmtpConfig(_Struct):
+    listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:2525"])
+    relay_networks: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    max_message_size: Size = Size(25_000_000)
+    max_recipients: int = 100
+    max_line_length: int = 1000
+    max_errors: int = 10
+    max_connections_per_client: int = 50
+    idle_timeout: Duration = Duration(300)
+    data_timeout: Duration = Duration(600)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    require_auth: bool = False
+    auth_without_tls: bool = False
+    users: list[UserConfig] = msgspec.field(default_factory=list)
+    reuse_port: bool = False
+
+
+class HttpConfig(_Struct):
+    listen: str = "127.0.0.1:8025"
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    public_read: bool = True
+
+
+class MemberConfig(_Struct):
+    name: str
+    relay: str | None = None
+    source_ip: str | None = None
+    ehlo: str | None = None
+    weight: int = 1
+    max_connections: int = 10
+    max_messages_per_connection: int = 100
+    tls: str = "opportunistic"
+    implicit_tls: bool = False
+    tls_verify: bool = False
+    username: str | None = None
+    password: str | None = None
+    warmup: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "relay" if self.relay is not None else "egress"
+
+    def __repr__(self) -> str:  # never show the password
+        target = self.relay if self.relay is not None else f"egress {self.source_ip}"
+        return f"MemberConfig({self.name!r}, {target}, weight={self.weight})"
+
+
+class PoolConfig(_Struct):
+    name: str
+    strategy: str = "round_robin"
+    hash_key: str = "recipient_domain"
+    hash_balance_factor: float = 1.25
+    members: list[MemberConfig] = msgspec.field(default_factory=list)
+
+
+class RouteConfig(_Struct):
+    pool: str
+    match: dict[str, str | list[str]] = msgspec.field(default_factory=dict)
+    priority: str | None = None
+    content_class: str | None = msgspec.field(name="class", default=None)
+
+
+class HealthConfig(_Struct):
+    interval: Duration = Duration(2)
+    timeout: Duration = Duration(5)
+    rise: int = 2
+    fall: int = 3
+    slow_start: Duration = Duration(30)
+
+
+class DeliveryConfig(_Struct):
+    retry_base: Duration = Duration(60)
+    retry_max: Duration = Duration(3600)
+    retry_jitter: float = 0.2
+    max_lifetime: Duration = Duration(5 * 86400)
+    connect_timeout: Duration = Duration(30)
+    command_timeout: Duration = Duration(60)
+    data_timeout: Duration = Duration(300)
+    connection_idle: Duration = Duration(10)
+    max_in_flight: int = 2000
+    bounce_sender: str = ""
+
+
+class LogConfig(_Struct):
+    delivery_log_max_size: Size = Size(100_000_000)
+    delivery_log_keep: int = 5
+    level: str = "info"
+
+
+class ClusterConfig(_Struct):
+    redis: str | None = None
+
+
+class Config(_Struct):
+    data_dir: str = "var"
+    hostname: str = msgspec.field(default_factory=socket.getfqdn)
+    smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    pools: list[PoolConfig] = msgspec.field(default_factory=list)
+    routes: list[RouteConfig] = msgspec.field(default_factory=list)
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
+    static_routes: dict[str, str] = msgspec.field(default_factory=dict)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+    @property
+    def members(self) -> list[MemberConfig]:
+        return [m for p in self.pools for m in p.members]
+
+
+def default_pools() -> list[PoolConfig]:
+    """Built-in default: deliver straight to the MX from the default source address."""
+    return [
+        PoolConfig(
+            name="default",
+            members=[MemberConfig(name="direct", source_ip="0.0.0.0", max_connections=20)],
+        )
+    ]
+
+
+def _dec_hook(tp: type, obj: object) -> object:
+    if tp is Duration:
+        return Duration.parse(obj)
+    if tp is Size:
+        return Size.parse(obj)
+    raise NotImplementedError
+
+
+_MSGSPEC_PATH = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+
+
+def _format_msgspec_error(err: msgspec.ValidationError) -> str:
+    m = _MSGSPEC_PATH.match(str(err))
+    if not m:
+        return str(err)
+    path = m.group("path").lstrip(".")
+    msg = m.group("msg")
+    unknown = re.match(r"Object contains unknown field `(.+)`", msg)
+    if unknown:
+        key = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+        return f"{key}: unknown key"
+    missing = re.match(r"Object missing required field `(.+)`", msg)
+    if missing:
+        key = f"{path}.{missing.group(1)}" if path else missing.group(1)
+        return f"{key}: required key is missing"
+    return f"{path or '(top level)'}: {msg[0].lower()}{msg[1:]}"
+
+
+def parse_hostport(value: str, *, default_host: str | None = None) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` → (host, port); ValueError when malformed."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        if default_host is None:
+            raise ValueError(f"expected host:port, got {value!r}")
+        host, port_text = default_host, value
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"expected host:port with a port from 1 to 65535, got {value!r}")
+    return host, int(port_text)
+
+
+def _validate(cfg: Config) -> list[str]:
+    problems: list[str] = []
+
+    def check(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            problems.append(f"{key}: {message}")
+
+    for i, addr in enumerate(cfg.smtp.listen):
+        try:
+            parse_hostport(addr)
+        except ValueError as exc:
+            problems.append(f"smtp.listen[{i}]: {exc}")
+    for i, net in enumerate(cfg.smtp.relay_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"smtp.relay_networks[{i}]: not an IP network: {net!r}")
+    check(cfg.smtp.max_recipients >= 1, "smtp.max_recipients", "must be at least 1")
+    check(cfg.smtp.max_line_length >= 512, "smtp.max_line_length", "must be at least 512")
+    check(cfg.smtp.max_message_size >= 1024, "smtp.max_message_size", "must be at least 1KB")
+    check(
+        (cfg.smtp.tls_cert is None) == (cfg.smtp.tls_key is None),
+        "smtp.tls_cert",
+        "tls_cert and tls_key go together",
+    )
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(cfg.smtp, key)
+        check(path is None or Path(path).is_file(), f"smtp.{key}", f"no such file: {path!r}")
+    if cfg.smtp.auth_without_tls:
+        loopback = all(_is_loopback(a) for a in cfg.smtp.listen)
+        check(
+            loopback,
+            "smtp.auth_without_tls",
+            "allowed only when every smtp.listen address is loopback",
+        )
+    check(
+        not cfg.smtp.require_auth or bool(cfg.smtp.users),
+        "smtp.require_auth",
+        "needs at least one entry in smtp.users",
+    )
+    try:
+        parse_hostport(cfg.http.listen)
+    except ValueError as exc:
+        problems.append(f"http.listen: {exc}")
+
+    pool_names: set[str] = set()
+    member_names: set[str] = set()
+    check(bool(cfg.pools), "pools", "at least one pool is needed")
+    for i, pool in enumerate(cfg.pools):
+        at = f"pools[{i}]"
+        check(pool.name not in pool_names, f"{at}.name", f"duplicate pool name {pool.name!r}")
+        pool_names.add(pool.name)
+        check(
+            pool.strategy in STRATEGIES,
+            f"{at}.strategy",
+            f"unknown strategy {pool.strategy!r} (expected one of {', '.join(STRATEGIES)})",
+        )
+        check(
+            pool.hash_key in HASH_KEYS,
+            f"{at}.hash_key",
+            f"unknown hash key {pool.hash_key!r} (expected one of {', '.join(HASH_KEYS)})",
+        )
+        check(pool.hash_balance_factor > 1.0, f"{at}.hash_balance_factor", "must be above 1.0")
+        check(bool(pool.members), f"{at}.members", "a pool needs at least one member")
+        for j, member in enumerate(pool.members):
+            problems.extend(_validate_member(member, f"{at}.members[{j}]", member_names))
+
+    for i, route in enumerate(cfg.routes):
+        at = f"routes[{i}]"
+        check(route.pool in pool_names, f"{at}.pool", f"no pool named {route.pool!r}")
+        for key in route.match:
+            check(
+                key in ROUTE_MATCH_KEYS,
+                f"{at}.match.{key}",
+                f"unknown match key (expected one of {', '.join(ROUTE_MATCH_KEYS)})",
+            )
+        check(
+            route.priority is None or route.priority in PRIORITIES,
+            f"{at}.priority",
+            f"expected one of {', '.join(PRIORITIES)}",
+        )
+        check(
+            route.content_class is None or route.content_class in CONTENT_CLASSES,
+            f"{at}.class",
+            f"expected one of {', '.join(CONTENT_CLASSES)}",
+        )
+
+    h = cfg.health
+    check(h.rise >= 1, "health.rise", "must be at least 1")
+    check(h.fall >= 1, "health.fall", "must be at least 1")
+    check(h.interval > 0, "health.interval", "must be above 0s")
+    check(h.timeout > 0, "health.timeout", "must be above 0s")
+    d = cfg.delivery
+    check(d.retry_base > 0, "delivery.retry_base", "must be above 0s")
+    check(d.retry_max >= d.retry_base, "delivery.retry_max", "must be at least retry_base")
+    check(0 <= d.retry_jitter < 1, "delivery.retry_jitter", "must be from 0 to below 1")
+    check(d.max_lifetime > 0, "delivery.max_lifetime", "must be above 0s")
+    check(d.max_in_flight >= 1, "delivery.max_in_flight", "must be at least 1")
+    for domain, target in cfg.static_routes.items():
+        try:
+            parse_hostport(target)
+        except ValueError as exc:
+            problems.append(f"static_routes.{domain}: {exc}")
+    check(
+        cfg.log.level in ("debug", "info", "warning", "error"),
+        "log.level",
+        "expected one of debug, info, warning, error",
+    )
+    return problems
+
+
+def _validate_member(member: MemberConfig, at: str, seen: set[str]) -> list[str]:
+    problems: list[str] = []
+    if member.name in seen:
+        problems.append(f"{at}.name: duplicate member name {member.name!r}")
+    seen.add(member.name)
+    if (member.relay is None) == (member.source_ip is None):
+        problems.append(f"{at}: set exactly one of relay (host:port) or source_ip")
+    if member.relay is not None:
+        try:
+            parse_hostport(member.relay)
+        except ValueError as exc:
+            problems.append(f"{at}.relay: {exc}")
+    if member.source_ip is not None:
+        try:
+            ipaddress.ip_address(member.source_ip)
+        except ValueError:
+            problems.append(f"{at}.source_ip: not an IP address: {member.source_ip!r}")
+    if member.weight < 1:
+        problems.append(f"{at}.weight: must be at least 1")
+    if member.max_connections < 1:
+        problems.append(f"{at}.max_connections: must be at least 1")
+    if member.max_messages_per_connection < 1:
+        problems.append(f"{at}.max_messages_per_connection: must be at least 1")
+    if member.tls not in TLS_MODES:
+        problems.append(
+            f"{at}.tls: unknown mode {member.tls!r} (expected one of {', '.join(TLS_MODES)})"
+        )
+    if (member.username is None) != (member.password is None):
+        problems.append(f"{at}.username: username and password go together")
+    return problems
+
+
+def _is_loopback(listen: str) -> bool:
+    try:
+        host, _ = parse_hostport(listen)
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Build a validated :class:`Config` from TOML data; raise :class:`ConfigError`."""
+    try:
+        cfg = msgspec.convert(data, Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError([_format_msgspec_error(exc)]) from None
+    if not cfg.pools and "pools" not in data:
+        cfg.pools = default_pools()
+    problems = _validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read ``path`` (or built-in defaults when None); raise :class:`ConfigError`."""
+    if path is None:
+        return parse_config({})
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: not UTF-8 text"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{p}: not valid TOML: {exc}"]) from None
+    return parse_config(data)

@@ -1,0 +1,556 @@
+"""The dispatcher: from claimed spool work to deliveries on members, and back.
+
+Theory of operation. Work enters as :class:`ClaimedMessage` (straight from
+intake while there is room in memory, else claimed from the spool by the
+feeder). Each message is split into :class:`Job` s, one per (pool, recipient
+domain), and queued on its pool's priority lane. The pump hands lane heads to
+members: highest lane first; a member is asked for only when it is available
+(not paused, not ejected) and has a free connection slot; the pool's strategy
+picks among those. A job whose untried members are all unavailable is deferred
+to the spool; one whose members are merely busy waits in its lane.
+
+A delivery that fails for a connection-level reason goes straight back to the
+front of its lane, with the failed member excluded, without counting an
+attempt (immediate failover). Replies decide each recipient: 2xx delivered,
+4xx deferred with backoff (expired past the queue lifetime), 5xx bounced.
+Bounced and expired recipients get a DSN through ``on_bounce``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from smtplb.balancing import PickRequest, Strategy
+from smtplb.config import PoolConfig
+from smtplb.delivery.connection import ConnectError
+from smtplb.delivery.dsn import FailedRecipient, diagnostic
+from smtplb.delivery.member import Member
+from smtplb.delivery.mx import MxResolver, ResolveError
+from smtplb.delivery.outcome import RetrySchedule, transaction_outcomes
+from smtplb.model import RecipientState, Reply, domain_of
+from smtplb.observability.delivery_log import DeliveryLog
+from smtplb.spool.base import (
+    ClaimedMessage,
+    ClaimedRecipient,
+    ExpiredRecipient,
+    RecipientResult,
+    Spool,
+)
+
+log = logging.getLogger("smtplb.delivery")
+
+LANES = 3  # 0 high, 1 normal, 2 low
+
+
+@dataclass(slots=True)
+class Job:
+    message: ClaimedMessage
+    recipients: list[ClaimedRecipient]
+    pool: str
+    priority: int
+    domain: str
+    tried: set[str] = field(default_factory=set)
+
+    def __repr__(self) -> str:
+        return (
+            f"Job({self.message.queue_id}, {len(self.recipients)} rcpt @{self.domain}, "
+            f"pool={self.pool}, tried={sorted(self.tried)})"
+        )
+
+
+@dataclass(slots=True)
+class PoolRuntime:
+    config: PoolConfig
+    members: list[Member]
+    strategy: Strategy
+    lanes: tuple[deque[Job], ...] = field(default_factory=lambda: tuple(deque() for _ in range(3)))
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def waiting(self) -> int:
+        return sum(len(lane) for lane in self.lanes)
+
+
+@dataclass(frozen=True, slots=True)
+class BounceNotice:
+    """Recipients of one message that failed for good, for a DSN."""
+
+    queue_id: str
+    sender: str
+    content: bytes
+    received_at: float
+    recipients: list[FailedRecipient]
+    expired: bool
+
+
+BounceHandler = Callable[[BounceNotice], Awaitable[None]]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        spool: Spool,
+        pools: dict[str, PoolRuntime],
+        resolver: MxResolver,
+        delivery_log: DeliveryLog,
+        schedule: RetrySchedule,
+        max_in_flight: int = 2000,
+        sweep_interval: float = 30.0,
+        on_bounce: BounceHandler | None = None,
+    ) -> None:
+        self.spool = spool
+        self.pools = pools
+        self.resolver = resolver
+        self.log = delivery_log
+        self.schedule = schedule
+        self.max_in_flight = max_in_flight
+        self.sweep_interval = sweep_interval
+        self.on_bounce = on_bounce
+        self.held = 0  # recipients in memory: in lanes or being delivered
+        self.active = 0  # deliveries in progress
+        self._pending_results: list[RecipientResult] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._pump_scheduled = False
+        self._feed = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._running = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rng = random.Random()
+
+    # -- intake side ---------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        return self.held < self.max_in_flight
+
+    def submit(self, message: ClaimedMessage) -> None:
+        """Queue a claimed message's recipients (all INFLIGHT in the spool) for delivery."""
+        groups: dict[tuple[str, int, str], list[ClaimedRecipient]] = {}
+        for rcpt in message.recipients:
+            key = (rcpt.pool, min(max(rcpt.priority, 0), LANES - 1), domain_of(rcpt.address))
+            groups.setdefault(key, []).append(rcpt)
+        for (pool_name, priority, domain), rcpts in groups.items():
+            self.held += len(rcpts)
+            job = Job(message, rcpts, pool_name, priority, domain)
+            pool = self.pools.get(pool_name)
+            if pool is None:  # the pool was removed by a reload: defer, never drop
+                self._defer(job, Reply(451, "4.3.5", f"no pool named {pool_name!r}"), "")
+                continue
+            pool.lanes[priority].append(job)
+        self._schedule_pump()
+
+    # -- the pump ------------------------------------------------------------------
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        now = time.monotonic()
+        for pool in self.pools.values():
+            self._pump_pool(pool, now)
+
+    def _pump_pool(self, pool: PoolRuntime, now: float) -> None:
+        for lane in pool.lanes:
+            while lane:
+                job = lane[0]
+                untried = [m for m in pool.members if m.name not in job.tried]
+                available = [m for m in untried if m.available(now)]
+                if not available:
+                    lane.popleft()
+                    self._defer(job, self._no_member_reply(pool, job), "")
+                    continue
+                eligible = [m for m in available if m.has_capacity()]
+                if not eligible:
+                    return  # busy: this lane and the lower ones wait for a free slot
+                member = pool.strategy.pick(eligible, self._pick_request(job))
+                if member is None:
+                    return
+                lane.popleft()
+                self._start(job, member, now)
+
+    @staticmethod
+    def _pick_request(job: Job) -> PickRequest:
+        return PickRequest(
+            recipient_domain=job.domain,
+            sender_domain=domain_of(job.message.sender),
+            sender=job.message.sender.lower(),
+        )
+
+    @staticmethod
+    def _no_member_reply(pool: PoolRuntime, job: Job) -> Reply:
+        reasons = []
+        for m in pool.members:
+            if m.name in job.tried:
+                reasons.append(f"{m.name}: failed this attempt")
+            elif m.paused:
+                reasons.append(f"{m.name}: paused")
+            else:
+                reasons.append(f"{m.name}: {m.health.state.value}")
+        return Reply(451, "4.4.1", "no member available (" + "; ".join(reasons) + ")")
+
+    def _start(self, job: Job, member: Member, now: float) -> None:
+        member.active += 1
+        member.health.started(now)
+        self.active += 1
+        self._idle.clear()
+        task = asyncio.get_running_loop().create_task(self._deliver(job, member))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- one delivery --------------------------------------------------------------
+
+    async def _deliver(self, job: Job, member: Member) -> None:
+        msg = job.message
+        rcpts = [r.address for r in job.recipients]
+        try:
+            destinations = await member.destinations(job.domain, self.resolver)
+            delivered = await member.deliver(
+                destinations, msg.sender, rcpts, msg.content, smtputf8=not _ascii(msg, rcpts)
+            )
+        except ResolveError as exc:
+            reply = Reply(550 if exc.permanent else 451, exc.enhanced, str(exc))
+            self._settle(job, member, [reply] * len(rcpts), upstream="", latency=0.0)
+        except ConnectError as exc:
+            self._failover(job, member, exc)
+        except Exception as exc:  # a bug must not lose the job: defer it
+            log.exception("delivery of %r on %r failed unexpectedly", job, member)
+            self._defer(job, Reply(451, "4.3.0", f"internal error: {type(exc).__name__}"), "")
+        else:
+            tr = delivered.result
+            transition = member.health.success(time.monotonic())
+            if transition is not None:
+                self._member_event(member, transition.event, transition.reason)
+            replies = transaction_outcomes(tr.mail, tr.rcpts, tr.data)
+            self._settle(job, member, replies, delivered.upstream, delivered.latency)
+        finally:
+            member.active -= 1
+            self.active -= 1
+            if not self.active:
+                self._idle.set()
+            self._schedule_pump()
+
+    def _failover(self, job: Job, member: Member, exc: ConnectError) -> None:
+        now = time.monotonic()
+        member.counters.failures += 1
+        transition = member.health.failure(now, exc.reason)
+        self._log_job(job, "failover", member=member, response=f"{exc.reason}: {exc}")
+        if transition is not None:
+            self._member_event(member, transition.event, transition.reason)
+        job.tried.add(member.name)
+        pool = self.pools.get(job.pool)
+        if pool is not None:
+            pool.lanes[job.priority].appendleft(job)  # no attempt counted: try the next member
+        else:
+            self._defer(job, Reply(451, "4.4.1", str(exc)), member.name)
+
+    def _settle(
+        self,
+        job: Job,
+        member: Member,
+        replies: Sequence[Reply],
+        upstream: str,
+        latency: float,
+    ) -> None:
+        now = time.time()
+        results: list[RecipientResult] = []
+        bounced: list[FailedRecipient] = []
+        expired: list[FailedRecipient] = []
+        for rcpt, reply in zip(job.recipients, replies, strict=True):
+            attempt = rcpt.attempts + 1
+            state, next_attempt = self._next_state(job, reply, attempt, now)
+            event = state.name.lower()
+            results.append(
+                RecipientResult(
+                    rcpt.rid,
+                    state,
+                    next_attempt,
+                    True,
+                    reply.code,
+                    reply.enhanced,
+                    reply.text,
+                    member.name,
+                )
+            )
+            counters = member.counters
+            counters.attempts += 1
+            if state is RecipientState.DELIVERED:
+                counters.delivered += 1
+            elif state is RecipientState.BOUNCED:
+                counters.bounced += 1
+                bounced.append(_failed(rcpt.address, reply, upstream))
+            else:
+                counters.deferred += 1
+                if state is RecipientState.EXPIRED:
+                    expired.append(_failed(rcpt.address, reply, upstream, expired=True))
+            self._log_rcpt(
+                job,
+                rcpt,
+                event,
+                reply,
+                member=member,
+                upstream=upstream,
+                latency=latency,
+                attempt=attempt,
+            )
+        self._record(results)
+        self._notify(job.message, bounced, expired=False)
+        self._notify(job.message, expired, expired=True)
+
+    def _next_state(
+        self, job: Job, reply: Reply, attempt: int, now: float
+    ) -> tuple[RecipientState, float]:
+        if reply.is_positive:
+            return RecipientState.DELIVERED, 0.0
+        if reply.is_permanent:
+            return RecipientState.BOUNCED, 0.0
+        next_attempt = now + self.schedule.delay(attempt, self._rng)
+        if next_attempt >= job.message.expires_at:
+            return RecipientState.EXPIRED, 0.0
+        return RecipientState.DEFERRED, next_attempt
+
+    def _defer(self, job: Job, reply: Reply, member_name: str) -> None:
+        now = time.time()
+        results = []
+        expired: list[FailedRecipient] = []
+        for rcpt in job.recipients:
+            attempt = rcpt.attempts + 1
+            state, next_attempt = self._next_state(job, reply, attempt, now)
+            results.append(
+                RecipientResult(
+                    rcpt.rid,
+                    state,
+                    next_attempt,
+                    True,
+                    reply.code,
+                    reply.enhanced,
+                    reply.text,
+                    member_name,
+                )
+            )
+            if state is RecipientState.EXPIRED:
+                expired.append(_failed(rcpt.address, reply, ""))
+            self._log_rcpt(job, rcpt, state.name.lower(), reply, attempt=attempt)
+        self._record(results)
+        self._notify(job.message, expired, expired=True)
+
+    # -- results, DSNs, logs -------------------------------------------------------
+
+    def _record(self, results: list[RecipientResult]) -> None:
+        self.held -= len(results)
+        if self.held < self.max_in_flight // 2:
+            self._feed.set()
+        self._pending_results.extend(results)
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_results())
+
+    async def _flush_results(self) -> None:
+        while self._pending_results:
+            batch, self._pending_results = self._pending_results, []
+            try:
+                await self.spool.record(batch)
+            except Exception:
+                # The recipients stay INFLIGHT on disk and come back at the next start.
+                log.exception("could not record %d delivery results", len(batch))
+
+    def _notify(self, msg: ClaimedMessage, failed: list[FailedRecipient], *, expired: bool) -> None:
+        if not failed or not msg.sender or msg.is_dsn or self.on_bounce is None:
+            return
+        notice = BounceNotice(
+            msg.queue_id, msg.sender, msg.content, msg.received_at, failed, expired
+        )
+        task = asyncio.get_running_loop().create_task(self.on_bounce(notice))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _log_rcpt(
+        self,
+        job: Job,
+        rcpt: ClaimedRecipient,
+        event: str,
+        reply: Reply,
+        *,
+        member: Member | None = None,
+        upstream: str = "",
+        latency: float = 0.0,
+        attempt: int = 0,
+    ) -> None:
+        msg = job.message
+        self.log.write(
+            event,
+            queue_id=msg.queue_id,
+            message_id=msg.message_id,
+            sender=msg.sender,
+            recipient=rcpt.address,
+            recipient_domain=job.domain,
+            provider=None,
+            pool=job.pool,
+            member=member.name if member else None,
+            source_ip=member.source_ip if member else None,
+            upstream=upstream or None,
+            code=reply.code,
+            enhanced_code=reply.enhanced,
+            response=reply.text,
+            latency_ms=round(latency * 1000, 1) if member else None,
+            delay_ms=round((time.time() - msg.received_at) * 1000, 1),
+            attempt=attempt,
+            **{"class": msg.content_class},
+            variant=None,
+        )
+
+    def _log_job(self, job: Job, event: str, *, member: Member, response: str) -> None:
+        for rcpt in job.recipients:
+            self.log.write(
+                event,
+                queue_id=job.message.queue_id,
+                message_id=job.message.message_id,
+                sender=job.message.sender,
+                recipient=rcpt.address,
+                recipient_domain=job.domain,
+                pool=job.pool,
+                member=member.name,
+                source_ip=member.source_ip,
+                response=response,
+                attempt=rcpt.attempts + 1,
+                **{"class": job.message.content_class},
+            )
+
+    def _member_event(self, member: Member, event: str, reason: str) -> None:
+        log.info("member %s: %s (%s)", member.name, event, reason)
+        self.log.write(event, pool=member.pool, member=member.name, response=reason)
+
+    # -- background loops ----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Feed from the spool and sweep expired mail until :meth:`stop`."""
+        self._running = True
+        sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+        try:
+            await self._feed_loop()
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    async def _feed_loop(self) -> None:
+        while self._running:
+            room = self.max_in_flight - self.held
+            if room > 0:
+                batch = min(room, 500)
+                claimed = await self.spool.claim_ready(time.time(), batch)
+                for message in claimed:
+                    self.submit(message)
+                if sum(len(m.recipients) for m in claimed) >= batch:
+                    await asyncio.sleep(0)
+                    continue
+            due = await self.spool.next_due()
+            wait = 1.0 if due is None else min(1.0, max(0.02, due - time.time()))
+            self._feed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._feed.wait(), wait)
+
+    def wake(self) -> None:
+        """Look at the spool again now (after a retry or a member coming back)."""
+        self._feed.set()
+        self._schedule_pump()
+
+    async def _sweep_loop(self) -> None:
+        while self._running:
+            await self.sweep_expired()
+            await asyncio.sleep(self.sweep_interval)
+
+    async def sweep_expired(self) -> int:
+        expired = await self.spool.expire_due(time.time())
+        by_message: dict[int, list[ExpiredRecipient]] = {}
+        for rcpt in expired:
+            by_message.setdefault(rcpt.msg_pk, []).append(rcpt)
+            self.log.write(
+                "expired",
+                queue_id=rcpt.queue_id,
+                message_id=rcpt.message_id,
+                sender=rcpt.sender,
+                recipient=rcpt.address,
+                recipient_domain=domain_of(rcpt.address),
+                code=rcpt.last_code,
+                enhanced_code=rcpt.last_enhanced,
+                response=rcpt.last_response or "maximum queue lifetime exceeded",
+            )
+        for rcpts in by_message.values():
+            first = rcpts[0]
+            if not first.sender or self.on_bounce is None:
+                continue
+            content = await self.spool.get_content(first.queue_id) or b""
+            view = await self.spool.get(first.queue_id)
+            if view is None or view.is_dsn:
+                continue
+            failed = [
+                FailedRecipient(
+                    r.address,
+                    "failed",
+                    "4.4.7",
+                    diagnostic(r.last_code, r.last_enhanced, r.last_response)
+                    if r.last_code
+                    else "x-smtplb; maximum queue lifetime exceeded",
+                )
+                for r in rcpts
+            ]
+            await self.on_bounce(
+                BounceNotice(first.queue_id, first.sender, content, view.received_at, failed, True)
+            )
+        return len(expired)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop feeding, let deliveries in progress finish, give the rest back to the spool."""
+        self._running = False
+        self._feed.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        give_back: list[RecipientResult] = []
+        for pool in self.pools.values():
+            for lane in pool.lanes:
+                while lane:
+                    job = lane.popleft()
+                    give_back += [
+                        RecipientResult(r.rid, RecipientState.QUEUED, time.time(), False)
+                        for r in job.recipients
+                    ]
+        if give_back:
+            self._record(give_back)
+        if self._flush_task is not None:
+            await self._flush_task
+        for pool in self.pools.values():
+            for member in pool.members:
+                member.close_idle(0)
+
+    def __repr__(self) -> str:
+        waiting = sum(p.waiting() for p in self.pools.values())
+        return f"Dispatcher({self.active} delivering, {waiting} waiting, {self.held} held)"
+
+
+def _ascii(msg: ClaimedMessage, rcpts: list[str]) -> bool:
+    return msg.sender.isascii() and all(r.isascii() for r in rcpts)
+
+
+def _failed(address: str, reply: Reply, upstream: str, *, expired: bool = False) -> FailedRecipient:
+    status = reply.enhanced or ("4.4.7" if expired else f"{reply.code // 100}.0.0")
+    if expired and status.startswith("4"):
+        status = "4.4.7"
+    return FailedRecipient(
+        address,
+        "failed",
+        status,
+        diagnostic(reply.code, reply.enhanced, reply.text),
+        upstream.rpartition(":")[0],
+    )

@@ -1,0 +1,206 @@
+"""A member at run time: one sending path with its connections and health.
+
+``relay`` members hand every message to one upstream (``host:port``);
+``egress`` members resolve the recipient domain's MX and connect from their
+own ``source_ip``. Both keep a small pool of open connections for reuse,
+never more than ``max_connections`` open at once (in use plus idle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from smtplb.balancing.health import PassiveHealth
+from smtplb.config import MemberConfig, parse_hostport
+from smtplb.delivery.connection import (
+    ConnectError,
+    ConnectionSettings,
+    SmtpClientConnection,
+    TransactionResult,
+)
+from smtplb.delivery.mx import Destination, MxResolver
+
+
+@dataclass(slots=True)
+class MemberCounters:
+    delivered: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    failures: int = 0  # local-origin (connection-level) failures
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class _Idle:
+    conn: SmtpClientConnection
+    since: float
+
+
+@dataclass(slots=True)
+class Delivered:
+    """A finished transaction and where it went."""
+
+    result: TransactionResult
+    upstream: str
+    latency: float  # seconds from start (incl. connect when a new connection was needed)
+
+
+@dataclass(slots=True)
+class Member:
+    config: MemberConfig
+    pool: str
+    settings: ConnectionSettings
+    health: PassiveHealth
+    paused: bool = False
+    active: int = 0  # deliveries in progress
+    open_connections: int = 0
+    counters: MemberCounters = field(default_factory=MemberCounters)
+    _idle: dict[Destination, list[_Idle]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def weight(self) -> int:
+        return self.config.weight
+
+    @property
+    def load(self) -> int:
+        return self.active
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    @property
+    def source_ip(self) -> str | None:
+        ip = self.config.source_ip
+        return None if ip in (None, "0.0.0.0", "::") else ip
+
+    def has_capacity(self) -> bool:
+        return self.active < self.config.max_connections
+
+    def available(self, now: float) -> bool:
+        """Takes new traffic: not paused and not ejected (capacity aside)."""
+        return not self.paused and self.health.available(now)
+
+    def eligible(self, now: float) -> bool:
+        return self.has_capacity() and self.available(now)
+
+    async def destinations(self, domain: str, resolver: MxResolver) -> list[Destination]:
+        if self.config.relay is not None:
+            return [Destination(*parse_hostport(self.config.relay))]
+        return await resolver.resolve(domain)
+
+    async def deliver(
+        self,
+        destinations: list[Destination],
+        mail_from: str,
+        rcpts: list[str],
+        data: bytes,
+        *,
+        smtputf8: bool = False,
+    ) -> Delivered:
+        """Send one transaction over a reused or new connection.
+
+        Raises :class:`ConnectError` when no destination could be reached or the
+        connection failed before the upstream answered the data.
+        """
+        start = time.monotonic()
+        last_error: ConnectError | None = None
+        for dest in destinations:
+            reused = self._take_idle(dest)
+            # A reused connection the upstream has silently closed is not the
+            # member's fault: one more try on a fresh connection.
+            for conn_or_none in (reused, None) if reused is not None else (None,):
+                conn = conn_or_none
+                try:
+                    if conn is None:
+                        conn = await self._open(dest)
+                    result = await conn.send(mail_from, rcpts, data, smtputf8=smtputf8)
+                except ConnectError as exc:
+                    last_error = exc
+                    if conn is not None:
+                        self._discard(conn)
+                    continue
+                self._release(dest, conn)
+                return Delivered(result, str(dest), time.monotonic() - start)
+        assert last_error is not None, "destinations is never empty"
+        raise last_error
+
+    def _take_idle(self, dest: Destination) -> SmtpClientConnection | None:
+        idle = self._idle.get(dest)
+        while idle:
+            entry = idle.pop()
+            if entry.conn.is_usable:
+                return entry.conn
+            self._discard(entry.conn)
+        return None
+
+    async def _open(self, dest: Destination) -> SmtpClientConnection:
+        if self.open_connections >= self.config.max_connections:
+            self._close_one_idle()
+        self.open_connections += 1
+        try:
+            return await SmtpClientConnection.open(
+                dest.host, dest.port, self.settings, source_ip=self.source_ip
+            )
+        except BaseException:
+            self.open_connections -= 1
+            raise
+
+    def _release(self, dest: Destination, conn: SmtpClientConnection) -> None:
+        limit = self.config.max_messages_per_connection
+        if conn.is_usable and conn.messages_sent < limit and not self.paused:
+            self._idle[dest].append(_Idle(conn, time.monotonic()))
+        else:
+            self._discard(conn, polite=conn.is_usable)
+
+    def _discard(self, conn: SmtpClientConnection, *, polite: bool = False) -> None:
+        self.open_connections -= 1
+        if polite:
+            task = asyncio.get_running_loop().create_task(conn.quit())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+        else:
+            conn.abort()
+
+    def _close_one_idle(self) -> None:
+        oldest: tuple[float, Destination] | None = None
+        for dest, entries in self._idle.items():
+            if entries and (oldest is None or entries[0].since < oldest[0]):
+                oldest = (entries[0].since, dest)
+        if oldest is not None:
+            entry = self._idle[oldest[1]].pop(0)
+            self._discard(entry.conn, polite=True)
+
+    def close_idle(self, older_than: float) -> int:
+        """Close idle connections unused for ``older_than`` seconds (all when 0)."""
+        now = time.monotonic()
+        closed = 0
+        for entries in self._idle.values():
+            keep = [e for e in entries if now - e.since < older_than]
+            for e in entries:
+                if now - e.since >= older_than:
+                    self._discard(e.conn, polite=True)
+                    closed += 1
+            entries[:] = keep
+        return closed
+
+    @property
+    def idle_connections(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    def __repr__(self) -> str:
+        state = "paused" if self.paused else self.health.state.value
+        return (
+            f"Member({self.name!r}, {state}, {self.active} active, "
+            f"{self.idle_connections} idle, max {self.config.max_connections})"
+        )
+
+
+_background: set[asyncio.Task[None]] = set()

@@ -1,0 +1,106 @@
+"""The delivery log: JSON Lines at ``data_dir/logs/delivery.jsonl``, rotated (SPEC §2.6).
+
+One record per event. Writes are buffered and flushed at least every
+``flush_interval`` seconds and on close, so logging costs the hot path one
+encode and one list append. Rotation by size: ``delivery.jsonl.1`` … ``.N``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+FIELDS = (
+    "ts",
+    "event",
+    "queue_id",
+    "message_id",
+    "sender",
+    "recipient",
+    "recipient_domain",
+    "provider",
+    "pool",
+    "member",
+    "source_ip",
+    "upstream",
+    "code",
+    "enhanced_code",
+    "response",
+    "latency_ms",
+    "attempt",
+    "class",
+    "variant",
+)
+EVENTS = ("received", "delivered", "deferred", "bounced", "expired", "suppressed", "complaint")
+
+
+class DeliveryLog:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_size: int = 100_000_000,
+        keep: int = 5,
+        flush_interval: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.max_size = max_size
+        self.keep = keep
+        self.flush_interval = flush_interval
+        self._clock = clock
+        self._encoder = msgspec.json.Encoder()
+        self._buffer: list[bytes] = []
+        self._last_flush = time.monotonic()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "ab")  # noqa: SIM115 - kept open for the log's lifetime
+        self._size = self._file.tell()
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.records = 0
+
+    def write(self, event: str, **fields: Any) -> None:
+        record: dict[str, Any] = {"ts": round(self._clock(), 3), "event": event}
+        record.update(fields)
+        self._buffer.append(self._encoder.encode(record) + b"\n")
+        self.records += 1
+        for listener in self.listeners:
+            listener(record)
+        if time.monotonic() - self._last_flush >= self.flush_interval or len(self._buffer) > 512:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        chunk = b"".join(self._buffer)
+        self._buffer.clear()
+        self._file.write(chunk)
+        self._file.flush()
+        self._size += len(chunk)
+        if self._size >= self.max_size:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for i in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        if self.keep > 0:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._file = open(self.path, "ab")  # noqa: SIM115
+        self._size = 0
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()
+
+    def __repr__(self) -> str:
+        return f"DeliveryLog({self.path}, {self.records} records, {len(self._buffer)} buffered)"

@@ -1,0 +1,59 @@
+"""Durations ("30s", "5m", "2h", "1d") and sizes ("25MB") as config values."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+class Duration(float):
+    """Seconds, written in config as a number or "30s", "5m", "2h", "1d"."""
+
+    @classmethod
+    def parse(cls, value: object) -> Duration:
+        if isinstance(value, bool):
+            raise ValueError(f'expected a duration like "30s", got {value!r}')
+        if isinstance(value, int | float):
+            if value < 0:
+                raise ValueError(f"a duration cannot be negative, got {value!r}")
+            return cls(value)
+        if isinstance(value, str):
+            m = _DURATION.match(value)
+            if m:
+                return cls(float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"])
+        raise ValueError(f'expected a duration like "30s", "5m", "2h" or "1d", got {value!r}')
+
+
+class Size(int):
+    """Bytes, written in config as a number or "25MB", "512KB", "1GiB"."""
+
+    @classmethod
+    def parse(cls, value: object) -> Size:
+        if isinstance(value, bool):
+            raise ValueError(f'expected a size like "25MB", got {value!r}')
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError(f"a size cannot be negative, got {value!r}")
+            return cls(value)
+        if isinstance(value, str):
+            m = _SIZE.match(value)
+            if m:
+                unit = m.group(2).lower()
+                binary = "i" in unit
+                prefix = unit[:1] if unit[:1] in "kmgt" else ""
+                factor = 1024 ** "kmgt".index(prefix) * 1024 if binary and prefix else 0
+                if not factor:
+                    factor = _SIZE_UNITS[prefix]
+                return cls(int(float(m.group(1)) * factor))
+        raise ValueError(f'expected a size like "25MB" or a number of bytes, got {value!r}')
+
+
+def format_duration(seconds: float) -> str:
+    for unit, factor in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= factor and seconds % factor == 0:
+            return f"{int(seconds // factor)}{unit}"
+    return f"{seconds:g}s"

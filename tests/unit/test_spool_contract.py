@@ -1,0 +1,739 @@
+"""The Spool contract: every backend must pass the first part of this file.
+
+The ``backend`` fixture is parametrised over the backends; tests in the first
+part use only the :class:`~smtplb.spool.base.Spool` protocol. The second part
+checks what only SQLite has: group commit, failure isolation inside a batch,
+a failed commit, and durability across ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smtplb.clock import FakeClock
+from smtplb.model import RecipientState
+from smtplb.spool.base import (
+    NewMessage,
+    NewRecipient,
+    RecipientResult,
+    Spool,
+    SpoolError,
+)
+from smtplb.spool.sqlite import SCHEMA_VERSION, SqliteSpool
+
+T0 = 1_000_000.0
+HOUR = 3600.0
+S = RecipientState
+
+
+# -- harness -------------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    name: str
+    tmp: Path
+
+    def make(self, clock: FakeClock) -> Spool:
+        if self.name == "sqlite":
+            return SqliteSpool(self.tmp / "spool.db", clock=clock)
+        raise AssertionError(self.name)
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return Backend(request.param, tmp_path)
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, timeout=60))
+
+
+SpoolBody = Callable[[Spool, FakeClock], Awaitable[None]]
+
+
+def spool_test(body: SpoolBody) -> Callable[[Backend], None]:
+    """Turn ``async def body(spool, clock)`` into a test run against every backend."""
+
+    def test(backend: Backend) -> None:
+        async def main() -> None:
+            clock = FakeClock(T0)
+            spool = backend.make(clock)
+            await spool.open()
+            try:
+                await body(spool, clock)
+            finally:
+                await spool.close()
+
+        run(main())
+
+    test.__name__ = body.__name__
+    test.__doc__ = body.__doc__
+    return test
+
+
+def msg(
+    queue_id: str,
+    *addresses: str,
+    priority: int = 1,
+    received_at: float = T0,
+    expires_at: float = T0 + 5 * 24 * HOUR,
+    content: bytes = b"Subject: hi\r\n\r\nhello\r\n",
+) -> NewMessage:
+    return NewMessage(
+        queue_id=queue_id,
+        sender="app@example.com",
+        recipients=tuple(NewRecipient(a, "default", priority) for a in addresses or ("u@x.test",)),
+        content=content,
+        message_id=f"<{queue_id}@example.com>",
+        received_at=received_at,
+        expires_at=expires_at,
+        client_ip="192.0.2.1",
+        auth_user="app",
+    )
+
+
+async def claim_all(spool: Spool, now: float) -> dict[int, str]:
+    """Claim everything due; rid -> queue_id."""
+    return {r.rid: m.queue_id for m in await spool.claim_ready(now, 10_000) for r in m.recipients}
+
+
+async def states(spool: Spool, queue_id: str) -> list[RecipientState]:
+    view = await spool.get(queue_id)
+    assert view is not None
+    return [r.state for r in view.recipients]
+
+
+# -- contract: store, claim, record ------------------------------------------------------
+
+
+@spool_test
+async def test_store_returns_recipient_ids_in_order(spool: Spool, clock: FakeClock) -> None:
+    m = msg("q1", "a@x.test", "b@y.test", "c@z.test")
+    rids = await spool.store(m)
+    assert len(rids) == len(set(rids)) == 3
+    view = await spool.get("q1")
+    assert view is not None
+    assert [(r.rid, r.address) for r in view.recipients] == list(
+        zip(rids, ["a@x.test", "b@y.test", "c@z.test"], strict=True)
+    )
+    assert (view.queue_id, view.sender, view.message_id) == ("q1", m.sender, m.message_id)
+    assert (view.size, view.received_at, view.expires_at) == (len(m.content), T0, m.expires_at)
+    assert (view.content_class, view.is_dsn) == ("transactional", False)
+    assert all(r.state is S.QUEUED and r.attempts == 0 for r in view.recipients)
+    assert await spool.get_content("q1") == m.content
+    assert await spool.get("nope") is None
+    assert await spool.get_content("nope") is None
+
+
+@spool_test
+async def test_claim_returns_message_and_marks_in_flight(spool: Spool, clock: FakeClock) -> None:
+    m = msg("q1", "a@x.test", "b@y.test")
+    rids = await spool.store(m)
+    [claimed] = await spool.claim_ready(T0, 10)
+    assert (claimed.queue_id, claimed.sender, claimed.content) == ("q1", m.sender, m.content)
+    assert (claimed.message_id, claimed.received_at, claimed.expires_at) == (
+        m.message_id,
+        T0,
+        m.expires_at,
+    )
+    assert sorted(r.rid for r in claimed.recipients) == sorted(rids)
+    assert {r.address for r in claimed.recipients} == {"a@x.test", "b@y.test"}
+    assert all(r.pool == "default" and r.attempts == 0 for r in claimed.recipients)
+    assert await states(spool, "q1") == [S.INFLIGHT, S.INFLIGHT]
+    assert await spool.claim_ready(T0 + HOUR, 10) == []
+
+
+@spool_test
+async def test_claim_waits_for_next_attempt(spool: Spool, clock: FakeClock) -> None:
+    await spool.store(msg("later", received_at=T0 + 60))
+    assert await spool.claim_ready(T0, 10) == []
+    assert await spool.claim_ready(T0 + 59.9, 10) == []
+    assert [m.queue_id for m in await spool.claim_ready(T0 + 60, 10)] == ["later"]
+
+
+@spool_test
+async def test_claim_orders_by_priority_then_next_attempt(spool: Spool, clock: FakeClock) -> None:
+    await spool.store(msg("low-old", priority=2, received_at=T0 - 50))
+    await spool.store(msg("normal-new", priority=1, received_at=T0 - 10))
+    await spool.store(msg("high-new", priority=0, received_at=T0 - 5))
+    await spool.store(msg("normal-old", priority=1, received_at=T0 - 40))
+    await spool.store(msg("high-old", priority=0, received_at=T0 - 30))
+    order = []
+    for _ in range(5):
+        [m] = await spool.claim_ready(T0, 1)
+        order.append(m.queue_id)
+    assert order == ["high-old", "high-new", "normal-old", "normal-new", "low-old"]
+
+
+@spool_test
+async def test_claim_mixes_queued_and_deferred_by_next_attempt(
+    spool: Spool, clock: FakeClock
+) -> None:
+    [rid] = await spool.store(msg("deferred", received_at=T0 - 100))
+    await claim_all(spool, T0)
+    await spool.record([RecipientResult(rid, S.DEFERRED, next_attempt=T0 - 20, code=451)])
+    await spool.store(msg("queued-old", received_at=T0 - 30))
+    await spool.store(msg("queued-new", received_at=T0 - 10))
+    got = [m.queue_id for m in await spool.claim_ready(T0, 10)]
+    assert got == ["queued-old", "deferred", "queued-new"]
+
+
+@spool_test
+async def test_claim_limit_counts_recipients_and_groups_by_message(
+    spool: Spool, clock: FakeClock
+) -> None:
+    await spool.store(msg("a", "1@x.test", "2@x.test", "3@x.test", received_at=T0 - 2))
+    await spool.store(msg("b", "4@x.test", received_at=T0 - 1))
+    first = await spool.claim_ready(T0, 2)
+    assert [(m.queue_id, len(m.recipients)) for m in first] == [("a", 2)]
+    second = await spool.claim_ready(T0, 2)
+    assert [(m.queue_id, len(m.recipients)) for m in second] == [("a", 1), ("b", 1)]
+    assert await spool.claim_ready(T0, 0) == []
+
+
+@spool_test
+async def test_concurrent_claims_never_claim_a_recipient_twice(
+    spool: Spool, clock: FakeClock
+) -> None:
+    stored: set[int] = set()
+    for i in range(40):
+        stored.update(await spool.store(msg(f"q{i}", "a@x.test", "b@y.test")))
+    batches = await asyncio.gather(*(claim_all_limited(spool, 7) for _ in range(15)))
+    claimed = [rid for batch in batches for rid in batch]
+    assert len(claimed) == len(set(claimed))
+    assert set(claimed) == stored
+
+
+async def claim_all_limited(spool: Spool, limit: int) -> list[int]:
+    return [r.rid for m in await spool.claim_ready(T0, limit) for r in m.recipients]
+
+
+@spool_test
+async def test_record_sets_states_and_last_reply(spool: Spool, clock: FakeClock) -> None:
+    rids = await spool.store(msg("q1", "a@x.test", "b@x.test", "c@x.test", "d@x.test"))
+    await claim_all(spool, T0)
+    await spool.record(
+        [
+            RecipientResult(rids[0], S.DELIVERED, code=250, enhanced_code="2.0.0",
+                            response="ok queued as X", member="relay-1"),
+            RecipientResult(rids[1], S.BOUNCED, code=550, enhanced_code="5.1.1",
+                            response="no such user", member="relay-2"),
+            RecipientResult(rids[2], S.DEFERRED, next_attempt=T0 + 300, code=421,
+                            enhanced_code="4.7.0", response="try later", member="relay-1"),
+            RecipientResult(rids[3], S.SUPPRESSED, count_attempt=False, response="suppressed"),
+        ]
+    )  # fmt: skip
+    view = await spool.get("q1")
+    assert view is not None
+    a, b, c, d = view.recipients
+    assert (a.state, a.last_code, a.last_enhanced, a.member) == (
+        S.DELIVERED,
+        250,
+        "2.0.0",
+        "relay-1",
+    )
+    assert a.last_response == "ok queued as X"
+    assert (b.state, b.last_code, b.last_enhanced, b.member) == (S.BOUNCED, 550, "5.1.1", "relay-2")
+    assert (c.state, c.next_attempt, c.last_code) == (S.DEFERRED, T0 + 300, 421)
+    assert (d.state, d.attempts) == (S.SUPPRESSED, 0)
+    assert [a.attempts, b.attempts, c.attempts] == [1, 1, 1]
+    assert all(r.updated_at == clock.wall() for r in view.recipients)
+    assert await spool.claim_ready(T0 + 299, 10) == []
+    [again] = await spool.claim_ready(T0 + 300, 10)
+    assert [r.rid for r in again.recipients] == [rids[2]]
+    assert again.recipients[0].attempts == 1
+
+
+@spool_test
+async def test_attempts_count_only_when_asked(spool: Spool, clock: FakeClock) -> None:
+    [rid] = await spool.store(msg("q1"))
+    await claim_all(spool, T0)
+    # Give back for immediate failover: no attempt counted, due at once.
+    await spool.record([RecipientResult(rid, S.QUEUED, next_attempt=T0, count_attempt=False)])
+    [m] = await spool.claim_ready(T0, 10)
+    assert m.recipients[0].attempts == 0
+    await spool.record([RecipientResult(rid, S.DEFERRED, next_attempt=T0, code=451)])
+    [m] = await spool.claim_ready(T0, 10)
+    assert m.recipients[0].attempts == 1
+    await spool.record([RecipientResult(rid, S.DEFERRED, next_attempt=T0, count_attempt=False)])
+    [m] = await spool.claim_ready(T0, 10)
+    assert m.recipients[0].attempts == 1
+    await spool.record([RecipientResult(rid, S.DEFERRED, next_attempt=T0, code=451)])
+    view = await spool.get("q1")
+    assert view is not None
+    assert view.recipients[0].attempts == 2
+    # A reply without a code keeps the last one seen.
+    assert view.recipients[0].last_code == 451
+
+
+@spool_test
+async def test_content_is_released_once_every_recipient_is_final(
+    spool: Spool, clock: FakeClock
+) -> None:
+    a, b = await spool.store(msg("q1", "a@x.test", "b@x.test"))
+    await claim_all(spool, T0)
+    await spool.record([RecipientResult(a, S.DELIVERED, code=250)])
+    assert await spool.get_content("q1") is not None
+    await spool.record([RecipientResult(b, S.DEFERRED, next_attempt=T0 + 60, code=451)])
+    assert await spool.get_content("q1") is not None
+    await claim_all(spool, T0 + 60)
+    await spool.record([RecipientResult(b, S.BOUNCED, code=550)])
+    assert await spool.get_content("q1") is None
+    assert await states(spool, "q1") == [S.DELIVERED, S.BOUNCED]  # still shown
+
+
+@spool_test
+async def test_store_in_flight_is_not_claimable(spool: Spool, clock: FakeClock) -> None:
+    [rid] = await spool.store(msg("q1"), inflight=True)
+    assert await states(spool, "q1") == [S.INFLIGHT]
+    assert await spool.claim_ready(T0 + HOUR, 10) == []
+    await spool.record([RecipientResult(rid, S.DELIVERED, code=250)])
+    assert await states(spool, "q1") == [S.DELIVERED]
+
+
+# -- contract: expiry, retry, delete, purge ----------------------------------------
+
+
+@spool_test
+async def test_expire_due_takes_only_expired_waiting_recipients(
+    spool: Spool, clock: FakeClock
+) -> None:
+    exp = T0 + HOUR
+    q, d, f, done = await spool.store(
+        msg("old", "q@x.test", "d@x.test", "f@x.test", "done@x.test", expires_at=exp)
+    )
+    await spool.store(msg("young", expires_at=exp + HOUR))
+    await claim_all(spool, T0)
+    await spool.record(
+        [
+            RecipientResult(q, S.QUEUED, next_attempt=T0, count_attempt=False),
+            RecipientResult(d, S.DEFERRED, next_attempt=T0 + 10, code=451,
+                            enhanced_code="4.4.1", response="timeout"),
+            RecipientResult(done, S.DELIVERED, code=250),
+        ]
+    )  # fmt: skip
+    # ``f`` stays in flight: its attempt may still succeed.
+    assert await spool.expire_due(exp - 1) == []
+    expired = await spool.expire_due(exp)
+    assert {e.rid for e in expired} == {q, d}
+    by_rid = {e.rid: e for e in expired}
+    e = by_rid[d]
+    assert (e.queue_id, e.sender, e.address, e.message_id) == (
+        "old",
+        "app@example.com",
+        "d@x.test",
+        "<old@example.com>",
+    )
+    assert (e.last_code, e.last_enhanced, e.last_response) == (451, "4.4.1", "timeout")
+    assert by_rid[q].msg_pk == e.msg_pk
+    assert await states(spool, "old") == [S.EXPIRED, S.EXPIRED, S.INFLIGHT, S.DELIVERED]
+    assert await spool.expire_due(exp) == []
+    # Once back from flight, the leftover recipient expires too.
+    await spool.record([RecipientResult(f, S.DEFERRED, next_attempt=exp, code=451)])
+    assert [x.rid for x in await spool.expire_due(exp)] == [f]
+    assert await spool.get_content("old") is None
+    assert await states(spool, "young") == [S.INFLIGHT]
+
+
+@spool_test
+async def test_expire_due_respects_limit(spool: Spool, clock: FakeClock) -> None:
+    for i in range(5):
+        await spool.store(msg(f"q{i}", "a@x.test", "b@x.test", expires_at=T0))
+    got = [await spool.expire_due(T0, limit=3) for _ in range(5)]
+    assert [len(g) for g in got] == [3, 3, 3, 1, 0]
+    assert (await spool.stats())["expired"] == 10
+
+
+@spool_test
+async def test_retry_one_and_all(spool: Spool, clock: FakeClock) -> None:
+    rids = {}
+    for qid in ("a", "b", "c"):
+        [rids[qid]] = await spool.store(msg(qid))
+    await claim_all(spool, T0)
+    await spool.record(
+        [RecipientResult(r, S.DEFERRED, next_attempt=T0 + HOUR, code=451) for r in rids.values()]
+    )
+    clock.advance(5)
+    assert await spool.retry("a") == 1
+    assert [m.queue_id for m in await spool.claim_ready(clock.wall(), 10)] == ["a"]
+    assert await spool.retry("a") == 0  # in flight now: nothing to retry
+    assert await spool.retry("unknown") == 0
+    assert await spool.retry() == 2
+    assert sorted(m.queue_id for m in await spool.claim_ready(clock.wall(), 10)) == ["b", "c"]
+    assert (await spool.stats())["deferred"] == 0
+
+
+@spool_test
+async def test_delete(spool: Spool, clock: FakeClock) -> None:
+    [rid] = await spool.store(msg("gone", "a@x.test"))
+    await spool.store(msg("kept", "b@x.test", "c@x.test"))
+    await claim_all(spool, T0)
+    assert await spool.delete("gone") is True
+    assert await spool.get("gone") is None
+    assert await spool.get_content("gone") is None
+    assert await spool.delete("gone") is False
+    # The attempt of a deleted recipient may still report: harmless.
+    await spool.record([RecipientResult(rid, S.DELIVERED, code=250)])
+    assert (await spool.stats())["in_flight"] == 2
+    assert await spool.get("kept") is not None
+
+
+@spool_test
+async def test_purge_drops_only_long_final_messages(spool: Spool, clock: FakeClock) -> None:
+    [a] = await spool.store(msg("done-early"))
+    [b] = await spool.store(msg("done-late"))
+    await spool.store(msg("waiting"))
+    await claim_all(spool, T0)
+    await spool.record([RecipientResult(a, S.DELIVERED, code=250)])
+    clock.advance(100)
+    await spool.record([RecipientResult(b, S.BOUNCED, code=550)])
+    purge = spool.purge
+    assert await purge(T0) == 0
+    assert await purge(T0 + 50) == 1
+    assert await spool.get("done-early") is None
+    assert await spool.get("done-late") is not None
+    assert await purge(T0 + 1000) == 1
+    assert [m.queue_id for m in await spool.list_messages()] == ["waiting"]
+    stats = await spool.stats()
+    assert (stats["delivered"], stats["bounced"], stats["in_flight"]) == (0, 0, 1)
+
+
+# -- contract: views -----------------------------------------------------------------
+
+
+@spool_test
+async def test_stats_has_every_state_label(spool: Spool, clock: FakeClock) -> None:
+    assert await spool.stats() == {s.label: 0 for s in RecipientState}
+    a, b, _ = await spool.store(msg("q1", "a@x.test", "b@x.test", "c@x.test"))
+    await spool.store(msg("q2", "d@x.test"))
+    await spool.claim_ready(T0, 3)
+    await spool.record(
+        [
+            RecipientResult(a, S.DELIVERED, code=250),
+            RecipientResult(b, S.DEFERRED, next_attempt=T0 + 60, code=451),
+        ]
+    )
+    stats = await spool.stats()
+    assert set(stats) == {s.label for s in RecipientState}
+    assert {k: v for k, v in stats.items() if v} == {
+        "queued": 1,
+        "in_flight": 1,
+        "deferred": 1,
+        "delivered": 1,
+    }
+
+
+@spool_test
+async def test_list_messages_newest_first_with_state_filter(spool: Spool, clock: FakeClock) -> None:
+    for i in range(5):
+        await spool.store(msg(f"q{i}", received_at=T0 + i))
+    [m] = await spool.claim_ready(T0 + 1, 1)
+    assert m.queue_id == "q0"
+    assert [v.queue_id for v in await spool.list_messages()] == ["q4", "q3", "q2", "q1", "q0"]
+    assert [v.queue_id for v in await spool.list_messages(limit=2, offset=1)] == ["q3", "q2"]
+    assert [v.queue_id for v in await spool.list_messages(state=S.INFLIGHT)] == ["q0"]
+    queued = await spool.list_messages(state=S.QUEUED, limit=3)
+    assert [v.queue_id for v in queued] == ["q4", "q3", "q2"]
+    assert [r.state for r in queued[0].recipients] == [S.QUEUED]
+    assert await spool.list_messages(state=S.BOUNCED) == []
+
+
+@spool_test
+async def test_next_due_and_oldest_age(spool: Spool, clock: FakeClock) -> None:
+    assert await spool.next_due() is None
+    assert await spool.oldest_age(T0) == {"queued": 0.0, "in_flight": 0.0, "deferred": 0.0}
+    [a] = await spool.store(msg("a", received_at=T0 - 100, priority=2))
+    await spool.store(msg("b", received_at=T0 - 50, priority=0))
+    await spool.store(msg("c", received_at=T0 + 30))
+    assert await spool.next_due() == T0 - 100
+    [m] = await spool.claim_ready(T0, 1)
+    assert m.queue_id == "b"
+    assert await spool.next_due() == T0 - 100
+    await claim_all(spool, T0)
+    await spool.record([RecipientResult(a, S.DEFERRED, next_attempt=T0 + 500, code=451)])
+    assert await spool.next_due() == T0 + 30
+    ages = await spool.oldest_age(T0 + 100)
+    assert ages == {"queued": 70.0, "in_flight": 150.0, "deferred": 200.0}
+
+
+# -- contract: restart -----------------------------------------------------------------
+
+
+def test_crash_recovery_requeues_in_flight(backend: Backend) -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        spool = backend.make(clock)
+        await spool.open()
+        rids = await spool.store(msg("q1", "a@x.test", "b@x.test"))
+        [rid_new] = await spool.store(msg("q2"), inflight=True)
+        await spool.claim_ready(T0, 10)
+        await spool.record([RecipientResult(rids[1], S.DELIVERED, code=250)])
+        await spool.close()  # the process "dies" with a and q2 in flight
+
+        clock.advance(30)
+        spool = backend.make(clock)
+        await spool.open()
+        try:
+            assert (await spool.stats())["in_flight"] == 0
+            assert await states(spool, "q1") == [S.QUEUED, S.DELIVERED]
+            assert await spool.next_due() == clock.wall()
+            again = {r.rid: r.attempts for m in await spool.claim_ready(T0 + 30, 10)
+                     for r in m.recipients}  # fmt: skip
+            assert again == {rids[0]: 0, rid_new: 0}
+            assert await spool.get_content("q2") == msg("q2").content
+        finally:
+            await spool.close()
+
+    run(main())
+
+
+# -- SQLite: group commit, failures, durability ----------------------------------------
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "spool.db"
+
+
+class Gate:
+    """Holds the writer thread inside one operation until released."""
+
+    def __init__(self, spool: SqliteSpool) -> None:
+        self.spool = spool
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def _hold(self, conn: sqlite3.Connection) -> None:
+        self.entered.set()
+        self.release.wait(30)
+
+    async def __aenter__(self) -> Gate:
+        self.task = asyncio.create_task(self.spool._write(self._hold))
+        await asyncio.to_thread(self.entered.wait, 30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        assert self.task is not None
+        await self.task
+
+
+def test_sqlite_concurrent_stores_share_commits(db: Path) -> None:
+    async def main() -> None:
+        spool = SqliteSpool(db)
+        await spool.open()
+        before = spool.commits
+        rids = await asyncio.gather(*(spool.store(msg(f"q{i}")) for i in range(200)))
+        commits = spool.commits - before
+        assert len({r for rs in rids for r in rs}) == 200
+        assert commits <= 50, f"{commits} commits for 200 concurrent stores: no group commit"
+        # Held writer: everything queued meanwhile goes in exactly one more commit.
+        async with Gate(spool):
+            tasks = [asyncio.create_task(spool.store(msg(f"g{i}"))) for i in range(100)]
+            await asyncio.sleep(0)  # let every task enqueue its operation
+            assert "100 pending ops" in repr(spool) or "101 pending ops" in repr(spool)
+            before = spool.commits
+        await asyncio.gather(*tasks)
+        assert spool.commits - before == 2  # the gate's batch, then one for all 100
+        assert (await spool.stats())["queued"] == 300
+        await spool.close()
+
+    run(main())
+
+
+def test_sqlite_failed_operation_fails_only_its_caller(db: Path) -> None:
+    async def main() -> None:
+        spool = SqliteSpool(db)
+        await spool.open()
+        await spool.store(msg("dup"))
+        async with Gate(spool):
+            tasks = [asyncio.create_task(spool.store(msg(q))) for q in ("a", "dup", "b")]
+            await asyncio.sleep(0)
+            before = spool.commits
+        a, dup, b = await asyncio.gather(*tasks, return_exceptions=True)
+        assert spool.commits - before == 2  # all three were in one batch
+        assert isinstance(dup, SpoolError) and "UNIQUE" in str(dup)
+        assert isinstance(a, list) and isinstance(b, list)
+        assert [m.queue_id for m in await spool.list_messages()] == ["b", "a", "dup"]
+        assert (await spool.stats())["queued"] == 3
+        await spool.close()
+
+    run(main())
+
+
+def test_sqlite_failed_commit_fails_the_batch_and_spool_recovers(db: Path) -> None:
+    denied: list[str] = []
+
+    def deny_next_commit(conn: sqlite3.Connection) -> None:
+        def authorizer(action: int, arg1: str | None, *_: object) -> int:
+            if action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT" and not denied:
+                denied.append(arg1)
+                return sqlite3.SQLITE_DENY
+            return sqlite3.SQLITE_OK
+
+        conn.set_authorizer(authorizer)
+
+    async def main() -> None:
+        spool = SqliteSpool(db)
+        await spool.open()
+        async with Gate(spool):
+            poison = asyncio.create_task(spool._write(deny_next_commit))
+            tasks = [asyncio.create_task(spool.store(msg(f"q{i}"))) for i in range(5)]
+            await asyncio.sleep(0)
+        results = await asyncio.gather(poison, *tasks, return_exceptions=True)
+        assert denied
+        assert all(isinstance(r, SpoolError) for r in results), results
+        assert await spool.list_messages() == []
+        assert await spool.stats() == {s.label: 0 for s in RecipientState}
+        await spool._write(lambda c: c.set_authorizer(None))
+        assert len(await spool.store(msg("after"))) == 1
+        assert await spool.get("after") is not None
+        await spool.close()
+
+    run(main())
+
+
+def test_sqlite_disk_full_fails_closed_then_recovers(db: Path) -> None:
+    async def main() -> None:
+        spool = SqliteSpool(db)
+        await spool.open()
+        await spool.store(msg("small"))
+        # "Disk full": the file may not grow past a few pages. SQLite then rolls
+        # back the whole transaction; the spool reruns the rest of the batch.
+        await spool._write(lambda c: c.execute("PRAGMA max_page_count = 20"))
+        async with Gate(spool):
+            tasks = [
+                asyncio.create_task(spool.store(m))
+                for m in (msg("a"), msg("big", content=b"x" * 1_000_000), msg("b"))
+            ]
+            await asyncio.sleep(0)
+        a, big, b = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(big, SpoolError) and "full" in str(big)
+        assert isinstance(a, list) and isinstance(b, list)
+        await spool._write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+        await spool.store(msg("big", content=b"x" * 1_000_000))
+        assert [m.queue_id for m in await spool.list_messages()] == ["big", "b", "a", "small"]
+        await spool.close()
+
+    run(main())
+
+
+def test_sqlite_reads_do_not_wait_for_the_writer(db: Path) -> None:
+    async def main() -> None:
+        spool = SqliteSpool(db)
+        await spool.open()
+        await spool.store(msg("q1"))
+        async with Gate(spool):
+            assert (await spool.stats())["queued"] == 1
+            assert await spool.get("q1") is not None
+        await spool.close()
+
+    run(main())
+
+
+def test_sqlite_cancelled_caller_does_not_break_the_writer(db: Path) -> None:
+    async def main() -> None:
+        spool = SqliteSpool(db)
+        await spool.open()
+        async with Gate(spool):
+            task = asyncio.create_task(spool.store(msg("cancelled")))
+            await asyncio.sleep(0)
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await spool.store(msg("next"))
+        assert await spool.get("next") is not None
+        await spool.close()
+
+    run(main())
+
+
+def test_sqlite_schema_version_and_pragmas(db: Path) -> None:
+    run(_open_close(db))
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(SpoolError, match="upgrade smtplb"):
+        run(_open_close(db))
+
+
+async def _open_close(path: Path) -> None:
+    spool = SqliteSpool(path)
+    await spool.open()
+    assert "open" in repr(spool) and str(path) in repr(spool)
+    await spool.close()
+    assert "closed" in repr(spool)
+    with pytest.raises(SpoolError, match="not open"):
+        await spool.store(msg("late"))
+
+
+_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from smtplb.spool.base import NewMessage, NewRecipient
+    from smtplb.spool.sqlite import SqliteSpool
+
+    async def main() -> None:
+        spool = SqliteSpool(Path(sys.argv[1]))
+        await spool.open()
+        async def one(i: int) -> None:
+            m = NewMessage(f"q{i}", "a@x.test", (NewRecipient(f"r{i}@y.test", "p"),),
+                           b"body %d" % i, f"<{i}@x>", 1.0, 2e9)
+            rids = await spool.store(m)
+            print(f"q{i}", rids[0], flush=True)
+        await asyncio.gather(*(one(i) for i in range(20)))
+        print("done", flush=True)
+        await asyncio.Event().wait()  # hang: the parent kills us
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_sqlite_store_is_durable_when_it_returns(db: Path, tmp_path: Path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(db)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert child.stdout is not None
+    acked: dict[str, int] = {}
+    for line in child.stdout:
+        if line.strip() == "done":
+            break
+        qid, rid = line.split()
+        acked[qid] = int(rid)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    assert len(acked) == 20
+
+    async def check() -> None:
+        spool = SqliteSpool(db)
+        await spool.open()
+        for qid, rid in acked.items():
+            view = await spool.get(qid)
+            assert view is not None and [r.rid for r in view.recipients] == [rid]
+            assert await spool.get_content(qid) == b"body %d" % int(qid[1:])
+        await spool.close()
+
+    run(check())
