@@ -306,6 +306,7 @@ class ClientSession:
         self._tx: _Transaction | None = None
         self._auth_responses: list[bytes] = []
         self._error: str | None = None
+        self._closed_in: State | None = None
 
     # -- what the session knows -----------------------------------------------
 
@@ -316,6 +317,11 @@ class ClientSession:
     @property
     def extensions(self) -> Mapping[str, str]:
         return self._extensions
+
+    @property
+    def closed_in(self) -> State | None:
+        """The state a ``421`` from the server arrived in, if one did."""
+        return self._closed_in
 
     @property
     def esmtp(self) -> bool:
@@ -422,6 +428,7 @@ class ClientSession:
     def _handle(self, reply: Reply) -> Event | None:
         if reply.code == 421 and self._state in _CLOSING_EVENTS:
             event = _CLOSING_EVENTS[self._state](self, reply)
+            self._closed_in = self._state
             self._move("closing")
             return event
         return _HANDLERS[self._state](self, reply)
