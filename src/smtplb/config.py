@@ -106,6 +106,7 @@ class PoolConfig(_Struct):
     strategy: str = "round_robin"
     hash_key: str = "recipient_domain"
     hash_balance_factor: float = 1.25
+    latency_decay: Duration = Duration(10)
     members: list[MemberConfig] = msgspec.field(default_factory=list)
 
 

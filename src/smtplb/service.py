@@ -131,7 +131,7 @@ class Service:
         pools: dict[str, PoolRuntime] = {}
         for pc in config.pools:
             members = [self._member(pc, mc, existing, paused) for mc in pc.members]
-            strategy = make_strategy(pc.strategy, [m.name for m in members])
+            strategy = make_strategy(pc)
             pools[pc.name] = PoolRuntime(pc, members, strategy)
         return pools
 
@@ -143,9 +143,20 @@ class Service:
             old.config = mc
             old.settings = self._settings(mc)
             old.health.fall = self.config.health.fall
+            old.slow_start = self.config.health.slow_start
             return old
         health = PassiveHealth(fall=self.config.health.fall)
-        return Member(mc, pc.name, self._settings(mc), health, paused=mc.name in paused)
+        member = Member(
+            mc,
+            pc.name,
+            self._settings(mc),
+            health,
+            paused=mc.name in paused,
+            slow_start=self.config.health.slow_start,
+        )
+        if existing:  # added by a reload, not present at start: ramp up
+            member.start_ramp()
+        return member
 
     def members(self) -> Iterator[Member]:
         for pool in self.pools.values():

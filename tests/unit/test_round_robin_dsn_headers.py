@@ -4,7 +4,8 @@ import email
 from collections import Counter
 from dataclasses import dataclass
 
-from smtplb.balancing import PickRequest, make_strategy
+from smtplb.balancing import PickRequest
+from smtplb.balancing.weighted import RoundRobin
 from smtplb.delivery.dsn import FailedRecipient, build_dsn
 from smtplb.intake.headers import parse_headers, prepare_message, split_message
 from smtplb.model import Envelope
@@ -13,12 +14,14 @@ from smtplb.model import Envelope
 @dataclass
 class Cand:
     name: str
-    weight: int = 1
+    weight: float = 1.0
     load: int = 0
+    ramp: float = 1.0
+    full: bool = False
 
 
 def test_round_robin_is_even_and_skips_ineligible() -> None:
-    rr = make_strategy("round_robin", ["a", "b", "c"])
+    rr = RoundRobin(["a", "b", "c"])
     members = [Cand("a"), Cand("b"), Cand("c")]
     picks = Counter(rr.pick(members, PickRequest()).name for _ in range(300))  # type: ignore[union-attr]
     assert picks == {"a": 100, "b": 100, "c": 100}

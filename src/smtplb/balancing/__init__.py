@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 from smtplb.balancing.base import Candidate, PickRequest, Strategy
-from smtplb.balancing.round_robin import RoundRobin
-
-STRATEGY_TYPES: dict[str, Callable[[Sequence[str]], Strategy]] = {
-    RoundRobin.name: RoundRobin,
-}
-
-
-def make_strategy(name: str, members: Sequence[str]) -> Strategy:
-    """The strategy called ``name`` (a config value already validated)."""
-    try:
-        factory = STRATEGY_TYPES[name]
-    except KeyError:
-        raise NotImplementedError(f"strategy {name!r} is not available yet") from None
-    return factory(members)
+from smtplb.balancing.failover import Failover
+from smtplb.balancing.hashing import BoundedHash
+from smtplb.balancing.latency import Latency
+from smtplb.balancing.least_connections import LeastConnections
+from smtplb.balancing.weighted import RoundRobin, SmoothWeighted
+from smtplb.config import PoolConfig
 
 
-__all__ = ["STRATEGY_TYPES", "Candidate", "PickRequest", "Strategy", "make_strategy"]
+def make_strategy(pool: PoolConfig) -> Strategy:
+    """The strategy a pool's config names (already validated)."""
+    names = [m.name for m in pool.members]
+    match pool.strategy:
+        case "round_robin":
+            return RoundRobin(names)
+        case "weighted":
+            return SmoothWeighted(names)
+        case "least_connections":
+            return LeastConnections(names)
+        case "latency":
+            return Latency(names, decay=pool.latency_decay)
+        case "hash":
+            return BoundedHash(
+                names,
+                key=pool.hash_key,
+                factor=pool.hash_balance_factor,
+                weights={m.name: m.weight for m in pool.members},
+            )
+        case "failover":
+            return Failover(names)
+    raise ValueError(f"unknown strategy {pool.strategy!r}")
+
+
+__all__ = ["Candidate", "PickRequest", "Strategy", "make_strategy"]

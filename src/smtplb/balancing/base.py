@@ -1,7 +1,11 @@
-"""The balancing interface: a strategy picks one member among the eligible ones.
+"""The balancing interface: a strategy picks one member among the available ones.
 
-Strategies are pure and I/O-free. Eligibility (health, pause, capacity, warm-up,
-shaping) is decided before a strategy is asked; a strategy only chooses.
+Strategies are pure and I/O-free. Availability (health, pause, warm-up,
+shaping, members already tried for this job) is decided before a strategy is
+asked; a strategy only chooses. It may choose a member that is ``full`` (all
+connection slots busy): the job then waits for that member, which is how a
+consistent hash keeps a key on its member. Strategies that spread load skip
+full members and return None when every member is full.
 """
 
 from __future__ import annotations
@@ -18,17 +22,29 @@ class Candidate(Protocol):
     def name(self) -> str: ...
 
     @property
-    def weight(self) -> int: ...
+    def weight(self) -> float:
+        """Configured weight × slow-start ramp."""
+        ...
+
+    @property
+    def ramp(self) -> float:
+        """Slow-start share from 0 to 1 (1 = fully up)."""
+        ...
 
     @property
     def load(self) -> int:
         """Deliveries in progress on this member now."""
         ...
 
+    @property
+    def full(self) -> bool:
+        """Every connection slot is busy."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class PickRequest:
-    """What a strategy may know of the message: the keys a hash strategy uses."""
+    """What a strategy may know of the job: the keys a hash strategy uses."""
 
     recipient_domain: str = ""
     sender_domain: str = ""
@@ -47,8 +63,15 @@ class Strategy:
     def __init__(self, members: Sequence[str]) -> None:
         self.members = list(members)
 
-    def pick(self, eligible: Sequence[C], request: PickRequest) -> C | None:
+    def pick(self, candidates: Sequence[C], request: PickRequest) -> C | None:
         raise NotImplementedError
+
+    def observe(self, member: str, seconds: float, ok: bool, now: float) -> None:
+        """One finished delivery on ``member`` (latency-aware strategies learn from it)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self.members)} members)"
+
+
+def not_full(candidates: Sequence[C]) -> list[C]:
+    return [c for c in candidates if not c.full]

@@ -306,7 +306,7 @@ class ClientSession:
         self._tx: _Transaction | None = None
         self._auth_responses: list[bytes] = []
         self._error: str | None = None
-        self._closed_in: State | None = None
+        self._closed_by: tuple[State, Reply] | None = None
 
     # -- what the session knows -----------------------------------------------
 
@@ -319,9 +319,9 @@ class ClientSession:
         return self._extensions
 
     @property
-    def closed_in(self) -> State | None:
-        """The state a ``421`` from the server arrived in, if one did."""
-        return self._closed_in
+    def closed_by(self) -> tuple[State, Reply] | None:
+        """The ``421`` that closed the session, and the state it arrived in."""
+        return self._closed_by
 
     @property
     def esmtp(self) -> bool:
@@ -428,7 +428,7 @@ class ClientSession:
     def _handle(self, reply: Reply) -> Event | None:
         if reply.code == 421 and self._state in _CLOSING_EVENTS:
             event = _CLOSING_EVENTS[self._state](self, reply)
-            self._closed_in = self._state
+            self._closed_by = (self._state, reply)
             self._move("closing")
             return event
         return _HANDLERS[self._state](self, reply)

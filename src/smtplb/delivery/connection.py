@@ -20,7 +20,7 @@ import ipaddress
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal, TypeVar, cast
 
 from smtplb.delivery.client import (
     NEED_DATA,
@@ -35,6 +35,7 @@ from smtplb.delivery.client import (
     QuitDone,
     ResetDone,
     StartTlsReady,
+    StartTlsRefused,
     State,
     TransactionDone,
 )
@@ -111,7 +112,7 @@ async def connect(
     protocol_factory: Callable[[], _P],
     *,
     source_ip: str | None = None,
-    timeout: float,
+    timeout: float,  # noqa: ASYNC109 - the seam's contract: one budget for TCP + TLS
     ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[asyncio.Transport, _P]:
     """A TCP connection (TLS from the start when ``ssl_context`` is given), or ConnectError."""
@@ -156,8 +157,7 @@ class _Link(asyncio.Protocol):
         self._activity = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
         self._activity = self._loop.time()
@@ -180,7 +180,9 @@ class _Link(asyncio.Protocol):
         if self.error is None:
             why = f": {exc}" if exc else ""
             state = self.session.state.value
-            self.error = ConnectError("dropped", f"{self.peer} closed the connection{why} ({state})")
+            self.error = ConnectError(
+                "dropped", f"{self.peer} closed the connection{why} ({state})"
+            )
         self._wake(self.error)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -322,13 +324,17 @@ class SmtpClientConnection:
 
     def __repr__(self) -> str:
         link = self._link
-        if link is not None and link.error is not None:
+        if self._session.state is State.CLOSED:
+            state = "closed"
+        elif link is not None and link.error is not None:
             state = f"dead ({link.error.reason})"
         else:
             state = self._session.state.value
         source = f" from {self.source_ip}" if self.source_ip else ""
         tls = ", TLS" if self._tls else ""
-        return f"<SmtpClientConnection {self.peer}{source} {state}{tls}, {self._messages_sent} sent>"
+        return (
+            f"<SmtpClientConnection {self.peer}{source} {state}{tls}, {self._messages_sent} sent>"
+        )
 
     # -- transactions -----------------------------------------------------------
 
@@ -359,10 +365,10 @@ class SmtpClientConnection:
         link.flush()
         done = await self._expect(TransactionDone)
         self._messages_sent += 1
-        closed_in = self._session.closed_in
-        if closed_in in (State.MAIL, State.RCPT, State.DATA):
-            reply = done.mail if not _ok(done.mail) else (done.data or done.rcpts[-1])
-            message = f"{self.peer} closed the session while {closed_in.value}: {reply}"
+        closed_by = self._session.closed_by
+        if closed_by is not None and closed_by[0] in (State.MAIL, State.RCPT, State.DATA):
+            state, reply = closed_by
+            message = f"{self.peer} closed the session while {state.value}: {reply}"
             raise ConnectError("dropped", message, reply)
         return done
 
@@ -472,14 +478,18 @@ class SmtpClientConnection:
             raise ConnectError("banner", message, done.reply)
 
     async def _starttls(self) -> None:
+        assert self._link is not None
         self._session.starttls()
-        event = await self._command(StartTlsReady | StartTlsRefused)  # type: ignore[arg-type]
-        if not isinstance(event, StartTlsReady):
+        self._link.flush()
+        event = await self._link.wait()
+        if isinstance(event, StartTlsRefused):
             if self.settings.tls == "required" or self._session.state is State.CLOSED:
                 message = f"{self.peer} refused STARTTLS: {event.reply}"
                 raise ConnectError("tls", message, event.reply)
             return  # opportunistic: carry on in clear
-        assert self._link is not None
+        if not isinstance(event, StartTlsReady):
+            self.abort()
+            raise ConnectError("protocol", f"{self.peer}: expected a STARTTLS reply, got {event!r}")
         await self._link.start_tls(_tls_context(self.settings.tls_verify), self.host)
         self._session.tls_established()
         self._tls = True

@@ -166,18 +166,16 @@ class Dispatcher:
         for lane in pool.lanes:
             while lane:
                 job = lane[0]
-                untried = [m for m in pool.members if m.name not in job.tried]
-                available = [m for m in untried if m.available(now)]
+                available = [
+                    m for m in pool.members if m.name not in job.tried and m.available(now)
+                ]
                 if not available:
                     lane.popleft()
                     self._defer(job, self._no_member_reply(pool, job), "")
                     continue
-                eligible = [m for m in available if m.has_capacity()]
-                if not eligible:
+                member = pool.strategy.pick(available, self._pick_request(job))
+                if member is None or member.full:
                     return  # busy: this lane and the lower ones wait for a free slot
-                member = pool.strategy.pick(eligible, self._pick_request(job))
-                if member is None:
-                    return
                 lane.popleft()
                 self._start(job, member, now)
 
@@ -215,6 +213,7 @@ class Dispatcher:
     async def _deliver(self, job: Job, member: Member) -> None:
         msg = job.message
         rcpts = [r.address for r in job.recipients]
+        started = time.monotonic()
         try:
             destinations = await member.destinations(job.domain, self.resolver)
             delivered = await member.deliver(
@@ -224,16 +223,25 @@ class Dispatcher:
             reply = Reply(550 if exc.permanent else 451, exc.enhanced, str(exc))
             self._settle(job, member, [reply] * len(rcpts), upstream="", latency=0.0)
         except ConnectError as exc:
+            pool = self.pools.get(job.pool)
+            if pool is not None:
+                pool.strategy.observe(member.name, time.monotonic() - started, False, started)
             self._failover(job, member, exc)
         except Exception as exc:  # a bug must not lose the job: defer it
             log.exception("delivery of %r on %r failed unexpectedly", job, member)
             self._defer(job, Reply(451, "4.3.0", f"internal error: {type(exc).__name__}"), "")
         else:
             tr = delivered.result
-            transition = member.health.success(time.monotonic())
+            now = time.monotonic()
+            transition = member.health.success(now)
             if transition is not None:
+                member.start_ramp()
                 self._member_event(member, transition.event, transition.reason)
             replies = transaction_outcomes(tr.mail, tr.rcpts, tr.data)
+            pool = self.pools.get(job.pool)
+            if pool is not None:
+                ok = tr.data is not None and tr.data.is_positive
+                pool.strategy.observe(member.name, delivered.latency, ok, now)
             self._settle(job, member, replies, delivered.upstream, delivered.latency)
         finally:
             member.active -= 1

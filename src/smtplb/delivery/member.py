@@ -55,6 +55,8 @@ class Member:
     settings: ConnectionSettings
     health: PassiveHealth
     paused: bool = False
+    slow_start: float = 0.0  # seconds to ramp up after recovering (0: off)
+    ramp_since: float | None = None  # monotonic time the ramp started; None: fully up
     active: int = 0  # deliveries in progress
     open_connections: int = 0
     counters: MemberCounters = field(default_factory=MemberCounters)
@@ -65,12 +67,31 @@ class Member:
         return self.config.name
 
     @property
-    def weight(self) -> int:
-        return self.config.weight
+    def ramp(self) -> float:
+        """Slow start: the share from 0 to 1 a recovering member may take now."""
+        if self.ramp_since is None or self.slow_start <= 0:
+            return 1.0
+        share = (time.monotonic() - self.ramp_since) / self.slow_start
+        if share >= 1.0:
+            self.ramp_since = None
+            return 1.0
+        return max(share, 0.05)
+
+    def start_ramp(self) -> None:
+        if self.slow_start > 0:
+            self.ramp_since = time.monotonic()
+
+    @property
+    def weight(self) -> float:
+        return self.config.weight * self.ramp
 
     @property
     def load(self) -> int:
         return self.active
+
+    @property
+    def full(self) -> bool:
+        return not self.has_capacity()
 
     @property
     def kind(self) -> str:

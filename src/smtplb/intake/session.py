@@ -276,7 +276,9 @@ def _parse_path(text: str) -> tuple[str, list[str]] | None:
         return None
     address = match[1]
     if address.startswith("@"):  # obsolete source route "@a,@b:user@c"
-        address = address.partition(":")[2]
+        _, colon, mailbox = address.partition(":")
+        if colon and mailbox:
+            address = mailbox
     return address, rest.split()
 
 
@@ -352,6 +354,11 @@ class ServerSession:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet consumed (bounded unless waiting)."""
+        return len(self._buf)
 
     def greeting(self) -> None:
         self._out.append(Reply(220, None, f"{self._policy.hostname} ESMTP smtplb").to_bytes())

@@ -1,0 +1,31 @@
+"""The durable store of accepted messages (SPEC §1): the interface and its backends."""
+
+from __future__ import annotations
+
+from smtplb.spool.base import (
+    ClaimedMessage,
+    ClaimedRecipient,
+    ExpiredRecipient,
+    MessageView,
+    NewMessage,
+    NewRecipient,
+    RecipientResult,
+    RecipientView,
+    Spool,
+    SpoolError,
+)
+from smtplb.spool.sqlite import SqliteSpool
+
+__all__ = [
+    "ClaimedMessage",
+    "ClaimedRecipient",
+    "ExpiredRecipient",
+    "MessageView",
+    "NewMessage",
+    "NewRecipient",
+    "RecipientResult",
+    "RecipientView",
+    "Spool",
+    "SpoolError",
+    "SqliteSpool",
+]

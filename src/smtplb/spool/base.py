@@ -149,7 +149,8 @@ class Spool(Protocol):
 
     async def expire_due(self, now: float, limit: int = 1000) -> list[ExpiredRecipient]:
         """Mark EXPIRED every non-final, non-INFLIGHT recipient whose message has
-        expires_at <= now; return them (for DSNs and logs)."""
+        expires_at <= now; return them (for DSNs and logs). The message content
+        stays readable with :meth:`get_content` (for the DSN) until :meth:`purge`."""
 
     async def next_due(self) -> float | None:
         """Smallest next_attempt among QUEUED/DEFERRED recipients, or None."""

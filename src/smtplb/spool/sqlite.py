@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -46,6 +47,8 @@ from smtplb.spool.base import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger("smtplb.spool")
 
 SCHEMA_VERSION = 1
 
@@ -159,6 +162,16 @@ def _resolve(outcomes: list[tuple[asyncio.Future[Any], BaseException | None, Any
             fut.set_result(value)
 
 
+def _post(batch: list[_Op], outcomes: dict[int, tuple[BaseException | None, Any]]) -> None:
+    """Hand each outcome to its caller's event loop: one wake-up per loop per batch."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+    for op in batch:
+        by_loop.setdefault(op.loop, []).append((op.future, *outcomes[id(op)]))
+    for loop, resolved in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
+            loop.call_soon_threadsafe(_resolve, resolved)
+
+
 def _chunks(items: list[int]) -> Iterable[list[int]]:
     for i in range(0, len(items), _IN_CHUNK):
         yield items[i : i + _IN_CHUNK]
@@ -220,7 +233,11 @@ class SqliteSpool:
         self._writer.start()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"spool-reader:{self.path.name}")
         self._open = True
-        await self._read(lambda _c: None)  # connects the reader in its thread
+        try:
+            await self._read(lambda _c: None)  # connects the reader in its thread
+        except BaseException:
+            await self.close()
+            raise
 
     def _connect_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -310,7 +327,12 @@ class SqliteSpool:
                     break
                 batch.append(op)
             self._in_batch = len(batch)
-            self._run_batch(conn, batch)
+            try:
+                self._run_batch(conn, batch)
+            except Exception as exc:  # a bug here must not leave callers waiting forever
+                log.exception("spool writer: batch of %d failed", len(batch))
+                err = SpoolError(f"spool write failed: {exc}")
+                _post(batch, {id(op): (err, None) for op in batch})
             self._in_batch = 0
         conn.close()
         self._wconn = None
@@ -334,12 +356,7 @@ class SqliteSpool:
                     value = (err, None)
                 outcomes[id(op)] = value
             break
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for op in batch:
-            by_loop.setdefault(op.loop, []).append((op.future, *outcomes[id(op)]))
-        for loop, resolved in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
-                loop.call_soon_threadsafe(_resolve, resolved)
+        _post(batch, outcomes)
 
     def _transact(
         self, conn: sqlite3.Connection, ops: list[_Op]
@@ -512,13 +529,16 @@ class SqliteSpool:
                 touched[row[0]] = None
         self._finalize(conn, list(touched), now)
 
-    def _finalize(self, conn: sqlite3.Connection, msg_pks: list[int], now: float) -> None:
-        """Release the content of messages whose recipients are now all final."""
+    def _finalize(
+        self, conn: sqlite3.Connection, msg_pks: list[int], now: float, *, release: bool = True
+    ) -> None:
+        """Mark final the messages whose recipients are now all final, releasing
+        their content unless ``release`` is false (purge drops it later)."""
         conn.executemany(
-            "UPDATE messages SET content = NULL, final_at = ?"
+            "UPDATE messages SET final_at = ?, content = CASE WHEN ? THEN NULL ELSE content END"
             " WHERE pk = ? AND final_at IS NULL AND NOT EXISTS"
             " (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)",
-            [(now, pk, _FINAL_FROM) for pk in msg_pks],
+            [(now, release, pk, _FINAL_FROM) for pk in msg_pks],
         )
 
     async def expire_due(self, now: float, limit: int = 1000) -> list[ExpiredRecipient]:
@@ -543,7 +563,9 @@ class SqliteSpool:
             "UPDATE recipients SET state=?, updated_at=? WHERE rid=?",
             [(int(RecipientState.EXPIRED), stamp, row[0]) for row in rows],
         )
-        self._finalize(conn, list(dict.fromkeys(row[1] for row in rows)), stamp)
+        # The content stays until purge: the delay DSN quotes the original headers.
+        msg_pks = list(dict.fromkeys(row[1] for row in rows))
+        self._finalize(conn, msg_pks, stamp, release=False)
         return [ExpiredRecipient(*row) for row in rows]
 
     async def retry(self, queue_id: str | None = None) -> int:
