@@ -189,7 +189,7 @@ def _member_json(service: Service, name: str) -> dict[str, Any]:
         "kind": member.kind,
         "target": member.config.relay or member.config.source_ip,
         "weight": member.weight,
-        "health": "paused" if member.paused else member.health.state.value,
+        "health": member.state,
         "paused": member.paused,
         "active": member.active,
         "idle_connections": member.idle_connections,

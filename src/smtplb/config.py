@@ -91,6 +91,7 @@ class MemberConfig(_Struct):
     username: str | None = None
     password: str | None = None
     warmup: bool = False
+    check_target: str | None = None  # egress: host:port to probe from source_ip
 
     @property
     def kind(self) -> str:
@@ -123,6 +124,10 @@ class HealthConfig(_Struct):
     rise: int = 2
     fall: int = 3
     slow_start: Duration = Duration(30)
+    checks: bool = True  # active checks of relay members (and egress with check_target)
+    base_ejection: Duration = Duration(10)
+    max_ejection: Duration = Duration(300)
+    max_ejection_percent: int = 50
 
 
 class DeliveryConfig(_Struct):
@@ -309,6 +314,10 @@ def _validate(cfg: Config) -> list[str]:
     check(h.fall >= 1, "health.fall", "must be at least 1")
     check(h.interval > 0, "health.interval", "must be above 0s")
     check(h.timeout > 0, "health.timeout", "must be above 0s")
+    check(
+        0 <= h.max_ejection_percent <= 100, "health.max_ejection_percent", "must be 0 to 100"
+    )
+    check(h.max_ejection >= h.base_ejection, "health.max_ejection", "must be ≥ base_ejection")
     d = cfg.delivery
     check(d.retry_base > 0, "delivery.retry_base", "must be above 0s")
     check(d.retry_max >= d.retry_base, "delivery.retry_max", "must be at least retry_base")
@@ -340,6 +349,11 @@ def _validate_member(member: MemberConfig, at: str, seen: set[str]) -> list[str]
             parse_hostport(member.relay)
         except ValueError as exc:
             problems.append(f"{at}.relay: {exc}")
+    if member.check_target is not None:
+        try:
+            parse_hostport(member.check_target)
+        except ValueError as exc:
+            problems.append(f"{at}.check_target: {exc}")
     if member.source_ip is not None:
         try:
             ipaddress.ip_address(member.source_ip)

@@ -22,11 +22,12 @@ from pathlib import Path
 import uvicorn
 
 from smtplb.balancing import make_strategy
-from smtplb.balancing.health import PassiveHealth
+from smtplb.balancing.health import ActiveHealth, PassiveHealth
 from smtplb.config import Config, MemberConfig, PoolConfig, load_config, parse_hostport
 from smtplb.delivery.connection import ConnectionSettings
 from smtplb.delivery.dispatcher import BounceNotice, Dispatcher, PoolRuntime
 from smtplb.delivery.dsn import build_dsn
+from smtplb.delivery.health_check import HealthChecker
 from smtplb.delivery.member import Member
 from smtplb.delivery.mx import MxResolver
 from smtplb.delivery.outcome import RetrySchedule
@@ -88,6 +89,7 @@ class Service:
             delivery_log=self.delivery_log,
             schedule=self._schedule(config),
             max_in_flight=config.delivery.max_in_flight,
+            max_ejection_percent=config.health.max_ejection_percent,
             on_bounce=self.send_dsn,
         )
         self.listeners: list[Listener] = []
@@ -145,12 +147,16 @@ class Service:
             old.health.fall = self.config.health.fall
             old.slow_start = self.config.health.slow_start
             return old
-        health = PassiveHealth(fall=self.config.health.fall)
+        hc = self.config.health
+        health = PassiveHealth(
+            fall=hc.fall, base_ejection=hc.base_ejection, max_ejection=hc.max_ejection
+        )
         member = Member(
             mc,
             pc.name,
             self._settings(mc),
             health,
+            checks=ActiveHealth(rise=hc.rise, fall=hc.fall),
             paused=mc.name in paused,
             slow_start=self.config.health.slow_start,
         )
@@ -330,6 +336,9 @@ class Service:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.dispatcher.run()))
         self._tasks.append(loop.create_task(self._housekeeping()))
+        if self.config.health.checks:
+            checker = HealthChecker(self.config.health, self._on_check_event)
+            self._tasks.append(loop.create_task(checker.run(self.members)))
         log.info(
             "smtplb listening on %s (SMTP) and %s (HTTP)",
             ", ".join(f"{lst!r}" for lst in self.listeners),
@@ -365,6 +374,10 @@ class Service:
             self.delivery_log.flush()
             for member in self.members():
                 member.close_idle(idle_after)
+
+    def _on_check_event(self, member: Member, event: str, reason: str) -> None:
+        self.dispatcher.member_event(member, event, reason)
+        self.dispatcher.wake()
 
     def drain(self) -> None:
         """Stop taking mail (421, /readyz 503); keep delivering what is queued."""

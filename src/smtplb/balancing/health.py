@@ -90,15 +90,42 @@ class PassiveHealth:
             return Transition("member_up", "delivery succeeded")
         return None
 
-    def failure(self, now: float, reason: str) -> Transition | None:
+    @property
+    def ejected(self) -> bool:
+        return self.state is not HealthState.UP
+
+    def failure(self, now: float, reason: str, *, may_eject: bool = True) -> Transition | None:
+        """A local-origin failure. ``may_eject`` False: the pool already has its
+        maximum share ejected, so the member stays in (its count starts anew)."""
         self._refresh(now)
         self.last_reason = reason
         self.consecutive_failures += 1
         if self.state is HealthState.HALF_OPEN or (
             self.state is HealthState.UP and self.consecutive_failures >= self.fall
         ):
+            if self.state is HealthState.UP and not may_eject:
+                self.spare()
+                return None
             return self._eject(now, reason)
         return None
+
+    def active_check_passed(self, now: float) -> None:
+        """A good active check ends an ejection early: let probes through."""
+        if self.state is HealthState.EJECTED:
+            self.state = HealthState.HALF_OPEN
+            self.probes = 0
+
+    def reset(self, now: float) -> None:
+        """The member is really back (active checks rose): forget earlier ejections."""
+        self.state = HealthState.UP
+        self.consecutive_failures = 0
+        self.ejections = 0
+        self.probes = 0
+        self.up_since = now
+
+    def spare(self) -> None:
+        """An ejection was refused (too much of the pool already out): start counting anew."""
+        self.consecutive_failures = 0
 
     def _eject(self, now: float, reason: str) -> Transition:
         self.ejections += 1
@@ -117,3 +144,39 @@ class PassiveHealth:
             f"PassiveHealth({self.state.value}, failures={self.consecutive_failures}, "
             f"ejections={self.ejections})"
         )
+
+
+class ActiveHealth:
+    """Active checks with HAProxy meanings: ``rise`` consecutive good checks bring
+    a down member up, ``fall`` consecutive bad ones take an up member down.
+    A member starts up. While counting towards a change it is checked faster."""
+
+    def __init__(self, *, rise: int = 2, fall: int = 3) -> None:
+        self.rise = rise
+        self.fall = fall
+        self.up = True
+        self.streak = 0  # consecutive results that argue for a change of state
+        self.last_reason = ""
+        self.checks = 0
+
+    @property
+    def changing(self) -> bool:
+        return self.streak > 0
+
+    def observe(self, ok: bool, reason: str = "") -> Transition | None:
+        self.checks += 1
+        self.last_reason = reason
+        if ok == self.up:
+            self.streak = 0
+            return None
+        self.streak += 1
+        if self.up and self.streak >= self.fall:
+            self.up, self.streak = False, 0
+            return Transition("member_down", f"{self.fall} failed health checks ({reason})")
+        if not self.up and self.streak >= self.rise:
+            self.up, self.streak = True, 0
+            return Transition("member_up", f"{self.rise} good health checks")
+        return None
+
+    def __repr__(self) -> str:
+        return f"ActiveHealth({'up' if self.up else 'down'}, streak={self.streak})"

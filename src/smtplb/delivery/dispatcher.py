@@ -106,8 +106,10 @@ class Dispatcher:
         schedule: RetrySchedule,
         max_in_flight: int = 2000,
         sweep_interval: float = 30.0,
+        max_ejection_percent: int = 50,
         on_bounce: BounceHandler | None = None,
     ) -> None:
+        self.max_ejection_percent = max_ejection_percent
         self.spool = spool
         self.pools = pools
         self.resolver = resolver
@@ -193,10 +195,8 @@ class Dispatcher:
         for m in pool.members:
             if m.name in job.tried:
                 reasons.append(f"{m.name}: failed this attempt")
-            elif m.paused:
-                reasons.append(f"{m.name}: paused")
             else:
-                reasons.append(f"{m.name}: {m.health.state.value}")
+                reasons.append(f"{m.name}: {m.state}")
         return Reply(451, "4.4.1", "no member available (" + "; ".join(reasons) + ")")
 
     def _start(self, job: Job, member: Member, now: float) -> None:
@@ -236,7 +236,7 @@ class Dispatcher:
             transition = member.health.success(now)
             if transition is not None:
                 member.start_ramp()
-                self._member_event(member, transition.event, transition.reason)
+                self.member_event(member, transition.event, transition.reason)
             replies = transaction_outcomes(tr.mail, tr.rcpts, tr.data)
             pool = self.pools.get(job.pool)
             if pool is not None:
@@ -250,13 +250,23 @@ class Dispatcher:
                 self._idle.set()
             self._schedule_pump()
 
+    def _may_eject(self, member: Member) -> bool:
+        """Envoy's max ejection percent: never more than that share of a pool out at
+        once through passive ejection (at least one may go)."""
+        pool = self.pools.get(member.pool)
+        if pool is None:
+            return True
+        ejected = sum(1 for m in pool.members if m.health.ejected)
+        allowed = max(1, len(pool.members) * self.max_ejection_percent // 100)
+        return ejected < allowed
+
     def _failover(self, job: Job, member: Member, exc: ConnectError) -> None:
         now = time.monotonic()
         member.counters.failures += 1
-        transition = member.health.failure(now, exc.reason)
+        transition = member.health.failure(now, exc.reason, may_eject=self._may_eject(member))
         self._log_job(job, "failover", member=member, response=f"{exc.reason}: {exc}")
         if transition is not None:
-            self._member_event(member, transition.event, transition.reason)
+            self.member_event(member, transition.event, transition.reason)
         job.tried.add(member.name)
         pool = self.pools.get(job.pool)
         if pool is not None:
@@ -435,7 +445,7 @@ class Dispatcher:
                 **{"class": job.message.content_class},
             )
 
-    def _member_event(self, member: Member, event: str, reason: str) -> None:
+    def member_event(self, member: Member, event: str, reason: str) -> None:
         log.info("member %s: %s (%s)", member.name, event, reason)
         self.log.write(event, pool=member.pool, member=member.name, response=reason)
 

@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from smtplb.balancing.health import PassiveHealth
+from smtplb.balancing.health import ActiveHealth, PassiveHealth
 from smtplb.config import MemberConfig, parse_hostport
 from smtplb.delivery.connection import (
     ConnectError,
@@ -54,6 +54,7 @@ class Member:
     pool: str
     settings: ConnectionSettings
     health: PassiveHealth
+    checks: ActiveHealth = field(default_factory=ActiveHealth)
     paused: bool = False
     slow_start: float = 0.0  # seconds to ramp up after recovering (0: off)
     ramp_since: float | None = None  # monotonic time the ramp started; None: fully up
@@ -107,7 +108,7 @@ class Member:
 
     def available(self, now: float) -> bool:
         """Takes new traffic: not paused and not ejected (capacity aside)."""
-        return not self.paused and self.health.available(now)
+        return not self.paused and self.checks.up and self.health.available(now)
 
     def eligible(self, now: float) -> bool:
         return self.has_capacity() and self.available(now)
@@ -216,8 +217,17 @@ class Member:
     def idle_connections(self) -> int:
         return sum(len(v) for v in self._idle.values())
 
+    @property
+    def state(self) -> str:
+        """One word for operators: paused, down (checks), ejected, half_open or up."""
+        if self.paused:
+            return "paused"
+        if not self.checks.up:
+            return "down"
+        return self.health.state.value
+
     def __repr__(self) -> str:
-        state = "paused" if self.paused else self.health.state.value
+        state = self.state
         return (
             f"Member({self.name!r}, {state}, {self.active} active, "
             f"{self.idle_connections} idle, max {self.config.max_connections})"

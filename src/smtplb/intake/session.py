@@ -242,6 +242,8 @@ _ADDRESS_RE: Final = re.compile(
 )
 # A bracketed path; a quoted local part may hold '>'.
 _PATH_RE: Final = re.compile(r'\s*<((?:"(?:[^"\\]|\\.)*"|[^<>"])*)>')
+# Anything else in brackets is an address, if a bad one (5.1.x, not 5.5.4).
+_LOOSE_PATH_RE: Final = re.compile(r"\s*<([^>]*)>")
 
 
 def _valid_address(address: str) -> bool:
@@ -268,7 +270,7 @@ def _parse_path(text: str) -> tuple[str, list[str]] | None:
 
     The address is returned as written ('' for ``<>``), source route dropped.
     """
-    match = _PATH_RE.match(text)
+    match = _PATH_RE.match(text) or _LOOSE_PATH_RE.match(text)
     if match is None:
         return None
     rest = text[match.end() :]

@@ -17,6 +17,9 @@ see the last committed state and never wait behind the writer's fsync.
 Nothing scans the queue: claiming walks the partial index ``recipients_ready``
 (non-final, not in flight) one priority at a time; expiry walks the partial
 index of live messages by ``expires_at``; state counts are kept by triggers.
+When every recipient of a message is final its content is released (set to
+NULL), except after expiry, where the DSN still quotes it; ``purge`` deletes
+final messages after their retention.
 """
 
 from __future__ import annotations

@@ -1,0 +1,95 @@
+"""Active health checks: connect, 220 banner, EHLO, QUIT (HAProxy's smtpchk).
+
+Relay members are checked at their upstream. Egress members are checked only
+when they name a ``check_target`` (a bind+connect probe from their source IP).
+The rise/fall decision is :class:`smtplb.balancing.health.ActiveHealth`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterable
+
+from smtplb.config import HealthConfig, parse_hostport
+from smtplb.delivery.connection import ConnectError, ConnectionSettings, SmtpClientConnection
+from smtplb.delivery.member import Member
+
+MemberEvent = Callable[[Member, str, str], None]
+
+
+async def probe(member: Member, timeout: float) -> tuple[bool, str]:
+    """One check. Returns (ok, reason)."""
+    target = member.config.relay or member.config.check_target
+    if target is None:
+        return True, "no check target"
+    host, port = parse_hostport(target)
+    settings = ConnectionSettings(
+        ehlo_name=member.settings.ehlo_name,
+        tls="none",
+        implicit_tls=member.config.implicit_tls,
+        connect_timeout=timeout,
+        command_timeout=timeout,
+    )
+    try:
+        conn = await asyncio.wait_for(
+            SmtpClientConnection.open(host, port, settings, source_ip=member.source_ip), timeout
+        )
+    except ConnectError as exc:
+        return False, f"{exc.reason}: {exc}"
+    except TimeoutError:
+        return False, "timeout"
+    except OSError as exc:
+        return False, str(exc)
+    await conn.quit()
+    return True, "ok"
+
+
+class HealthChecker:
+    def __init__(self, config: HealthConfig, on_event: MemberEvent) -> None:
+        self.config = config
+        self.on_event = on_event
+        self._rng = random.Random()
+
+    def interval(self, member: Member) -> float:
+        base = self.config.interval
+        if member.checks.changing or not member.checks.up:
+            base = max(base / 2, 0.2)  # check faster while a change of state is pending
+        return base * self._rng.uniform(0.9, 1.1)
+
+    async def run(self, members: Callable[[], Iterable[Member]]) -> None:
+        """Check every member on its own schedule until cancelled."""
+        tasks: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                current = {m.name: m for m in members() if self._checked(m)}
+                for name, task in list(tasks.items()):
+                    if name not in current or task.done():
+                        task.cancel()
+                        del tasks[name]
+                for name, member in current.items():
+                    if name not in tasks:
+                        tasks[name] = asyncio.get_running_loop().create_task(self._loop(member))
+                await asyncio.sleep(1.0)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+
+    @staticmethod
+    def _checked(member: Member) -> bool:
+        return member.config.relay is not None or member.config.check_target is not None
+
+    async def _loop(self, member: Member) -> None:
+        while True:
+            ok, reason = await probe(member, self.config.timeout)
+            now = time.monotonic()
+            transition = member.checks.observe(ok, reason)
+            if ok:
+                member.health.active_check_passed(now)
+            if transition is not None:
+                if transition.event == "member_up":
+                    member.health.reset(now)
+                    member.start_ramp()
+                self.on_event(member, transition.event, transition.reason)
+            await asyncio.sleep(self.interval(member))
