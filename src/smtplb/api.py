@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from smtplb.intake.session import valid_address
+from smtplb.intake.session import _valid_address as valid_address  # TODO: public name
 from smtplb.model import Envelope, RecipientState
 from smtplb.spool.base import MessageView, SpoolError
 

@@ -134,7 +134,7 @@ def send(
                 if code not in (250, 251):
                     refused[rcpt] = (code, text)
             if len(refused) == len(recipients):
-                raise smtplib.SMTPRecipientsRefused(refused)  # type: ignore[arg-type]
+                raise smtplib.SMTPRecipientsRefused(refused)
             code, text = client.data(data)
             if code != 250:
                 raise smtplib.SMTPDataError(code, text)

@@ -24,8 +24,9 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from smtplb.balancing import PickRequest, Strategy
 from smtplb.config import PoolConfig
@@ -92,7 +93,7 @@ class BounceNotice:
     expired: bool
 
 
-BounceHandler = Callable[[BounceNotice], Awaitable[None]]
+BounceHandler = Callable[[BounceNotice], Coroutine[Any, Any, None]]
 
 
 class Dispatcher:

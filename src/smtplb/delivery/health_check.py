@@ -53,7 +53,7 @@ class HealthChecker:
         self._rng = random.Random()
 
     def interval(self, member: Member) -> float:
-        base = self.config.interval
+        base = float(self.config.interval)
         if member.checks.changing or not member.checks.up:
             base = max(base / 2, 0.2)  # check faster while a change of state is pending
         return base * self._rng.uniform(0.9, 1.1)
