@@ -211,11 +211,18 @@ def test_swaks_through_smtplb_to_postfix_smtp_sink(
                 capture_output=True,
                 timeout=30,
             )
-        wait_until(lambda: len(list(dump.iterdir())) >= 5, 30, "5 messages at smtp-sink")
-        dumped = b"".join(p.read_bytes() for p in dump.iterdir())
+
+        def dumped() -> bytes:
+            return b"".join(p.read_bytes() for p in dump.iterdir())
+
+        # smtp-sink creates a dump file before it has written it: wait for the content.
+        wait_until(
+            lambda: all(f"Subject: swaks {i}".encode() in dumped() for i in range(5)),
+            30,
+            "5 messages at smtp-sink",
+        )
         for i in range(5):
-            assert f"user{i}@example.org".encode() in dumped
-            assert f"Subject: swaks {i}".encode() in dumped
+            assert f"X-Rcpt-Args: <user{i}@example.org>".encode() in dumped()
     finally:
         sink.terminate()
         sink.wait(10)
