@@ -15,13 +15,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from email.message import EmailMessage
 from email.policy import SMTP
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from smtplb import __version__
 from smtplb.intake.session import _valid_address as valid_address  # TODO: public name
 from smtplb.model import Envelope, RecipientState
 from smtplb.spool.base import MessageView, SpoolError
@@ -115,6 +119,48 @@ async def readyz(request: Request) -> Response:
     if _service(request).draining:
         return JSONResponse({"status": "draining"}, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+@public
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    service = _service(request)
+    await service.refresh_gauges()
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@public
+async def overview(request: Request) -> Response:
+    """Aggregates for the dashboard: pools, members, queue, charts, recent errors.
+
+    No addresses or content: public while ``public_read`` is true."""
+    service = _service(request)
+    live = service.live
+    return JSONResponse(
+        {
+            "hostname": service.config.hostname,
+            "version": __version__,
+            "uptime": time.time() - service.started_at,
+            "draining": service.draining,
+            "pools": [
+                {
+                    "name": p.name,
+                    "strategy": p.config.strategy,
+                    "waiting": p.waiting(),
+                    "members": [
+                        {**_member_json(service, m.name), **live.member_rates(m.name)}
+                        for m in p.members
+                    ],
+                }
+                for p in service.pools.values()
+            ],
+            "queue": await service.spool.stats(),
+            "queue_oldest_age": await service.spool.oldest_age(time.time()),
+            "totals": live.totals,
+            "series": live.series(),
+            "errors": list(live.errors),
+        }
+    )
 
 
 # -- queue ---------------------------------------------------------------------------
@@ -350,6 +396,8 @@ def _build_message(sender: str, rcpts: list[str], body: dict[str, Any]) -> bytes
 
 ROUTES = [
     Route("/healthz", healthz),
+    Route("/metrics", metrics),
+    Route("/api/v1/overview", overview),
     Route("/readyz", readyz),
     Route("/api/v1/messages", inject, methods=["POST"]),
     Route("/api/v1/queue", queue_list),
@@ -385,7 +433,23 @@ async def openapi(request: Request) -> Response:
     )
 
 
+STATIC = Path(__file__).parent / "observability" / "static"
+
+
+@public
+async def dashboard(request: Request) -> Response:
+    """The live dashboard (HTML; its data comes from /api/v1/overview)."""
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
 def create_app(service: Service) -> Starlette:
-    app = Starlette(routes=[*ROUTES, Route("/openapi.json", openapi)])
+    app = Starlette(
+        routes=[
+            Route("/", dashboard),
+            *ROUTES,
+            Route("/openapi.json", openapi),
+            Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        ]
+    )
     app.state.service = service
     return app

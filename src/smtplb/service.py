@@ -37,6 +37,8 @@ from smtplb.intake.server import Listener
 from smtplb.intake.session import SessionPolicy
 from smtplb.model import Envelope, Reply, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
+from smtplb.observability.live import LiveStats
+from smtplb.observability.metrics import Metrics
 from smtplb.routing.routes import RoutingInput, classify_content, decide_route
 from smtplb.spool.base import ClaimedMessage, ClaimedRecipient, NewMessage, NewRecipient, SpoolError
 from smtplb.spool.sqlite import SqliteSpool
@@ -79,6 +81,9 @@ class Service:
             max_size=config.log.delivery_log_max_size,
             keep=config.log.delivery_log_keep,
         )
+        self.metrics = Metrics()
+        self.live = LiveStats()
+        self.delivery_log.listeners += [self.metrics.on_record, self.live.on_record]
         self.paused = PausedMembers(self.data_dir / "paused-members")
         self.pools = self._build_pools(config, {})
         self.resolver = MxResolver(config.static_routes)
@@ -200,13 +205,30 @@ class Service:
 
     async def handle_message(self, envelope: Envelope, data: bytes) -> Reply:
         if self.draining:
+            self.metrics.intake.labels("smtp", "4xx").inc()
             return Reply(421, "4.3.2", "service draining, try again later")
         try:
             queue_id = await self.submit(envelope, data)
         except SpoolError as exc:
             log.error("spool write failed: %s", exc)
+            self.metrics.intake.labels("smtp", "4xx").inc()
             return Reply(451, "4.3.0", "temporary local problem, try again later")
+        self.metrics.intake.labels("smtp", "2xx").inc()
         return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+    async def refresh_gauges(self) -> None:
+        """Bring state gauges up to date (called at each scrape)."""
+        for member in self.members():
+            self.metrics.set_member(
+                member.pool,
+                member.name,
+                member.state,
+                member.active,
+                member.idle_connections,
+                member.weight,
+            )
+        self.metrics.set_queue(await self.spool.stats(), await self.spool.oldest_age(time.time()))
+        self.metrics.set_waiting((p.name, p.waiting()) for p in self.pools.values())
 
     async def submit(self, envelope: Envelope, data: bytes, *, is_dsn: bool = False) -> str:
         """Route, store durably (fsync) and hand to delivery. Raises SpoolError."""

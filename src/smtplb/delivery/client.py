@@ -252,9 +252,10 @@ def parse_extensions(ehlo_text: str) -> dict[str, str]:
         keyword, _, params = line.strip().partition(" ")
         keyword = keyword.upper()
         if keyword.startswith("AUTH="):  # pre-RFC 4954 servers: "AUTH=LOGIN PLAIN"
-            params = f"{keyword[5:]} {params}".strip()
-            keyword = "AUTH"
-            params = f"{extensions.get('AUTH', '')} {params}".strip()
+            keyword, params = "AUTH", f"{keyword[5:]} {params}"
+        if keyword == "AUTH":  # both forms may be announced; keep every mechanism once
+            mechanisms = f"{extensions.get('AUTH', '')} {params}".upper().split()
+            params = " ".join(dict.fromkeys(mechanisms))
         if keyword:
             extensions[keyword] = params.strip()
     return extensions

@@ -112,7 +112,7 @@ async def connect(
     protocol_factory: Callable[[], _P],
     *,
     source_ip: str | None = None,
-    timeout: float,  # noqa: ASYNC109 - the seam's contract: one budget for TCP + TLS
+    timeout: float,  # one budget for TCP + TLS handshake
     ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[asyncio.Transport, _P]:
     """A TCP connection (TLS from the start when ``ssl_context`` is given), or ConnectError."""

@@ -1,0 +1,130 @@
+"""Prometheus metrics (``GET /metrics``), fed by the delivery-log event stream.
+
+Counters and histograms move with each delivery record; gauges that describe
+state (member health, connections, queue depth and age) are read at scrape
+time. Every name is prefixed ``smtplb_``; labels are ``pool`` and ``member``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+OUTCOMES = ("delivered", "deferred", "bounced", "expired", "failover", "suppressed")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+HEALTH_STATES = ("up", "half_open", "ejected", "down", "paused")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.messages = Counter(
+            "smtplb_messages",
+            "Recipient delivery events by outcome",
+            ["pool", "member", "outcome"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "smtplb_delivery_latency_seconds",
+            "Upstream transaction time, connect included",
+            ["pool", "member"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.received = Counter(
+            "smtplb_received_recipients",
+            "Recipients accepted into the spool",
+            ["pool"],
+            registry=r,
+        )
+        self.intake = Counter(
+            "smtplb_intake_messages",
+            "Messages offered at intake by listener and reply class",
+            ["listener", "reply_class"],
+            registry=r,
+        )
+        self.member_events = Counter(
+            "smtplb_member_state_changes",
+            "Member state changes",
+            ["pool", "member", "event"],
+            registry=r,
+        )
+        self.health = Gauge(
+            "smtplb_member_health",
+            "1 for the member's current state",
+            ["pool", "member", "state"],
+            registry=r,
+        )
+        self.up = Gauge(
+            "smtplb_member_up", "1 if the member takes traffic", ["pool", "member"], registry=r
+        )
+        self.active = Gauge(
+            "smtplb_member_active_connections",
+            "Deliveries in progress",
+            ["pool", "member"],
+            registry=r,
+        )
+        self.idle = Gauge(
+            "smtplb_member_idle_connections",
+            "Open idle upstream connections",
+            ["pool", "member"],
+            registry=r,
+        )
+        self.weight = Gauge(
+            "smtplb_member_effective_weight",
+            "Weight × slow-start ramp",
+            ["pool", "member"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "smtplb_queue_depth", "Recipients in the spool by state", ["state"], registry=r
+        )
+        self.queue_age = Gauge(
+            "smtplb_queue_oldest_age_seconds",
+            "Age of the oldest recipient by state",
+            ["state"],
+            registry=r,
+        )
+        self.waiting = Gauge(
+            "smtplb_pool_waiting_jobs", "Jobs waiting in a pool's lanes", ["pool"], registry=r
+        )
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        event = record["event"]
+        pool = record.get("pool") or ""
+        member = record.get("member") or ""
+        if event in OUTCOMES:
+            self.messages.labels(pool, member, event).inc()
+            latency = record.get("latency_ms")
+            if event != "failover" and member and latency is not None:
+                self.latency.labels(pool, member).observe(latency / 1000)
+        elif event == "received":
+            self.received.labels(pool).inc()
+        elif event.startswith("member_"):
+            self.member_events.labels(pool, member, event).inc()
+
+    def set_member(
+        self, pool: str, member: str, state: str, active: int, idle: int, weight: float
+    ) -> None:
+        for s in HEALTH_STATES:
+            self.health.labels(pool, member, s).set(1 if s == state else 0)
+        self.up.labels(pool, member).set(1 if state in ("up", "half_open") else 0)
+        self.active.labels(pool, member).set(active)
+        self.idle.labels(pool, member).set(idle)
+        self.weight.labels(pool, member).set(weight)
+
+    def set_queue(self, depth: dict[str, int], ages: dict[str, float]) -> None:
+        for state, count in depth.items():
+            self.queue_depth.labels(state).set(count)
+        for state, age in ages.items():
+            self.queue_age.labels(state).set(age)
+
+    def set_waiting(self, pools: Iterable[tuple[str, int]]) -> None:
+        for pool, waiting in pools:
+            self.waiting.labels(pool).set(waiting)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
