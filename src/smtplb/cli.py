@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
@@ -114,14 +115,15 @@ def send(
         server = _config(config_path).smtp.listen[0]
     host, port = parse_hostport(server)
     if eml is not None:
-        data = eml.read_bytes()
+        raw = eml.read_bytes()
+        data = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
     else:
         msg = EmailMessage()
         msg["From"] = sender or "MAILER-DAEMON"
         msg["To"] = ", ".join(recipients)
         msg["Subject"] = subject
         msg.set_content(body if body is not None else "Sent with smtplb send.\n")
-        data = msg.as_bytes()
+        data = msg.as_bytes(policy=SMTP)  # CRLF line ends, as SMTP requires
     try:
         with smtplib.SMTP(host, port, timeout=30) as client:
             client.ehlo()
@@ -323,11 +325,13 @@ def queue_delete(
 
 
 @main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@api_options
 @click.pass_context
-def members(ctx: click.Context) -> None:
-    """List, pause and resume members."""
+def members(ctx: click.Context, /, **options: Any) -> None:
+    """List, pause and resume members (no verb: list)."""
     if ctx.invoked_subcommand is None:
-        ctx.invoke(members_list)
+        ctx.invoke(members_list, **options)
 
 
 @members.command("list")
