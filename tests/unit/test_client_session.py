@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -141,7 +142,7 @@ def test_pipelined_transaction_writes_mail_rcpt_data_at_once() -> None:
     assert session.data_to_send() == b""  # nothing before the 354
     assert feed(session, GO) == []
     assert session.data_to_send() == b"Hi\r\n.\r\n"
-    assert session.state is State.BODY
+    assert session.state.name == "BODY"
     [done] = feed(session, b"250 2.0.0 Ok: queued as 4Xyz\r\n")
     assert done == TransactionDone(
         mail=Reply(250, "2.1.0", "Ok"),
@@ -588,7 +589,7 @@ def run_script(chunkings: list[list[int]] | None) -> tuple[list[Event], bytes]:
     session = ClientSession()
     events: list[Event] = []
     sent = b""
-    commands = [
+    commands: list[Callable[[], None]] = [
         lambda: None,
         lambda: session.ehlo("client.example"),
         lambda: session.send_transaction("a@x.example", ["b@y.example", "c@y.example"], b"Hi\r\n"),

@@ -122,8 +122,42 @@ _TRANSITIONS: Final[dict[tuple[State, Trigger], State]] = {
 
 
 @dataclass(frozen=True, slots=True)
-class Greeting:
+class _ReplyEvent:
     reply: Reply
+
+
+class Greeting(_ReplyEvent):
+    __slots__ = ()
+
+
+class StartTlsReady(_ReplyEvent):
+    __slots__ = ()
+
+
+class StartTlsRefused(_ReplyEvent):
+    __slots__ = ()
+
+
+class AuthDone(_ReplyEvent):
+    __slots__ = ()
+
+
+class ResetDone(_ReplyEvent):
+    __slots__ = ()
+
+
+class NoopDone(_ReplyEvent):
+    __slots__ = ()
+
+
+class QuitDone(_ReplyEvent):
+    __slots__ = ()
+
+
+class ServerClosing(_ReplyEvent):
+    """An unsolicited ``421`` while idle: the server is closing the connection."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,21 +166,6 @@ class EhloDone:
 
     reply: Reply
     extensions: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class StartTlsReady:
-    reply: Reply
-
-
-@dataclass(frozen=True, slots=True)
-class StartTlsRefused:
-    reply: Reply
-
-
-@dataclass(frozen=True, slots=True)
-class AuthDone:
-    reply: Reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,28 +191,6 @@ class TransactionDone:
         if not _ok(rcpt) or self.data is None:
             return rcpt
         return self.data
-
-
-@dataclass(frozen=True, slots=True)
-class ResetDone:
-    reply: Reply
-
-
-@dataclass(frozen=True, slots=True)
-class NoopDone:
-    reply: Reply
-
-
-@dataclass(frozen=True, slots=True)
-class QuitDone:
-    reply: Reply
-
-
-@dataclass(frozen=True, slots=True)
-class ServerClosing:
-    """An unsolicited ``421`` while idle: the server is closing the connection."""
-
-    reply: Reply
 
 
 Event: TypeAlias = (

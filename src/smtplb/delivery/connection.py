@@ -175,6 +175,8 @@ class _Link(asyncio.Protocol):
         self.flush()
         if session.state is State.CLOSED and self.transport is not None:
             self.transport.close()
+        elif self._timer is not None and self._activity + self._timeout() < self._timer.when():
+            self._arm()  # a shorter phase began (data_timeout < command_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.error is None:
@@ -220,14 +222,24 @@ class _Link(asyncio.Protocol):
         waiter: asyncio.Future[Event] = self._loop.create_future()
         self._waiter = waiter
         self._activity = self._loop.time()
-        self._timer = self._loop.call_at(self._activity + self._timeout(), self._on_timer)
+        self._arm()
         try:
             return await waiter
+        except asyncio.CancelledError:
+            # Replies may still come for the abandoned command: this link is done.
+            state = self.session.state.value
+            self.fail(ConnectError("dropped", f"cancelled while {state} on {self.peer}"))
+            raise
         finally:
             self._waiter = None
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(self._activity + self._timeout(), self._on_timer)
 
     def _timeout(self) -> float:
         if self.session.state is State.BODY:
@@ -236,6 +248,9 @@ class _Link(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         # Re-armed lazily rather than on every read: reads only note the time.
+        if self._waiter is None or self._waiter.done():
+            self._timer = None
+            return
         timeout = self._timeout()
         due = self._activity + timeout
         if self._loop.time() < due:

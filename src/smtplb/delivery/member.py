@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from smtplb.balancing.health import ActiveHealth, PassiveHealth
+from smtplb.balancing.health import ActiveHealth, HealthState, PassiveHealth
 from smtplb.config import MemberConfig, parse_hostport
 from smtplb.delivery.connection import (
     ConnectError,
@@ -104,6 +104,10 @@ class Member:
         return None if ip in (None, "0.0.0.0", "::") else ip
 
     def has_capacity(self) -> bool:
+        # After a connection-level failure the circuit is suspect: one attempt at a
+        # time until a success, so a dead upstream sees at most `fall` new attempts.
+        if self.health.consecutive_failures or self.health.state is not HealthState.UP:
+            return self.active < 1
         return self.active < self.config.max_connections
 
     def available(self, now: float) -> bool:
