@@ -149,6 +149,29 @@ class LogConfig(_Struct):
     level: str = "info"
 
 
+class WebhookConfig(_Struct):
+    url: str
+    events: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "delivered",
+            "bounced",
+            "deferred",
+            "expired",
+            "complaint",
+            "member_*",
+        ]
+    )
+    secret: str | None = None
+    batch: int = 100
+    max_queue: int = 10000
+    max_attempts: int = 8
+    retry_base: Duration = Duration(1)
+    timeout: Duration = Duration(10)
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"WebhookConfig({self.url!r}, events={self.events})"
+
+
 class ClusterConfig(_Struct):
     redis: str | None = None
 
@@ -163,6 +186,7 @@ class Config(_Struct):
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     static_routes: dict[str, str] = msgspec.field(default_factory=dict)
+    webhooks: list[WebhookConfig] = msgspec.field(default_factory=list)
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
@@ -314,9 +338,7 @@ def _validate(cfg: Config) -> list[str]:
     check(h.fall >= 1, "health.fall", "must be at least 1")
     check(h.interval > 0, "health.interval", "must be above 0s")
     check(h.timeout > 0, "health.timeout", "must be above 0s")
-    check(
-        0 <= h.max_ejection_percent <= 100, "health.max_ejection_percent", "must be 0 to 100"
-    )
+    check(0 <= h.max_ejection_percent <= 100, "health.max_ejection_percent", "must be 0 to 100")
     check(h.max_ejection >= h.base_ejection, "health.max_ejection", "must be ≥ base_ejection")
     d = cfg.delivery
     check(d.retry_base > 0, "delivery.retry_base", "must be above 0s")
@@ -329,6 +351,14 @@ def _validate(cfg: Config) -> list[str]:
             parse_hostport(target)
         except ValueError as exc:
             problems.append(f"static_routes.{domain}: {exc}")
+    for i, hook in enumerate(cfg.webhooks):
+        check(
+            hook.url.startswith(("http://", "https://")),
+            f"webhooks[{i}].url",
+            "must be an http:// or https:// URL",
+        )
+        check(hook.batch >= 1, f"webhooks[{i}].batch", "must be at least 1")
+        check(hook.max_attempts >= 1, f"webhooks[{i}].max_attempts", "must be at least 1")
     check(
         cfg.log.level in ("debug", "info", "warning", "error"),
         "log.level",

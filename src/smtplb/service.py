@@ -39,6 +39,7 @@ from smtplb.model import Envelope, Reply, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.live import LiveStats
 from smtplb.observability.metrics import Metrics
+from smtplb.observability.webhooks import Webhooks
 from smtplb.routing.routes import RoutingInput, classify_content, decide_route
 from smtplb.spool.base import ClaimedMessage, ClaimedRecipient, NewMessage, NewRecipient, SpoolError
 from smtplb.spool.sqlite import SqliteSpool
@@ -84,6 +85,10 @@ class Service:
         self.metrics = Metrics()
         self.live = LiveStats()
         self.delivery_log.listeners += [self.metrics.on_record, self.live.on_record]
+        self.webhooks: Webhooks | None = None
+        if config.webhooks:
+            self.webhooks = Webhooks(config.webhooks)
+            self.delivery_log.listeners.append(self.webhooks.on_record)
         self.paused = PausedMembers(self.data_dir / "paused-members")
         self.pools = self._build_pools(config, {})
         self.resolver = MxResolver(config.static_routes)
@@ -355,6 +360,8 @@ class Service:
             await listener.start()
             self.listeners.append(listener)
         await self._start_http()
+        if self.webhooks is not None:
+            self.webhooks.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.dispatcher.run()))
         self._tasks.append(loop.create_task(self._housekeeping()))
@@ -436,6 +443,8 @@ class Service:
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await self._http_task
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.spool.close()
         self.delivery_log.close()
         self._stopped.set()

@@ -340,9 +340,9 @@ def test_source_ip_is_what_the_server_sees(run: Run) -> None:
 def test_a_source_ip_this_host_does_not_have(run: Run) -> None:
     async def main() -> None:
         with pytest.raises(ConnectError) as info:
-            await SmtpClientConnection.open("127.0.0.1", 25, SETTINGS, source_ip="192.0.2.1")
+            await SmtpClientConnection.open("127.0.0.1", 25, SETTINGS, source_ip="198.51.100.7")
         assert info.value.reason == "refused"
-        assert "from 192.0.2.1" in str(info.value)
+        assert "from 198.51.100.7" in str(info.value)
 
     run(main())
 
@@ -497,6 +497,33 @@ def test_smtputf8_not_offered_is_a_permanent_local_failure(run: Run) -> None:
             await conn.quit()
 
     run(main())
+
+
+def non_loopback_address() -> str:
+    """This host's address on its default route (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("198.51.100.1", 9))
+        except OSError:
+            pytest.skip("this host has no route off loopback")
+        address: str = probe.getsockname()[0]
+    return address
+
+
+def test_no_password_in_clear_to_a_remote_host(run: Run) -> None:
+    peer = MiniSmtp()
+    settings = ConnectionSettings("client.smtplb.test", username="u", password="secret")
+    address = non_loopback_address()
+
+    async def main() -> None:
+        async with serving(peer, host=address) as port:
+            with pytest.raises(ConnectError) as info:
+                await SmtpClientConnection.open(address, port, settings)
+        assert info.value.reason == "auth"
+        assert "without TLS" in str(info.value)
+
+    run(main())
+    assert not any(c.startswith(b"AUTH") for c in peer.commands)
 
 
 def test_auth_refused(run: Run) -> None:

@@ -609,7 +609,7 @@ def run_script(chunkings: list[list[int]] | None) -> tuple[list[Event], bytes]:
     return events, sent
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_any_chunking_of_the_reply_stream_gives_the_same_events(data: st.DataObject) -> None:
     chunkings = [

@@ -69,6 +69,3 @@ class Latency(Strategy):
             return ready[0] if ready else None
         a, b = self._rng.sample(ready, 2)
         return a if self.cost(a) <= self.cost(b) else b
-
-
-
