@@ -391,5 +391,19 @@ def sink(args: tuple[str, ...]) -> None:
     sys.exit(sink_main(list(args)))
 
 
+@main.command()
+@click.option("--duration", default=60.0, show_default=True, help="Seconds of traffic.")
+@click.option("--rate", default=40.0, show_default=True, help="Messages per second.")
+@click.option("--http-port", default=8025, show_default=True, help="0: any free port.")
+@click.option("--smtp-port", default=2525, show_default=True, help="0: any free port.")
+def demo(duration: float, rate: float, http_port: int, smtp_port: int) -> None:
+    """Run smtplb with sandbox upstreams and traffic: balancing, failover, dashboard."""
+    from smtplb.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _install_uvloop()
+    sys.exit(asyncio.run(run_demo(duration, rate, http_port, smtp_port)))
+
+
 if __name__ == "__main__":
     main()

@@ -103,16 +103,17 @@
 
   // -- throughput chart ---------------------------------------------------------------
 
+  // The y axis has four gridlines; keep each step a whole, round count.
   function niceMax(v) {
-    if (v <= 4) return 4;
-    const mag = 10 ** Math.floor(Math.log10(v));
-    const n = [1, 2, 2.5, 5, 10].find((f) => f * mag >= v);
-    return n * mag;
+    const raw = Math.max(1, v / 4);
+    const mag = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 2.5, 3, 4, 5, 6, 8, 10].map((f) => f * mag).find((s) => s >= raw && Number.isInteger(s));
+    return 4 * (step ?? Math.ceil(raw));
   }
 
   function renderChart(series) {
     const box = $("#chart");
-    const W = Math.max(300, box.clientWidth), H = box.clientHeight || 230;
+    const W = Math.max(300, box.clientWidth), H = Math.max(230, box.clientHeight);
     const pad = { l: 40, r: 8, t: 8, b: 22 };
     const pw = W - pad.l - pad.r, ph = H - pad.t - pad.b;
     const n = series.delivered.length, step = series.step;
@@ -352,11 +353,7 @@
     });
   }
 
-  let resizeTimer = 0;
-  window.addEventListener("resize", () => {
-    clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(() => state.last && renderChart(state.last.series), 100);
-  });
+  new ResizeObserver(() => state.last && renderChart(state.last.series)).observe($("#chart"));
 
   initTheme();
   poll();

@@ -1,0 +1,231 @@
+"""`smtplb demo`: smtplb with three sandbox upstreams and a traffic generator.
+
+The upstreams are smart sinks: ``steady`` accepts everything, ``flaky``
+defers some mail the way Gmail rate-limits (421 4.7.28) and knows no
+``nobody@`` users, ``slow`` takes 250 ms per message. The pool balances by
+latency. A third of the way in ``steady`` dies; at two thirds it comes back.
+At the end every message sent is accounted for: delivered, bounced, or still
+queued for retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from smtplb.config import parse_config
+from smtplb.delivery.connection import ConnectError, ConnectionSettings, SmtpClientConnection
+from smtplb.service import Service
+from smtplb.sink.server import DomainRule, SinkProfile, SinkServer, parse_reply
+
+DOMAINS = ("gmail.test", "yahoo.test", "outlook.test", "example.org", "shop.test")
+
+
+@dataclass(slots=True)
+class Traffic:
+    sent: int = 0  # recipients accepted by smtplb
+    refused: int = 0  # recipients smtplb refused at intake (e.g. while it drained)
+    # (queue_id, recipient) -> last event, for the application's mail (not DSNs)
+    fate: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        if record.get("sender") != "app@shop.test":
+            return
+        event = record["event"]
+        if event in ("received", "delivered", "deferred", "bounced", "expired"):
+            self.fate[(record["queue_id"], record["recipient"])] = event
+
+
+def _profiles() -> dict[str, SinkProfile]:
+    flaky = DomainRule(
+        accept=0.85, defer=0.15, defer_reply=parse_reply("421 4.7.28 Rate limited, try later")
+    )
+    return {
+        "steady": SinkProfile(seed=1),
+        "flaky": SinkProfile(
+            rules={"*": flaky},
+            unknown_users=frozenset(f"nobody@{d}" for d in DOMAINS),
+            seed=2,
+        ),
+        "slow": SinkProfile(rules={"*": DomainRule(latency=0.25)}, seed=3),
+    }
+
+
+async def _generate(
+    port: int, rate: float, stop_at: float, traffic: Traffic, rng: random.Random
+) -> None:
+    """Send ``rate`` messages a second over a few reused connections until ``stop_at``."""
+    settings = ConnectionSettings(ehlo_name="demo-app.test", tls="none")
+
+    async def one_client(share: float) -> None:
+        conn: SmtpClientConnection | None = None
+        interval = 1.0 / share
+        next_send = time.monotonic()
+        while time.monotonic() < stop_at:
+            user = "nobody" if rng.random() < 0.02 else f"user{rng.randrange(10_000)}"
+            rcpt = f"{user}@{rng.choice(DOMAINS)}"
+            n = traffic.sent + traffic.refused
+            data = (
+                f"From: Demo App <app@shop.test>\r\nTo: <{rcpt}>\r\n"
+                f"Subject: demo message {n}\r\n\r\nHello from the smtplb demo.\r\n"
+            ).encode()
+            try:
+                if conn is None or not conn.is_usable:
+                    conn = await SmtpClientConnection.open("127.0.0.1", port, settings)
+                result = await conn.send("app@shop.test", [rcpt], data)
+                ok = result.data is not None and result.data.is_positive
+                if ok:
+                    traffic.sent += 1
+                else:
+                    traffic.refused += 1
+            except ConnectError:
+                traffic.refused += 1
+                conn = None
+            next_send += interval
+            await asyncio.sleep(max(0.0, next_send - time.monotonic()))
+        if conn is not None:
+            await conn.quit()
+
+    clients = 4
+    await asyncio.gather(*(one_client(rate / clients) for _ in range(clients)))
+
+
+async def run_demo(duration: float, rate: float, http_port: int, smtp_port: int) -> int:
+    http_port = http_port or _free_port()
+    smtp_port = smtp_port or _free_port()
+    work = Path(tempfile.mkdtemp(prefix="smtplb-demo-"))
+    profiles = _profiles()
+    sinks = {name: SinkServer("127.0.0.1", _free_port(), p) for name, p in profiles.items()}
+    for sink in sinks.values():
+        await sink.start()
+    config = parse_config(
+        {
+            "data_dir": str(work / "var"),
+            "hostname": "demo.smtplb.test",
+            "smtp": {"listen": [f"127.0.0.1:{smtp_port}"]},
+            "http": {"listen": f"127.0.0.1:{http_port}"},
+            "health": {"interval": "1s", "timeout": "1s", "rise": 2, "fall": 2, "slow_start": "5s"},
+            "delivery": {"retry_base": "2s", "retry_max": "5s", "max_lifetime": "1h"},
+            "pools": [
+                {
+                    "name": "demo",
+                    "strategy": "latency",
+                    "members": [
+                        {"name": name, "relay": f"127.0.0.1:{sink.port}", "max_connections": 5}
+                        for name, sink in sinks.items()
+                    ],
+                }
+            ],
+        }
+    )
+    service = Service(config)
+    await service.start()
+    url = f"http://127.0.0.1:{service.http_port}/"
+    click.echo(f"smtplb demo: dashboard at {url}  (SMTP on 127.0.0.1:{smtp_port})")
+    click.echo(f"  upstreams: steady, flaky (15% 421 4.7.28), slow (+250 ms); {rate:g} msg/s")
+    traffic = Traffic()
+    service.delivery_log.listeners.append(traffic.on_record)
+    rng = random.Random(7)
+    start = time.monotonic()
+    generator = asyncio.create_task(_generate(smtp_port, rate, start + duration, traffic, rng))
+    try:
+        await _script(duration, start, sinks, service, traffic)
+        await generator
+        click.echo("traffic stopped; letting retries finish…")
+        await _settle(service, timeout=15)
+        return await _summary(service, traffic)
+    finally:
+        generator.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await generator
+        await service.stop()
+        for sink in sinks.values():
+            with contextlib.suppress(Exception):
+                await sink.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def _script(
+    duration: float,
+    start: float,
+    sinks: dict[str, SinkServer],
+    service: Service,
+    traffic: Traffic,
+) -> None:
+    steady = sinks["steady"]
+    events = [(duration / 3, "kill"), (2 * duration / 3, "revive")]
+    next_report = start + 5
+    while time.monotonic() - start < duration:
+        elapsed = time.monotonic() - start
+        if events and elapsed >= events[0][0]:
+            _, what = events.pop(0)
+            if what == "kill":
+                await steady.stop()
+                click.echo(f"[{elapsed:5.1f}s] upstream 'steady' killed: watch failover")
+            else:  # a new server on the same port, as a restarted MTA would be
+                steady = SinkServer("127.0.0.1", steady.port, steady.profile)
+                sinks["steady"] = steady
+                await steady.start()
+                click.echo(f"[{elapsed:5.1f}s] upstream 'steady' revived: watch it ramp up")
+        if time.monotonic() >= next_report:
+            next_report += 5
+            states = ", ".join(f"{m.name}={m.state}" for m in service.members())
+            click.echo(f"[{elapsed:5.1f}s] sent {traffic.sent}; members: {states}")
+        await asyncio.sleep(0.2)
+
+
+async def _settle(service: Service, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = await service.spool.stats()
+        if stats["queued"] + stats["in_flight"] + stats["deferred"] == 0:
+            return
+        await asyncio.sleep(0.5)
+
+
+async def _summary(service: Service, traffic: Traffic) -> int:
+    fates = list(traffic.fate.values())
+    delivered, bounced = fates.count("delivered"), fates.count("bounced")
+    expired = fates.count("expired")
+    pending = [key for key, fate in traffic.fate.items() if fate in ("received", "deferred")]
+    still_queued = 0
+    for queue_id, rcpt in pending:  # check the spool really holds each one
+        view = await service.spool.get(queue_id)
+        if view and any(r.address == rcpt and not r.state.is_final for r in view.recipients):
+            still_queued += 1
+    click.echo("")
+    click.echo("summary")
+    click.echo(f"  sent (accepted by smtplb)  {traffic.sent}")
+    click.echo(f"  refused at intake          {traffic.refused}")
+    click.echo(f"  delivered                  {delivered}")
+    click.echo(f"  bounced                    {bounced}  (a DSN went back to the sender for each)")
+    click.echo(f"  expired                    {expired}")
+    click.echo(f"  still queued for retry     {still_queued}")
+    click.echo("  per member:")
+    for m in service.members():
+        c = m.counters
+        click.echo(
+            f"    {m.name:<8} {m.state:<9} delivered {c.delivered:>5}  deferred {c.deferred:>4}"
+            f"  bounced {c.bounced:>3}  connection failures {c.failures:>3}"
+        )
+    total = delivered + bounced + expired + still_queued
+    ok = total == traffic.sent == len(traffic.fate)
+    click.echo(
+        f"  accounted for: {total} of {traffic.sent} sent" + ("  ✓" if ok else "  ✗ MISMATCH")
+    )
+    return 0 if ok else 1

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def test_demo_runs_unattended_and_accounts_for_every_message() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smtplb",
+            "demo",
+            "--duration",
+            "12",
+            "--rate",
+            "30",
+            "--http-port",
+            "0",
+            "--smtp-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "dashboard at http://127.0.0.1:" in out
+    assert "upstream 'steady' killed" in out and "upstream 'steady' revived" in out
+    match = re.search(r"accounted for: (\d+) of (\d+) sent  ✓", out)
+    assert match and match.group(1) == match.group(2) and int(match.group(2)) > 200, out
+    for member in ("steady", "flaky", "slow"):
+        assert re.search(rf"{member}\s+\w+\s+delivered\s+[1-9]", out), out
