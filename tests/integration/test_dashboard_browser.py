@@ -19,7 +19,7 @@ from smtplb.sink.server import DomainRule, SinkProfile, ThreadedSink
 from tests.integration.conftest import Smtplb, free_port, relay_config, wait_until
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Locator, Page
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -68,12 +68,8 @@ def test_dashboard_shows_members_and_updates_without_reload(
 ) -> None:
     from playwright.sync_api import expect
 
-    sink = sinks(
-        SinkProfile(
-            rules={"*": DomainRule(latency=0.02), "greylist.example": DomainRule(accept=0, defer=1)},
-            unknown_users=frozenset({"nobody@example.org"}),
-        )
-    )
+    rules = {"*": DomainRule(latency=0.02), "greylist.example": DomainRule(accept=0, defer=1)}
+    sink = sinks(SinkProfile(rules=rules, unknown_users=frozenset({"nobody@example.org"})))
     dead_port = free_port()  # nothing listens: relay-2 goes down on its health checks
     config = relay_config(tmp_path / "var", [sink.port, dead_port], health={"interval": "250ms"})
     node = smtplb(*config).start()
@@ -86,7 +82,10 @@ def test_dashboard_shows_members_and_updates_without_reload(
     loaded_at = page.evaluate("window.smtplbDashboard.loadedAt")
 
     expect(page.locator("#hostname")).to_have_text("relay.smtplb.test")
-    member = lambda name: page.locator(f'[data-pool="main"] [data-member="{name}"]')  # noqa: E731
+
+    def member(name: str) -> Locator:
+        return page.locator(f'[data-pool="main"] [data-member="{name}"]')
+
     expect(member("relay-1").locator('[data-field="health"]')).to_have_text("up")
     expect(member("relay-2").locator('[data-field="health"]')).to_have_text(
         re.compile(r"^(down|ejected)$"), timeout=WAIT_MS

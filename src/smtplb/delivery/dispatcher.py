@@ -360,7 +360,7 @@ class Dispatcher:
                 )
             )
             if state is RecipientState.EXPIRED:
-                expired.append(_failed(rcpt.address, reply, ""))
+                expired.append(_failed(rcpt.address, reply, "", expired=True))
             self._log_rcpt(job, rcpt, state.name.lower(), reply, attempt=attempt)
         self._record(results)
         self._notify(job.message, expired, expired=True)

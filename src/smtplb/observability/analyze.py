@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import enum
 import gzip
+import io
+import math
 import random
 import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -54,22 +55,21 @@ _COUNTED = _ATTEMPTS | {"received", "suppressed", "complaint", "failover"}
 # -- normalised events -------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Event:
-    """One line's meaning, whatever format it came in."""
+class Event(msgspec.Struct):
+    """One line's meaning, whatever format it came in; decodes a delivery-log record."""
 
-    kind: str  # an smtplb event name; Postfix adds "expire_queue" and "removed"
-    queue_id: str = ""
-    recipient: str = ""
+    kind: str = msgspec.field(name="event")  # Postfix adds "expire_queue" and "removed"
+    queue_id: str | None = None
+    recipient: str | None = None
     pool: str | None = None
     member: str | None = None
     provider: str | None = None
-    klass: str | None = None
+    klass: str | None = msgspec.field(default=None, name="class")
     variant: str | None = None
-    domain: str | None = None
+    domain: str | None = msgspec.field(default=None, name="recipient_domain")
     code: int | None = None
-    enhanced: str | None = None
-    response: str = ""
+    enhanced: str | None = msgspec.field(default=None, name="enhanced_code")
+    response: str | None = None
     latency_ms: float | None = None
     delay_ms: float | None = None
     nrcpt: int = 1
@@ -90,54 +90,19 @@ class Event:
 
 class Verdict(enum.Enum):
     IGNORED = "ignored"  # understood, but not a recipient outcome (smtpd, member_down…)
+    FOREIGN = "foreign"  # a syslog line from another program
     SKIPPED = "skipped"  # unreadable
 
 
-class _Record(msgspec.Struct):
-    """A delivery-log line; fields follow ``delivery_log.FIELDS``."""
-
-    event: str
-    queue_id: str | None = None
-    recipient: str | None = None
-    recipient_domain: str | None = None
-    provider: str | None = None
-    pool: str | None = None
-    member: str | None = None
-    code: int | None = None
-    enhanced_code: str | None = None
-    response: str | None = None
-    latency_ms: float | None = None
-    delay_ms: float | None = None
-    klass: str | None = msgspec.field(default=None, name="class")
-    variant: str | None = None
-
-
-_decode_record = msgspec.json.Decoder(_Record).decode
+_decode_record = msgspec.json.Decoder(Event).decode
 
 
 def parse_json(line: str) -> Event | Verdict:
     try:
-        r = _decode_record(line)
+        event = _decode_record(line)
     except msgspec.DecodeError:
         return Verdict.SKIPPED
-    if r.event not in _COUNTED:
-        return Verdict.IGNORED
-    return Event(
-        r.event,
-        r.queue_id or "",
-        r.recipient or "",
-        r.pool,
-        r.member,
-        r.provider,
-        r.klass,
-        r.variant,
-        r.recipient_domain,
-        r.code,
-        r.enhanced_code,
-        r.response or "",
-        r.latency_ms,
-        r.delay_ms,
-    )
+    return event if event.kind in _COUNTED else Verdict.IGNORED
 
 
 _SYSLOG = re.compile(
@@ -160,8 +125,10 @@ def parse_syslog(line: str) -> Event | Verdict:
         return Verdict.SKIPPED
     prog, msg = m.group("prog", "msg")
     q = _QUEUE_ID.match(msg)
-    if "/" not in prog or q is None:
-        return Verdict.IGNORED  # another daemon, or Postfix without a queue id
+    if "/" not in prog:
+        return Verdict.FOREIGN
+    if q is None:
+        return Verdict.IGNORED  # connect/disconnect, NOQUEUE rejects, warnings
     agent = prog.rsplit("/", 1)[1]
     queue_id, rest = q.groups()
     if rest.startswith("to=<"):
@@ -171,9 +138,7 @@ def parse_syslog(line: str) -> Event | Verdict:
             return Event("removed", queue_id)
         if rest.startswith("from=<"):
             fields = dict(_FIELD.findall(rest.partition(" (")[0]))
-            if fields.get("status") == "expired,":
-                return Event("expire_queue", queue_id)
-            if "status" in rest and "expired" in rest:
+            if fields.get("status") == "expired":  # "…, status=expired, returned to sender"
                 return Event("expire_queue", queue_id)
             nrcpt = fields.get("nrcpt", "")
             if nrcpt.isdigit():
@@ -232,11 +197,18 @@ def _ms(seconds: str) -> float | None:
         return None
 
 
-def parse_line(line: str) -> Event | Verdict:
+def parse_line(line: str) -> tuple[str, Event | Verdict]:
+    """The line's format (smtplb, postfix, syslog or "") and what it says."""
     line = line.strip()
     if not line:
-        return Verdict.SKIPPED
-    return parse_json(line) if line[0] == "{" else parse_syslog(line)
+        return "", Verdict.SKIPPED
+    if line[0] == "{":
+        parsed = parse_json(line)
+        return ("" if parsed is Verdict.SKIPPED else "smtplb"), parsed
+    parsed = parse_syslog(line)
+    if isinstance(parsed, Event) or parsed is Verdict.IGNORED:
+        return "postfix", parsed
+    return ("syslog" if parsed is Verdict.FOREIGN else ""), parsed
 
 
 # -- reasons, percentiles ---------------------------------------------------------------
@@ -264,19 +236,20 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile of already sorted values (exact, no interpolation)."""
     if not sorted_values:
         raise ValueError("percentile of no values")
-    rank = max(1, -(-len(sorted_values) * p // 100))  # ceil without floats drifting
-    return sorted_values[int(rank) - 1]
+    rank = max(1, math.ceil(len(sorted_values) * p / 100))
+    return sorted_values[rank - 1]
 
 
 class _Reservoir:
     """All values up to ``cap``; then a uniform sample of them (algorithm R, seeded)."""
 
-    __slots__ = ("_rng", "cap", "seen", "values")
+    __slots__ = ("_rng", "_seed", "cap", "seen", "values")
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, seed: int) -> None:
         self.cap = cap
         self.seen = 0
         self.values: list[float] = []
+        self._seed = seed
         self._rng: random.Random | None = None
 
     def add(self, value: float) -> None:
@@ -285,7 +258,7 @@ class _Reservoir:
             self.values.append(value)
             return
         if self._rng is None:
-            self._rng = random.Random(self.cap)
+            self._rng = random.Random(self._seed)
         j = self._rng.randrange(self.seen)
         if j < self.cap:
             self.values[j] = value
@@ -359,12 +332,12 @@ class _Group:
         "latency",
     )
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, seed: int) -> None:
         self.counts: Counter[str] = Counter()
         self.attempted: set[int] = set()
         self.deferred: set[int] = set()
-        self.latency = _Reservoir(cap)
-        self.delay = _Reservoir(cap)
+        self.latency = _Reservoir(cap, seed)
+        self.delay = _Reservoir(cap, seed + 1)
         self.deferral_reasons: Counter[str] = Counter()
         self.bounce_reasons: Counter[str] = Counter()
 
@@ -446,25 +419,25 @@ class Analyzer:
         self.sources: Counter[str] = Counter()
         self.notes: list[str] = []
         self._seed = seed
-        self._overall = _Group(sample_cap)
+        self._overall = _Group(sample_cap, seed)
         self._groups: dict[tuple[str, ...], _Group] = {}
         # Recipients whose last outcome was a deferral: queue id → address → event.
-        self._pending: dict[str, dict[str, Event]] = {}
-        self._received_queues: set[str] = set()  # Postfix: qmgr logs from= per retry
+        self._pending: dict[str | None, dict[str | None, Event]] = {}
+        self._received_queues: set[str | None] = set()  # Postfix: qmgr logs from= per retry
 
     def feed(self, line: str) -> None:
         self.lines += 1
-        parsed = parse_line(line)
-        if parsed is Verdict.SKIPPED:
-            self.skipped += 1
-        elif parsed is Verdict.IGNORED:
-            self.ignored += 1
-        else:
-            assert isinstance(parsed, Event)
-            self.sources["postfix" if parsed.pool == "postfix" else "smtplb"] += 1
+        source, parsed = parse_line(line)
+        if source:
+            self.sources[source] += 1
+        if isinstance(parsed, Event):
             for ev in self._resolve(parsed):
                 self.records += 1
                 self._count(ev)
+        elif parsed is Verdict.SKIPPED:
+            self.skipped += 1
+        else:
+            self.ignored += 1
 
     def feed_lines(self, lines: Iterable[str]) -> None:
         for line in lines:
@@ -485,17 +458,7 @@ class Analyzer:
             if not waiting:  # its deferrals are not in these logs
                 return [Event("expired", ev.queue_id, pool="postfix")]
             return [
-                Event(
-                    "expired",
-                    ev.queue_id,
-                    d.recipient,
-                    d.pool,
-                    d.member,
-                    domain=d.domain,
-                    code=d.code,
-                    enhanced=d.enhanced,
-                    response=d.response,
-                )
+                msgspec.structs.replace(d, kind="expired", latency_ms=None, delay_ms=None)
                 for d in waiting.values()
             ]
         if ev.kind == "received" and ev.pool == "postfix":
@@ -505,10 +468,10 @@ class Analyzer:
         elif ev.kind == "deferred":
             self._pending.setdefault(ev.queue_id, {})[ev.recipient] = ev
         elif ev.kind in _FINAL:
-            waiting = self._pending.get(ev.queue_id)
-            if waiting is not None:
-                last = waiting.pop(ev.recipient, None)
-                if not waiting:
+            queue = self._pending.get(ev.queue_id)
+            if queue is not None:
+                last = queue.pop(ev.recipient, None)
+                if not queue:
                     del self._pending[ev.queue_id]
                 if last is not None and ev.kind == "expired":
                     ev.inherit(last)
@@ -517,50 +480,41 @@ class Analyzer:
     def _count(self, ev: Event) -> None:
         key = hash((ev.queue_id, ev.recipient))
         tally, reason = ev.kind, None
-        if ev.kind in ("deferred", "bounced", "expired"):
-            reason = normalise_reason(ev.code, ev.enhanced, ev.response)
+        if ev.kind in ("deferred", "bounced"):
+            reason = normalise_reason(ev.code, ev.enhanced, ev.response or "")
         if ev.kind == "bounced":
             code = ev.code or (450 if (ev.enhanced or "").startswith("4") else 550)
-            kind = classify_reply(Reply(code, ev.enhanced, ev.response))
+            kind = classify_reply(Reply(code, ev.enhanced, ev.response or ""))
             tally = "hard" if kind is BounceKind.HARD else "soft"
         self._overall.add(ev, key, tally, reason)
         if self.by:
             group_key = tuple(ev.dimension(d) for d in self.by)
             group = self._groups.get(group_key)
             if group is None:
-                group = self._groups[group_key] = _Group(self.sample_cap)
+                group = self._groups[group_key] = _Group(self.sample_cap, self._seed)
             group.add(ev, key, tally, reason)
 
     def report(self) -> Report:
-        groups = [
-            g.summary(dict(zip(self.by, k, strict=True))) for k, g in self._groups.items()
-        ]
+        groups = [g.summary(dict(zip(self.by, k, strict=True))) for k, g in self._groups.items()]
         groups.sort(key=lambda g: (-g.attempted, -g.received, list(g.group.values())))
         overall = self._overall.summary({})
         notes = list(self.notes)
         if self.lines == 0:
-            notes.append("no input lines")
+            notes.append("no input lines: nothing to analyze")
         elif self.records == 0:
             notes.append("no delivery records found (neither smtplb JSON Lines nor Postfix)")
         if self.skipped:
-            notes.append(f"{self.skipped} unreadable line(s) skipped")
+            notes.append(
+                f"{self.skipped:,} unreadable line(s) skipped (neither JSON records nor syslog)"
+            )
         sampled = [g for g in [overall, *groups] if g.latency_ms.sampled or g.delay_ms.sampled]
         if sampled:
             notes.append(
                 f"percentiles of {len(sampled)} group(s) come from a seeded random sample of "
                 f"{self.sample_cap:,} values each"
             )
-        return Report(
-            list(self.by),
-            self.lines,
-            self.records,
-            self.ignored,
-            self.skipped,
-            dict(self.sources),
-            notes,
-            overall,
-            groups,
-        )
+        counts = (self.lines, self.records, self.ignored, self.skipped)
+        return Report(list(self.by), *counts, dict(self.sources), notes, overall, groups)
 
 
 def analyze_lines(lines: Iterable[str], by: Sequence[str] = ()) -> Report:
@@ -580,82 +534,72 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
-    """Aligned columns: the first ``left`` columns flush left, numbers flush right."""
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
+    """Aligned columns; ``align`` has an ``l`` or ``r`` per column."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     out = []
     for row in [header, *rows]:
         cells = [
-            c.ljust(w) if i < left else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            c.ljust(w) if a == "l" else c.rjust(w)
+            for c, w, a in zip(row, widths, align, strict=True)
         ]
         out.append("  ".join(cells).rstrip())
     return out
+
+
+def _group_row(g: GroupReport) -> list[str]:
+    rates = (g.deliverability, g.hard_bounce_rate, g.soft_bounce_rate)
+    times = (g.latency_ms.p50, g.latency_ms.p95, g.latency_ms.p99, g.delay_ms.p95)
+    return [
+        *g.group.values(),
+        *(f"{n:,}" for n in (g.attempted, g.delivered)),
+        *map(_pct, rates),
+        f"{g.expired:,}",
+        *map(_pct, (g.deferral_rate, g.complaint_rate)),
+        *map(_num, times),
+    ]
 
 
 def render_table(report: Report) -> str:
     o = report.overall
     sources = ", ".join(f"{name} {n:,}" for name, n in sorted(report.sources.items()))
     lines = [
-        f"{report.lines:,} lines: {report.records:,} records"
-        + (f" ({sources})" if sources else "")
-        + f", {report.ignored:,} ignored, {report.skipped:,} skipped",
+        f"{report.lines:,} lines ({sources or 'none recognised'}): {report.records:,} records, "
+        f"{report.ignored:,} ignored, {report.skipped:,} skipped",
         "",
     ]
-    lines += _table(
-        ["overall", "recipients", "rate", ""],
-        [
-            ["received", f"{o.received:,}", "", ""],
-            ["attempted", f"{o.attempted:,}", "", ""],
-            ["final outcomes", f"{o.final:,}", "", ""],
-            ["delivered", f"{o.delivered:,}", _pct(o.deliverability), "deliverability"],
-            ["hard bounces", f"{o.hard_bounces:,}", _pct(o.hard_bounce_rate), "of final"],
-            ["soft bounces", f"{o.soft_bounces:,}", _pct(o.soft_bounce_rate), "of final"],
-            ["expired", f"{o.expired:,}", _pct(_rate(o.expired, o.final)), "of final"],
-            ["ever deferred", f"{o.ever_deferred:,}", _pct(o.deferral_rate), "of attempted"],
-            ["deferral events", f"{o.deferrals:,}", "", ""],
-            ["complaints", f"{o.complaints:,}", _pct(o.complaint_rate), "of delivered"],
-            ["suppressed", f"{o.suppressed:,}", "", ""],
-            ["failovers", f"{o.failovers:,}", "", ""],
-        ],
-    )
+    overall: list[tuple[str, int, float | None, str]] = [
+        ("received", o.received, None, ""),
+        ("attempted", o.attempted, None, ""),
+        ("final outcomes", o.final, None, ""),
+        ("delivered", o.delivered, o.deliverability, "deliverability (of final)"),
+        ("hard bounces", o.hard_bounces, o.hard_bounce_rate, "of final"),
+        ("soft bounces", o.soft_bounces, o.soft_bounce_rate, "of final"),
+        ("expired", o.expired, _rate(o.expired, o.final), "of final"),
+        ("ever deferred", o.ever_deferred, o.deferral_rate, "of attempted"),
+        ("deferral events", o.deferrals, None, ""),
+        ("complaints", o.complaints, o.complaint_rate, "of delivered"),
+        ("suppressed", o.suppressed, None, ""),
+        ("failovers", o.failovers, None, ""),
+    ]
+    rows = [[label, f"{n:,}", _pct(rate) if of else "", of] for label, n, rate, of in overall]
+    lines += _table(["overall", "recipients", "rate", ""], rows, "lrrl")
     lines.append("")
-    lines += _table(
-        ["ms", "p50", "p95", "p99", "samples"],
-        [
-            [name, _num(p.p50), _num(p.p95), _num(p.p99), f"{p.count:,}"]
-            for name, p in (("latency", o.latency_ms), ("delay", o.delay_ms))
-        ],
-    )
+    rows = [
+        [name, _num(p.p50), _num(p.p95), _num(p.p99), f"{p.count:,}"]
+        for name, p in (("latency", o.latency_ms), ("delay", o.delay_ms))
+    ]
+    lines += _table(["ms", "p50", "p95", "p99", "samples"], rows, "lrrrr")
     for title, reasons in (("deferral", o.top_deferrals), ("bounce", o.top_bounces)):
         if reasons:
-            lines += ["", f"top {title} reasons"]
-            lines += [f"{r.count:>8,}  {r.reason}" for r in reasons]
+            lines += ["", f"top {title} reasons", *(f"{r.count:>8,}  {r.reason}" for r in reasons)]
     if report.groups:
+        header = [*report.by, "attempted", "delivered", "deliv%", "hard%", "soft%", "expired"]
+        header += ["deferred%", "compl%", "lat p50", "lat p95", "lat p99", "delay p95"]
+        rows = [_group_row(g) for g in report.groups]
         lines += ["", f"by {', '.join(report.by)}"]
-        header = [*report.by, "attempted", "delivered", "deliv%", "hard%", "soft%"]
-        header += ["expired", "deferred%", "compl%", "lat p50", "lat p95", "lat p99", "delay p95"]
-        rows = [
-            [
-                *g.group.values(),
-                f"{g.attempted:,}",
-                f"{g.delivered:,}",
-                _pct(g.deliverability),
-                _pct(g.hard_bounce_rate),
-                _pct(g.soft_bounce_rate),
-                f"{g.expired:,}",
-                _pct(g.deferral_rate),
-                _pct(g.complaint_rate),
-                _num(g.latency_ms.p50),
-                _num(g.latency_ms.p95),
-                _num(g.latency_ms.p99),
-                _num(g.delay_ms.p95),
-            ]
-            for g in report.groups
-        ]
-        lines += _table(header, rows, left=len(report.by))
-    if report.notes:
-        lines += ["", *(f"note: {n}" for n in report.notes)]
+        lines += _table(header, rows, "l" * len(report.by) + "r" * 12)
+    lines += [""] * bool(report.notes) + [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
 
 
@@ -680,9 +624,8 @@ def chronological(paths: Sequence[Path]) -> list[Path]:
 
 def read_lines(stream: IO[bytes]) -> Iterator[str]:
     """Decoded lines of a plain or gzip-compressed stream (sniffed, not by name)."""
-    source: IO[bytes] = stream
-    if stream.peek(2)[:2] == b"\x1f\x8b" if hasattr(stream, "peek") else False:
-        source = gzip.GzipFile(fileobj=stream)
+    head = stream.peek(2)[:2] if isinstance(stream, io.BufferedReader) else b""
+    source: Iterable[bytes] = gzip.GzipFile(fileobj=stream) if head == b"\x1f\x8b" else stream
     for raw in source:
         yield raw.decode("utf-8", "replace")
 
@@ -718,6 +661,7 @@ def analyze(files: tuple[Path, ...], by: str, as_json: bool) -> None:
             click.echo(f"smtplb logs analyze: {p}: {what}", err=True)
         sys.exit(1)
     for path in chronological(list(files)):
+        before = analyzer.lines
         try:
             if str(path) == "-":
                 analyzer.feed_lines(read_lines(sys.stdin.buffer))
@@ -728,7 +672,7 @@ def analyze(files: tuple[Path, ...], by: str, as_json: bool) -> None:
             click.echo(f"smtplb logs analyze: {path}: {exc.strerror}", err=True)
             sys.exit(1)
         except (OSError, EOFError) as exc:  # truncated or corrupt gzip: keep what was read
-            analyzer.skip(f"{path}: unreadable after {analyzer.lines:,} lines in all ({exc})")
+            analyzer.skip(f"{path}: unreadable after line {analyzer.lines - before:,}: {exc}")
     report = analyzer.report()
     if as_json:
         click.echo(msgspec.json.encode(report).decode())

@@ -65,12 +65,11 @@
 
   function sparkline(svg, values) {
     const w = 84, h = 30, n = values.length;
-    const max = Math.max(1, ...values);
+    const max = Math.max(1, ...values) * 1.1;
     const pts = values.map((v, i) => [(i / Math.max(1, n - 1)) * w, h - (v / max) * h]);
     const line = pts.map(([x, y], i) => `${i ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`).join("");
     svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
-    svg.innerHTML = n < 2 ? "" :
-      `<path class="area" d="${line}L${w},${h}L0,${h}Z"/><path class="stroke" d="${line}"/>`;
+    svg.innerHTML = n < 2 ? "" : `<path class="stroke" d="${line}"/>`;
   }
 
   function setKpi(name, value, text, spark, alert = "") {
@@ -98,7 +97,7 @@
     setKpi("queue", depth, fmtNum(depth), state.depth);
     setKpi("oldest", Math.round(oldest), depth ? fmtAge(oldest) : "—", null,
       oldest > 3600 ? "bad" : oldest > 300 ? "warn" : "");
-    setKpi("rate", perMinute, fmtNum(perMinute), series.delivered);
+    setKpi("rate", perMinute, fmtNum(perMinute), null);
   }
 
   // -- throughput chart ---------------------------------------------------------------
@@ -281,17 +280,30 @@
 
   // -- recent errors -------------------------------------------------------------------
 
+  // A member retrying the same refusal fills the list with copies: show each run once, ×N.
+  function groupRuns(errors) {
+    const runs = [];
+    for (const e of errors) {
+      const sig = [e.event, e.pool, e.member, e.code, e.enhanced_code, e.response].join("\u0000");
+      const prev = runs[runs.length - 1];
+      if (prev && prev.sig === sig) prev.count += 1;
+      else runs.push({ ...e, sig, count: 1 });
+    }
+    return runs;
+  }
+
   function renderErrors(errors, now) {
     const list = $("#errors");
     const key = errors.length ? `${errors.length}:${errors[0].ts}:${errors[0].event}` : "";
     if (list.dataset.key !== key) {
       list.dataset.key = key;
-      list.replaceChildren(...errors.map((e) => {
+      list.replaceChildren(...groupRuns(errors).map((e) => {
         const code = [e.code, e.enhanced_code].filter(Boolean).join(" ");
         const where = [e.pool, e.member].filter(Boolean).join(" / ") || "—";
-        return el("li", { "data-event": e.event, "data-ts": e.ts, ...(e.member ? { "data-member": e.member } : {}) },
+        return el("li", { "data-event": e.event, "data-ts": e.ts, "data-count": e.count, ...(e.member ? { "data-member": e.member } : {}) },
           el("span", { class: "ago", title: new Date(e.ts * 1000).toLocaleString() }),
-          el("span", { class: "ev", "data-event": e.event }, label(e.event.replace(/^member_/, "member "))),
+          el("span", { class: "ev", "data-event": e.event }, label(e.event.replace(/^member_/, "member ")),
+            ...(e.count > 1 ? [el("span", { class: "times", title: `${e.count} in a row` }, `×${e.count}`)] : [])),
           el("span", {}, where),
           el("span", { class: "mono" }, code || "—"),
           el("span", { class: "resp mono", title: e.response ?? "" }, e.response || ""));
@@ -299,7 +311,7 @@
     }
     for (const li of list.children) setText($(".ago", li), `${fmtAge(now - li.dataset.ts)} ago`);
     $("#errors-empty").hidden = errors.length > 0;
-    setText($("#errors-count"), errors.length ? `${errors.length} most recent` : "");
+    setText($("#errors-count"), errors.length ? `last ${errors.length}` : "");
   }
 
   // -- polling -------------------------------------------------------------------------

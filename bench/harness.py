@@ -1,0 +1,874 @@
+"""What the benchmarks share: Postfix's tools, the three smtp-sink upstreams, a throwaway
+Postfix relay instance, smtplb as a subprocess, process accounting and RESULTS.md.
+
+Theory of operation. Every server runs as a descendant of the benchmark process, which
+makes itself a child subreaper: when Postfix's master exits, its children are re-parented
+to us (not to PID 1), so we can reap them and nothing is left behind. CPU is read from
+/proc (see :func:`tree_cpu`), memory is sampled from /proc by a thread (see
+:class:`MemorySampler`). Each object that starts something has a ``stop()`` that is safe
+to call twice, and the scripts call them from ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+RESULTS = BENCH_DIR / "RESULTS.md"
+
+SINK_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+SENDER = "bench@example.com"
+RECIPIENT = "rcpt@example.net"  # smtp-source -N makes each one unique: 1rcpt@, 2rcpt@, …
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+SEARCH_PATH = ("/usr/sbin", "/sbin", "/usr/lib/postfix/sbin", "/usr/libexec/postfix")
+
+
+class BenchError(Exception):
+    """A problem the user has to fix (a missing tool, a server that did not start)."""
+
+
+# -- tools ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tools:
+    smtp_sink: str
+    smtp_source: str
+    postfix: str
+    postconf: str
+    master: str
+
+    def postfix_version(self, config_dir: Path | None = None) -> str:
+        cmd = [self.postconf, "-h"]
+        if config_dir is not None:
+            cmd[1:1] = ["-c", str(config_dir)]
+        out = subprocess.run(
+            [*cmd, "mail_version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        return out or "unknown"
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SEARCH_PATH))
+
+
+def _install_postfix() -> None:
+    """Install Postfix unconfigured, as .ci/run does: the system instance is never set up."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise BenchError(
+            "Postfix's smtp-sink, smtp-source and master are required: install the 'postfix'"
+            " package (Debian: debconf 'No configuration', then apt-get install postfix)"
+        )
+    print("installing postfix (debconf: No configuration) …", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(
+        ["debconf-set-selections"],
+        input="postfix postfix/main_mailer_type select No configuration\n",
+        text=True,
+        check=True,
+        env=env,
+    )
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "postfix"], check=True, env=env)
+
+
+def find_tools(install: bool = True) -> Tools:
+    """Postfix's programs; installs the package when missing (and allowed)."""
+    names = ("smtp-sink", "smtp-source", "postfix", "postconf", "master")
+    found = {n: _which(n) for n in names}
+    if None in found.values() and install:
+        _install_postfix()
+        found = {n: _which(n) for n in names}
+    missing = [n for n, p in found.items() if p is None]
+    if missing:
+        raise BenchError(
+            f"missing {', '.join(missing)}: install the Debian package 'postfix'"
+            " (smtp-sink/smtp-source in /usr/sbin, master in /usr/lib/postfix/sbin)"
+        )
+    if os.geteuid() != 0:
+        raise BenchError("the benchmark runs a Postfix instance: run it as root")
+    return Tools(*(str(found[n]) for n in names))
+
+
+# -- processes --------------------------------------------------------------------------
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (Postfix daemons after master exits) are re-parented to us."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    pid: int
+    ppid: int
+    pgrp: int
+    state: str
+    cpu: float  # utime + stime, seconds
+    child_cpu: float  # cutime + cstime: children it has reaped, seconds
+    rss: int  # bytes
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    # fields[0] is field 3 of proc(5): state, ppid, pgrp, …, utime=14, stime, cutime, cstime
+    return ProcStat(
+        pid,
+        int(fields[1]),
+        int(fields[2]),
+        fields[0],
+        (int(fields[11]) + int(fields[12])) / CLK_TCK,
+        (int(fields[13]) + int(fields[14])) / CLK_TCK,
+        int(fields[21]) * PAGE,
+    )
+
+
+def all_procs() -> dict[int, ProcStat]:
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := read_stat(int(entry))) is not None:
+            procs[st.pid] = st
+    return procs
+
+
+def tree(root: int, procs: dict[int, ProcStat] | None = None) -> list[ProcStat]:
+    """The root and all its live descendants (zombies included: not yet reaped)."""
+    procs = all_procs() if procs is None else procs
+    children: dict[int, list[ProcStat]] = {}
+    for st in procs.values():
+        children.setdefault(st.ppid, []).append(st)
+    if root not in procs:
+        return []
+    out, todo = [], [procs[root]]
+    while todo:
+        st = todo.pop()
+        out.append(st)
+        todo.extend(children.get(st.pid, ()))
+    return out
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by a process tree, including its exited members.
+
+    For each live member (the root and every descendant, zombies too): utime + stime
+    of its own, plus cutime + cstime, the CPU of the children it has already reaped.
+    Postfix's master reaps every daemon that exits (after max_idle / max_use), so its
+    cutime holds them all; the daemons still alive add their own. A daemon that is
+    reaped between the /proc reads may be missed or counted twice once: a few ms.
+    """
+    return sum(st.cpu + st.child_cpu for st in tree(root))
+
+
+def pss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident set size of one process (VmHWM), bytes."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent not idle (all cores), from /proc/stat."""
+    parts = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(p) for p in parts[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+@dataclass
+class MemoryPeak:
+    rss: int = 0  # largest sum of RSS over the tree seen in one sample
+    pss: int = 0  # largest sum of PSS (shared pages split between sharers)
+    processes: int = 0  # most processes in the tree in one sample
+
+
+class MemorySampler:
+    """Samples a process tree's memory every ``interval`` seconds in a thread."""
+
+    def __init__(self, root: int, interval: float = 0.25) -> None:
+        self.root = root
+        self.interval = interval
+        self.peak = MemoryPeak()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        live = [st for st in tree(self.root) if st.state != "Z"]
+        peak = self.peak
+        peak.rss = max(peak.rss, sum(st.rss for st in live))
+        peak.pss = max(peak.pss, sum(pss_bytes(st.pid) for st in live))
+        peak.processes = max(peak.processes, len(live))
+
+
+def _gone(pid: int) -> bool:
+    """Exited: reaped by us now, or already, or a zombie some other parent must reap."""
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return True
+    st = read_stat(pid)
+    return st is None or st.state == "Z"
+
+
+def reap(pids: Sequence[int], timeout: float = 10.0) -> None:
+    """Wait for descendants (ours as subreaper once their parent is gone) to exit;
+    SIGKILL the ones still there after ``timeout``."""
+    remaining = set(pids)
+    deadline = time.monotonic() + timeout
+    killed = False
+    while remaining := {pid for pid in remaining if not _gone(pid)}:
+        if time.monotonic() > deadline:
+            if killed:
+                return
+            for pid in remaining:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            killed, deadline = True, time.monotonic() + 5
+        time.sleep(0.05)
+
+
+def reap_orphans() -> None:
+    """Reap zombies re-parented to us (we are a subreaper) that no Popen owns."""
+    for st in all_procs().values():
+        if st.ppid == os.getpid() and st.state == "Z":
+            _gone(st.pid)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def free_port_on_all(hosts: Sequence[str]) -> int:
+    """A port that is free on every one of ``hosts`` (for the three sinks)."""
+    for _ in range(50):
+        port = free_port(hosts[0])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise BenchError(f"no common free port on {', '.join(hosts)}")
+
+
+def wait_banner(
+    host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until an SMTP server on host:port answers with a 220 greeting."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"server for {host}:{port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                if s.recv(512).startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    return
+        except OSError as exc:
+            last = exc
+        time.sleep(0.05)
+    raise BenchError(f"no SMTP greeting from {host}:{port} after {timeout}s ({last})")
+
+
+def port_closed(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) != 0
+
+
+# -- the upstreams ----------------------------------------------------------------------
+
+
+class Sink:
+    """One smtp-sink; counts the messages it has received from its ``-c`` counters.
+
+    smtp-sink -c prints ``sess=S quit=Q mesg=M`` with a carriage return each time a
+    session ends, QUIT is read or a message's final "." is received; ``mesg`` is the
+    number of complete messages so far (one recipient each in these benchmarks).
+    """
+
+    _MESG = re.compile(rb"mesg=(\d+)")
+
+    def __init__(self, tools: Tools, host: str, port: int, user: str) -> None:
+        self.host, self.port = host, port
+        self.messages = 0
+        self.first_at: float | None = None  # perf_counter of the first message
+        self.proc = subprocess.Popen(
+            [tools.smtp_sink, "-c", "-u", user, f"{host}:{port}", "1024"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True, name=f"sink-{host}")
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        tail = b""
+        while chunk := os.read(fd, 65536):
+            counters = (tail + chunk).replace(b"\n", b"\r").split(b"\r")
+            tail = counters.pop()
+            for item in reversed(counters):
+                if m := self._MESG.search(item):
+                    count = int(m.group(1))
+                    if count and self.first_at is None:
+                        self.first_at = time.perf_counter()
+                    self.messages = max(self.messages, count)
+                    break
+
+    def stop(self) -> None:
+        stop_process(self.proc, 5)
+        self._reader.join(5)
+
+
+class SinkSet:
+    """Three smtp-sinks on 127.0.0.2, .3 and .4, same port, fresh counters."""
+
+    def __init__(self, tools: Tools, port: int, hosts: Sequence[str] = SINK_HOSTS) -> None:
+        self.tools, self.port, self.hosts = tools, port, hosts
+        self.sinks: list[Sink] = []
+        self.user = "nobody" if _user_exists("nobody") else "postfix"
+
+    def start(self) -> SinkSet:
+        self.stop()
+        self.sinks = [Sink(self.tools, h, self.port, self.user) for h in self.hosts]
+        for sink in self.sinks:
+            wait_banner(sink.host, sink.port, 10, sink.proc)
+        return self
+
+    def counts(self) -> list[int]:
+        return [s.messages for s in self.sinks]
+
+    def total(self) -> int:
+        return sum(s.messages for s in self.sinks)
+
+    def first_at(self) -> float | None:
+        times = [s.first_at for s in self.sinks if s.first_at is not None]
+        return min(times) if times else None
+
+    def stop(self) -> None:
+        for sink in self.sinks:
+            sink.stop()
+        self.sinks = []
+
+    @property
+    def relays(self) -> list[str]:
+        return [f"{h}:{self.port}" for h in self.hosts]
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+# -- servers ----------------------------------------------------------------------------
+
+
+class Server:
+    """What the benchmark needs from a server under test."""
+
+    name: str
+    port: int
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        raise NotImplementedError
+
+    def peak_rss_note(self, sampled: MemoryPeak) -> int:
+        """Peak RSS for the report: exact where the kernel keeps it, else sampled."""
+        return sampled.rss
+
+
+# Upstream Postfix's master.cf services with chroot off (Debian turns it on; a chroot
+# needs copies of /etc files inside the queue directory) and smtpd on a private port.
+MASTER_CF = """\
+# service   type  private unpriv chroot wakeup maxproc command + args
+{listen}    inet  n       -       n       -       -       smtpd
+pickup      unix  n       -       n       60      1       pickup
+cleanup     unix  n       -       n       -       0       cleanup
+qmgr        unix  n       -       n       300     1       qmgr
+tlsmgr      unix  -       -       n       1000?   1       tlsmgr
+rewrite     unix  -       -       n       -       -       trivial-rewrite
+bounce      unix  -       -       n       -       0       bounce
+defer       unix  -       -       n       -       0       bounce
+trace       unix  -       -       n       -       0       bounce
+verify      unix  -       -       n       -       1       verify
+flush       unix  n       -       n       1000?   0       flush
+proxymap    unix  -       -       n       -       -       proxymap
+proxywrite  unix  -       -       n       -       1       proxymap
+smtp        unix  -       -       n       -       -       smtp
+relay       unix  -       -       n       -       -       smtp
+showq       unix  n       -       n       -       -       showq
+error       unix  -       -       n       -       -       error
+retry       unix  -       -       n       -       -       error
+discard     unix  -       -       n       -       -       discard
+local       unix  -       n       n       -       -       local
+virtual     unix  -       n       n       -       -       virtual
+lmtp        unix  -       -       n       -       -       lmtp
+anvil       unix  -       -       n       -       1       anvil
+scache      unix  -       -       n       -       1       scache
+postlog     unix-dgram n  -       n       -       1       postlogd
+"""
+
+MAIN_CF = """\
+# A throwaway relay instance for the benchmark. Everything not set here is Postfix's
+# default: queue files are fsynced before 250, process and concurrency limits as shipped.
+compatibility_level = 3.6
+queue_directory = {work}/queue
+data_directory = {work}/data
+maillog_file = {work}/maillog
+maillog_file_prefixes = {work}
+myhostname = relay.bench.test
+mydomain = bench.test
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+relay_domains =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+transport_maps = randmap:{{{nexthops}}}
+"""
+
+
+class PostfixRelay(Server):
+    """A Postfix instance of its own (config, queue and data directories under ``work``),
+    master in the foreground as our child, relaying everything to the sinks at random."""
+
+    name = "Postfix"
+
+    def __init__(self, tools: Tools, work: Path, port: int, relays: Sequence[str]) -> None:
+        self.tools, self.work, self.port = tools, work, port
+        self.etc = work / "etc"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._pids: list[int] = []
+        nexthops = ", ".join(f"smtp:[{h}]:{p}" for h, p in (r.split(":") for r in relays))
+        self.main_cf = MAIN_CF.format(work=work, nexthops=nexthops)
+        self.master_cf = MASTER_CF.format(listen=f"127.0.0.1:{port}".ljust(11))
+
+    def setup(self) -> None:
+        """Write the configuration and create a fresh, empty queue."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.work.chmod(0o755)
+        self.etc.mkdir(exist_ok=True)
+        (self.etc / "main.cf").write_text(self.main_cf)
+        (self.etc / "master.cf").write_text(self.master_cf)
+        shutil.rmtree(self.work / "queue", ignore_errors=True)
+        (self.work / "queue").mkdir()
+        data = self.work / "data"
+        data.mkdir(exist_ok=True)
+        shutil.chown(data, "postfix")
+        # `postfix check` creates the queue subdirectories with Postfix's ownerships.
+        out = subprocess.run(
+            [self.tools.postfix, "-c", str(self.etc), "check"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            log = (self.work / "maillog").read_text() if (self.work / "maillog").exists() else ""
+            raise BenchError(f"postfix check failed: {out.stderr}{log[-2000:]}")
+
+    def start(self) -> None:
+        self.setup()
+        # master does setsid(): it leads a process group with all its daemons.
+        self.proc = subprocess.Popen(
+            [self.tools.master, "-c", str(self.etc)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_banner("127.0.0.1", self.port, 30, self.proc)
+        except BenchError as exc:
+            self.stop()
+            raise BenchError(f"{exc}\n{self.maillog_tail()}") from exc
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def maillog_tail(self, n: int = 20) -> str:
+        path = self.work / "maillog"
+        return "\n".join(path.read_text().splitlines()[-n:]) if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        group = [st.pid for st in all_procs().values() if st.pgrp == self.proc.pid]
+        stop_process(self.proc, 30)  # master SIGTERMs its process group, then exits
+        reap([p for p in group if p != self.proc.pid])
+        self.proc = None
+
+    def version(self) -> str:
+        return self.tools.postfix_version(self.etc)
+
+    def warnings(self) -> list[str]:
+        path = self.work / "maillog"
+        if not path.exists():
+            return []
+        return [
+            line
+            for line in path.read_text(errors="replace").splitlines()
+            if re.search(r"\b(warning|error|fatal|panic):", line)
+        ]
+
+
+Sections = dict[str, dict[str, str | int | float | bool]]
+
+
+def smtplb_command() -> list[str]:
+    script = Path(sys.executable).with_name("smtplb")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "smtplb"]
+
+
+def toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def smtplb_config(
+    data_dir: Path,
+    smtp_port: int,
+    http_port: int,
+    relays: Sequence[str],
+    sections: Sections | None = None,
+) -> str:
+    """One pool, round robin, a relay member per sink; every other key at its default
+    unless ``sections`` sets it (``{"health": {"interval": "1s"}}``)."""
+    lines = [
+        f"data_dir = {toml_str(str(data_dir))}",
+        'hostname = "relay.bench.test"',
+        "",
+        "[smtp]",
+        f'listen = ["127.0.0.1:{smtp_port}"]',
+        'relay_networks = ["127.0.0.0/8"]',
+        "",
+        "[http]",
+        f'listen = "127.0.0.1:{http_port}"',
+    ]
+    for section, values in (sections or {}).items():
+        lines += ["", f"[{section}]"]
+        for key, value in values.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = toml_str(value)
+            else:
+                text = repr(value)
+            lines.append(f"{key} = {text}")
+    lines += ["", "[[pools]]", 'name = "bench"', 'strategy = "round_robin"']
+    for i, relay in enumerate(relays):
+        lines += ["", "  [[pools.members]]", f'  name = "sink-{i + 1}"', f'  relay = "{relay}"']
+    return "\n".join(lines) + "\n"
+
+
+class SmtplbServer(Server):
+    """``smtplb run -c FILE`` with a generated config; its data_dir under ``work``."""
+
+    name = "smtplb"
+
+    def __init__(self, work: Path, relays: Sequence[str], sections: Sections | None = None) -> None:
+        self.work = work
+        self.port, self.http_port = free_port(), free_port()
+        self.data_dir = work / "data"
+        self.config_path = work / "smtplb.toml"
+        self.config_text = smtplb_config(self.data_dir, self.port, self.http_port, relays, sections)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.launched_at = 0.0
+
+    def start(self, fresh: bool = True, wait: bool = True) -> None:
+        if fresh:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text)
+        self.launched_at = time.perf_counter()
+        with open(self.work / "smtplb.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [*smtplb_command(), "run", "-c", str(self.config_path)],
+                cwd=self.work,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        try:
+            wait_banner("127.0.0.1", self.port, timeout, self.proc)
+        except BenchError as exc:
+            self.stop()
+            raise BenchError(f"{exc}\n{self.log_tail()}") from exc
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def log_tail(self, n: int = 30) -> str:
+        path = self.work / "smtplb.log"
+        return "\n".join(path.read_text().splitlines()[-n:]) if path.exists() else ""
+
+    def peak_rss_note(self, sampled: MemoryPeak) -> int:
+        return max(vm_hwm(self.pid), sampled.rss)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        descendants = [st.pid for st in tree(self.proc.pid)[1:]]
+        stop_process(self.proc, 60)
+        reap(descendants)
+        self.proc = None
+
+    def warnings(self) -> list[str]:
+        path = self.work / "smtplb.log"
+        if not path.exists():
+            return []
+        return [
+            line
+            for line in path.read_text(errors="replace").splitlines()
+            if re.search(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b", line)
+        ]
+
+
+# -- load -------------------------------------------------------------------------------
+
+
+def source_command(
+    tools: Tools,
+    port: int,
+    *,
+    messages: int,
+    size: int,
+    sessions: int,
+    per_connection: bool,
+) -> list[str]:
+    """smtp-source: ``sessions`` parallel sessions, ``size`` bytes of payload, one
+    recipient each (``-N`` numbers them so no two are the same); ``-d`` keeps each
+    session open for the next message instead of one message per connection."""
+    cmd = [tools.smtp_source, "-s", str(sessions), "-l", str(size), "-m", str(messages), "-N"]
+    if per_connection:
+        cmd.append("-d")
+    cmd += ["-M", "client.bench.test", "-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{port}"]
+    return cmd
+
+
+def shown(cmd: Sequence[str]) -> str:
+    """A command line for the report: program names without this machine's paths."""
+    return " ".join(Path(c).name if c.startswith("/") and i == 0 else c for i, c in enumerate(cmd))
+
+
+# -- the machine and the report ---------------------------------------------------------
+
+
+def machine_info(tools: Tools, work: Path, postfix_version: str | None = None) -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    git = subprocess.run(
+        ["git", "-C", str(REPO_DIR), "describe", "--always", "--dirty", "--abbrev=10"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    from smtplb import __version__
+
+    return {
+        "CPU": f"{cpu}, {os.cpu_count()} cores",
+        "RAM": mem,
+        "Kernel": f"{platform.system()} {platform.release()}",
+        "OS": _os_release(),
+        "Python": platform.python_version() + _event_loop(),
+        "Postfix": postfix_version or tools.postfix_version(),
+        "smtplb": f"{__version__} (git {git or 'unknown'})",
+        "Spool filesystem": filesystem(work),
+    }
+
+
+def _event_loop() -> str:
+    try:
+        import uvloop
+
+        return f" (smtplb on uvloop {uvloop.__version__})"
+    except ImportError:
+        return " (smtplb on asyncio's default loop)"
+
+
+def _os_release() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    return "unknown"
+
+
+def filesystem(path: Path) -> str:
+    """The filesystem type holding ``path`` (the spools: fsync cost depends on it)."""
+    best, kind = "", "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _dev, mount, fstype, *_ = line.split()
+            if str(path.resolve()).startswith(mount) and len(mount) > len(best):
+                best, kind = mount, fstype
+    return kind
+
+
+def update_results(section: str, text: str, *, first: bool = False) -> None:
+    """Replace the ``## {section}`` part of RESULTS.md (up to the next ``## `` heading
+    that is not one of its own), or add it. ``first`` puts a new section on top."""
+    body = RESULTS.read_text() if RESULTS.exists() else ""
+    parts = _split_sections(body)
+    parts[section] = text.rstrip() + "\n"
+    order = list(parts)
+    if first and section in order:
+        order.remove(section)
+        order.insert(0, section)
+    RESULTS.write_text("\n".join(parts[s] for s in order))
+
+
+def _split_sections(body: str) -> dict[str, str]:
+    """Top-level parts of RESULTS.md keyed by their marker comment."""
+    parts: dict[str, str] = {}
+    current, lines = "", []
+    for line in body.splitlines(keepends=True):
+        if m := re.match(r"<!-- section: (\w+) -->", line):
+            if current or "".join(lines).strip():
+                parts[current] = "".join(lines)
+            current, lines = m.group(1), [line]
+        else:
+            lines.append(line)
+    if current or "".join(lines).strip():
+        parts[current] = "".join(lines)
+    return parts
+
+
+def section_marker(name: str) -> str:
+    return f"<!-- section: {name} -->\n"
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+@dataclass
+class Workdir:
+    """A temporary directory for spools and logs, removed at the end unless kept."""
+
+    keep: bool = False
+    parent: Path | None = None
+    path: Path = field(init=False)
+
+    def __enter__(self) -> Path:
+        self.path = Path(tempfile.mkdtemp(prefix="smtplb-bench-", dir=self.parent))
+        self.path.chmod(0o755)  # Postfix's daemons run as postfix and must traverse it
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        if self.keep:
+            print(f"kept {self.path}")
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """SIGTERM ends the benchmark like Ctrl-C does, through the ``finally`` blocks."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
