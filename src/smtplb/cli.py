@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from smtplb.config import Config, ConfigError, load_config, parse_hostport
+from smtplb.observability.analyze import logs
 
 CONFIG_OPTION = click.option(
     "-c",
@@ -380,6 +381,9 @@ def members_resume(
     """Let NAME take traffic again."""
     _api(api_url, api_key, config_path).call("POST", f"/api/v1/members/{name}/resume")
     click.echo(f"{name} resumed")
+
+
+main.add_command(logs)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

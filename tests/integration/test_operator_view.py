@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -114,6 +116,24 @@ def test_operator_view_counts_agree_everywhere(
     wait_until(lambda: sum(len(s.received) for s in ups) >= 181 + 20, 30, "DSNs")
     dsns = [m for s in ups for m in s.received if m.mail_from == ""]
     assert len(dsns) == 20 and all(m.rcpt_to == ["app@shop.test"] for m in dsns)
+
+    # `smtplb logs analyze --json` counts the same: 181 + 20 DSNs delivered, 20 hard bounces.
+    wait_until(
+        lambda: sum(r["event"] == "delivered" for r in node.delivery_log()) >= 201,
+        10,
+        "the DSN deliveries in the log",
+    )
+    log_path = tmp_path / "var" / "logs" / "delivery.jsonl"
+    analyzed = subprocess.run(
+        [sys.executable, "-m", "smtplb", "logs", "analyze", "--json", str(log_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    overall = json.loads(analyzed.stdout)["overall"]
+    assert (overall["delivered"], overall["hard_bounces"]) == (181 + 20, 20)
+    assert overall["soft_bounces"] == 0 and overall["received"] == 201 + 20
 
     # /metrics agrees with what each sink accepted (test mail and DSNs alike).
     with urllib.request.urlopen(f"{node.api_url}/metrics", timeout=10) as resp:

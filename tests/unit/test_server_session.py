@@ -591,7 +591,7 @@ def test_starttls_resets_state_and_drops_injected_plaintext() -> None:
 
 def test_starttls_in_a_transaction_is_a_bad_sequence() -> None:
     result = drive(new(TLS_POLICY), b"EHLO c\r\nMAIL FROM:<a@example.com>\r\nSTARTTLS\r\n")
-    assert result.codes[-1] == "503 5.5.1"
+    assert result.replies[-1] == "503 5.5.1 Error: MAIL transaction in progress"
 
 
 # -- AUTH -----------------------------------------------------------------------------------------

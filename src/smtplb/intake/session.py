@@ -141,6 +141,10 @@ class State(enum.Enum):
     WAIT_TLS = "wait_tls"  # StartTLS out, upgrade pending
     CLOSED = "closed"
 
+    # Members are singletons: identity hashing is correct, and unlike Enum's
+    # Python-level __hash__ it costs nothing on the per-command table lookups.
+    __hash__ = object.__hash__
+
 
 _C, _R, _M, _T = State.CONNECTED, State.READY, State.MAIL, State.RCPT
 _COMMAND_STATES: Final = (_C, _R, _M, _T)
@@ -180,8 +184,9 @@ _SEQUENCE_ERRORS: Final[dict[tuple[State, str], Reply]] = {
     (_C, "DATA"): Reply(503, "5.5.1", "Error: need RCPT command"),
     (_R, "DATA"): Reply(503, "5.5.1", "Error: need RCPT command"),
 }
-_BAD_SEQUENCE: Final = Reply(503, "5.5.1", "Error: bad sequence of commands")
 _IN_TRANSACTION: Final = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+_SEQUENCE_ERRORS.update({(s, v): _IN_TRANSACTION for s in (_M, _T) for v in ("STARTTLS", "AUTH")})
+_BAD_SEQUENCE: Final = Reply(503, "5.5.1", "Error: bad sequence of commands")
 
 _R_OK: Final = Reply(250, "2.0.0", "Ok").to_bytes()
 _R_MAIL_OK: Final = Reply(250, "2.1.0", "Ok").to_bytes()

@@ -380,9 +380,15 @@ class _Group:
             complaint_rate=_rate(c["complaint"], c["delivered"]),
             latency_ms=_percentiles(self.latency),
             delay_ms=_percentiles(self.delay),
-            top_deferrals=[Reason(r, n) for r, n in self.deferral_reasons.most_common(TOP_REASONS)],
-            top_bounces=[Reason(r, n) for r, n in self.bounce_reasons.most_common(TOP_REASONS)],
+            top_deferrals=_top(self.deferral_reasons),
+            top_bounces=_top(self.bounce_reasons),
         )
+
+
+def _top(counter: Counter[str]) -> list[Reason]:
+    """The most frequent reasons; ties by text, so the order of the input does not matter."""
+    ranked = sorted(counter.items(), key=lambda item: (-item[1], item[0]))
+    return [Reason(reason, n) for reason, n in ranked[:TOP_REASONS]]
 
 
 def _bump(counter: Counter[str], reason: str | None) -> None:
@@ -552,7 +558,7 @@ def _group_row(g: GroupReport) -> list[str]:
     times = (g.latency_ms.p50, g.latency_ms.p95, g.latency_ms.p99, g.delay_ms.p95)
     return [
         *g.group.values(),
-        *(f"{n:,}" for n in (g.attempted, g.delivered)),
+        *(f"{n:,}" for n in (g.received, g.attempted, g.delivered)),
         *map(_pct, rates),
         f"{g.expired:,}",
         *map(_pct, (g.deferral_rate, g.complaint_rate)),
@@ -594,11 +600,11 @@ def render_table(report: Report) -> str:
         if reasons:
             lines += ["", f"top {title} reasons", *(f"{r.count:>8,}  {r.reason}" for r in reasons)]
     if report.groups:
-        header = [*report.by, "attempted", "delivered", "deliv%", "hard%", "soft%", "expired"]
-        header += ["deferred%", "compl%", "lat p50", "lat p95", "lat p99", "delay p95"]
+        header = [*report.by, "received", "attempted", "delivered", "deliv%", "hard%", "soft%"]
+        header += ["expired", "deferred%", "compl%", "lat p50", "lat p95", "lat p99", "delay p95"]
         rows = [_group_row(g) for g in report.groups]
         lines += ["", f"by {', '.join(report.by)}"]
-        lines += _table(header, rows, "l" * len(report.by) + "r" * 12)
+        lines += _table(header, rows, "l" * len(report.by) + "r" * 13)
     lines += [""] * bool(report.notes) + [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
 
@@ -646,8 +652,12 @@ def analyze(files: tuple[Path, ...], by: str, as_json: bool) -> None:
     """Deliverability, bounces, deferrals, complaints and latency from log FILES.
 
     Reads smtplb's delivery log and Postfix's mail log, auto-detected per line,
-    rotated and gzip-compressed files included (``-`` is standard input).
-    Rotated siblings are read oldest first.
+    rotated and gzip-compressed files included; - is standard input. Rotated
+    siblings (log.2.gz, log.1, log) are read oldest first, whatever the order
+    given. Rates: deliverability = delivered / final outcomes (delivered,
+    bounced, expired); complaints per delivered; deferred% = recipients ever
+    deferred / attempted. Latency is the upstream transaction, delay the time
+    since receipt (Postfix: the last part of delays=, and delay=).
     """
     dims = [d.strip() for d in by.split(",") if d.strip()]
     try:
