@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,11 +46,13 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 
 
 def short_path(path: str) -> str:
-    """A frame's file without this machine's directories."""
-    for marker in ("/site-packages/", "/src/", "/lib/python3"):
+    """A frame's file without this machine's directories (py-spy already shortens the
+    files it finds on sys.path: ``smtplb/spool/sqlite.py``, ``asyncio/runners.py``)."""
+    if not path.startswith("/"):
+        return path
+    for marker in ("/site-packages/", "/src/"):
         if marker in path:
-            tail = path.split(marker, 1)[1]
-            return tail if marker != "/lib/python3" else "stdlib/" + tail.split("/", 1)[-1]
+            return path.split(marker, 1)[1]
     return Path(path).name
 
 
@@ -60,30 +63,37 @@ def frame_key(frame: str) -> str:
     return f"{m.group('func')} ({short_path(m.group('file'))})"
 
 
-def parse_raw(text: str) -> tuple[Counter[str], Counter[str], Counter[str], int]:
-    """py-spy's raw (collapsed) output: ``frame;frame;…;innermost COUNT`` per line.
+@dataclass
+class Profile:
+    self_time: Counter[str] = field(default_factory=Counter)  # innermost frame
+    inclusive: Counter[str] = field(default_factory=Counter)  # anywhere, once per stack
+    files: Counter[str] = field(default_factory=Counter)  # innermost frame's file
+    threads: Counter[str] = field(default_factory=Counter)
+    total: int = 0
 
-    Returns self samples per function, inclusive samples per function (once per stack),
-    self samples per file, and the total."""
-    self_t: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    files: Counter[str] = Counter()
-    total = 0
+
+def parse_raw(text: str) -> Profile:
+    """py-spy's raw (collapsed) output: ``thread (TID): NAME;frame;…;innermost COUNT``."""
+    profile = Profile()
     for line in text.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [frame_key(f) for f in stack.split(";") if f and "(" in f]
+        raw_frames = stack.split(";")
+        thread = "?"
+        if raw_frames[0].startswith("thread ("):
+            thread = raw_frames.pop(0).split(": ", 1)[-1]
+        frames = [frame_key(f) for f in raw_frames if _FRAME.match(f)]
         if not frames:
             continue
-        total += count
-        self_t[frames[-1]] += count
+        profile.total += count
+        profile.threads[re.sub(r":.*", "", thread)] += count
+        profile.self_time[frames[-1]] += count
         for key in set(frames):
-            incl[key] += count
-        leaf = _FRAME.match(stack.split(";")[-1])
-        files[short_path(leaf.group("file")) if leaf else "?"] += count
-    return self_t, incl, files, total
+            profile.inclusive[key] += count
+        profile.files[frames[-1].rsplit(" (", 1)[-1].rstrip(")")] += count
+    return profile
 
 
 def table(counter: Counter[str], total: int, top: int, what: str) -> list[str]:
@@ -99,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--native", action="store_true", help="C frames too (py-spy pauses smtplb per sample)"
+    )
     parser.add_argument("--raw", type=Path, default=None, help="keep py-spy's raw output here")
     parser.add_argument("--no-report", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -122,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             sinks.start()
             smtplb.start()
             time.sleep(1)
+            spy_mode = ["--native"] if args.native else ["--nonblocking"]
+            spy_mode += ["--threads"]
             spy = subprocess.Popen(
                 [
                     py_spy,
@@ -130,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                     str(smtplb.pid),
                     "--rate",
                     str(args.rate),
-                    "--nonblocking",
+                    *spy_mode,
                     "--format",
                     "raw",
                     "--output",
@@ -170,11 +185,13 @@ def main(argv: list[str] | None = None) -> int:
             smtplb.stop()
             sinks.stop()
             reap_orphans()
-        self_t, incl, files, total = parse_raw(raw.read_text())
+        profile = parse_raw(raw.read_text())
+    total = profile.total
     if total == 0:
         print("profile: py-spy recorded no samples", file=sys.stderr)
         return 1
     rate = delivered / elapsed
+    own = Counter({k: v for k, v in profile.inclusive.items() if "(smtplb/" in k})
     lines = [
         section_marker("profile"),
         "## Profile: smtplb under case (a)",
@@ -187,17 +204,24 @@ def main(argv: list[str] | None = None) -> int:
         f" ({1000 * cpu / max(delivered, 1):.2f} ms/msg). {total:,} samples of running"
         " (non-idle) threads; % is of those.",
         "",
+        "Without `--native`, time in C (the event loop, socket calls, SQLite, fsync) is",
+        "charged to the Python function that called it.",
+        "",
+        "### By thread",
+        "",
+        *table(profile.threads, total, 10, "thread"),
+        "",
         "### Self time (innermost frame)",
         "",
-        *table(self_t, total, args.top, "function (file)"),
+        *table(profile.self_time, total, args.top, "function (file)"),
         "",
-        "### Inclusive time (anywhere on the stack)",
+        "### Inclusive time of smtplb's functions (anywhere on the stack)",
         "",
-        *table(incl, total, args.top, "function (file)"),
+        *table(own, total, args.top, "function (file)"),
         "",
         "### Self time by file",
         "",
-        *table(files, total, 15, "file"),
+        *table(profile.files, total, 15, "file"),
         "",
     ]
     text = "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from smtplb.sink.server import ThreadedSink
+from smtplb.sink.server import DomainRule, SinkProfile, ThreadedSink
 from tests.integration.conftest import Smtplb, free_port, relay_config, wait_until
 from tests.integration.test_balancing_acceptance import send_all
 
@@ -119,3 +119,26 @@ def test_expired_mail_bounces_to_the_sender_with_a_dsn(
 
     wait_until(lambda: bool(expired()), 10, "the expired record in the delivery log")
     assert expired() == ["lost@example.org"]
+
+
+def test_priority_lane_overtakes_a_bulk_backlog(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    slow = sinks(SinkProfile(rules={"*": DomainRule(latency=0.3)}))
+    node = smtplb(
+        *relay_config(tmp_path / "var", [slow.port], member={"max_connections": 1})
+    ).start()
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as c:
+        for i in range(15):
+            c.sendmail(
+                "news@shop.test",
+                [f"reader{i}@example.org"],
+                f"Precedence: bulk\r\nSubject: newsletter {i}\r\n\r\nbuy\r\n",
+            )
+        c.sendmail(
+            "auth@shop.test", ["user@example.org"], "Subject: your password reset\r\n\r\ncode\r\n"
+        )
+    assert slow.wait_for(16, 30)
+    order = [m.rcpt_to[0] for m in slow.received]
+    # One bulk message may already be on the wire; the reset goes next, not 16th.
+    assert order.index("user@example.org") <= 2, order
