@@ -194,11 +194,13 @@ async def queue_list(request: Request) -> Response:
 
 @protected
 async def queue_show(request: Request) -> Response:
-    """One message with each recipient's state and last reply."""
-    view = await _service(request).spool.get(request.path_params["queue_id"])
+    """One message: each recipient's state and last reply, and the trace of decisions."""
+    service = _service(request)
+    queue_id = request.path_params["queue_id"]
+    view = await service.spool.get(queue_id)
     if view is None:
-        return problem(404, "No such message", request.path_params["queue_id"])
-    return JSONResponse(message_json(view))
+        return problem(404, "No such message", queue_id)
+    return JSONResponse({**message_json(view), "trace": service.traces.get(queue_id)})
 
 
 @protected

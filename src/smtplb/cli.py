@@ -277,6 +277,29 @@ def queue_show(
             )
         if r["state"] == "deferred":
             click.echo(f"    next attempt: {time.ctime(r['next_attempt'])}")
+    if m.get("trace"):
+        click.echo("trace:")
+    for step in m.get("trace", []):
+        when = time.strftime("%H:%M:%S", time.localtime(step["ts"]))
+        kind = step["step"]
+        if kind == "routed":
+            click.echo(
+                f"  {when} routed {step['recipient']}: {step['route']} → pool "
+                f"{step['pool']}, lane {step['lane']}, class {step['content_class']}"
+            )
+        elif kind == "dispatch":
+            click.echo(
+                f"  {when} {step['strategy']} chose {step['member']} in pool "
+                f"{step['pool']} ({step['lane']} lane)"
+            )
+            for name, why in step["skipped"].items():
+                click.echo(f"           skipped {name}: {why}")
+        elif kind == "attempt":
+            for rcpt, reply in step["outcomes"].items():
+                click.echo(f"  {when} {step['member']} ({step['upstream']}): {rcpt} → {reply}")
+        else:
+            detail = step.get("reason", "")
+            click.echo(f"  {when} {kind} {step.get('member', step.get('pool', ''))}: {detail}")
 
 
 @queue.command("stats")

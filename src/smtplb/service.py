@@ -39,6 +39,7 @@ from smtplb.model import Envelope, Reply, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.live import LiveStats
 from smtplb.observability.metrics import Metrics
+from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
 from smtplb.routing.routes import RoutingInput, classify_content, decide_route
 from smtplb.spool.base import ClaimedMessage, ClaimedRecipient, NewMessage, NewRecipient, SpoolError
@@ -89,6 +90,7 @@ class Service:
         if config.webhooks:
             self.webhooks = Webhooks(config.webhooks)
             self.delivery_log.listeners.append(self.webhooks.on_record)
+        self.traces = TraceBook()
         self.paused = PausedMembers(self.data_dir / "paused-members")
         self.pools = self._build_pools(config, {})
         self.resolver = MxResolver(config.static_routes)
@@ -101,6 +103,7 @@ class Service:
             max_in_flight=config.delivery.max_in_flight,
             max_ejection_percent=config.health.max_ejection_percent,
             on_bounce=self.send_dsn,
+            traces=self.traces,
         )
         self.listeners: list[Listener] = []
         self.draining = False
@@ -260,6 +263,17 @@ class Service:
             )
             content_class = decision.content_class
             recipients.append(NewRecipient(rcpt, decision.pool, decision.priority))
+            self.traces.add(
+                queue_id,
+                "routed",
+                recipient=rcpt,
+                route=f"routes[{decision.route_index}]"
+                if decision.route_index is not None
+                else "no route matched: first pool",
+                pool=decision.pool,
+                lane=("high", "normal", "low")[decision.priority],
+                content_class=decision.content_class,
+            )
         message = NewMessage(
             queue_id=queue_id,
             sender=envelope.mail_from,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import re
 import signal
 import smtplib
 import socket
@@ -142,3 +143,30 @@ def test_priority_lane_overtakes_a_bulk_backlog(
     order = [m.rcpt_to[0] for m in slow.received]
     # One bulk message may already be on the wire; the reset goes next, not 16th.
     assert order.index("user@example.org") <= 2, order
+
+
+def test_queue_show_explains_route_choice_and_skips(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    ups = [sinks(), sinks(), sinks()]
+    ports = [ups[0].port, ups[1].port, free_port()]  # relay-3 has no upstream: down
+    node = smtplb(*relay_config(tmp_path / "var", ports, health={"interval": "0.2s"})).start()
+    assert cli(node, "members", "pause", "relay-1").returncode == 0
+    wait_until(
+        lambda: "down" in cli(node, "members", "list").stdout, 10, "relay-3 to be marked down"
+    )
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as c:
+        c.ehlo()
+        c.mail("app@shop.test")
+        c.rcpt("someone@example.org")
+        code, reply = c.data(b"Subject: traced\r\n\r\nhi\r\n")
+    assert code == 250
+    queue_id = reply.decode().rsplit(" ", 1)[1]
+    assert ups[1].wait_for(1, 10)
+    shown = cli(node, "queue", "show", queue_id)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "routed someone@example.org: no route matched: first pool → pool main" in out
+    assert "round_robin chose relay-2 in pool main (high lane)" in out
+    assert "skipped relay-1: paused" in out and "skipped relay-3: down" in out
+    assert re.search(r"relay-2 \(127\.0\.0\.1:\d+\): someone@example.org → 250 ", out), out

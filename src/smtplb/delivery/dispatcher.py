@@ -37,6 +37,7 @@ from smtplb.delivery.mx import MxResolver, ResolveError
 from smtplb.delivery.outcome import RetrySchedule, transaction_outcomes
 from smtplb.model import RecipientState, Reply, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
+from smtplb.observability.trace import TraceBook
 from smtplb.spool.base import (
     ClaimedMessage,
     ClaimedRecipient,
@@ -109,7 +110,9 @@ class Dispatcher:
         sweep_interval: float = 30.0,
         max_ejection_percent: int = 50,
         on_bounce: BounceHandler | None = None,
+        traces: TraceBook | None = None,
     ) -> None:
+        self.traces = traces if traces is not None else TraceBook()
         self.max_ejection_percent = max_ejection_percent
         self.spool = spool
         self.pools = pools
@@ -178,13 +181,42 @@ class Dispatcher:
                 ]
                 if not available:
                     lane.popleft()
-                    self._defer(job, self._no_member_reply(pool, job), "")
+                    reply = self._no_member_reply(pool, job)
+                    self.traces.add(
+                        job.message.queue_id, "deferred", pool=pool.name, reason=reply.text
+                    )
+                    self._defer(job, reply, "")
                     continue
                 member = pool.strategy.pick(available, self._pick_request(job))
                 if member is None or member.full:
                     return  # busy: this lane and the lower ones wait for a free slot
                 lane.popleft()
+                self._trace_pick(pool, job, member, now)
                 self._start(job, member, now)
+
+    def _trace_pick(self, pool: PoolRuntime, job: Job, chosen: Member, now: float) -> None:
+        skipped = {}
+        for m in pool.members:
+            if m is chosen:
+                continue
+            if m.name in job.tried:
+                skipped[m.name] = "failed this attempt"
+            elif not m.available(now):
+                skipped[m.name] = m.state
+            elif m.full:
+                skipped[m.name] = "busy (all connections in use)"
+            else:
+                skipped[m.name] = f"not chosen by {pool.config.strategy}"
+        self.traces.add(
+            job.message.queue_id,
+            "dispatch",
+            recipients=[r.address for r in job.recipients],
+            pool=pool.name,
+            lane=("high", "normal", "low")[job.priority],
+            member=chosen.name,
+            strategy=pool.config.strategy,
+            skipped=skipped,
+        )
 
     @staticmethod
     def _pick_request(job: Job) -> PickRequest:
@@ -270,6 +302,9 @@ class Dispatcher:
         member.counters.failures += 1
         transition = member.health.failure(now, exc.reason, may_eject=self._may_eject(member))
         self._log_job(job, "failover", member=member, response=f"{exc.reason}: {exc}")
+        self.traces.add(
+            job.message.queue_id, "failover", member=member.name, reason=f"{exc.reason}: {exc}"
+        )
         if transition is not None:
             self.member_event(member, transition.event, transition.reason)
         job.tried.add(member.name)
@@ -328,6 +363,15 @@ class Dispatcher:
                 latency=latency,
                 attempt=attempt,
             )
+        self.traces.add(
+            job.message.queue_id,
+            "attempt",
+            member=member.name,
+            upstream=upstream,
+            outcomes={
+                r.address: str(reply) for r, reply in zip(job.recipients, replies, strict=True)
+            },
+        )
         self._record(results)
         self._notify(job.message, bounced, expired=False)
         self._notify(job.message, expired, expired=True)
