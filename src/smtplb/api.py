@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from smtplb import __version__
-from smtplb.intake.session import _valid_address as valid_address  # TODO: public name
+from smtplb.intake.address import valid_address
 from smtplb.model import Envelope, RecipientState
 from smtplb.spool.base import MessageView, SpoolError
 

@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import binascii
 import enum
-import ipaddress
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from smtplb.intake.address import parse_path, valid_address
 from smtplb.model import Envelope, Reply
 
 __all__ = [
@@ -235,58 +234,6 @@ _E_TLS_TWICE: Final = Reply(503, "5.5.1", "Error: TLS already active")
 _E_NO_PARAMS: Final = Reply(555, "5.5.4", "Error: unsupported parameter")
 
 _TOO_LONG: Final = b""  # _read_line's marker: a real line always holds at least b"\n"
-
-# RFC 5321 / RFC 6531 address syntax. Non-ASCII is allowed by the pattern and
-# then refused unless the transaction is SMTPUTF8.
-_U = "\u0080-\U0010ffff"
-_ATEXT = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-{_U}]"
-_QUOTED = rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{_U}]|\\[\x20-\x7e])*"'
-_LABEL = rf"[A-Za-z0-9{_U}](?:[A-Za-z0-9\-{_U}]{{0,61}}[A-Za-z0-9{_U}])?"
-_ADDRESS_RE: Final = re.compile(
-    rf"(?:{_ATEXT}+(?:\.{_ATEXT}+)*|{_QUOTED})@(?P<domain>{_LABEL}(?:\.{_LABEL})*|\[[^\[\]\\ ]+\])"
-)
-# A bracketed path; a quoted local part may hold '>'.
-_PATH_RE: Final = re.compile(r'\s*<((?:"(?:[^"\\]|\\.)*"|[^<>"])*)>')
-# Anything else in brackets is an address, if a bad one (5.1.x, not 5.5.4).
-_LOOSE_PATH_RE: Final = re.compile(r"\s*<([^>]*)>")
-
-
-def _valid_address(address: str) -> bool:
-    match = _ADDRESS_RE.fullmatch(address)
-    if match is None:
-        return False
-    domain = match["domain"]
-    if len(domain) > 255:
-        return False
-    if domain.startswith("["):
-        literal = domain[1:-1]
-        try:
-            if literal[:5].upper() == "IPV6:":
-                ipaddress.IPv6Address(literal[5:])
-            else:
-                ipaddress.IPv4Address(literal)
-        except ValueError:
-            return False
-    return True
-
-
-def _parse_path(text: str) -> tuple[str, list[str]] | None:
-    """``<address> PARAM...`` -> (address, params); None if no bracketed path.
-
-    The address is returned as written ('' for ``<>``), source route dropped.
-    """
-    match = _PATH_RE.match(text) or _LOOSE_PATH_RE.match(text)
-    if match is None:
-        return None
-    rest = text[match.end() :]
-    if rest and not rest.startswith(" "):
-        return None
-    address = match[1]
-    if address.startswith("@"):  # obsolete source route "@a,@b:user@c"
-        _, colon, mailbox = address.partition(":")
-        if colon and mailbox:
-            address = mailbox
-    return address, rest.split()
 
 
 def _decode_b64(text: str) -> bytes | None:
@@ -639,12 +586,12 @@ class ServerSession:
         if policy.require_auth and self._auth_user is None:
             self._error(_E_AUTH_REQUIRED)
             return
-        parsed = _parse_path(arg[5:]) if arg[:5].upper() == "FROM:" else None
+        parsed = parse_path(arg[5:]) if arg[:5].upper() == "FROM:" else None
         if parsed is None:
             self._syntax("MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8]")
             return
         address, params = parsed
-        if address and not _valid_address(address):
+        if address and not valid_address(address):
             self._error(_E_BAD_SENDER)
             return
         size: int | None = None
@@ -688,12 +635,12 @@ class ServerSession:
     def _cmd_rcpt(self, arg: str) -> None:
         envelope = self._envelope
         assert envelope is not None
-        parsed = _parse_path(arg[3:]) if arg[:3].upper() == "TO:" else None
+        parsed = parse_path(arg[3:]) if arg[:3].upper() == "TO:" else None
         if parsed is None:
             self._syntax("RCPT TO:<address>")
             return
         address, params = parsed
-        if not _valid_address(address):
+        if not valid_address(address):
             self._error(_E_BAD_RCPT)
             return
         if params:
