@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,15 +195,24 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
-def vm_hwm(pid: int) -> int:
-    """Peak resident set size of one process (VmHWM), bytes."""
+def _status_kb(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
     except (FileNotFoundError, ProcessLookupError):
         pass
     return 0
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident set size of one process (VmHWM), bytes."""
+    return _status_kb(pid, "VmHWM:")
+
+
+def rss_anon(pid: int) -> int:
+    """Resident anonymous memory (heap, stacks; not file pages such as SQLite's mmap)."""
+    return _status_kb(pid, "RssAnon:")
 
 
 def machine_busy() -> float:
@@ -216,6 +226,7 @@ def machine_busy() -> float:
 class MemoryPeak:
     rss: int = 0  # largest sum of RSS over the tree seen in one sample
     pss: int = 0  # largest sum of PSS (shared pages split between sharers)
+    anon: int = 0  # largest sum of RssAnon (private heap; no file-backed pages)
     processes: int = 0  # most processes in the tree in one sample
 
 
@@ -247,6 +258,7 @@ class MemorySampler:
         peak = self.peak
         peak.rss = max(peak.rss, sum(st.rss for st in live))
         peak.pss = max(peak.pss, sum(pss_bytes(st.pid) for st in live))
+        peak.anon = max(peak.anon, sum(rss_anon(st.pid) for st in live))
         peak.processes = max(peak.processes, len(live))
 
 
@@ -676,8 +688,18 @@ class SmtplbServer(Server):
             self.wait_ready()
 
     def wait_ready(self, timeout: float = 60) -> None:
+        """Until SMTP greets and the HTTP API answers /healthz."""
+        deadline = time.monotonic() + timeout
         try:
             wait_banner("127.0.0.1", self.port, timeout, self.proc)
+            while True:
+                try:
+                    with urllib.request.urlopen(self.api_url + "/healthz", timeout=5):
+                        return
+                except OSError as exc:
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"smtplb's API did not answer: {exc}") from exc
+                    time.sleep(0.05)
         except BenchError as exc:
             self.stop()
             raise BenchError(f"{exc}\n{self.log_tail()}") from exc

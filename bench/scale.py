@@ -84,6 +84,7 @@ class SourceProgress:
             if now >= next_mark:
                 self.timeline.append((now, self.count))
                 next_mark = now + 1.0
+        self.timeline.append((time.perf_counter(), self.count))
 
     def join(self) -> None:
         self._thread.join(10)
@@ -432,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("interrupted: smtplb and sinks stopped", file=sys.stderr)
             return 130
-        except BenchError as exc:
+        except (BenchError, OSError) as exc:
             print(f"scale: {exc}", file=sys.stderr)
             return 1
     config = re.sub(r":\d{4,5}\b", ":PORT", config)

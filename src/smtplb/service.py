@@ -114,6 +114,7 @@ class Service:
         self._authenticate = make_authenticator(
             {u.name: u.password_hash for u in config.smtp.users}
         )
+        self._policies: dict[str, SessionPolicy] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._http: _EmbeddedServer | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -187,6 +188,15 @@ class Service:
     # -- intake --------------------------------------------------------------------
 
     def policy_for(self, client_ip: str) -> SessionPolicy:
+        """The session policy for a client address (cached: asked at every connection)."""
+        policy = self._policies.get(client_ip)
+        if policy is None:
+            if len(self._policies) > 10_000:
+                self._policies.clear()
+            policy = self._policies[client_ip] = self._make_policy(client_ip)
+        return policy
+
+    def _make_policy(self, client_ip: str) -> SessionPolicy:
         smtp = self.config.smtp
         try:
             addr = ipaddress.ip_address(client_ip)
@@ -429,6 +439,8 @@ class Service:
         self.draining = True
 
     async def reload(self) -> None:
+        """Re-read the config file: pools, members, routes, static routes, retry
+        settings, SMTP limits and relay_networks change; listeners need a restart."""
         if self.config_path is None:
             log.info("SIGHUP: no config file to reload")
             return
@@ -439,6 +451,10 @@ class Service:
             return
         existing = {m.name: m for m in self.members()}
         self.config = new
+        self._relay_networks = [
+            ipaddress.ip_network(n, strict=False) for n in new.smtp.relay_networks
+        ]
+        self._policies.clear()  # limits and relay_networks apply to new connections
         self.pools.clear()
         self.pools.update(self._build_pools(new, existing))
         self.resolver.static = MxResolver(new.static_routes).static

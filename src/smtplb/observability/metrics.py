@@ -19,6 +19,7 @@ HEALTH_STATES = ("up", "half_open", "ejected", "down", "paused")
 
 class Metrics:
     def __init__(self) -> None:
+        self._children: dict[tuple[Any, ...], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.messages = Counter(
@@ -97,14 +98,22 @@ class Metrics:
         pool = record.get("pool") or ""
         member = record.get("member") or ""
         if event in OUTCOMES:
-            self.messages.labels(pool, member, event).inc()
+            self._child(self.messages, pool, member, event).inc()
             latency = record.get("latency_ms")
             if event != "failover" and member and latency is not None:
-                self.latency.labels(pool, member).observe(latency / 1000)
+                self._child(self.latency, pool, member).observe(latency / 1000)
         elif event == "received":
-            self.received.labels(pool).inc()
+            self._child(self.received, pool).inc()
         elif event.startswith("member_"):
-            self.member_events.labels(pool, member, event).inc()
+            self._child(self.member_events, pool, member, event).inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: this runs for every delivery event."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def set_member(
         self, pool: str, member: str, state: str, active: int, idle: int, weight: float
