@@ -197,16 +197,22 @@ def main(argv: list[str] | None = None) -> int:
         "## Profile: smtplb under case (a)",
         "",
         f"`python bench/profile_smtplb.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
-        f" on {started:%Y-%m-%d %H:%M} UTC: py-spy {args.rate} Hz, `--nonblocking`,"
+        f" on {started:%Y-%m-%d %H:%M} UTC: py-spy {args.rate} Hz, `{' '.join(spy_mode)}`,"
         f" while `{shown(cmd).replace(str(smtplb.port), 'PORT')}` ran"
         f" (exit {source.returncode}); {delivered:,} messages at the sinks in {elapsed:.1f} s"
         f" ({rate:,.0f} msg/s under the profiler), smtplb CPU {cpu:.1f} s"
         f" ({1000 * cpu / max(delivered, 1):.2f} ms/msg). {total:,} samples of running"
         " (non-idle) threads; % is of those.",
         "",
-        "Without `--native`, time in C (the event loop, socket calls, SQLite, fsync) is",
-        "charged to the Python function that called it.",
-        "",
+        *(
+            []
+            if args.native
+            else [
+                "Without `--native`, time in C (the event loop, socket calls, SQLite, fsync)",
+                "is charged to the Python function that called it.",
+                "",
+            ]
+        ),
         "### By thread",
         "",
         *table(profile.threads, total, 10, "thread"),

@@ -29,6 +29,7 @@ from smtplb import __version__
 from smtplb.intake.address import valid_address
 from smtplb.model import Envelope, RecipientState
 from smtplb.spool.base import MessageView, SpoolError
+from smtplb.workers import merge_metrics, read_snapshots
 
 if TYPE_CHECKING:
     from smtplb.service import Service
@@ -126,7 +127,11 @@ async def metrics(request: Request) -> Response:
     """Prometheus metrics."""
     service = _service(request)
     await service.refresh_gauges()
-    return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    body = service.metrics.render()
+    if service.workers > 1:
+        peers = read_snapshots(service.data_dir, service.workers)
+        body = merge_metrics([body.decode(), *(p["metrics"] for p in peers)]).encode()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @public
@@ -136,29 +141,43 @@ async def overview(request: Request) -> Response:
     No addresses or content: public while ``public_read`` is true."""
     service = _service(request)
     live = service.live
+    members = _members(service)
+    peers = read_snapshots(service.data_dir, service.workers) if service.workers > 1 else []
+    totals = dict(live.totals)
+    series = live.series()
+    errors = list(live.errors)
+    waiting = {p.name: p.waiting() for p in service.pools.values()}
+    for snap in peers:
+        for key, value in snap["totals"].items():
+            totals[key] = totals.get(key, 0) + value
+        for key, values in snap["series"].items():
+            if isinstance(values, list) and len(values) == len(series.get(key, [])):
+                series[key] = [a + b for a, b in zip(series[key], values, strict=True)]
+        errors += snap["errors"]
+        for pool, count in snap["waiting"].items():
+            waiting[pool] = waiting.get(pool, 0) + count
+    errors.sort(key=lambda e: -e["ts"])
     return JSONResponse(
         {
             "hostname": service.config.hostname,
             "version": __version__,
             "uptime": time.time() - service.started_at,
             "draining": service.draining,
+            "workers": service.workers,
             "pools": [
                 {
                     "name": p.name,
                     "strategy": p.config.strategy,
-                    "waiting": p.waiting(),
-                    "members": [
-                        {**_member_json(service, m.name), **live.member_rates(m.name)}
-                        for m in p.members
-                    ],
+                    "waiting": waiting.get(p.name, 0),
+                    "members": [m for m in members if m["pool"] == p.name],
                 }
                 for p in service.pools.values()
             ],
-            "queue": await service.spool.stats(),
-            "queue_oldest_age": await service.spool.oldest_age(time.time()),
-            "totals": live.totals,
-            "series": live.series(),
-            "errors": list(live.errors),
+            "queue": await service.queue.stats(),
+            "queue_oldest_age": await service.queue.oldest_age(time.time()),
+            "totals": totals,
+            "series": series,
+            "errors": errors[:50],
         }
     )
 
@@ -169,7 +188,7 @@ async def overview(request: Request) -> Response:
 @protected
 async def queue_list(request: Request) -> Response:
     """Queue statistics and messages, newest first (``?state=deferred&limit=100``)."""
-    spool = _service(request).spool
+    spool = _service(request).queue
     state_name = request.query_params.get("state")
     state = None
     if state_name:
@@ -197,7 +216,7 @@ async def queue_show(request: Request) -> Response:
     """One message: each recipient's state and last reply, and the trace of decisions."""
     service = _service(request)
     queue_id = request.path_params["queue_id"]
-    view = await service.spool.get(queue_id)
+    view = await service.queue.get(queue_id)
     if view is None:
         return problem(404, "No such message", queue_id)
     return JSONResponse({**message_json(view), "trace": service.traces.get(queue_id)})
@@ -208,8 +227,8 @@ async def queue_retry(request: Request) -> Response:
     """Make deferred recipients due now (one message, or all with ``/queue/retry``)."""
     service = _service(request)
     queue_id = request.path_params.get("queue_id")
-    count = await service.spool.retry(queue_id)
-    if queue_id is not None and count == 0 and await service.spool.get(queue_id) is None:
+    count = await service.queue.retry(queue_id)
+    if queue_id is not None and count == 0 and await service.queue.get(queue_id) is None:
         return problem(404, "No such message", queue_id)
     service.dispatcher.wake()
     return JSONResponse({"retried": count})
@@ -219,7 +238,7 @@ async def queue_retry(request: Request) -> Response:
 async def queue_delete(request: Request) -> Response:
     """Remove a message from the queue."""
     queue_id = request.path_params["queue_id"]
-    if not await _service(request).spool.delete(queue_id):
+    if not await _service(request).queue.delete(queue_id):
         return problem(404, "No such message", queue_id)
     return JSONResponse({"deleted": queue_id})
 
@@ -227,33 +246,41 @@ async def queue_delete(request: Request) -> Response:
 # -- pools and members -------------------------------------------------------------
 
 
+_ADDITIVE = (
+    "active",
+    "idle_connections",
+    "delivered",
+    "deferred",
+    "bounced",
+    "failures",
+    "per_minute",
+)
+
+
+def _members(service: Service) -> list[dict[str, Any]]:
+    """Every member as the node sees it: this worker's view, plus the counters of
+    the other workers when there are several (health is this worker's checks)."""
+    members = [{**m.snapshot(), **service.live.member_rates(m.name)} for m in service.members()]
+    if service.workers > 1:
+        by_name = {m["name"]: m for m in members}
+        for snap in read_snapshots(service.data_dir, service.workers):
+            for peer in snap["members"]:
+                mine = by_name.get(peer["name"])
+                if mine is not None:
+                    for key in _ADDITIVE:
+                        mine[key] = (mine.get(key) or 0) + (peer.get(key) or 0)
+                    mine["max_connections"] += peer["max_connections"]
+    return members
+
+
 def _member_json(service: Service, name: str) -> dict[str, Any]:
-    member = service.member(name)
-    assert member is not None
-    c = member.counters
-    return {
-        "name": member.name,
-        "pool": member.pool,
-        "kind": member.kind,
-        "target": member.config.relay or member.config.source_ip,
-        "weight": member.weight,
-        "health": member.state,
-        "paused": member.paused,
-        "active": member.active,
-        "idle_connections": member.idle_connections,
-        "max_connections": member.config.max_connections,
-        "delivered": c.delivered,
-        "deferred": c.deferred,
-        "bounced": c.bounced,
-        "failures": c.failures,
-    }
+    return next(m for m in _members(service) if m["name"] == name)
 
 
 @protected
 async def members_list(request: Request) -> Response:
     """Every member with its health, load and counters."""
-    service = _service(request)
-    return JSONResponse({"members": [_member_json(service, m.name) for m in service.members()]})
+    return JSONResponse({"members": _members(_service(request))})
 
 
 @protected

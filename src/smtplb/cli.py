@@ -51,18 +51,23 @@ def main() -> None:
 
 @main.command()
 @CONFIG_OPTION
-def run(config_path: Path | None) -> None:
+@click.option("--worker", type=int, default=None, hidden=True, help="Run as worker N.")
+def run(config_path: Path | None, worker: int | None) -> None:
     """Run the service in the foreground (SIGTERM drains, SIGHUP reloads)."""
     from smtplb.service import Service
+    from smtplb.workers import Supervisor, drain_flag
 
     config = _config(config_path)
     logging.basicConfig(
         level=getattr(logging, config.log.level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    _install_uvloop()
     resolved = config_path or (Path("smtplb.toml") if Path("smtplb.toml").is_file() else None)
-    service = Service(config, resolved)
+    if config.workers > 1 and worker is None:
+        drain_flag(Path(config.data_dir)).unlink(missing_ok=True)  # a new run takes mail
+        sys.exit(Supervisor(resolved, config.workers).run())
+    _install_uvloop()
+    service = Service(config, resolved, worker or 0)
     try:
         asyncio.run(service.run_forever())
     except OSError as exc:

@@ -178,6 +178,7 @@ class ClusterConfig(_Struct):
 
 class Config(_Struct):
     data_dir: str = "var"
+    workers: int = 1  # processes on this node, each with its own spool shard
     hostname: str = msgspec.field(default_factory=socket.getfqdn)
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
@@ -253,6 +254,7 @@ def _validate(cfg: Config) -> list[str]:
         if not ok:
             problems.append(f"{key}: {message}")
 
+    check(1 <= cfg.workers <= 64, "workers", "must be from 1 to 64")
     for i, addr in enumerate(cfg.smtp.listen):
         try:
             parse_hostport(addr)

@@ -18,6 +18,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -43,7 +44,9 @@ from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
 from smtplb.routing.routes import RoutingInput, classify_content, decide_route
 from smtplb.spool.base import ClaimedMessage, ClaimedRecipient, NewMessage, NewRecipient, SpoolError
+from smtplb.spool.shards import ShardedQueue, adopt_orphans, shard_path
 from smtplb.spool.sqlite import SqliteSpool
+from smtplb.workers import drain_flag, write_snapshot
 
 log = logging.getLogger("smtplb")
 
@@ -72,16 +75,26 @@ class PausedMembers:
 
 
 class Service:
-    def __init__(self, config: Config, config_path: Path | None = None) -> None:
+    def __init__(self, config: Config, config_path: Path | None = None, worker: int = 0) -> None:
         self.config = config
         self.config_path = config_path
+        self.worker = worker
+        self.workers = config.workers
         self.data_dir = Path(config.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.spool = SqliteSpool(self.data_dir / "spool.db")
+        self.spool = SqliteSpool(shard_path(self.data_dir, worker))
+        # The operator's view of the queue: worker 0 also reads its peers' shards.
+        self.peer_spools = [
+            SqliteSpool(shard_path(self.data_dir, i), recover=False)
+            for i in range(1, self.workers)
+            if worker == 0
+        ]
+        self.queue = ShardedQueue([self.spool, *self.peer_spools])
         self.delivery_log = DeliveryLog(
             self.data_dir / "logs" / "delivery.jsonl",
             max_size=config.log.delivery_log_max_size,
             keep=config.log.delivery_log_keep,
+            rotates=worker == 0,
         )
         self.metrics = Metrics()
         self.live = LiveStats()
@@ -246,6 +259,7 @@ class Service:
                 member.weight,
             )
         self.metrics.set_queue(await self.spool.stats(), await self.spool.oldest_age(time.time()))
+        # (with several workers each reports its own shard; worker 0's /metrics adds them up)
         self.metrics.set_waiting((p.name, p.waiting()) for p in self.pools.values())
 
     async def submit(self, envelope: Envelope, data: bytes, *, is_dsn: bool = False) -> str:
@@ -366,6 +380,12 @@ class Service:
 
     async def start(self) -> None:
         await self.spool.open()
+        if self.worker == 0:
+            for peer in self.peer_spools:
+                await peer.open()
+            moved = await adopt_orphans(self.data_dir, self.workers, self.spool)
+            if moved:
+                log.info("adopted %d messages from the shards of removed workers", moved)
         smtp = self.config.smtp
         ctx = self._ssl_context()
         for addr in smtp.listen:
@@ -381,23 +401,27 @@ class Service:
                 data_timeout=smtp.data_timeout,
                 max_connections_per_client=smtp.max_connections_per_client,
                 refuse=self.refuse,
-                reuse_port=smtp.reuse_port,
+                reuse_port=smtp.reuse_port or self.workers > 1,
             )
             await listener.start()
             self.listeners.append(listener)
-        await self._start_http()
+        if self.worker == 0:
+            await self._start_http()
         if self.webhooks is not None:
             self.webhooks.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.dispatcher.run()))
         self._tasks.append(loop.create_task(self._housekeeping()))
+        if self.worker > 0:
+            self._tasks.append(loop.create_task(self._peer_loop()))
         if self.config.health.checks:
             checker = HealthChecker(self.config.health, self._on_check_event)
             self._tasks.append(loop.create_task(checker.run(self.members)))
         log.info(
-            "smtplb listening on %s (SMTP) and %s (HTTP)",
+            "smtplb listening on %s (SMTP) and %s (HTTP)%s",
             ", ".join(f"{lst!r}" for lst in self.listeners),
-            self.config.http.listen,
+            self.config.http.listen if self.worker == 0 else "worker 0",
+            f", worker {self.worker} of {self.workers}" if self.workers > 1 else "",
         )
 
     async def _start_http(self) -> None:
@@ -437,6 +461,43 @@ class Service:
     def drain(self) -> None:
         """Stop taking mail (421, /readyz 503); keep delivering what is queued."""
         self.draining = True
+        if self.workers > 1 and self.worker == 0:
+            drain_flag(self.data_dir).parent.mkdir(parents=True, exist_ok=True)
+            drain_flag(self.data_dir).touch()
+
+    def snapshot(self) -> dict[str, Any]:
+        """This worker's state for worker 0's API (see smtplb.workers)."""
+        return {
+            "worker": self.worker,
+            "members": [
+                {**m.snapshot(), **self.live.member_rates(m.name)} for m in self.members()
+            ],
+            "waiting": {p.name: p.waiting() for p in self.pools.values()},
+            "totals": self.live.totals,
+            "series": self.live.series(),
+            "errors": list(self.live.errors),
+            "metrics": self.metrics.render().decode(),
+        }
+
+    async def _peer_loop(self) -> None:
+        """Workers 1…N-1: publish state, follow pauses and the drain flag."""
+        paused_mtime = 0.0
+        while True:
+            await self.refresh_gauges()
+            write_snapshot(self.data_dir, self.worker, self.snapshot())
+            try:
+                mtime = self.paused.path.stat().st_mtime
+            except FileNotFoundError:
+                mtime = -1.0
+            if mtime != paused_mtime:
+                paused_mtime = mtime
+                names = self.paused.load()
+                for member in self.members():
+                    member.paused = member.name in names
+                self.dispatcher.wake()
+            if not self.draining and drain_flag(self.data_dir).exists():
+                self.draining = True
+            await asyncio.sleep(0.5)
 
     async def reload(self) -> None:
         """Re-read the config file: pools, members, routes, static routes, retry
@@ -477,6 +538,8 @@ class Service:
             await self._http_task
         if self.webhooks is not None:
             await self.webhooks.stop()
+        for peer in self.peer_spools:
+            await peer.close()
         await self.spool.close()
         self.delivery_log.close()
         self._stopped.set()

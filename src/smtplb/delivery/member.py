@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from smtplb.balancing.health import ActiveHealth, HealthState, PassiveHealth
 from smtplb.config import MemberConfig, parse_hostport
@@ -216,6 +217,26 @@ class Member:
                     closed += 1
             entries[:] = keep
         return closed
+
+    def snapshot(self) -> dict[str, Any]:
+        """What operators see of this member (the API, the dashboard, peer workers)."""
+        c = self.counters
+        return {
+            "name": self.name,
+            "pool": self.pool,
+            "kind": self.kind,
+            "target": self.config.relay or self.config.source_ip,
+            "weight": self.weight,
+            "health": self.state,
+            "paused": self.paused,
+            "active": self.active,
+            "idle_connections": self.idle_connections,
+            "max_connections": self.config.max_connections,
+            "delivered": c.delivered,
+            "deferred": c.deferred,
+            "bounced": c.bounced,
+            "failures": c.failures,
+        }
 
     @property
     def idle_connections(self) -> int:

@@ -195,13 +195,23 @@ def _as_spool_error(exc: BaseException, what: str) -> BaseException:
 class SqliteSpool:
     """The :class:`~smtplb.spool.base.Spool` on one SQLite file."""
 
-    def __init__(self, path: Path, *, batch_max: int = 256, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        batch_max: int = 256,
+        clock: Clock | None = None,
+        recover: bool = True,
+    ) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
         self.path = Path(path)
         self.batch_max = batch_max
         self.clock: Clock = clock or SystemClock()
         self.commits = 0  # committed batches: with group commit, far fewer than writes
+        # False when another process owns this spool (a worker's shard seen from the
+        # API worker): then in-flight recipients are that process's, not a crash's.
+        self.recover = recover
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._in_batch = 0
         self._writer: threading.Thread | None = None
@@ -261,10 +271,11 @@ class SqliteSpool:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             # Crash recovery: whatever was in flight is delivered again (at-least-once).
             now = self.clock.wall()
-            conn.execute(
-                "UPDATE recipients SET state=?, next_attempt=?, updated_at=? WHERE state=?",
-                (_QUEUED, now, now, _INFLIGHT),
-            )
+            if self.recover:
+                conn.execute(
+                    "UPDATE recipients SET state=?, next_attempt=?, updated_at=? WHERE state=?",
+                    (_QUEUED, now, now, _INFLIGHT),
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.close()

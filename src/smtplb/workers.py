@@ -1,0 +1,143 @@
+"""Several worker processes on one node (SPEC §2.8): throughput scales with cores.
+
+``workers = N`` makes ``smtplb run`` a supervisor of N workers. Each worker is
+a whole smtplb: an SO_REUSEPORT SMTP listener (the kernel spreads connections),
+its own spool shard, dispatcher and member connections. Worker 0 also serves
+the HTTP API; it answers for the whole node by reading the other shards and the
+state snapshot each peer writes every half second to ``data_dir/run/``.
+Operator changes reach the peers through files they watch: the paused-members
+list and the drain flag. The supervisor forwards SIGTERM/SIGHUP and restarts a
+worker that dies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+log = logging.getLogger("smtplb.workers")
+
+SNAPSHOT_EVERY = 0.5
+STALE_AFTER = 5.0
+# Gauges that describe one shared thing (a member's state), not a share of work:
+# merged with max, not summed.
+_MAX_GAUGES = {
+    "smtplb_member_up",
+    "smtplb_member_health",
+    "smtplb_member_effective_weight",
+    "smtplb_queue_oldest_age_seconds",
+}
+
+
+def run_dir(data_dir: Path) -> Path:
+    return data_dir / "run"
+
+
+def write_snapshot(data_dir: Path, worker: int, snapshot: dict[str, Any]) -> None:
+    directory = run_dir(data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".worker-{worker}.json.tmp"
+    tmp.write_text(json.dumps({"ts": time.time(), **snapshot}))
+    tmp.replace(directory / f"worker-{worker}.json")
+
+
+def read_snapshots(data_dir: Path, workers: int) -> list[dict[str, Any]]:
+    """Fresh snapshots of workers 1…N-1 (a stale or missing one is left out)."""
+    out = []
+    for worker in range(1, workers):
+        path = run_dir(data_dir) / f"worker-{worker}.json"
+        try:
+            snap = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if time.time() - snap.get("ts", 0) <= STALE_AFTER:
+            out.append(snap)
+    return out
+
+
+def drain_flag(data_dir: Path) -> Path:
+    return run_dir(data_dir) / "draining"
+
+
+def merge_metrics(texts: Iterable[str]) -> str:
+    """One exposition from several workers': counters and histograms add up."""
+    families: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            name, kind = family.name, family.type
+            _, _, samples = families.setdefault(name, (kind, family.documentation, {}))
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if name in _MAX_GAUGES:
+                    samples[key] = max(samples.get(key, sample.value), sample.value)
+                else:
+                    samples[key] = samples.get(key, 0.0) + sample.value
+    lines = []
+    for name, (kind, doc, samples) in families.items():
+        lines.append(f"# HELP {name} {doc}")
+        lines.append(f"# TYPE {name} {kind}")
+        for (sample_name, labels), value in samples.items():
+            label_text = ",".join(
+                f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+                for k, v in labels
+            )
+            lines.append(
+                f"{sample_name}{{{label_text}}} {value!r}" if labels else f"{sample_name} {value!r}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+class Supervisor:
+    """Starts N workers, forwards signals, restarts one that dies."""
+
+    def __init__(self, config_path: Path | None, workers: int) -> None:
+        self.config_path = config_path
+        self.workers = workers
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+
+    def _spawn(self, worker: int) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "smtplb", "run", "--worker", str(worker)]
+        if self.config_path is not None:
+            cmd += ["-c", str(self.config_path)]
+        return subprocess.Popen(cmd)
+
+    def run(self) -> int:
+        def forward(signum: int, _frame: object) -> None:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.stopping = True
+            for proc in self.procs.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, forward)
+        for worker in range(self.workers):
+            self.procs[worker] = self._spawn(worker)
+        restarts: dict[int, float] = {}
+        while True:
+            time.sleep(0.2)
+            codes = {w: p.poll() for w, p in self.procs.items()}
+            if self.stopping:
+                if all(code is not None for code in codes.values()):
+                    return max(abs(code or 0) for code in codes.values())
+                continue
+            for worker, code in codes.items():
+                if code is None:
+                    continue
+                log.error("worker %d exited with status %d; restarting it", worker, code)
+                if time.monotonic() - restarts.get(worker, 0.0) < 1.0:
+                    time.sleep(1.0)  # a worker that dies at once must not spin the supervisor
+                restarts[worker] = time.monotonic()
+                self.procs[worker] = self._spawn(worker)
