@@ -110,6 +110,7 @@ class Phase:
 
     label: str
     messages: int
+    retry_base: str = ""
     queue_s: float = 0.0
     queue_rc: int | None = None
     queue_rate_first: float = float("nan")  # first 10 % of the messages
@@ -170,7 +171,7 @@ def run_phase(
     args: argparse.Namespace,
     sections: Sections,
 ) -> Phase:
-    phase = Phase(label, messages)
+    phase = Phase(label, messages, args.retry_base)
     sinks = SinkSet(tools, free_port_on_all(SINK_HOSTS))
     smtplb = SmtplbServer(work / label, sinks.relays, sections)
     if not all(port_closed(h, sinks.port) for h in SINK_HOSTS):
@@ -402,6 +403,7 @@ def report(
         " can drop at will — besides SQLite's page caches and Python's heap. Anonymous RSS"
         " (`RssAnon`, sampled every second) leaves file pages out.",
         "",
+        *slowdown_note(deep),
         "The machine was shared with other work while this ran: rates are noisy.",
         "",
         "smtplb config (`$WORK` the run's temporary directory):",
@@ -411,6 +413,21 @@ def report(
         "```",
     ]
     return "\n".join(lines) + "\n"
+
+
+def slowdown_note(phase: Phase) -> list[str]:
+    first, last = phase.queue_rate_first, phase.queue_rate_last
+    if not (first == first and last == last) or last >= 0.8 * first:
+        return []
+    return [
+        f"Intake slowed while queuing, from {first:,.0f} msg/s over the first 10 % to"
+        f" {last:,.0f} msg/s over the last 10 %: with `retry_base = {phase.retry_base}`"
+        " the deferred messages come due again and again while the upstreams are down, and"
+        " each is claimed and deferred once more (a spool write and a delivery-log record"
+        " per recipient), competing with intake for the spool's writer thread. The work"
+        " done while no member is up grows with the depth of the queue.",
+        "",
+    ]
 
 
 def _states(phase: Phase) -> str:

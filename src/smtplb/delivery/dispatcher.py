@@ -154,7 +154,7 @@ class Dispatcher:
             job = Job(message, rcpts, pool_name, priority, domain)
             pool = self.pools.get(pool_name)
             if pool is None:  # the pool was removed by a reload: defer, never drop
-                self._defer(job, Reply(451, "4.3.5", f"no pool named {pool_name!r}"), "")
+                self._defer(job, Reply(451, "4.3.5", f"no pool named {pool_name!r}"))
                 continue
             pool.lanes[priority].append(job)
         self._schedule_pump()
@@ -185,7 +185,7 @@ class Dispatcher:
                     self.traces.add(
                         job.message.queue_id, "deferred", pool=pool.name, reason=reply.text
                     )
-                    self._defer(job, reply, "")
+                    self._defer(job, reply)
                     continue
                 member = pool.strategy.pick(available, self._pick_request(job))
                 if member is None or member.full:
@@ -258,7 +258,7 @@ class Dispatcher:
             )
         except ResolveError as exc:
             reply = Reply(550 if exc.permanent else 451, exc.enhanced, str(exc))
-            self._settle(job, member, [reply] * len(rcpts), upstream="", latency=0.0)
+            self._settle(job, member, [reply] * len(rcpts))
         except ConnectError as exc:
             pool = self.pools.get(job.pool)
             if pool is not None:
@@ -266,7 +266,7 @@ class Dispatcher:
             self._failover(job, member, exc)
         except Exception as exc:  # a bug must not lose the job: defer it
             log.exception("delivery of %r on %r failed unexpectedly", job, member)
-            self._defer(job, Reply(451, "4.3.0", f"internal error: {type(exc).__name__}"), "")
+            self._defer(job, Reply(451, "4.3.0", f"internal error: {type(exc).__name__}"))
         else:
             tr = delivered.result
             now = time.monotonic()
@@ -312,16 +312,17 @@ class Dispatcher:
         if pool is not None:
             pool.lanes[job.priority].appendleft(job)  # no attempt counted: try the next member
         else:
-            self._defer(job, Reply(451, "4.4.1", str(exc)), member.name)
+            self._defer(job, Reply(451, "4.4.1", str(exc)))
 
     def _settle(
         self,
         job: Job,
-        member: Member,
+        member: Member | None,
         replies: Sequence[Reply],
-        upstream: str,
-        latency: float,
+        upstream: str = "",
+        latency: float = 0.0,
     ) -> None:
+        """Each recipient's fate from its reply; ``member`` None: no member was tried."""
         now = time.time()
         results: list[RecipientResult] = []
         bounced: list[FailedRecipient] = []
@@ -329,7 +330,6 @@ class Dispatcher:
         for rcpt, reply in zip(job.recipients, replies, strict=True):
             attempt = rcpt.attempts + 1
             state, next_attempt = self._next_state(job, reply, attempt, now)
-            event = state.name.lower()
             results.append(
                 RecipientResult(
                     rcpt.rid,
@@ -339,39 +339,36 @@ class Dispatcher:
                     reply.code,
                     reply.enhanced,
                     reply.text,
-                    member.name,
+                    member.name if member else "",
                 )
             )
-            counters = member.counters
-            counters.attempts += 1
-            if state is RecipientState.DELIVERED:
-                counters.delivered += 1
-            elif state is RecipientState.BOUNCED:
-                counters.bounced += 1
+            if state is RecipientState.BOUNCED:
                 bounced.append(_failed(rcpt.address, reply, upstream))
-            else:
-                counters.deferred += 1
-                if state is RecipientState.EXPIRED:
-                    expired.append(_failed(rcpt.address, reply, upstream, expired=True))
+            elif state is RecipientState.EXPIRED:
+                expired.append(_failed(rcpt.address, reply, upstream, expired=True))
+            if member is not None:
+                member.counters.count(state)
             self._log_rcpt(
                 job,
                 rcpt,
-                event,
+                state.name.lower(),
                 reply,
                 member=member,
                 upstream=upstream,
                 latency=latency,
                 attempt=attempt,
             )
-        self.traces.add(
-            job.message.queue_id,
-            "attempt",
-            member=member.name,
-            upstream=upstream,
-            outcomes={
+        if member is not None:
+            outcomes = {
                 r.address: str(reply) for r, reply in zip(job.recipients, replies, strict=True)
-            },
-        )
+            }
+            self.traces.add(
+                job.message.queue_id,
+                "attempt",
+                member=member.name,
+                upstream=upstream,
+                outcomes=outcomes,
+            )
         self._record(results)
         self._notify(job.message, bounced, expired=False)
         self._notify(job.message, expired, expired=True)
@@ -388,30 +385,9 @@ class Dispatcher:
             return RecipientState.EXPIRED, 0.0
         return RecipientState.DEFERRED, next_attempt
 
-    def _defer(self, job: Job, reply: Reply, member_name: str) -> None:
-        now = time.time()
-        results = []
-        expired: list[FailedRecipient] = []
-        for rcpt in job.recipients:
-            attempt = rcpt.attempts + 1
-            state, next_attempt = self._next_state(job, reply, attempt, now)
-            results.append(
-                RecipientResult(
-                    rcpt.rid,
-                    state,
-                    next_attempt,
-                    True,
-                    reply.code,
-                    reply.enhanced,
-                    reply.text,
-                    member_name,
-                )
-            )
-            if state is RecipientState.EXPIRED:
-                expired.append(_failed(rcpt.address, reply, "", expired=True))
-            self._log_rcpt(job, rcpt, state.name.lower(), reply, attempt=attempt)
-        self._record(results)
-        self._notify(job.message, expired, expired=True)
+    def _defer(self, job: Job, reply: Reply) -> None:
+        """No member took the job: every recipient waits (or expires) with ``reply``."""
+        self._settle(job, None, [reply] * len(job.recipients))
 
     # -- results, DSNs, logs -------------------------------------------------------
 

@@ -23,15 +23,25 @@ from smtplb.delivery.connection import (
     TransactionResult,
 )
 from smtplb.delivery.mx import Destination, MxResolver
+from smtplb.model import RecipientState
 
 
 @dataclass(slots=True)
 class MemberCounters:
     delivered: int = 0
-    deferred: int = 0
+    deferred: int = 0  # deferred or expired after an attempt on this member
     bounced: int = 0
     failures: int = 0  # local-origin (connection-level) failures
     attempts: int = 0
+
+    def count(self, state: RecipientState) -> None:
+        self.attempts += 1
+        if state is RecipientState.DELIVERED:
+            self.delivered += 1
+        elif state is RecipientState.BOUNCED:
+            self.bounced += 1
+        else:
+            self.deferred += 1
 
 
 @dataclass(slots=True)
