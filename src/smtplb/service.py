@@ -193,6 +193,7 @@ class Service:
             checks=ActiveHealth(rise=hc.rise, fall=hc.fall),
             paused=mc.name in paused,
             slow_start=self.config.health.slow_start,
+            workers=self.workers,
         )
         if existing:  # added by a reload, not present at start: ramp up
             member.start_ramp()

@@ -3,7 +3,8 @@
 ``relay`` members hand every message to one upstream (``host:port``);
 ``egress`` members resolve the recipient domain's MX and connect from their
 own ``source_ip``. Both keep a small pool of open connections for reuse,
-never more than ``max_connections`` open at once (in use plus idle).
+never more than ``max_connections`` open at once (in use plus idle) on the
+node: with several workers each takes its share of the limit.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Member:
     paused: bool = False
     slow_start: float = 0.0  # seconds to ramp up after recovering (0: off)
     ramp_since: float | None = None  # monotonic time the ramp started; None: fully up
+    workers: int = 1  # worker processes on the node sharing max_connections
     active: int = 0  # deliveries in progress
     open_connections: int = 0
     counters: MemberCounters = field(default_factory=MemberCounters)
@@ -114,12 +116,17 @@ class Member:
         ip = self.config.source_ip
         return None if ip in (None, "0.0.0.0", "::") else ip
 
+    @property
+    def connection_limit(self) -> int:
+        """This worker's share of ``max_connections`` (at least one)."""
+        return max(1, -(-self.config.max_connections // self.workers))
+
     def has_capacity(self) -> bool:
         # After a connection-level failure the circuit is suspect: one attempt at a
         # time until a success, so a dead upstream sees at most `fall` new attempts.
         if self.health.consecutive_failures or self.health.state is not HealthState.UP:
             return self.active < 1
-        return self.active < self.config.max_connections
+        return self.active < self.connection_limit
 
     def available(self, now: float) -> bool:
         """Takes new traffic: not paused and not ejected (capacity aside)."""
@@ -179,7 +186,7 @@ class Member:
         return None
 
     async def _open(self, dest: Destination) -> SmtpClientConnection:
-        if self.open_connections >= self.config.max_connections:
+        if self.open_connections >= self.connection_limit:
             self._close_one_idle()
         self.open_connections += 1
         try:
@@ -241,7 +248,7 @@ class Member:
             "paused": self.paused,
             "active": self.active,
             "idle_connections": self.idle_connections,
-            "max_connections": self.config.max_connections,
+            "max_connections": self.connection_limit,
             "delivered": c.delivered,
             "deferred": c.deferred,
             "bounced": c.bounced,
@@ -265,7 +272,7 @@ class Member:
         state = self.state
         return (
             f"Member({self.name!r}, {state}, {self.active} active, "
-            f"{self.idle_connections} idle, max {self.config.max_connections})"
+            f"{self.idle_connections} idle, max {self.connection_limit})"
         )
 
 
