@@ -67,6 +67,10 @@ def test_weighted_1_2_3_shares(
     )
     wait_until(lambda: sum(len(s.received) for s in ups) >= 1800, 60, "1800 deliveries")
     shares = [len(s.received) / 1800 for s in ups]
+    print(
+        f"weighted 1:2:3 over 1800: {[len(s.received) for s in ups]} = "
+        f"{[round(x, 3) for x in shares]} (ideal 0.167/0.333/0.5)"
+    )
     for share, weight in zip(shares, (1, 2, 3), strict=True):
         assert abs(share - weight / 6) <= 0.03, shares
 
@@ -93,6 +97,10 @@ def test_hash_on_recipient_domain_keeps_each_domain_on_one_member(
     assert len(owners) == 30
     assert all(len(members) == 1 for members in owners.values()), owners
     counts = [len(s.received) for s in ups]
+    print(
+        f"hash on recipient_domain: 30 domains, members per domain "
+        f"{sorted({len(m) for m in owners.values()})}, per member {counts}"
+    )
     assert min(counts) >= 100, counts
 
 
@@ -126,7 +134,12 @@ def test_round_robin_loses_nothing_when_an_upstream_dies_and_takes_it_back(
         90,
         "every accepted message",
     )
-    assert {mid for s in ups for mid in ids(s, "<rr-")} == set(accepted)  # 0 lost
+    arrived = {mid for s in ups for mid in ids(s, "<rr-")}
+    print(
+        f"RR with a kill at 100: accepted {len(accepted)}, arrived {len(arrived)}, "
+        f"lost {len(set(accepted) - arrived)}"
+    )
+    assert arrived == set(accepted)  # 0 lost
 
     # At most `fall` delivery attempts reached the dead member before it was taken out.
     log = node.delivery_log()
@@ -137,6 +150,7 @@ def test_round_robin_loses_nothing_when_an_upstream_dies_and_takes_it_back(
         if r.get("member") == name and r["event"] in ("member_ejected", "member_down")
     )
     attempts = [r for r in log[:out] if r["event"] == "failover" and r.get("member") == name]
+    print(f"attempts that reached the dead member before {log[out]['event']}: {len(attempts)}")
     assert len(attempts) <= 3, attempts
 
     victim.restart()
@@ -145,6 +159,7 @@ def test_round_robin_loses_nothing_when_an_upstream_dies_and_takes_it_back(
     send_all(node.smtp_port, [f"u{i}@example.org" for i in range(600)], clients=3, tag="back")
     wait_until(lambda: sum(len(ids(s, "<back-")) for s in ups) >= 600, 60, "600 more deliveries")
     share = (len(ids(victim, "<back-")) - before) / 600
+    print(f"restarted member's share of the next 600: {share:.1%}")
     assert share >= 0.20, share
 
 
@@ -160,5 +175,9 @@ def test_latency_strategy_avoids_a_slow_upstream(
     send_all(node.smtp_port, [f"user{i}@example.org" for i in range(1200)], clients=6, tag="lat")
     wait_until(lambda: sum(len(s.received) for s in ups) >= 1200, 120, "1200 deliveries")
     counts = Counter({n: len(s.received) for n, s in enumerate(ups)})
+    print(
+        f"latency: fast {counts[0]}, slow (+300 ms) {counts[1]} "
+        f"({counts[1] / 1200:.1%}), fast {counts[2]}; total {sum(counts.values())}"
+    )
     assert sum(counts.values()) == 1200
     assert counts[1] / 1200 <= 0.15, counts

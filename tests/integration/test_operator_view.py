@@ -104,6 +104,10 @@ def test_operator_view_counts_agree_everywhere(
     records = outcomes()
     delivered = [r for r in records if r["event"] == "delivered"]
     bounced = [r for r in records if r["event"] == "bounced"]
+    print(
+        f"delivery log: {len(delivered)} delivered, {len(bounced)} bounced "
+        f"{sorted({r['enhanced_code'] for r in bounced})}"
+    )
     assert len(delivered) == 181
     assert len(bounced) == 20
     assert {r["enhanced_code"] for r in bounced} == {"5.1.1"}
@@ -132,6 +136,10 @@ def test_operator_view_counts_agree_everywhere(
         check=True,
     )
     overall = json.loads(analyzed.stdout)["overall"]
+    print(
+        f"logs analyze --json: delivered {overall['delivered']} (181 + 20 DSNs), "
+        f"hard bounces {overall['hard_bounces']}, received {overall['received']}"
+    )
     assert (overall["delivered"], overall["hard_bounces"]) == (181 + 20, 20)
     assert overall["soft_bounces"] == 0 and overall["received"] == 201 + 20
 
@@ -140,6 +148,11 @@ def test_operator_view_counts_agree_everywhere(
         metrics = resp.read().decode()
     for n, sink in enumerate(ups, start=1):
         name = f"relay-{n}"
+        print(
+            f"{name}: metrics delivered "
+            f"{metric(metrics, 'smtplb_messages_total', member=name, outcome='delivered'):g}"
+            f", sink received {len(sink.received)}"
+        )
         assert metric(metrics, "smtplb_messages_total", member=name, outcome="delivered") == len(
             sink.received
         )
