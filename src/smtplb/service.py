@@ -477,9 +477,7 @@ class Service:
         """This worker's state for worker 0's API (see smtplb.workers)."""
         return {
             "worker": self.worker,
-            "members": [
-                {**m.snapshot(), **self.live.member_rates(m.name)} for m in self.members()
-            ],
+            "members": [{**m.snapshot(), **self.live.member_rates(m.name)} for m in self.members()],
             "waiting": {p.name: p.waiting() for p in self.pools.values()},
             "totals": self.live.totals,
             "series": self.live.series(),
