@@ -25,21 +25,24 @@ from pathlib import Path
 
 from harness import (
     SINK_HOSTS,
-    BenchError,
     SinkSet,
     SmtplbServer,
-    Workdir,
-    become_subreaper,
     find_tools,
-    free_port_on_all,
-    reap_orphans,
     section_marker,
     shown,
+    shown_argv,
     source_command,
+    update_results,
+)
+from procs import (
+    BenchError,
+    Workdir,
+    become_subreaper,
+    free_port_on_all,
+    reap_orphans,
     stop_process,
     terminate_on_sigterm,
     tree_cpu,
-    update_results,
 )
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
@@ -196,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         section_marker("profile"),
         "## Profile: smtplb under case (a)",
         "",
-        f"`python bench/profile_smtplb.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
+        f"`{shown_argv('bench/profile_smtplb.py', sys.argv[1:] if argv is None else argv)}`"
         f" on {started:%Y-%m-%d %H:%M} UTC: py-spy {args.rate} Hz, `{' '.join(spy_mode)}`,"
         f" while `{shown(cmd).replace(str(smtplb.port), 'PORT')}` ran"
         f" (exit {source.returncode}); {delivered:,} messages at the sinks in {elapsed:.1f} s"

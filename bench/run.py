@@ -26,28 +26,31 @@ from pathlib import Path
 
 from harness import (
     SINK_HOSTS,
-    BenchError,
-    MemorySampler,
     PostfixRelay,
     Server,
     SinkSet,
     SmtplbServer,
     Tools,
+    find_tools,
+    machine_info,
+    section_marker,
+    shown,
+    shown_argv,
+    source_command,
+    update_results,
+)
+from procs import (
+    BenchError,
+    MemorySampler,
     Workdir,
     become_subreaper,
-    find_tools,
     free_port,
     free_port_on_all,
     machine_busy,
-    machine_info,
     reap_orphans,
-    section_marker,
-    shown,
-    source_command,
     stop_process,
     terminate_on_sigterm,
     tree_cpu,
-    update_results,
 )
 
 SETTLE = 1.0  # seconds after the last sink count before the final CPU reading
@@ -264,11 +267,11 @@ def observations(results: list[RunResult], cases: list[Case]) -> list[str]:
             f"- smtplb used {min(s_cores):.2f}–{max(s_cores):.2f} cores (one process: its event"
             " loop and its spool writer thread share the GIL), Postfix"
             f" {min(p_cores):.2f}–{max(p_cores):.2f} cores over its ~100 processes. On"
-            f" {_cores()} cores the load generator and the sinks need the rest; smtplb's"
-            " ceiling here is one core's worth of Python."
+            f" {_cores()} cores the load generator and the sinks need the rest; one core is"
+            " smtplb's ceiling as a single process."
         )
     notes += [
-        "- smtplb spreads round robin: exactly a third per sink. Postfix's `randmap` picks a",
+        "- smtplb spreads round robin: a third per sink (± 1). Postfix's `randmap` picks a",
         "  sink at random per recipient, so its split varies by a few percent.",
         "- Postfix's RSS sum counts its shared program and library pages once per process",
         "  (~100 processes); its PSS is the fair memory figure. smtplb's RSS includes the",
@@ -303,7 +306,7 @@ def per_run_table(results: list[RunResult]) -> list[str]:
 
 def report(
     args: argparse.Namespace,
-    argv: list[str],
+    command: str,
     info: dict[str, str],
     results: list[RunResult],
     cases: list[Case],
@@ -322,7 +325,7 @@ def report(
         "smtplb's SQLite WAL with `synchronous=FULL`).",
         "",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC, {wall / 60:.1f} minutes in all",
-        f"- Command: `{' '.join(argv)}`",
+        f"- Command: `{command}`",
         f"- Messages per run: {args.messages:,} (5 KB cases), {args.messages // 2:,} (50 KB"
         f" cases); runs per server and case: {args.runs};"
         f" smtp-source sessions: {args.sessions}",
@@ -510,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             "run",
             report(
                 args,
-                ["python", "bench/run.py", *argv],
+                shown_argv("bench/run.py", argv),
                 info,
                 results,
                 cases,

@@ -33,25 +33,29 @@ from typing import Any
 
 from harness import (
     SINK_HOSTS,
-    BenchError,
-    MemorySampler,
     Sections,
     SinkSet,
     SmtplbServer,
     Tools,
+    find_tools,
+    machine_info,
+    section_marker,
+    shown_argv,
+    source_command,
+    update_results,
+)
+from procs import (
+    BenchError,
+    MemorySampler,
     Workdir,
     become_subreaper,
-    find_tools,
     free_port_on_all,
-    machine_info,
     port_closed,
     reap_orphans,
-    section_marker,
-    source_command,
+    rss_anon,
     stop_process,
     terminate_on_sigterm,
     tree_cpu,
-    update_results,
     vm_hwm,
 )
 
@@ -124,6 +128,7 @@ class Phase:
     listen_s: float = 0.0  # restart → SMTP greeting
     retry_s: float = 0.0  # the retry call itself
     retried: int = 0
+    retry_anon: int = 0  # RssAnon just after the retry call
     first_s: float | None = None  # restart → first message at a sink
     drain_s: float | None = None  # first → last message at the sinks
     drained: int = 0
@@ -238,6 +243,7 @@ def run_phase(
             t = time.perf_counter()
             phase.retried = api(smtplb, "/api/v1/queue/retry", "POST")["retried"]
             phase.retry_s = time.perf_counter() - t
+            phase.retry_anon = rss_anon(smtplb.pid)
             deadline, last_print = time.perf_counter() + args.timeout, time.perf_counter()
             while sinks.total() < messages and time.perf_counter() < deadline:
                 if smtplb.proc is not None and smtplb.proc.poll() is not None:
@@ -314,7 +320,7 @@ def verdict(ok: bool) -> str:
 
 
 def report(
-    argv: list[str],
+    command: str,
     args: argparse.Namespace,
     info: dict[str, str],
     small: Phase,
@@ -334,7 +340,7 @@ def report(
         section_marker("scale"),
         "## Scale: a deep queue",
         "",
-        f"`{' '.join(argv)}` on {started:%Y-%m-%d %H:%M} UTC, {wall / 60:.1f} minutes;"
+        f"`{command}` on {started:%Y-%m-%d %H:%M} UTC, {wall / 60:.1f} minutes;"
         f" {info['CPU']}, {info['RAM']} RAM, {info['Spool filesystem']}, smtplb {info['smtplb']}.",
         "",
         f"{deep.messages:,} messages of {args.size:,} bytes (smtp-source `-l {args.size}`, many"
@@ -392,6 +398,8 @@ def report(
         f"| drain: peak RSS (MB) | {small.drain_rss / 1e6:,.0f} | {deep.drain_rss / 1e6:,.0f} |",
         f"| drain: peak anonymous RSS (MB) | {small.drain_anon / 1e6:,.0f}"
         f" | {deep.drain_anon / 1e6:,.0f} |",
+        f"| anonymous RSS just after retry --all (MB) | {small.retry_anon / 1e6:,.0f}"
+        f" | {deep.retry_anon / 1e6:,.0f} |",
         "",
         f"For reference, from an empty queue with the upstreams up (same load,"
         f" {small.messages:,} messages relayed end to end, intake included): {relay[0]:,.0f}"
@@ -478,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     config = re.sub(r":\d{4,5}\b", ":PORT", config)
     wall = time.perf_counter() - t_start
     text = report(
-        ["python", "bench/scale.py", *argv], args, info, small, deep, relay, config, started, wall
+        shown_argv("bench/scale.py", argv), args, info, small, deep, relay, config, started, wall
     )
     print(text)
     if not args.no_report:
