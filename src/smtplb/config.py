@@ -140,7 +140,7 @@ class DeliveryConfig(_Struct):
     data_timeout: Duration = Duration(300)
     connection_idle: Duration = Duration(10)
     max_in_flight: int = 2000
-    bounce_sender: str = ""
+    keep_final: Duration = Duration(86400)  # finished messages stay for `queue show`
 
 
 class LogConfig(_Struct):

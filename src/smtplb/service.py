@@ -456,11 +456,18 @@ class Service:
 
     async def _housekeeping(self) -> None:
         idle_after = self.config.delivery.connection_idle
+        next_purge = time.monotonic() + 60
         while True:
             await asyncio.sleep(0.5)
             self.delivery_log.flush()
             for member in self.members():
                 member.close_idle(idle_after)
+            if time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + 600
+                keep = self.config.delivery.keep_final
+                purged = await self.spool.purge(time.time() - keep)
+                if purged:
+                    log.info("purged %d finished messages older than %gs", purged, keep)
 
     def _on_check_event(self, member: Member, event: str, reason: str) -> None:
         self.dispatcher.member_event(member, event, reason)

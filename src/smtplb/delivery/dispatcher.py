@@ -274,6 +274,7 @@ class Dispatcher:
             if transition is not None:
                 member.start_ramp()
                 self.member_event(member, transition.event, transition.reason)
+                self.wake()
             replies = transaction_outcomes(tr.mail, tr.rcpts, tr.data)
             pool = self.pools.get(job.pool)
             if pool is not None:
@@ -335,7 +336,7 @@ class Dispatcher:
                     rcpt.rid,
                     state,
                     next_attempt,
-                    True,
+                    member is not None,
                     reply.code,
                     reply.enhanced,
                     reply.text,
@@ -386,7 +387,9 @@ class Dispatcher:
         return RecipientState.DEFERRED, next_attempt
 
     def _defer(self, job: Job, reply: Reply) -> None:
-        """No member took the job: every recipient waits (or expires) with ``reply``."""
+        """No member took the job: every recipient waits (or expires) with ``reply``.
+
+        Waiting for a member is not the recipient's failure: no attempt is counted."""
         self._settle(job, None, [reply] * len(job.recipients))
 
     # -- results, DSNs, logs -------------------------------------------------------
@@ -487,10 +490,16 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
 
+    def any_member_available(self) -> bool:
+        now = time.monotonic()
+        return any(m.available(now) for p in self.pools.values() for m in p.members)
+
     async def _feed_loop(self) -> None:
         while self._running:
             room = self.max_in_flight - self.held
-            if room > 0:
+            # With every member down or paused, claiming due mail would only defer it
+            # again (a write and a log record each, for nothing); wait for a member.
+            if room > 0 and self.any_member_available():
                 batch = min(room, 500)
                 claimed = await self.spool.claim_ready(time.time(), batch)
                 for message in claimed:

@@ -128,7 +128,7 @@ END;
 _COMMON_PRAGMAS = (
     "PRAGMA temp_store=MEMORY",
     "PRAGMA cache_size=-32768",  # 32 MiB per connection
-    "PRAGMA mmap_size=268435456",  # reads of hot pages without syscalls
+    "PRAGMA mmap_size=67108864",  # hot pages without syscalls; small, it counts in RSS
     "PRAGMA busy_timeout=10000",
 )
 _WRITER_PRAGMAS = (
@@ -583,20 +583,34 @@ class SqliteSpool:
         return [ExpiredRecipient(*row) for row in rows]
 
     async def retry(self, queue_id: str | None = None) -> int:
-        return await self._write(lambda c: self._retry(c, queue_id))
-
-    def _retry(self, conn: sqlite3.Connection, queue_id: str | None) -> int:
+        if queue_id is not None:
+            return await self._write(lambda c: self._retry(c, queue_id))
+        # Everything: in slices, so that a deep queue neither holds the writer (and
+        # with it intake) for seconds nor keeps a huge rollback journal in memory.
         now = self.clock.wall()
-        if queue_id is None:
-            cur = conn.execute(
-                f"UPDATE recipients SET next_attempt=?, updated_at=? WHERE {_READY}", (now, now)
-            )
-        else:
-            cur = conn.execute(
-                f"UPDATE recipients SET next_attempt=?, updated_at=? WHERE {_READY}"
-                " AND msg_pk = (SELECT pk FROM messages WHERE queue_id = ?)",
-                (now, now, queue_id),
-            )
+        total = 0
+        while True:
+            n = await self._write(lambda c: self._retry_slice(c, now, 5000))
+            total += n
+            if n < 5000:
+                return total
+
+    @staticmethod
+    def _retry_slice(conn: sqlite3.Connection, now: float, limit: int) -> int:
+        cur = conn.execute(
+            "UPDATE recipients SET next_attempt=?, updated_at=? WHERE rid IN"
+            f" (SELECT rid FROM recipients WHERE {_READY} AND next_attempt > ? LIMIT ?)",
+            (now, now, now, limit),
+        )
+        return cur.rowcount
+
+    def _retry(self, conn: sqlite3.Connection, queue_id: str) -> int:
+        now = self.clock.wall()
+        cur = conn.execute(
+            f"UPDATE recipients SET next_attempt=?, updated_at=? WHERE {_READY}"
+            " AND msg_pk = (SELECT pk FROM messages WHERE queue_id = ?)",
+            (now, now, queue_id),
+        )
         return cur.rowcount
 
     async def delete(self, queue_id: str) -> bool:
