@@ -380,11 +380,13 @@ def smtplb_config(
     http_port: int,
     relays: Sequence[str],
     sections: Sections | None = None,
+    workers: int = 1,
 ) -> str:
     """One pool, round robin, a relay member per sink; every other key at its default
     unless ``sections`` sets it (``{"health": {"interval": "1s"}}``)."""
     lines = [
         f"data_dir = {toml_str(str(data_dir))}",
+        f"workers = {workers}",
         'hostname = "relay.bench.test"',
         "",
         "[smtp]",
@@ -415,12 +417,20 @@ class SmtplbServer(Server):
 
     name = "smtplb"
 
-    def __init__(self, work: Path, relays: Sequence[str], sections: Sections | None = None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        relays: Sequence[str],
+        sections: Sections | None = None,
+        workers: int = 1,
+    ) -> None:
         self.work = work
         self.port, self.http_port = free_port(), free_port()
         self.data_dir = work / "data"
         self.config_path = work / "smtplb.toml"
-        self.config_text = smtplb_config(self.data_dir, self.port, self.http_port, relays, sections)
+        self.config_text = smtplb_config(
+            self.data_dir, self.port, self.http_port, relays, sections, workers
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.launched_at = 0.0
 

@@ -424,6 +424,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--messages", type=int, default=20_000, help="per run, 5 KB cases; half for 50 KB"
     )
     parser.add_argument("--runs", type=int, default=2, help="runs per server and case (2)")
+    parser.add_argument(
+        "--smtplb-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="smtplb's `workers` (default: one per core, as Postfix uses every core)",
+    )
     parser.add_argument("--sessions", type=int, default=20, help="smtp-source -s (20)")
     parser.add_argument("--cases", default="abcd", help="which cases, e.g. 'ab' (abcd)")
     parser.add_argument("--quick", action="store_true", help="2 000 messages, 2 runs")
@@ -457,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         sink_port = free_port_on_all(SINK_HOSTS)
         sinks = SinkSet(tools, sink_port)
         postfix = PostfixRelay(tools, work / "postfix", free_port(), sinks.relays)
-        smtplb = SmtplbServer(work / "smtplb", sinks.relays)
+        smtplb = SmtplbServer(work / "smtplb", sinks.relays, workers=args.smtplb_workers)
         try:
             postfix.setup()
             info = machine_info(tools, work, postfix.version())

@@ -298,13 +298,11 @@ class Service:
             self.traces.add(
                 queue_id,
                 "routed",
-                recipient=rcpt,
-                route=f"routes[{decision.route_index}]"
-                if decision.route_index is not None
-                else "no route matched: first pool",
-                pool=decision.pool,
-                lane=("high", "normal", "low")[decision.priority],
-                content_class=decision.content_class,
+                rcpt,
+                decision.route_index,
+                decision.pool,
+                decision.priority,
+                decision.content_class,
             )
         message = NewMessage(
             queue_id=queue_id,

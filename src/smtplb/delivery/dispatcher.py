@@ -182,9 +182,7 @@ class Dispatcher:
                 if not available:
                     lane.popleft()
                     reply = self._no_member_reply(pool, job)
-                    self.traces.add(
-                        job.message.queue_id, "deferred", pool=pool.name, reason=reply.text
-                    )
+                    self.traces.add(job.message.queue_id, "deferred", pool.name, reply.text)
                     self._defer(job, reply)
                     continue
                 member = pool.strategy.pick(available, self._pick_request(job))
@@ -195,27 +193,27 @@ class Dispatcher:
                 self._start(job, member, now)
 
     def _trace_pick(self, pool: PoolRuntime, job: Job, chosen: Member, now: float) -> None:
-        skipped = {}
+        skipped: list[tuple[str, str | None]] = []
         for m in pool.members:
             if m is chosen:
                 continue
             if m.name in job.tried:
-                skipped[m.name] = "failed this attempt"
+                skipped.append((m.name, "failed this attempt"))
             elif not m.available(now):
-                skipped[m.name] = m.state
+                skipped.append((m.name, m.state))
             elif m.full:
-                skipped[m.name] = "busy (all connections in use)"
+                skipped.append((m.name, "busy (all connections in use)"))
             else:
-                skipped[m.name] = f"not chosen by {pool.config.strategy}"
+                skipped.append((m.name, None))  # available: the strategy preferred another
         self.traces.add(
             job.message.queue_id,
             "dispatch",
-            recipients=[r.address for r in job.recipients],
-            pool=pool.name,
-            lane=("high", "normal", "low")[job.priority],
-            member=chosen.name,
-            strategy=pool.config.strategy,
-            skipped=skipped,
+            tuple(r.address for r in job.recipients),
+            pool.name,
+            job.priority,
+            chosen.name,
+            pool.config.strategy,
+            tuple(skipped),
         )
 
     @staticmethod
@@ -303,9 +301,7 @@ class Dispatcher:
         member.counters.failures += 1
         transition = member.health.failure(now, exc.reason, may_eject=self._may_eject(member))
         self._log_job(job, "failover", member=member, response=f"{exc.reason}: {exc}")
-        self.traces.add(
-            job.message.queue_id, "failover", member=member.name, reason=f"{exc.reason}: {exc}"
-        )
+        self.traces.add(job.message.queue_id, "failover", member.name, f"{exc.reason}: {exc}")
         if transition is not None:
             self.member_event(member, transition.event, transition.reason)
         job.tried.add(member.name)
@@ -360,16 +356,8 @@ class Dispatcher:
                 attempt=attempt,
             )
         if member is not None:
-            outcomes = {
-                r.address: str(reply) for r, reply in zip(job.recipients, replies, strict=True)
-            }
-            self.traces.add(
-                job.message.queue_id,
-                "attempt",
-                member=member.name,
-                upstream=upstream,
-                outcomes=outcomes,
-            )
+            outcomes = tuple(zip((r.address for r in job.recipients), replies, strict=True))
+            self.traces.add(job.message.queue_id, "attempt", member.name, upstream, outcomes)
         self._record(results)
         self._notify(job.message, bounced, expired=False)
         self._notify(job.message, expired, expired=True)

@@ -2,9 +2,11 @@
 
 Intake notes the route each recipient matched; the dispatcher notes every
 decision: the member chosen, and why each other member of the pool was
-skipped (paused, down, ejected, busy, failed this attempt). The book keeps
-the most recent ``capacity`` messages in memory; older traces (and traces
-from before a restart) are gone, the spool and delivery log remain.
+skipped (paused, down, ejected, busy, failed this attempt). Steps are kept as
+tuples and turned into words only when someone asks (this runs for every
+message). The book keeps the most recent ``capacity`` messages in memory;
+older traces (and traces from before a restart) are gone, the spool and the
+delivery log remain.
 """
 
 from __future__ import annotations
@@ -13,26 +15,56 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+LANES = ("high", "normal", "low")
+# (field names of a step's details, by step): steps are stored as bare tuples.
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "routed": ("recipient", "route", "pool", "lane", "content_class"),
+    "dispatch": ("recipients", "pool", "lane", "member", "strategy", "skipped"),
+    "attempt": ("member", "upstream", "outcomes"),
+    "failover": ("member", "reason"),
+    "deferred": ("pool", "reason"),
+}
+
 
 class TraceBook:
     def __init__(self, capacity: int = 20_000) -> None:
         self.capacity = capacity
-        self._book: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._book: OrderedDict[str, list[tuple[Any, ...]]] = OrderedDict()
 
-    def add(self, queue_id: str, step: str, **details: Any) -> None:
+    def add(self, queue_id: str, step: str, *details: Any) -> None:
+        """Record a step; ``details`` in the order of ``_FIELDS[step]``."""
         entries = self._book.get(queue_id)
         if entries is None:
             entries = self._book[queue_id] = []
             if len(self._book) > self.capacity:
                 self._book.popitem(last=False)
         if len(entries) < 100:  # a message retried for days must not grow without bound
-            entries.append({"ts": round(time.time(), 3), "step": step, **details})
+            entries.append((time.time(), step, details))
 
     def get(self, queue_id: str) -> list[dict[str, Any]]:
-        return list(self._book.get(queue_id, ()))
+        return [_render(ts, step, details) for ts, step, details in self._book.get(queue_id, ())]
 
     def __len__(self) -> int:
         return len(self._book)
 
     def __repr__(self) -> str:
         return f"TraceBook({len(self._book)} messages, capacity {self.capacity})"
+
+
+def _render(ts: float, step: str, details: tuple[Any, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {"ts": round(ts, 3), "step": step}
+    out.update(zip(_FIELDS[step], details, strict=True))
+    if "lane" in out:
+        out["lane"] = LANES[out["lane"]]
+    if step == "routed":
+        index = out["route"]
+        out["route"] = f"routes[{index}]" if index is not None else "no route matched: first pool"
+    elif step == "dispatch":
+        out["recipients"] = list(out["recipients"])
+        out["skipped"] = {
+            name: f"not chosen by {out['strategy']}" if why is None else why
+            for name, why in out["skipped"]
+        }
+    elif step == "attempt":
+        out["outcomes"] = {address: str(reply) for address, reply in out["outcomes"]}
+    return out
