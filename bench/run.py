@@ -237,7 +237,7 @@ def summary_table(results: list[RunResult]) -> list[str]:
     return lines
 
 
-def observations(results: list[RunResult], cases: list[Case]) -> list[str]:
+def observations(results: list[RunResult], cases: list[Case], args_workers: int = 1) -> list[str]:
     """What the tables say, computed from them (the numbers are medians of runs)."""
 
     def med(server: str, case: str, metric: Callable[[RunResult], float | None]) -> float | None:
@@ -264,11 +264,11 @@ def observations(results: list[RunResult], cases: list[Case]) -> list[str]:
     p_cores = [r.cores_used for r in results if r.server == "Postfix" and r.cores_used]
     if s_cores and p_cores:
         notes.append(
-            f"- smtplb used {min(s_cores):.2f}–{max(s_cores):.2f} cores (one process: its event"
-            " loop and its spool writer thread share the GIL), Postfix"
+            f"- smtplb used {min(s_cores):.2f}–{max(s_cores):.2f} cores ({args_workers} worker"
+            " process(es), each an event loop plus a spool writer thread), Postfix"
             f" {min(p_cores):.2f}–{max(p_cores):.2f} cores over its ~100 processes. On"
-            f" {_cores()} cores the load generator and the sinks need the rest; one core is"
-            " smtplb's ceiling as a single process."
+            f" {_cores()} cores the load generator and the sinks need the rest: the machine"
+            " is the ceiling for both, so the ratio follows CPU per message."
         )
     notes += [
         "- smtplb spreads round robin: a third per sink (± 1). Postfix's `randmap` picks a",
@@ -328,14 +328,14 @@ def report(
         f"- Command: `{command}`",
         f"- Messages per run: {args.messages:,} (5 KB cases), {args.messages // 2:,} (50 KB"
         f" cases); runs per server and case: {args.runs};"
-        f" smtp-source sessions: {args.sessions}",
+        f" smtp-source sessions: {args.sessions}; smtplb workers: {args.smtplb_workers}",
     ]
     out += [f"- {k}: {v}" for k, v in info.items()]
     out += [
         "",
-        "The machine was shared with other work (other engineers' test suites) while this",
-        "ran: figures are noisy, compare the two servers within a run rather than across",
-        "runs, and read the per-run table before trusting a ratio.",
+        "Other work may share the machine while this runs: figures are noisy, compare",
+        "the two servers within a run rather than across runs, and read the per-run",
+        "table before trusting a ratio.",
         "",
     ]
     for case in cases:
@@ -359,7 +359,7 @@ def report(
             )
         if incomplete:
             out.append("")
-    out += ["## Notes", "", *observations(results, cases), ""]
+    out += ["## Notes", "", *observations(results, cases, args.smtplb_workers), ""]
     out += ["## Every run", "", *per_run_table(results), ""]
     notes = []
     for name in ("smtplb", "Postfix"):
@@ -385,7 +385,8 @@ def report(
         "  exits (smtpd, cleanup, smtp… after max_idle/max_use), so those are in its cutime,",
         "  and the daemons still running add their own. Start-up is left out (1 s settle).",
         "  The load generator and the sinks are not counted for either server.",
-        "- **Peak RSS**: smtplb: `VmHWM` of its process (exact peak). Postfix: the largest sum",
+        "- **Peak RSS**: smtplb: `VmHWM` of its process, or with several workers the largest"
+        " sum sampled over its processes. Postfix: the largest sum",
         "  of RSS over all of its processes seen by a sampler every 0.25 s. Postfix's daemons",
         "  share their program text and libraries, so the RSS sum counts shared pages once",
         "  per process; **peak PSS** (sampled, `/proc/PID/smaps_rollup`, shared pages",
