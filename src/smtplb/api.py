@@ -390,7 +390,9 @@ async def inject(request: Request) -> Response:
     try:
         queue_id = await service.submit(envelope, content)
     except SpoolError:
+        service.metrics.intake.labels("http", "5xx").inc()
         return problem(503, "Spool unavailable", "the message was not accepted; retry later")
+    service.metrics.intake.labels("http", "2xx").inc()
     return JSONResponse({"queue_id": queue_id}, status_code=202)
 
 

@@ -138,7 +138,6 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self._http: _EmbeddedServer | None = None
         self._http_task: asyncio.Task[None] | None = None
-        self._stopped = asyncio.Event()
         self.http_port = 0
 
     # -- building blocks -----------------------------------------------------------
@@ -553,7 +552,6 @@ class Service:
             await peer.close()
         await self.spool.close()
         self.delivery_log.close()
-        self._stopped.set()
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
