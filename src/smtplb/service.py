@@ -175,7 +175,7 @@ class Service:
     ) -> Member:
         old = existing.get(mc.name)
         if old is not None and old.pool == pc.name:
-            old.config = mc
+            old.reconfigure(mc)
             old.settings = self._settings(mc)
             old.health.fall = self.config.health.fall
             old.slow_start = self.config.health.slow_start

@@ -50,8 +50,12 @@ def test_two_workers_share_the_port_and_answer_as_one_node(
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
             per_shard.append(db.execute("SELECT count(*) FROM recipients").fetchone()[0])
     assert sum(per_shard) == 600 and all(count > 0 for count in per_shard), per_shard
-    _, queue = node.api("/api/v1/queue?limit=0")
-    assert queue["stats"]["delivered"] == 600
+    # Delivery results reach the spool with the next commit (at most lazy_delay later).
+    wait_until(
+        lambda: node.api("/api/v1/queue?limit=0")[1]["stats"]["delivered"] == 600,
+        10,
+        "600 delivered in the spools",
+    )
     wait_until(
         lambda: sum(m["delivered"] for m in node.api("/api/v1/members")[1]["members"]) == 600,
         10,

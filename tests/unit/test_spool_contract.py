@@ -559,6 +559,94 @@ def test_sqlite_concurrent_stores_share_commits(db: Path) -> None:
     run(main())
 
 
+def test_sqlite_record_waits_for_the_next_commit_instead_of_making_one(db: Path) -> None:
+    async def main() -> None:
+        spool = SqliteSpool(db, lazy_delay=30)  # the delay never fires in this test
+        await spool.open()
+        [rid] = await spool.store(msg("q1"))
+        before = spool.commits
+        recorded = asyncio.create_task(spool.record([RecipientResult(rid, S.DELIVERED, code=250)]))
+        await asyncio.sleep(0.2)
+        assert not recorded.done() and spool.commits == before  # no commit of its own
+        await spool.store(msg("q2"))  # a message that must be durable now: one commit
+        await recorded
+        assert spool.commits - before == 1
+        assert await states(spool, "q1") == [S.DELIVERED]
+        await spool.close()
+
+    run(main())
+
+
+def test_sqlite_record_alone_is_committed_after_the_lazy_delay(db: Path) -> None:
+    async def main() -> None:
+        spool = SqliteSpool(db, lazy_delay=0.05)
+        await spool.open()
+        [rid] = await spool.store(msg("q1"))
+        await asyncio.wait_for(spool.record([RecipientResult(rid, S.BOUNCED, code=550)]), 5)
+        assert await states(spool, "q1") == [S.BOUNCED]
+        await spool.close()
+
+    run(main())
+
+
+def test_sqlite_close_commits_pending_lazy_records(db: Path) -> None:
+    async def main() -> None:
+        spool = SqliteSpool(db, lazy_delay=30)
+        await spool.open()
+        rids = [r for i in range(5) for r in await spool.store(msg(f"q{i}"))]
+        recorded = asyncio.create_task(
+            spool.record([RecipientResult(r, S.DELIVERED, code=250) for r in rids])
+        )
+        await asyncio.sleep(0)
+        await spool.close()
+        await recorded
+        spool = SqliteSpool(db)
+        await spool.open()
+        assert (await spool.stats())["delivered"] == 5
+        await spool.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize(("n", "twice"), [(1, False), (3, False), (600, False), (3, True)])
+def test_sqlite_batched_record_updates_exactly_the_given_recipients(
+    db: Path, n: int, twice: bool
+) -> None:
+    """One statement per chunk, padded to a power of two: the padding matches nothing,
+    chunks of 500 meet, and a recipient given twice gets both results in order."""
+
+    async def main() -> None:
+        spool = SqliteSpool(db, lazy_delay=0.01)
+        await spool.open()
+        rids = [r for i in range(n + 2) for r in await spool.store(msg(f"q{i}"))]
+        mine, others = rids[:n], rids[n:]
+        results = [
+            RecipientResult(r, S.DELIVERED if i % 2 else S.BOUNCED, code=250 + i % 2,
+                            response=f"reply {i}", member=f"m{i}")
+            for i, r in enumerate(mine)
+        ]  # fmt: skip
+        if twice:
+            results.append(RecipientResult(mine[0], S.DEFERRED, next_attempt=T0, code=451))
+        await spool.record(results)
+        for i in range(n):
+            [r] = (await spool.get(f"q{i}")).recipients  # type: ignore[union-attr]
+            if i == 0 and twice:  # bounced, then deferred: two attempts
+                assert (r.state, r.last_code, r.attempts) == (S.DEFERRED, 451, 2)
+                assert r.last_response == "reply 0"  # a result without text keeps the last
+            else:
+                expected = S.DELIVERED if i % 2 else S.BOUNCED
+                assert (r.state, r.last_code, r.member) == (expected, 250 + i % 2, f"m{i}")
+                assert await spool.get_content(f"q{i}") is None  # final: content released
+        for i, r in enumerate(others, start=n):
+            view = await spool.get(f"q{i}")
+            assert view is not None and view.recipients[0].rid == r
+            assert view.recipients[0].state is S.QUEUED
+            assert await spool.get_content(f"q{i}") is not None
+        await spool.close()
+
+    run(main())
+
+
 def test_sqlite_failed_operation_fails_only_its_caller(db: Path) -> None:
     async def main() -> None:
         spool = SqliteSpool(db)

@@ -75,6 +75,16 @@ class Member:
     open_connections: int = 0
     counters: MemberCounters = field(default_factory=MemberCounters)
     _idle: dict[Destination, list[_Idle]] = field(default_factory=lambda: defaultdict(list))
+    _relay: list[Destination] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.reconfigure(self.config)
+
+    def reconfigure(self, config: MemberConfig) -> None:
+        """A new config for this member (a reload); the relay is parsed here, once."""
+        self.config = config
+        relay = config.relay
+        self._relay = None if relay is None else [Destination(*parse_hostport(relay))]
 
     @property
     def name(self) -> str:
@@ -136,8 +146,8 @@ class Member:
         return self.has_capacity() and self.available(now)
 
     async def destinations(self, domain: str, resolver: MxResolver) -> list[Destination]:
-        if self.config.relay is not None:
-            return [Destination(*parse_hostport(self.config.relay))]
+        if self._relay is not None:
+            return self._relay
         return await resolver.resolve(domain)
 
     async def deliver(

@@ -5,11 +5,21 @@ Theory of operation
 Every write (store, claim, record, expire, retry, delete, purge) is an
 operation put on a queue. The writer thread takes the first one, drains
 whatever else is queued (up to ``batch_max``), runs them all in one
-transaction, each inside its own SAVEPOINT, and commits once: one fsync
-(``synchronous=FULL``) for the whole batch. An operation that raises rolls
-back to its savepoint and fails only its own caller; a failed COMMIT fails
-every caller of the batch with :class:`SpoolError` and the next batch starts
-clean. Futures are resolved on their event loop with ``call_soon_threadsafe``.
+transaction and commits once: one fsync (``synchronous=FULL``) for the whole
+batch. An operation that raises rolls the transaction back and fails only
+its own caller; the others run again in a new one (errors are rare, and a
+savepoint per operation would cost two more statements each, with two GIL
+hand-overs per statement). A failed COMMIT fails every caller of the batch
+with :class:`SpoolError` and the next batch starts clean. Futures are
+resolved on their event loop with ``call_soon_threadsafe``.
+
+Delivery results (``record``) do not start a commit of their own: the
+upstream already has the message, so nobody waits for them to be durable
+before answering anyone. They ride along with the next batch that must be
+committed anyway (the next message stored), or are committed on their own
+after ``lazy_delay`` seconds. fsync is what a busy spool pays most for, so
+this halves the commits per message; a crash in that window delivers the
+message again (at-least-once), as it would a crash during delivery.
 
 Reads run on a second, query-only connection in a reader thread, so they
 see the last committed state and never wait behind the writer's fsync.
@@ -30,6 +40,7 @@ import logging
 import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -155,6 +166,13 @@ class _Op:
     future: asyncio.Future[Any]
 
 
+class _Nudge:
+    """On the writer's queue: commit the lazy operations now."""
+
+
+_NUDGE = _Nudge()
+
+
 def _resolve(outcomes: list[tuple[asyncio.Future[Any], BaseException | None, Any]]) -> None:
     for fut, exc, value in outcomes:
         if fut.done():  # the caller was cancelled; the write happened anyway
@@ -175,9 +193,25 @@ def _post(batch: list[_Op], outcomes: dict[int, tuple[BaseException | None, Any]
             loop.call_soon_threadsafe(_resolve, resolved)
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):  # the next BEGIN starts clean
+            conn.execute("ROLLBACK")
+
+
 def _chunks(items: list[int]) -> Iterable[list[int]]:
     for i in range(0, len(items), _IN_CHUNK):
         yield items[i : i + _IN_CHUNK]
+
+
+def _bucket(n: int) -> int:
+    """``n`` rounded up to a power of two: batched statements come in a few sizes,
+    which SQLite's statement cache keeps prepared."""
+    return 1 << (n - 1).bit_length()
+
+
+_RECORD_SQL: dict[int, str] = {}
+_NO_ROW = (-1, 0, 0, False, 0.0, None, None, "", "")  # rid -1 matches no recipient
 
 
 def _qmarks(n: int) -> str:
@@ -202,6 +236,7 @@ class SqliteSpool:
         batch_max: int = 256,
         clock: Clock | None = None,
         recover: bool = True,
+        lazy_delay: float = 0.2,
     ) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
@@ -212,7 +247,10 @@ class SqliteSpool:
         # False when another process owns this spool (a worker's shard seen from the
         # API worker): then in-flight recipients are that process's, not a crash's.
         self.recover = recover
-        self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._ops: queue.SimpleQueue[_Op | _Nudge | None] = queue.SimpleQueue()
+        self.lazy_delay = lazy_delay
+        self._lazy: deque[_Op] = deque()  # ride along with the next commit
+        self._nudge_armed = False
         self._in_batch = 0
         self._writer: threading.Thread | None = None
         self._wconn: sqlite3.Connection | None = None
@@ -222,7 +260,7 @@ class SqliteSpool:
 
     def __repr__(self) -> str:
         status = "open" if self._open else "closed"
-        pending = self._ops.qsize() + self._in_batch
+        pending = self._ops.qsize() + self._in_batch + len(self._lazy)
         return (
             f"<SqliteSpool {str(self.path)!r} {status}, {pending} pending ops,"
             f" {self.commits} commits>"
@@ -314,32 +352,52 @@ class SqliteSpool:
 
     # -- the writer thread ---------------------------------------------------
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, lazy: bool = False) -> T:
+        """Run ``fn`` in the writer's next transaction; return once it is durable.
+
+        ``lazy``: do not start a commit for it (see the module docstring)."""
         if not self._open:
             raise SpoolError(f"spool {self.path} is not open")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._ops.put(_Op(fn, loop, fut))
+        op = _Op(fn, loop, fut)
+        if not lazy:
+            self._ops.put(op)
+        else:
+            self._lazy.append(op)
+            if not self._nudge_armed:
+                self._nudge_armed = True
+                loop.call_later(self.lazy_delay, self._nudge)
         return await fut
+
+    def _nudge(self) -> None:
+        self._nudge_armed = False
+        if self._lazy:
+            self._ops.put(_NUDGE)
 
     def _run_writer(self) -> None:
         conn = self._wconn
         assert conn is not None
-        stopping = False
-        while not stopping:
-            first = self._ops.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self.batch_max:
+        closing = False
+        while not closing or self._lazy:  # on close, the lazy ones still get committed
+            first = None if closing else self._ops.get()
+            closing = first is None
+            batch = [first] if isinstance(first, _Op) else []
+            while len(batch) < self.batch_max and not closing:
                 try:
                     op = self._ops.get_nowait()
                 except queue.Empty:
                     break
                 if op is None:
-                    stopping = True
-                    break
-                batch.append(op)
+                    closing = True
+                elif isinstance(op, _Op):
+                    batch.append(op)
+            while self._lazy and len(batch) < self.batch_max:
+                batch.append(self._lazy.popleft())
+            if self._lazy and not closing:  # over one batch's worth: again, no waiting
+                self._ops.put(_NUDGE)
+            if not batch:
+                continue
             self._in_batch = len(batch)
             try:
                 self._run_batch(conn, batch)
@@ -358,16 +416,16 @@ class SqliteSpool:
             culprit, error, values = self._transact(conn, live)
             if culprit is not None:
                 assert error is not None
-                # One operation made SQLite roll the whole transaction back (disk
-                # full, I/O error): fail it alone and run the others again.
+                # One operation raised (a constraint, disk full, I/O error) and the
+                # transaction was rolled back: fail it alone, run the others again.
                 outcomes[id(culprit)] = (_as_spool_error(error, "write"), None)
                 live.remove(culprit)
                 continue
+            if error is not None:
+                err = SpoolError(f"spool commit failed: {error}")
+                err.__cause__ = error
+                values = [(err, None)] * len(live)
             for op, value in zip(live, values, strict=True):
-                if error is not None:
-                    err = SpoolError(f"spool commit failed: {error}")
-                    err.__cause__ = error
-                    value = (err, None)
                 outcomes[id(op)] = value
             break
         _post(batch, outcomes)
@@ -375,32 +433,24 @@ class SqliteSpool:
     def _transact(
         self, conn: sqlite3.Connection, ops: list[_Op]
     ) -> tuple[_Op | None, BaseException | None, list[tuple[BaseException | None, Any]]]:
-        """Run ``ops`` in one transaction, each in its own savepoint, and commit.
+        """Run ``ops`` in one transaction and commit.
 
         Returns ``(culprit, error, outcomes)``: ``culprit`` is the operation that
-        aborted the whole transaction, if any; ``error`` without a culprit means
-        the transaction itself (BEGIN/COMMIT) failed.
+        raised (the transaction is then rolled back); ``error`` without a culprit
+        means the transaction itself (BEGIN/COMMIT) failed.
         """
-        values: list[tuple[BaseException | None, Any]] = [(None, None)] * len(ops)
+        values: list[tuple[BaseException | None, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for i, op in enumerate(ops):
-                conn.execute("SAVEPOINT op")
+            for op in ops:
                 try:
-                    values[i] = (None, op.fn(conn))
+                    values.append((None, op.fn(conn)))
                 except Exception as exc:
-                    if not conn.in_transaction:
-                        return op, exc, values
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    values[i] = (_as_spool_error(exc, "write"), None)
-                else:
-                    conn.execute("RELEASE op")
+                    _rollback(conn)
+                    return op, exc, values
             conn.execute("COMMIT")
         except Exception as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):  # the next BEGIN starts clean
-                    conn.execute("ROLLBACK")
+            _rollback(conn)
             return None, exc, values
         self.commits += 1
         return None, None, values
@@ -510,50 +560,66 @@ class SqliteSpool:
 
     async def record(self, results: list[RecipientResult]) -> None:
         if results:
-            await self._write(lambda c: self._record(c, results))
+            await self._write(lambda c: self._record(c, results), lazy=True)
 
     def _record(self, conn: sqlite3.Connection, results: list[RecipientResult]) -> None:
+        """One UPDATE … FROM (VALUES …) per chunk of results, not one per recipient:
+        each statement is a GIL hand-over to and from SQLite."""
         now = self.clock.wall()
         touched: dict[int, None] = {}
-        for r in results:
-            row = conn.execute(
-                "UPDATE recipients SET state = ?, attempts = attempts + ?,"
-                " next_attempt = CASE WHEN ? THEN ? ELSE next_attempt END,"
-                " last_code = COALESCE(?, last_code),"
-                " last_enhanced = COALESCE(?, last_enhanced),"
-                " last_response = CASE WHEN ? <> '' THEN ? ELSE last_response END,"
-                " member = CASE WHEN ? <> '' THEN ? ELSE member END,"
-                " updated_at = ? WHERE rid = ? RETURNING msg_pk",
-                (
-                    int(r.state),
-                    int(r.count_attempt),
-                    not r.state.is_final,
-                    r.next_attempt,
-                    r.code,
-                    r.enhanced_code,
-                    r.response,
-                    r.response,
-                    r.member,
-                    r.member,
-                    now,
-                    r.rid,
-                ),
-            ).fetchone()
-            if row is not None and r.state.is_final:  # None: deleted while in flight
-                touched[row[0]] = None
+        latest = {r.rid: r for r in results}  # a rid twice: apply them in order
+        if len(latest) < len(results):
+            for r in results:
+                self._record_rows(conn, [r], now, touched)
+        else:
+            for i in range(0, len(results), _IN_CHUNK):
+                self._record_rows(conn, results[i : i + _IN_CHUNK], now, touched)
         self._finalize(conn, list(touched), now)
+
+    @staticmethod
+    def _record_rows(
+        conn: sqlite3.Connection,
+        rows: list[RecipientResult],
+        now: float,
+        touched: dict[int, None],
+    ) -> None:
+        size = _bucket(len(rows))
+        params: list[object] = [now]
+        for r in rows:
+            params += (r.rid, int(r.state), int(r.count_attempt), not r.state.is_final,
+                       r.next_attempt, r.code, r.enhanced_code, r.response, r.member)  # fmt: skip
+        params += _NO_ROW * (size - len(rows))  # padding: a fixed set of statement texts
+        sql = _RECORD_SQL.get(size)
+        if sql is None:
+            sql = _RECORD_SQL[size] = (
+                "UPDATE recipients SET state = v.column2, attempts = attempts + v.column3,"
+                " next_attempt = CASE WHEN v.column4 THEN v.column5 ELSE next_attempt END,"
+                " last_code = COALESCE(v.column6, last_code),"
+                " last_enhanced = COALESCE(v.column7, last_enhanced),"
+                " last_response = CASE WHEN v.column8 <> '' THEN v.column8"
+                " ELSE last_response END,"
+                " member = CASE WHEN v.column9 <> '' THEN v.column9 ELSE member END,"
+                " updated_at = ?"
+                f" FROM (VALUES {','.join(['(?,?,?,?,?,?,?,?,?)'] * size)}) AS v"
+                " WHERE recipients.rid = v.column1 RETURNING msg_pk, state"
+            )
+        for msg_pk, state in conn.execute(sql, params):  # no row: deleted while in flight
+            if state >= _FINAL_FROM:
+                touched[msg_pk] = None
 
     def _finalize(
         self, conn: sqlite3.Connection, msg_pks: list[int], now: float, *, release: bool = True
     ) -> None:
         """Mark final the messages whose recipients are now all final, releasing
         their content unless ``release`` is false (purge drops it later)."""
-        conn.executemany(
-            "UPDATE messages SET final_at = ?, content = CASE WHEN ? THEN NULL ELSE content END"
-            " WHERE pk = ? AND final_at IS NULL AND NOT EXISTS"
-            " (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)",
-            [(now, release, pk, _FINAL_FROM) for pk in msg_pks],
-        )
+        for chunk in _chunks(msg_pks):
+            size = _bucket(len(chunk))
+            conn.execute(
+                "UPDATE messages SET final_at = ?, content = CASE WHEN ? THEN NULL ELSE content END"
+                f" WHERE pk IN ({_qmarks(size)}) AND final_at IS NULL AND NOT EXISTS"
+                " (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)",
+                [now, release, *chunk, *[chunk[0]] * (size - len(chunk)), _FINAL_FROM],
+            )
 
     async def expire_due(self, now: float, limit: int = 1000) -> list[ExpiredRecipient]:
         if limit <= 0:
