@@ -362,6 +362,83 @@ class PostfixRelay(Server):
         ]
 
 
+HAPROXY_CFG = """\
+# A reference point, not a relay: HAProxy passes each SMTP connection through to a
+# sink and stores nothing. Everything not set here is HAProxy's default.
+global
+    maxconn 4096
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend smtp
+    bind 127.0.0.1:{port}
+    default_backend sinks
+
+backend sinks
+    balance roundrobin
+{servers}
+"""
+
+
+def find_haproxy(install: bool = True) -> str | None:
+    """HAProxy's binary; installs the Debian package when missing (and allowed)."""
+    found = _which("haproxy")
+    if found is None and install and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing haproxy (the TCP-proxy reference) …", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", "haproxy"], check=False, env=env)
+        found = _which("haproxy")
+    return found
+
+
+class HaproxyTcp(Server):
+    """HAProxy in TCP mode in front of the sinks, round robin: what passing the bytes
+    through costs, with no SMTP, no storage and no fsync (the issue's reference)."""
+
+    name = "HAProxy"
+
+    def __init__(self, binary: str, work: Path, port: int, relays: Sequence[str]) -> None:
+        self.binary, self.work, self.port = binary, work, port
+        servers = "\n".join(f"    server sink{i + 1} {r}" for i, r in enumerate(relays))
+        self.config_text = HAPROXY_CFG.format(port=port, servers=servers)
+        self.config_path = work / "haproxy.cfg"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text)
+        with open(self.work / "haproxy.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "-db", "-f", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_banner("127.0.0.1", self.port, 30, self.proc)  # a sink's banner, proxied
+        except BenchError:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        stop_process(self.proc, 10)
+        self.proc = None
+
+    def version(self) -> str:
+        out = subprocess.run([self.binary, "-v"], capture_output=True, text=True, check=False)
+        m = re.search(r"version (\S+)", out.stdout)
+        return m.group(1) if m else "unknown"
+
+
 Sections = dict[str, dict[str, str | int | float | bool]]
 
 

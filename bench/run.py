@@ -26,11 +26,13 @@ from pathlib import Path
 
 from harness import (
     SINK_HOSTS,
+    HaproxyTcp,
     PostfixRelay,
     Server,
     SinkSet,
     SmtplbServer,
     Tools,
+    find_haproxy,
     find_tools,
     machine_info,
     section_marker,
@@ -53,6 +55,7 @@ from procs import (
     tree_cpu,
 )
 
+SERVERS = ("smtplb", "Postfix", "HAProxy")
 SETTLE = 1.0  # seconds after the last sink count before the final CPU reading
 
 
@@ -237,6 +240,26 @@ def summary_table(results: list[RunResult]) -> list[str]:
     return lines
 
 
+def reference_lines(results: list[RunResult]) -> list[str]:
+    """HAProxy in TCP mode, where it ran: the cost of passing the bytes through."""
+
+    def med(name: str, metric: Callable[[RunResult], float | None]) -> float | None:
+        return median([metric(r) for r in results if r.server == name])
+
+    rate = med("HAProxy", lambda r: r.e2e_rate)
+    if rate is None:
+        return []
+    us = {name: med(name, lambda r: 1000 * r.cpu_ms_per_msg) for name in SERVERS}
+    return [
+        "Reference: HAProxy in TCP mode in front of the same sinks, which passes each"
+        " connection through and stores nothing (no SMTP, no fsync), moved"
+        f" {rate:,.0f} msg/s end to end. CPU per message (median): HAProxy"
+        f" {fmt(us['HAProxy'])} µs, smtplb {fmt(us['smtplb'])} µs, Postfix"
+        f" {fmt(us['Postfix'])} µs.",
+        "",
+    ]
+
+
 def observations(results: list[RunResult], cases: list[Case], args_workers: int = 1) -> list[str]:
     """What the tables say, computed from them (the numbers are medians of runs)."""
 
@@ -349,6 +372,7 @@ def report(
             "",
             *summary_table(case_results),
             "",
+            *reference_lines(case_results),
         ]
         incomplete = [r for r in case_results if not r.complete]
         for r in incomplete:
@@ -439,6 +463,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install")
     parser.add_argument("--no-report", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument(
+        "--no-haproxy", action="store_true", help="skip the HAProxy TCP reference (case a)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.messages, args.runs = 2_000, 2
@@ -465,13 +492,22 @@ def main(argv: list[str] | None = None) -> int:
         sinks = SinkSet(tools, sink_port)
         postfix = PostfixRelay(tools, work / "postfix", free_port(), sinks.relays)
         smtplb = SmtplbServer(work / "smtplb", sinks.relays, workers=args.smtplb_workers)
+        haproxy_bin = None if args.no_haproxy else find_haproxy(not args.no_install)
+        haproxy = (
+            HaproxyTcp(haproxy_bin, work / "haproxy", free_port(), sinks.relays)
+            if haproxy_bin
+            else None
+        )
         try:
             postfix.setup()
             info = machine_info(tools, work, postfix.version())
+            info["HAProxy"] = haproxy.version() if haproxy else "not run"
             print("  ".join(f"{k}: {v}" for k, v in info.items()), flush=True)
             for case in cases:
                 for run in range(1, args.runs + 1):
-                    order = (smtplb, postfix) if run % 2 else (postfix, smtplb)
+                    order: tuple[Server, ...] = (smtplb, postfix) if run % 2 else (postfix, smtplb)
+                    if haproxy is not None and case.key == "a":
+                        order += (haproxy,)  # the reference, in the issue's case only
                     for server in order:
                         result = one_run(
                             tools,
@@ -504,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             smtplb.stop()
             postfix.stop()
+            if haproxy is not None:
+                haproxy.stop()
             sinks.stop()
             reap_orphans()
         commands = _commands(tools, args, cases, sinks)
@@ -512,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
             "Postfix master.cf": postfix.master_cf,
             "smtplb config": smtplb.config_text,
         }
+        if haproxy is not None:
+            commands["HAProxy"] = "haproxy -db -f $WORK/haproxy.cfg (case a only)"
+            configs["HAProxy haproxy.cfg"] = haproxy.config_text.replace(
+                f":{haproxy.port}", ":HAPROXY_PORT"
+            )
         configs = {k: v.replace(str(work), "$WORK") for k, v in configs.items()}
         configs = {k: _ports(v, sinks.port, postfix.port, smtplb) for k, v in configs.items()}
     wall = time.perf_counter() - t_start
