@@ -567,8 +567,7 @@ class SqliteSpool:
         each statement is a GIL hand-over to and from SQLite."""
         now = self.clock.wall()
         touched: dict[int, None] = {}
-        latest = {r.rid: r for r in results}  # a rid twice: apply them in order
-        if len(latest) < len(results):
+        if len({r.rid for r in results}) < len(results):  # a rid twice: one by one, in order
             for r in results:
                 self._record_rows(conn, [r], now, touched)
         else:
@@ -654,11 +653,16 @@ class SqliteSpool:
         # Everything: in slices, so that a deep queue neither holds the writer (and
         # with it intake) for seconds nor keeps a huge rollback journal in memory.
         now = self.clock.wall()
+        return await self._in_slices(lambda c, limit: self._retry_slice(c, now, limit), 5000)
+
+    async def _in_slices(self, fn: Callable[[sqlite3.Connection, int], int], limit: int) -> int:
+        """``fn(conn, limit)`` in one transaction after another until a slice does fewer
+        than ``limit`` rows; the total. No single transaction holds up intake for long."""
         total = 0
         while True:
-            n = await self._write(lambda c: self._retry_slice(c, now, 5000))
+            n = await self._write(lambda c: fn(c, limit))
             total += n
-            if n < 5000:
+            if n < limit:
                 return total
 
     @staticmethod
@@ -697,12 +701,7 @@ class SqliteSpool:
         Runs in slices so that no single transaction holds up intake for long.
         Returns how many messages were deleted.
         """
-        total = 0
-        while True:
-            n = await self._write(lambda c: self._purge(c, older_than, 2000))
-            total += n
-            if n < 2000:
-                return total
+        return await self._in_slices(lambda c, limit: self._purge(c, older_than, limit), 2000)
 
     @staticmethod
     def _purge(conn: sqlite3.Connection, older_than: float, limit: int) -> int:
