@@ -464,7 +464,7 @@ async def openapi(request: Request) -> Response:
     )
 
 
-STATIC = Path(__file__).parent / "observability" / "static"
+STATIC = Path(__file__).parent.parent / "observability" / "static"
 
 
 @public
