@@ -500,7 +500,11 @@ class SmtplbServer(Server):
         relays: Sequence[str],
         sections: Sections | None = None,
         workers: int = 1,
+        command: Sequence[str] | None = None,
+        name: str = "smtplb",
     ) -> None:
+        self.name = name
+        self.command = list(command) if command else smtplb_command()
         self.work = work
         self.port, self.http_port = free_port(), free_port()
         self.data_dir = work / "data"
@@ -519,7 +523,7 @@ class SmtplbServer(Server):
         self.launched_at = time.perf_counter()
         with open(self.work / "smtplb.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [*smtplb_command(), "run", "-c", str(self.config_path)],
+                [*self.command, "run", "-c", str(self.config_path)],
                 cwd=self.work,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -56,6 +56,7 @@ from procs import (
 )
 
 SERVERS = ("smtplb", "Postfix", "HAProxy")
+BASELINE = "smtplb-base"  # another build of smtplb (--baseline), for a before/after figure
 SETTLE = 1.0  # seconds after the last sink count before the final CPU reading
 
 
@@ -260,6 +261,26 @@ def reference_lines(results: list[RunResult]) -> list[str]:
     ]
 
 
+def baseline_lines(results: list[RunResult], label: str) -> list[str]:
+    """This build against the --baseline build, where it ran: the before/after of a change."""
+
+    def med(name: str, metric: Callable[[RunResult], float | None]) -> float | None:
+        return median([metric(r) for r in results if r.server == name])
+
+    base = med(BASELINE, lambda r: r.e2e_rate)
+    if base is None:
+        return []
+    now = med("smtplb", lambda r: r.e2e_rate)
+    cpu_base = med(BASELINE, lambda r: 1000 * r.cpu_ms_per_msg)
+    cpu_now = med("smtplb", lambda r: 1000 * r.cpu_ms_per_msg)
+    return [
+        f"Before/after: the baseline build ({label}) moved {fmt(base)} msg/s end to end at"
+        f" {fmt(cpu_base)} µs CPU per message; this build {fmt(now)} msg/s at"
+        f" {fmt(cpu_now)} µs ({ratio(now, base)} of the baseline's rate).",
+        "",
+    ]
+
+
 def observations(results: list[RunResult], cases: list[Case], args_workers: int = 1) -> list[str]:
     """What the tables say, computed from them (the numbers are medians of runs)."""
 
@@ -373,6 +394,7 @@ def report(
             *summary_table(case_results),
             "",
             *reference_lines(case_results),
+            *baseline_lines(case_results, args.baseline_label),
         ]
         incomplete = [r for r in case_results if not r.complete]
         for r in incomplete:
@@ -466,6 +488,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--no-haproxy", action="store_true", help="skip the HAProxy TCP reference (case a)"
     )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="the smtplb executable of another build (e.g. a checkout of the commit before"
+        " a change, with its own venv), run as a third server in the same runs",
+    )
+    parser.add_argument(
+        "--baseline-label", default="baseline", help="what to call --baseline in the report"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.messages, args.runs = 2_000, 2
@@ -492,6 +523,17 @@ def main(argv: list[str] | None = None) -> int:
         sinks = SinkSet(tools, sink_port)
         postfix = PostfixRelay(tools, work / "postfix", free_port(), sinks.relays)
         smtplb = SmtplbServer(work / "smtplb", sinks.relays, workers=args.smtplb_workers)
+        baseline = (
+            SmtplbServer(
+                work / "smtplb-base",
+                sinks.relays,
+                workers=args.smtplb_workers,
+                command=[args.baseline],
+                name=BASELINE,
+            )
+            if args.baseline
+            else None
+        )
         haproxy_bin = None if args.no_haproxy else find_haproxy(not args.no_install)
         haproxy = (
             HaproxyTcp(haproxy_bin, work / "haproxy", free_port(), sinks.relays)
@@ -506,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
             for case in cases:
                 for run in range(1, args.runs + 1):
                     order: tuple[Server, ...] = (smtplb, postfix) if run % 2 else (postfix, smtplb)
+                    if baseline is not None:
+                        order = (baseline, *order) if run % 2 else (*order, baseline)
                     if haproxy is not None and case.key == "a":
                         order += (haproxy,)  # the reference, in the issue's case only
                     for server in order:
@@ -539,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         finally:
             smtplb.stop()
+            if baseline is not None:
+                baseline.stop()
             postfix.stop()
             if haproxy is not None:
                 haproxy.stop()
