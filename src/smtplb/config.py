@@ -61,14 +61,20 @@ class SmtpConfig(_Struct):
     max_line_length: int = 1000
     max_errors: int = 10
     max_connections_per_client: int = 50
+    max_connections: int = 1000  # node-wide; with workers each takes its share
     idle_timeout: Duration = Duration(300)
-    data_timeout: Duration = Duration(600)
+    command_deadline: Duration = Duration(30)  # a command line, first byte to CRLF
+    data_timeout: Duration = Duration(600)  # the whole of DATA, 354 to the final dot
     tls_cert: str | None = None
     tls_key: str | None = None
     require_auth: bool = False
     auth_without_tls: bool = False
     users: list[UserConfig] = msgspec.field(default_factory=list)
     reuse_port: bool = False
+    auth_max_failures: int = 10  # failed AUTH from one IP before its lockout
+    auth_lockout: Duration = Duration(900)  # also how long failures are remembered
+    auth_delay: Duration = Duration(1)  # wait before answering after one failure; doubles
+    auth_max_delay: Duration = Duration(15)
 
 
 class HttpConfig(_Struct):
@@ -268,6 +274,21 @@ def _validate(cfg: Config) -> list[str]:
     check(cfg.smtp.max_recipients >= 1, "smtp.max_recipients", "must be at least 1")
     check(cfg.smtp.max_line_length >= 512, "smtp.max_line_length", "must be at least 512")
     check(cfg.smtp.max_message_size >= 1024, "smtp.max_message_size", "must be at least 1KB")
+    check(cfg.smtp.max_connections >= 1, "smtp.max_connections", "must be at least 1")
+    check(
+        cfg.smtp.max_connections_per_client >= 1,
+        "smtp.max_connections_per_client",
+        "must be at least 1",
+    )
+    for key in ("idle_timeout", "command_deadline", "data_timeout"):
+        check(getattr(cfg.smtp, key) > 0, f"smtp.{key}", "must be above 0s")
+    check(cfg.smtp.auth_max_failures >= 1, "smtp.auth_max_failures", "must be at least 1")
+    check(cfg.smtp.auth_lockout > 0, "smtp.auth_lockout", "must be above 0s")
+    check(
+        cfg.smtp.auth_max_delay >= cfg.smtp.auth_delay,
+        "smtp.auth_max_delay",
+        "must be at least auth_delay",
+    )
     check(
         (cfg.smtp.tls_cert is None) == (cfg.smtp.tls_key is None),
         "smtp.tls_cert",

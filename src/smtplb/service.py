@@ -25,6 +25,7 @@ import uvicorn
 
 from smtplb.balancing import make_strategy
 from smtplb.balancing.health import ActiveHealth, PassiveHealth
+from smtplb.clock import SystemClock
 from smtplb.config import Config, MemberConfig, PoolConfig, load_config, parse_hostport
 from smtplb.delivery.connection import ConnectionSettings
 from smtplb.delivery.dispatcher import BounceNotice, Dispatcher, PoolRuntime
@@ -33,9 +34,9 @@ from smtplb.delivery.health_check import HealthChecker
 from smtplb.delivery.member import Member
 from smtplb.delivery.mx import MxResolver
 from smtplb.delivery.outcome import RetrySchedule
-from smtplb.intake.auth import make_authenticator
+from smtplb.intake.auth import AuthThrottle, make_authenticator
 from smtplb.intake.headers import prepare_message
-from smtplb.intake.server import Listener
+from smtplb.intake.server import ConnectionCap, Listener
 from smtplb.intake.session import SessionPolicy
 from smtplb.model import Envelope, Reply, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
@@ -133,6 +134,16 @@ class Service:
         ]
         self._authenticate = make_authenticator(
             {u.name: u.password_hash for u in config.smtp.users}
+        )
+        smtp = config.smtp
+        # smtp.max_connections is for the node: each worker takes its share.
+        self._connection_cap = ConnectionCap(max(1, -(-smtp.max_connections // self.workers)))
+        self._auth_throttle = AuthThrottle(
+            SystemClock(),
+            max_failures=smtp.auth_max_failures,
+            lockout=smtp.auth_lockout,
+            delay=smtp.auth_delay,
+            max_delay=smtp.auth_max_delay,
         )
         self._policies: dict[str, SessionPolicy] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -404,7 +415,10 @@ class Service:
                 authenticate=self._authenticate if smtp.users else None,
                 idle_timeout=smtp.idle_timeout,
                 data_timeout=smtp.data_timeout,
+                command_deadline=smtp.command_deadline,
                 max_connections_per_client=smtp.max_connections_per_client,
+                cap=self._connection_cap,
+                auth_throttle=self._auth_throttle,
                 refuse=self.refuse,
                 reuse_port=smtp.reuse_port or self.workers > 1,
             )

@@ -7,6 +7,13 @@ credentials go to the authenticator in a worker thread (scrypt is slow on
 purpose), STARTTLS goes to ``loop.start_tls``. Timeouts are one timer per
 connection that is re-armed only when it fires: activity just records the
 time, so the hot path never touches the timer heap.
+
+Three clocks run against a client (slowloris defence): ``idle_timeout``
+between bytes, ``command_deadline`` from the first byte of a command line to
+its end, and ``data_timeout`` for the whole of DATA, so trickling one byte at
+a time does not keep a connection forever. ``ConnectionCap`` bounds the open
+connections of all of a process's listeners; ``AuthThrottle`` slows down and
+then locks out failed AUTH (a lockout is answered ``454 4.7.0``).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Protocol, cast
 
+from smtplb.intake.auth import AuthThrottle
 from smtplb.intake.session import (
     NEED_DATA,
     AuthRequest,
@@ -29,14 +37,38 @@ from smtplb.intake.session import (
 )
 from smtplb.model import Envelope, Reply
 
-__all__ = ["Listener", "MessageHandler", "SmtpServerProtocol"]
+__all__ = ["ConnectionCap", "Listener", "MessageHandler", "SmtpServerProtocol"]
 
 log = logging.getLogger("smtplb.intake")
 
 HANDLER_FAILED = Reply(451, "4.3.0", "Error: local error in processing, try again later")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Error: too many connections from your address")
+SERVER_FULL = Reply(421, "4.7.0", "Error: too many connections, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 _TLS_HANDSHAKE_TIMEOUT = 30.0
+
+
+def auth_locked_out(seconds: float) -> Reply:
+    minutes = max(1, -(-int(seconds) // 60))
+    return Reply(
+        454,
+        "4.7.0",
+        f"Error: too many failed authentication attempts from your address, "
+        f"try again in {minutes} minute{'s' if minutes > 1 else ''}",
+    )
+
+
+class ConnectionCap:
+    """Open SMTP connections across listeners: at most ``limit`` at once."""
+
+    __slots__ = ("limit", "open")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def __repr__(self) -> str:
+        return f"ConnectionCap({self.open}/{self.limit} open)"
 
 
 class MessageHandler(Protocol):
@@ -49,8 +81,10 @@ class SmtpServerProtocol(asyncio.Protocol):
     __slots__ = (
         "_closed",
         "_counted",
+        "_data_started",
         "_ip",
         "_last_activity",
+        "_line_started",
         "_listener",
         "_loop",
         "_session",
@@ -67,6 +101,8 @@ class SmtpServerProtocol(asyncio.Protocol):
         self._counted = False
         self._closed = False
         self._last_activity = loop.time()
+        self._line_started: float | None = None  # first byte of an unfinished command line
+        self._data_started: float | None = None  # DATA began (354 sent)
         self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------
@@ -88,11 +124,22 @@ class SmtpServerProtocol(asyncio.Protocol):
         self._pump()
 
     def data_received(self, data: bytes) -> None:
-        self._last_activity = self._loop.time()
+        self._last_activity = now = self._loop.time()
         session = self._session
         assert session is not None
         session.receive_data(data)
         self._pump()
+        if session.state is State.DATA:
+            self._line_started = None
+            if self._data_started is None:
+                self._data_started = now
+            return
+        self._data_started = None
+        end = data.rfind(b"\n")
+        if end == len(data) - 1:
+            self._line_started = None  # every line received is complete
+        elif end >= 0 or self._line_started is None:
+            self._line_started = now  # a new line began in this chunk
 
     def eof_received(self) -> bool:
         session = self._session
@@ -162,11 +209,18 @@ class SmtpServerProtocol(asyncio.Protocol):
         session = self._session
         if self._closed or transport is None or session is None:
             return
-        self._last_activity = self._loop.time()
+        self._last_activity = now = self._loop.time()
+        if self._line_started is not None:
+            self._line_started = now  # time spent waiting on us is not the client's
         if self._listener._stopping and not session.awaiting_answer:
             session.refuse(SHUTTING_DOWN)
         transport.resume_reading()
         self._pump()
+        if session.state is State.DATA:
+            if self._data_started is None:
+                self._data_started = now
+        else:
+            self._data_started = None
 
     async def _deliver(self, event: MessageReceived) -> None:
         try:
@@ -180,21 +234,50 @@ class SmtpServerProtocol(asyncio.Protocol):
         self._resume()
 
     async def _authenticate(self, event: AuthRequest) -> None:
-        authenticate = self._listener._authenticate
-        ok = False
-        if authenticate is not None:
+        throttle = self._listener._auth_throttle
+        ip, user = self._ip, event.username
+        shown = repr(user[:64])  # quoted and escaped: the log line stays one line
+        refusal: Reply | None = None
+        ok: bool | None = None
+        verdict = throttle.begin(ip, user) if throttle is not None else None
+        if verdict is not None and verdict.locked_for:
+            refusal = auth_locked_out(verdict.locked_for)
+            log.warning("AUTH refused (locked out): ip=%s user=%s", ip, shown)
+        else:
             try:
-                ok = await self._loop.run_in_executor(
-                    None, authenticate, event.username, event.password
-                )
-            except Exception:
-                log.exception("authenticator failed for user %r", event.username)
-        if not ok:
-            log.info("AUTH %s failed for %r from %s", event.mechanism, event.username, self._ip)
+                if verdict is not None and verdict.delay:
+                    await asyncio.sleep(verdict.delay)
+                if not self._closed:
+                    ok = await self._check_password(user, event.password)
+            finally:
+                locked = throttle is not None and throttle.end(ip, user, ok)
+            if ok is False:
+                from_ip, for_user = throttle.failures(ip, user) if throttle else (0, 0)
+                # One line per failure that fail2ban can match on "ip=<HOST>".
+                log.warning(
+                    "AUTH failed: ip=%s user=%s mechanism=%s failures_ip=%d failures_user=%d",
+                    ip, shown, event.mechanism, from_ip, for_user,
+                )  # fmt: skip
+            if locked:
+                assert throttle is not None
+                log.warning(
+                    "AUTH lockout: ip=%s user=%s for %.0fs after %d failures",
+                    ip, shown, throttle.lockout, throttle.max_failures,
+                )  # fmt: skip
         if self._closed or self._session is None:
             return
-        self._session.answer_auth(ok)
+        self._session.answer_auth(bool(ok), refusal)
         self._resume()
+
+    async def _check_password(self, username: str, password: str) -> bool:
+        authenticate = self._listener._authenticate
+        if authenticate is None:
+            return False
+        try:
+            return await self._loop.run_in_executor(None, authenticate, username, password)
+        except Exception:
+            log.exception("authenticator failed for user %r", username)
+            return False
 
     async def _start_tls(self) -> None:
         context = self._listener._ssl_context
@@ -228,19 +311,24 @@ class SmtpServerProtocol(asyncio.Protocol):
         if self._closed or session is None:
             return
         listener = self._listener
+        now = self._loop.time()
         if session.awaiting_answer:
-            limit = listener._idle_timeout  # the client is waiting on us
-            deadline = self._loop.time() + limit
+            deadline = now + listener._idle_timeout  # the client is waiting on us
         else:
-            in_data = session.state is State.DATA
-            limit = listener._data_timeout if in_data else listener._idle_timeout
-            deadline = self._last_activity + limit
-            if self._loop.time() >= deadline:
-                log.info("timeout after %.0fs: %r", limit, session)
+            deadline, which = self._last_activity + listener._idle_timeout, "idle_timeout"
+            started = self._data_started if session.state is State.DATA else None
+            if started is not None and started + listener._data_timeout < deadline:
+                deadline, which = started + listener._data_timeout, "data_timeout"
+            started = self._line_started if session.state is not State.DATA else None
+            if started is not None and started + listener._command_deadline < deadline:
+                deadline, which = started + listener._command_deadline, "command_deadline"
+            if now >= deadline:
+                log.info("%s reached: %r", which, session)
                 session.timeout()
                 self._pump()
                 return
-        self._timer = self._loop.call_at(deadline, self._tick)
+        # A deadline that starts later is at least _min_timeout away: look again by then.
+        self._timer = self._loop.call_at(min(deadline, now + listener._min_timeout), self._tick)
 
     def _shutdown(self) -> None:
         """Listener stopping: close now unless a message or AUTH is in hand."""
@@ -271,7 +359,10 @@ class Listener:
         authenticate: Callable[[str, str], bool] | None = None,
         idle_timeout: float = 300.0,
         data_timeout: float = 600.0,
+        command_deadline: float = 30.0,
         max_connections_per_client: int = 50,
+        cap: ConnectionCap | None = None,
+        auth_throttle: AuthThrottle | None = None,
         refuse: Callable[[], Reply | None] | None = None,
         reuse_port: bool = False,
     ) -> None:
@@ -283,8 +374,11 @@ class Listener:
         self._authenticate = authenticate
         self._idle_timeout = idle_timeout
         self._data_timeout = data_timeout
-        self._min_timeout = min(idle_timeout, data_timeout)
+        self._command_deadline = command_deadline
+        self._min_timeout = min(idle_timeout, data_timeout, command_deadline)
         self._max_per_client = max_connections_per_client
+        self._cap = cap
+        self._auth_throttle = auth_throttle
         self._refuse = refuse
         self._reuse_port = reuse_port
         self._server: asyncio.Server | None = None
@@ -347,17 +441,25 @@ class Listener:
             refusal = self._refuse()
             if refusal is not None:
                 return refusal
+        cap = self._cap
+        if cap is not None and cap.open >= cap.limit:
+            log.info("refusing %s: %d connections open on this listener's process", ip, cap.open)
+            return SERVER_FULL
         count = self._per_client.get(ip, 0)
         if count >= self._max_per_client:
             log.info("refusing %s: %d connections already", ip, count)
             return TOO_MANY_CONNECTIONS
         self._per_client[ip] = count + 1
+        if cap is not None:
+            cap.open += 1
         return None
 
     def _forget(self, conn: SmtpServerProtocol) -> None:
         self._connections.discard(conn)
         if conn._counted:
             conn._counted = False
+            if self._cap is not None:
+                self._cap.open -= 1
             left = self._per_client.get(conn._ip, 1) - 1
             if left > 0:
                 self._per_client[conn._ip] = left

@@ -370,14 +370,15 @@ class ServerSession:
         self._goto("answer")
         self._reply(reply)
 
-    def answer_auth(self, ok: bool) -> None:
+    def answer_auth(self, ok: bool, refusal: Reply | None = None) -> None:
+        """``refusal`` (e.g. a lockout's 454 4.7.0) replaces the usual 535."""
         self._expect(State.WAIT_AUTH)
         self._goto("answer")
         if ok:
             self._auth_user = self._auth_username
             self._out.append(_R_AUTH_OK)
         else:
-            self._error(_E_AUTH_FAILED)
+            self._error(refusal or _E_AUTH_FAILED)
         self._auth_username = None
 
     def tls_started(self) -> None:
