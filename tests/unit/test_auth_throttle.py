@@ -44,9 +44,9 @@ def test_lockout_refuses_even_the_right_password_from_that_ip_only() -> None:
         fail(throttle, "192.0.2.1", "alice")
     clock.advance(10)
     assert throttle.begin("192.0.2.1", "alice").locked_for == 590.0
-    # Another IP is not locked out; the user's failures only slow it down.
+    # Another IP is not locked out, nor slowed by one IP's worth of failures.
     other = throttle.begin("198.51.100.7", "alice")
-    assert other.locked_for == 0 and other.delay == 4.0
+    assert other == AuthVerdict(delay=0.0)
     assert throttle.end("198.51.100.7", "alice", True) is False
 
 
@@ -76,7 +76,9 @@ def test_failures_are_forgotten_after_a_quiet_lockout_period() -> None:
 
 def test_user_failures_from_many_ips_slow_that_user_but_never_lock_it() -> None:
     throttle, _ = make()
-    for i in range(50):  # a distributed attack: one guess per address
+    delays = [fail(throttle, f"203.0.113.{i}", "alice")[0].delay for i in range(8)]
+    assert delays == [0.0] * 6 + [1.0, 2.0]  # free for max_failures, then growing
+    for i in range(8, 50):  # a distributed attack: one guess per address
         fail(throttle, f"203.0.113.{i}", "alice")
     assert throttle.failures("203.0.113.99", "alice") == (0, 50)
     verdict = throttle.begin("203.0.113.99", "alice")

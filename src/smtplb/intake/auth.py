@@ -171,9 +171,9 @@ class AuthThrottle:
     Every failure from an IP makes its next attempt wait longer (``delay``,
     doubling, capped at ``max_delay``); ``max_failures`` failures lock the IP
     out for ``lockout``: its attempts are refused without checking the
-    password. Failures for a user (from any IP) slow down attempts on that
-    user too, but never lock the account: an attacker elsewhere cannot lock
-    out the right password. A (user, IP) pair that logged in recently is not
+    password. Failures for a user (from any IP) beyond ``max_failures`` slow
+    down attempts on that user too (a distributed guess), but never lock the
+    account: an attacker elsewhere cannot lock out the right password. A (user, IP) pair that logged in recently is not
     slowed down (a mistyped password does not haunt the next login). The
     delay is taken before the answer, success or not, so a client cannot
     learn the outcome early by giving up. A record is forgotten ``lockout``
@@ -213,7 +213,9 @@ class AuthThrottle:
         delay = 0.0
         if not self._is_trusted(user, ip, now):
             user_rec = self._get(self._users, user, now)
-            delay = max(self._delay_for(ip_rec), self._delay_for(user_rec))
+            # A user's failures count once they are more than one IP's worth:
+            # one attacker, locked out, does not slow the user down elsewhere.
+            delay = max(self._delay_for(ip_rec), self._delay_for(user_rec, self.max_failures))
         if ip_rec is None:
             ip_rec = self._put(self._ips, ip)
         ip_rec.pending += 1
@@ -254,10 +256,12 @@ class AuthThrottle:
         user_rec = self._get(self._users, user, now)
         return (ip_rec.count if ip_rec else 0, user_rec.count if user_rec else 0)
 
-    def _delay_for(self, rec: _Failures | None) -> float:
-        if rec is None or rec.count == 0:
+    def _delay_for(self, rec: _Failures | None, free: int = 0) -> float:
+        """No delay for ``free`` failures, then ``delay`` doubling up to ``max_delay``."""
+        count = 0 if rec is None else rec.count - free
+        if count <= 0:
             return 0.0
-        return min(self.max_delay, self.delay * 2.0 ** min(rec.count - 1, 30))
+        return min(self.max_delay, self.delay * 2.0 ** min(count - 1, 30))
 
     def _is_trusted(self, user: str, ip: str, now: float) -> bool:
         when = self._trusted.get((user, ip))
