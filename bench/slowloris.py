@@ -127,9 +127,7 @@ async def attack(args: argparse.Namespace, port: int) -> tuple[Attack, Normal, f
             await asyncio.sleep(0.05)  # let the accept queue drain
     ramp = time.monotonic() - started
     observe = args.observe if args.observe is not None else 3 * args.deadline + 10
-    end = time.monotonic() + observe
-    while time.monotonic() < end and not all(t.done() for t in tasks):
-        await asyncio.sleep(0.2)
+    await asyncio.wait(tasks, timeout=observe)
     still_open = a.open_now
     stop.set()
     await asyncio.gather(*tasks)

@@ -173,10 +173,11 @@ class AuthThrottle:
     out for ``lockout``: its attempts are refused without checking the
     password. Failures for a user (from any IP) beyond ``max_failures`` slow
     down attempts on that user too (a distributed guess), but never lock the
-    account: an attacker elsewhere cannot lock out the right password. A (user, IP) pair that logged in recently is not
-    slowed down (a mistyped password does not haunt the next login). The
-    delay is taken before the answer, success or not, so a client cannot
-    learn the outcome early by giving up. A record is forgotten ``lockout``
+    account: an attacker elsewhere cannot lock out the right password. A
+    (user, IP) pair that logged in recently is not slowed down (a mistyped
+    password does not haunt the next login). The delay is taken before the
+    answer, success or not, so a client cannot learn the outcome early by
+    giving up. A record is forgotten ``lockout``
     after its last failure; at most ``max_entries`` of each kind are kept.
     """
 
