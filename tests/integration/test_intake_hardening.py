@@ -11,6 +11,7 @@ import logging
 import smtplib
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ import pytest
 from smtplb.clock import FakeClock
 from smtplb.intake.auth import AuthThrottle, hash_password, make_authenticator
 from smtplb.intake.server import ConnectionCap, Listener
+from smtplb.sink.server import ThreadedSink
+from tests.integration.conftest import Smtplb, relay_config
 from tests.integration.test_intake_socket import (
     MESSAGE,
     POLICY,
@@ -115,6 +118,12 @@ async def _trickle(port: int, source: str, stop: asyncio.Event) -> tuple[bytes, 
     """Greet, then send a command one byte every 0.2 s: (what came back, when closed)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     await read_replies(reader, 1)
+    return await _trickle_on(reader, writer, stop)
+
+
+async def _trickle_on(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stop: asyncio.Event
+) -> tuple[bytes, float]:
     started = time.monotonic()
     received = b""
     try:
@@ -224,3 +233,60 @@ def test_node_wide_connection_cap_over_listeners() -> None:
         assert cap.open == 0
 
     asyncio.run(main())
+
+
+# -- the same through `smtplb run` and its config ----------------------------------------
+
+
+def test_smtplb_run_applies_the_config(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    sink = sinks()
+    smtp = {
+        "command_deadline": "1s",
+        "idle_timeout": "30s",
+        "max_connections": 100,
+        "max_connections_per_client": 10,
+        "users": [{"name": "alice", "password_hash": hash_password("s3cret", n=2**4, r=1, p=1)}],
+        "auth_without_tls": True,  # the listener is loopback
+        "auth_max_failures": 2,
+        "auth_delay": "10ms",
+        "auth_max_delay": "10ms",
+    }
+    node = smtplb(*relay_config(tmp_path / "var", [sink.port], smtp=smtp)).start()
+
+    async def attack() -> None:
+        stop = asyncio.Event()
+        opened = [
+            await asyncio.open_connection(
+                "127.0.0.1", node.smtp_port, local_addr=(f"127.0.3.{i % 10 + 1}", 0)
+            )
+            for i in range(100)
+        ]
+        greetings = [(await read_replies(r, 1))[0][:4] for r, _ in opened]
+        assert greetings == [b"220 "] * 100
+        # The 101st is over max_connections (from an address with none open yet).
+        r, w = await asyncio.open_connection(
+            "127.0.0.1", node.smtp_port, local_addr=("127.0.3.11", 0)
+        )
+        assert (await read_replies(r, 1))[0].startswith(b"421 4.7.0 Error: too many connections")
+        w.close()
+        results = await asyncio.wait_for(
+            asyncio.gather(*(_trickle_on(r, w, stop) for r, w in opened)), 15
+        )
+        stop.set()
+        timeout = b"421 4.4.2 relay.smtplb.test Error: timeout exceeded\r\n"
+        assert {r for r, _ in results} == {timeout}
+        assert max(t for _, t in results) < 2.5
+
+    asyncio.run(attack())
+
+    def auth(source: str, password: str) -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", node.smtp_port, source_address=(source, 0)) as client:
+            client.ehlo()
+            return client.docmd("AUTH", "PLAIN " + plain("alice", password))
+
+    assert [auth("127.0.0.1", p)[0] for p in ("x", "y", "s3cret")] == [535, 535, 454]
+    assert auth("127.0.0.2", "s3cret")[0] == 235
+    log = "".join(node.output)
+    assert "AUTH lockout: ip=127.0.0.1 user='alice'" in log
