@@ -55,8 +55,8 @@ def main() -> None:
 @click.option("--worker", type=int, default=None, hidden=True, help="Run as worker N.")
 def run(config_path: Path | None, worker: int | None) -> None:
     """Run the service in the foreground (SIGTERM drains, SIGHUP reloads)."""
-    from smtplb.service import Service
-    from smtplb.workers import Supervisor, drain_flag
+    from smtplb.app import build_service
+    from smtplb.workers import Supervisor, set_drain_flag
 
     config = _config(config_path)
     logging.basicConfig(
@@ -65,10 +65,10 @@ def run(config_path: Path | None, worker: int | None) -> None:
     )
     resolved = config_path or (Path("smtplb.toml") if Path("smtplb.toml").is_file() else None)
     if config.workers > 1 and worker is None:
-        drain_flag(Path(config.data_dir)).unlink(missing_ok=True)  # a new run takes mail
+        set_drain_flag(Path(config.data_dir), False)  # a new run takes mail
         sys.exit(Supervisor(resolved, config.workers).run())
     _install_uvloop()
-    service = Service(config, resolved, worker or 0)
+    service = build_service(config, resolved, worker or 0)
     _tune_gc()
     try:
         asyncio.run(service.run_forever())
@@ -420,6 +420,15 @@ def members_resume(
     """Let NAME take traffic again."""
     _api(api_url, api_key, config_path).call("POST", f"/api/v1/members/{name}/resume")
     click.echo(f"{name} resumed")
+
+
+@main.command()
+@click.option("--off", is_flag=True, help="Undo a drain: take mail again.")
+@api_options
+def drain(off: bool, api_url: str | None, api_key: str | None, config_path: Path | None) -> None:
+    """Stop intake (SMTP 421, /readyz 503) while queued mail keeps going; --off undoes it."""
+    _api(api_url, api_key, config_path).call("DELETE" if off else "POST", "/api/v1/drain")
+    click.echo("taking mail again" if off else "draining: intake refused, queued mail delivered")
 
 
 main.add_command(logs)

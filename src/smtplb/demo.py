@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from smtplb.app import build_service
 from smtplb.config import parse_config
 from smtplb.delivery.connection import ConnectError, ConnectionSettings, SmtpClientConnection
 from smtplb.service import Service
@@ -127,7 +128,7 @@ async def run_demo(duration: float, rate: float, http_port: int, smtp_port: int)
             ],
         }
     )
-    service = Service(config)
+    service = build_service(config)
     await service.start()
     url = f"http://127.0.0.1:{service.http_port}/"
     click.echo(f"smtplb demo: dashboard at {url}  (SMTP on 127.0.0.1:{smtp_port})")

@@ -6,19 +6,21 @@ its own spool shard, dispatcher and member connections. Worker 0 also serves
 the HTTP API; it answers for the whole node by reading the other shards and the
 state snapshot each peer writes every half second to ``data_dir/run/``.
 Operator changes reach the peers through files they watch: the paused-members
-list and the drain flag. The supervisor forwards SIGTERM/SIGHUP and restarts a
-worker that dies.
+list and the drain flag (:class:`PeerLink`). The supervisor forwards
+SIGTERM/SIGHUP and restarts a worker that dies. The merging of the peers'
+views into the node's (members, overview, metrics) is here too, as pure functions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,108 @@ def read_snapshots(data_dir: Path, workers: int) -> list[dict[str, Any]]:
 
 def drain_flag(data_dir: Path) -> Path:
     return run_dir(data_dir) / "draining"
+
+
+def set_drain_flag(data_dir: Path, draining: bool) -> None:
+    """Tell the peers to drain (or to take mail again)."""
+    flag = drain_flag(data_dir)
+    if draining:
+        flag.parent.mkdir(parents=True, exist_ok=True)
+        flag.touch()
+    else:
+        flag.unlink(missing_ok=True)
+
+
+# Member fields that count work (summed across workers); the rest describe the
+# member itself, and worker 0's own view of them stands.
+_ADDITIVE = (
+    "active",
+    "idle_connections",
+    "delivered",
+    "deferred",
+    "bounced",
+    "failures",
+    "per_minute",
+)
+
+
+def merge_members(
+    mine: list[dict[str, Any]], snapshots: Iterable[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Worker 0's member views with the peers' counters and connection shares added."""
+    by_name = {m["name"]: m for m in mine}
+    for snap in snapshots:
+        for peer in snap["members"]:
+            member = by_name.get(peer["name"])
+            if member is not None:
+                for key in _ADDITIVE:
+                    member[key] = (member.get(key) or 0) + (peer.get(key) or 0)
+                member["max_connections"] += peer["max_connections"]
+    return mine
+
+
+def merge_live(
+    totals: dict[str, Any],
+    series: dict[str, Any],
+    errors: list[dict[str, Any]],
+    waiting: dict[str, int],
+    snapshots: Iterable[dict[str, Any]],
+) -> None:
+    """Add the peers' dashboard data (totals, chart series, errors, waiting jobs)
+    into worker 0's, in place; errors end newest first."""
+    for snap in snapshots:
+        for key, value in snap["totals"].items():
+            totals[key] = totals.get(key, 0) + value
+        for key, values in snap["series"].items():
+            if isinstance(values, list) and len(values) == len(series.get(key, [])):
+                series[key] = [a + b for a, b in zip(series[key], values, strict=True)]
+        errors += snap["errors"]
+        for pool, count in snap["waiting"].items():
+            waiting[pool] = waiting.get(pool, 0) + count
+    errors.sort(key=lambda e: -e["ts"])
+
+
+class PeerLink:
+    """Workers 1…N-1: publish this worker's snapshot every half second, and follow
+    worker 0's operator changes: the paused-members file and the drain flag."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        worker: int,
+        *,
+        snapshot: Callable[[], Awaitable[dict[str, Any]]],
+        paused_mtime: Callable[[], float],
+        on_paused_change: Callable[[], None],
+        on_drain_change: Callable[[bool], None],
+    ) -> None:
+        self.data_dir = data_dir
+        self.worker = worker
+        self.snapshot = snapshot
+        self.paused_mtime = paused_mtime
+        self.on_paused_change = on_paused_change
+        self.on_drain_change = on_drain_change
+        self._seen_mtime = 0.0
+        self._draining = False
+
+    async def step(self) -> None:
+        write_snapshot(self.data_dir, self.worker, await self.snapshot())
+        mtime = self.paused_mtime()
+        if mtime != self._seen_mtime:
+            self._seen_mtime = mtime
+            self.on_paused_change()
+        draining = drain_flag(self.data_dir).exists()
+        if draining != self._draining:
+            self._draining = draining
+            self.on_drain_change(draining)
+
+    async def run(self) -> None:
+        while True:
+            await self.step()
+            await asyncio.sleep(SNAPSHOT_EVERY)
+
+    def __repr__(self) -> str:
+        return f"PeerLink(worker {self.worker}, {'draining' if self._draining else 'accepting'})"
 
 
 def merge_metrics(texts: Iterable[str]) -> str:

@@ -4,19 +4,22 @@ JSON in and out; errors are RFC 9457 problem documents. Whenever
 ``[http] api_keys`` is set, everything under ``/api/`` needs
 ``Authorization: Bearer KEY``; ``/healthz``, ``/readyz`` (and later
 ``/metrics`` and the dashboard) stay public while ``public_read`` is true.
+
+The handlers talk to the node only through :class:`~smtplb.api.operations.Operations`;
+each declares its answers for ``/openapi.json`` with :func:`~smtplb.api.openapi.documented`.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -26,13 +29,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from smtplb import __version__
+from smtplb.api.openapi import document, documented
+from smtplb.api.operations import Operations
 from smtplb.intake.address import valid_address
 from smtplb.model import Envelope, RecipientState
 from smtplb.spool.base import MessageView, SpoolError
-from smtplb.workers import merge_metrics, read_snapshots
-
-if TYPE_CHECKING:
-    from smtplb.service import Service
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -44,13 +45,13 @@ def problem(status: int, title: str, detail: str = "") -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type="application/problem+json")
 
 
-def _service(request: Request) -> Service:
-    service: Service = request.app.state.service
-    return service
+def _ops(request: Request) -> Operations:
+    ops: Operations = request.app.state.ops
+    return ops
 
 
 def _authorized(request: Request) -> bool:
-    keys = _service(request).config.http.api_keys
+    keys = _ops(request).config.http.api_keys
     if not keys:
         return True
     header = request.headers.get("authorization", "")
@@ -61,6 +62,7 @@ def _authorized(request: Request) -> bool:
 
 
 def protected(handler: Handler) -> Handler:
+    @functools.wraps(handler)
     async def wrapper(request: Request) -> Response:
         if not _authorized(request):
             response = problem(401, "Unauthorized", "send Authorization: Bearer <api key>")
@@ -68,21 +70,18 @@ def protected(handler: Handler) -> Handler:
             return response
         return await handler(request)
 
-    wrapper.__name__ = handler.__name__
-    wrapper.__doc__ = handler.__doc__
     return wrapper
 
 
 def public(handler: Handler) -> Handler:
     """Public while ``[http] public_read`` is true, else like :func:`protected`."""
 
+    @functools.wraps(handler)
     async def wrapper(request: Request) -> Response:
-        if not _service(request).config.http.public_read and not _authorized(request):
+        if not _ops(request).config.http.public_read and not _authorized(request):
             return problem(401, "Unauthorized", "send Authorization: Bearer <api key>")
         return await handler(request)
 
-    wrapper.__name__ = handler.__name__
-    wrapper.__doc__ = handler.__doc__
     return wrapper
 
 
@@ -109,86 +108,49 @@ async def _json_body(request: Request) -> dict[str, Any] | JSONResponse:
 
 
 @public
+@documented((200, "Status", "The process answers"))
 async def healthz(request: Request) -> Response:
     """Liveness: the process answers."""
     return JSONResponse({"status": "ok"})
 
 
 @public
+@documented((200, "Status", "Taking mail"), fails=[503])
 async def readyz(request: Request) -> Response:
     """Readiness: 503 while draining, so a front load balancer stops sending."""
-    if _service(request).draining:
+    if _ops(request).draining:
         return JSONResponse({"status": "draining"}, status_code=503)
     return JSONResponse({"status": "ready"})
 
 
 @public
+@documented((200, None, "Prometheus text exposition"), content_type=CONTENT_TYPE_LATEST)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics."""
-    service = _service(request)
-    await service.refresh_gauges()
-    body = service.metrics.render()
-    if service.workers > 1:
-        peers = read_snapshots(service.data_dir, service.workers)
-        body = merge_metrics([body.decode(), *(p["metrics"] for p in peers)]).encode()
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    return Response(await _ops(request).metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
 
 @public
+@documented((200, "Overview", "Dashboard aggregates"))
 async def overview(request: Request) -> Response:
     """Aggregates for the dashboard: pools, members, queue, charts, recent errors.
 
     No addresses or content: public while ``public_read`` is true."""
-    service = _service(request)
-    live = service.live
-    members = _members(service)
-    peers = read_snapshots(service.data_dir, service.workers) if service.workers > 1 else []
-    totals = dict(live.totals)
-    series = live.series()
-    errors = list(live.errors)
-    waiting = {p.name: p.waiting() for p in service.pools.values()}
-    for snap in peers:
-        for key, value in snap["totals"].items():
-            totals[key] = totals.get(key, 0) + value
-        for key, values in snap["series"].items():
-            if isinstance(values, list) and len(values) == len(series.get(key, [])):
-                series[key] = [a + b for a, b in zip(series[key], values, strict=True)]
-        errors += snap["errors"]
-        for pool, count in snap["waiting"].items():
-            waiting[pool] = waiting.get(pool, 0) + count
-    errors.sort(key=lambda e: -e["ts"])
-    return JSONResponse(
-        {
-            "hostname": service.config.hostname,
-            "version": __version__,
-            "uptime": time.time() - service.started_at,
-            "draining": service.draining,
-            "workers": service.workers,
-            "pools": [
-                {
-                    "name": p.name,
-                    "strategy": p.config.strategy,
-                    "waiting": waiting.get(p.name, 0),
-                    "members": [m for m in members if m["pool"] == p.name],
-                }
-                for p in service.pools.values()
-            ],
-            "queue": await service.queue.stats(),
-            "queue_oldest_age": await service.queue.oldest_age(time.time()),
-            "totals": totals,
-            "series": series,
-            "errors": errors[:50],
-        }
-    )
+    return JSONResponse(await _ops(request).overview())
 
 
 # -- queue ---------------------------------------------------------------------------
 
 
 @protected
+@documented(
+    (200, "QueueList", "Statistics and messages"),
+    fails=[400],
+    query=[("state", "string"), ("limit", "integer"), ("offset", "integer")],
+)
 async def queue_list(request: Request) -> Response:
     """Queue statistics and messages, newest first (``?state=deferred&limit=100``)."""
-    spool = _service(request).queue
+    ops = _ops(request)
     state_name = request.query_params.get("state")
     state = None
     if state_name:
@@ -201,44 +163,46 @@ async def queue_list(request: Request) -> Response:
         offset = int(request.query_params.get("offset", "0"))
     except ValueError:
         return problem(400, "Malformed request", "limit and offset must be integers")
-    messages = await spool.list_messages(state=state, limit=limit, offset=offset)
+    messages = await ops.list_messages(state, limit, offset)
+    stats, oldest_age = await ops.queue_stats()
     return JSONResponse(
         {
-            "stats": await spool.stats(),
-            "oldest_age": await spool.oldest_age(time.time()),
+            "stats": stats,
+            "oldest_age": oldest_age,
             "messages": [message_json(m) for m in messages],
         }
     )
 
 
 @protected
+@documented((200, "MessageDetail", "The message and its trace"), fails=[404])
 async def queue_show(request: Request) -> Response:
     """One message: each recipient's state and last reply, and the trace of decisions."""
-    service = _service(request)
+    ops = _ops(request)
     queue_id = request.path_params["queue_id"]
-    view = await service.queue.get(queue_id)
+    view = await ops.message(queue_id)
     if view is None:
         return problem(404, "No such message", queue_id)
-    return JSONResponse({**message_json(view), "trace": service.traces.get(queue_id)})
+    return JSONResponse({**message_json(view), "trace": await ops.trace(queue_id)})
 
 
 @protected
+@documented((200, "Retried", "How many recipients are due now"), fails=[404])
 async def queue_retry(request: Request) -> Response:
     """Make deferred recipients due now (one message, or all with ``/queue/retry``)."""
-    service = _service(request)
     queue_id = request.path_params.get("queue_id")
-    count = await service.queue.retry(queue_id)
-    if queue_id is not None and count == 0 and await service.queue.get(queue_id) is None:
-        return problem(404, "No such message", queue_id)
-    service.dispatcher.wake()
+    count = await _ops(request).retry(queue_id)
+    if count is None:
+        return problem(404, "No such message", queue_id or "")
     return JSONResponse({"retried": count})
 
 
 @protected
+@documented((200, "Deleted", "Removed"), fails=[404])
 async def queue_delete(request: Request) -> Response:
     """Remove a message from the queue."""
     queue_id = request.path_params["queue_id"]
-    if not await _service(request).queue.delete(queue_id):
+    if not await _ops(request).delete(queue_id):
         return problem(404, "No such message", queue_id)
     return JSONResponse({"deleted": queue_id})
 
@@ -246,109 +210,71 @@ async def queue_delete(request: Request) -> Response:
 # -- pools and members -------------------------------------------------------------
 
 
-_ADDITIVE = (
-    "active",
-    "idle_connections",
-    "delivered",
-    "deferred",
-    "bounced",
-    "failures",
-    "per_minute",
-)
-
-
-def _members(service: Service) -> list[dict[str, Any]]:
-    """Every member as the node sees it: this worker's view, plus the counters of
-    the other workers when there are several (health is this worker's checks)."""
-    members = [{**m.snapshot(), **service.live.member_rates(m.name)} for m in service.members()]
-    if service.workers > 1:
-        by_name = {m["name"]: m for m in members}
-        for snap in read_snapshots(service.data_dir, service.workers):
-            for peer in snap["members"]:
-                mine = by_name.get(peer["name"])
-                if mine is not None:
-                    for key in _ADDITIVE:
-                        mine[key] = (mine.get(key) or 0) + (peer.get(key) or 0)
-                    mine["max_connections"] += peer["max_connections"]
-    return members
-
-
-def _member_json(service: Service, name: str) -> dict[str, Any]:
-    return next(m for m in _members(service) if m["name"] == name)
-
-
 @protected
+@documented((200, "MemberList", "Every member"))
 async def members_list(request: Request) -> Response:
     """Every member with its health, load and counters."""
-    return JSONResponse({"members": _members(_service(request))})
+    return JSONResponse({"members": _ops(request).member_views()})
 
 
 @protected
+@documented((200, "PoolList", "Every pool"))
 async def pools_list(request: Request) -> Response:
     """Every pool with its strategy, members and waiting jobs."""
-    service = _service(request)
-    return JSONResponse(
-        {
-            "pools": [
-                {
-                    "name": p.name,
-                    "strategy": p.config.strategy,
-                    "waiting": p.waiting(),
-                    "members": [m.name for m in p.members],
-                }
-                for p in service.pools.values()
-            ]
-        }
-    )
-
-
-async def _set_paused(request: Request, paused: bool) -> Response:
-    service = _service(request)
-    name = request.path_params["name"]
-    member = service.member(name)
-    if member is None:
-        return problem(404, "No such member", name)
-    member.paused = paused
-    names = service.paused.load()
-    (names.add if paused else names.discard)(name)
-    service.paused.save(names)
-    service.delivery_log.write(
-        "member_paused" if paused else "member_resumed",
-        pool=member.pool,
-        member=name,
-        response="operator",
-    )
-    service.dispatcher.wake()
-    return JSONResponse(_member_json(service, name))
+    return JSONResponse({"pools": _ops(request).pool_views()})
 
 
 @protected
+@documented((200, "Member", "The member, now paused"), fails=[404])
 async def member_pause(request: Request) -> Response:
     """Stop new traffic to a member; what it has in progress finishes. Survives restarts."""
-    return await _set_paused(request, True)
+    name = request.path_params["name"]
+    member = _ops(request).pause(name)
+    if member is None:
+        return problem(404, "No such member", name)
+    return JSONResponse(member)
 
 
 @protected
+@documented((200, "Member", "The member, taking traffic again"), fails=[404])
 async def member_resume(request: Request) -> Response:
     """Let a paused member take traffic again."""
-    return await _set_paused(request, False)
+    name = request.path_params["name"]
+    member = _ops(request).resume(name)
+    if member is None:
+        return problem(404, "No such member", name)
+    return JSONResponse(member)
 
 
 @protected
+@documented((200, "Draining", "The node is draining"))
 async def drain(request: Request) -> Response:
     """Stop intake (421, /readyz 503); queued mail keeps being delivered."""
-    _service(request).drain()
+    _ops(request).drain()
     return JSONResponse({"draining": True})
+
+
+@protected
+@documented((200, "Draining", "The node takes mail again"))
+async def undrain(request: Request) -> Response:
+    """Undo a drain: intake answers 250 again and /readyz 200."""
+    _ops(request).undrain()
+    return JSONResponse({"draining": False})
 
 
 # -- injection -----------------------------------------------------------------------
 
 
 @protected
+@documented(
+    (202, "Queued", "Accepted and stored"),
+    fails=[400, 413, 422, 503],
+    request="InjectRequest",
+)
 async def inject(request: Request) -> Response:
     """Submit a message: ``{from, to, raw}`` or ``{from, to, subject, text, html, headers}``."""
-    service = _service(request)
-    if service.draining:
+    ops = _ops(request)
+    if ops.draining:
         return problem(503, "Draining", "this node takes no new mail; use another")
     body = await _json_body(request)
     if isinstance(body, JSONResponse):
@@ -364,7 +290,7 @@ async def inject(request: Request) -> Response:
     bad = [r for r in rcpts if not isinstance(r, str) or not valid_address(r)]
     if bad:
         return problem(422, "Invalid recipients", f"not addresses: {bad!r}")
-    limit = service.config.smtp.max_recipients
+    limit = ops.config.smtp.max_recipients
     if len(rcpts) > limit:
         return problem(422, "Too many recipients", f"at most {limit} per message")
     raw = body.get("raw")
@@ -378,7 +304,7 @@ async def inject(request: Request) -> Response:
         if isinstance(built, JSONResponse):
             return built
         content = built
-    if len(content) > service.config.smtp.max_message_size:
+    if len(content) > ops.config.smtp.max_message_size:
         return problem(413, "Message too large", "over smtp.max_message_size")
     envelope = Envelope(
         mail_from=sender,
@@ -388,11 +314,9 @@ async def inject(request: Request) -> Response:
         smtputf8=not (sender.isascii() and all(r.isascii() for r in rcpts)),
     )
     try:
-        queue_id = await service.submit(envelope, content)
+        queue_id = await ops.inject(envelope, content)
     except SpoolError:
-        service.metrics.intake.labels("http", "5xx").inc()
         return problem(503, "Spool unavailable", "the message was not accepted; retry later")
-    service.metrics.intake.labels("http", "2xx").inc()
     return JSONResponse({"queue_id": queue_id}, status_code=202)
 
 
@@ -441,39 +365,27 @@ ROUTES = [
     Route("/api/v1/members/{name}/pause", member_pause, methods=["POST"]),
     Route("/api/v1/members/{name}/resume", member_resume, methods=["POST"]),
     Route("/api/v1/drain", drain, methods=["POST"]),
+    Route("/api/v1/drain", undrain, methods=["DELETE"]),
 ]
 
 
+@documented((200, None, "This document"))
 async def openapi(request: Request) -> Response:
     """The OpenAPI document for this API."""
-    paths: dict[str, dict[str, Any]] = {}
-    for route in ROUTES:
-        for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
-            paths.setdefault(route.path, {})[method.lower()] = {
-                "summary": (route.endpoint.__doc__ or "").strip().splitlines()[0],
-                "responses": {"200": {"description": "OK"}},
-            }
-    return JSONResponse(
-        {
-            "openapi": "3.1.0",
-            "info": {"title": "smtplb API", "version": "1"},
-            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-            "security": [{"bearer": []}],
-            "paths": paths,
-        }
-    )
+    return JSONResponse(document(request.app.routes, __version__))
 
 
 STATIC = Path(__file__).parent.parent / "observability" / "static"
 
 
 @public
+@documented((200, None, "The dashboard page"), content_type="text/html")
 async def dashboard(request: Request) -> Response:
     """The live dashboard (HTML; its data comes from /api/v1/overview)."""
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-def create_app(service: Service) -> Starlette:
+def create_app(ops: Operations) -> Starlette:
     app = Starlette(
         routes=[
             Route("/", dashboard),
@@ -482,5 +394,5 @@ def create_app(service: Service) -> Starlette:
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         ]
     )
-    app.state.service = service
+    app.state.ops = ops
     return app

@@ -1,0 +1,226 @@
+"""The OpenAPI 3.1 document: each handler declares what it takes and answers.
+
+:func:`documented` puts the request schema and the responses (with their
+real status codes) on a handler; :func:`document` walks the route table and
+builds ``/openapi.json`` from them. A route without a declaration has no
+place in the document, and a unit test checks that every route has one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from starlette.routing import BaseRoute, Route
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_NUM = {"type": "number"}
+_NUM_OR_NULL = {"type": ["number", "null"]}
+_COUNTS = {"type": "object", "additionalProperties": _INT}
+_AGES = {"type": "object", "additionalProperties": _NUM}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(required: Iterable[str] = (), **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(required)}
+
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Problem": _obj(["type", "title", "status"], type=_STR, title=_STR, status=_INT, detail=_STR),
+    "Status": _obj(["status"], status={"enum": ["ok", "ready", "draining"]}),
+    "InjectRequest": {
+        **_obj(
+            ["from", "to"],
+            **{
+                "from": {**_STR, "description": 'envelope sender; "" for <>'},
+                "to": {"oneOf": [_STR, {"type": "array", "items": _STR, "minItems": 1}]},
+                "raw": {**_STR, "description": "the whole RFC 5322 message"},
+                "subject": _STR,
+                "text": _STR,
+                "html": _STR,
+                "headers": {"type": "object", "additionalProperties": _STR},
+            },
+        ),
+        "description": "either raw, or text and/or html (with subject and headers)",
+    },
+    "Queued": _obj(["queue_id"], queue_id=_STR),
+    "Recipient": _obj(
+        ["address", "state", "pool", "attempts"],
+        address=_STR,
+        state={"enum": ["queued", "in_flight", "deferred", "delivered", "bounced", "expired"]},
+        pool=_STR,
+        priority=_INT,
+        attempts=_INT,
+        next_attempt=_NUM,
+        last_code={"type": ["integer", "null"]},
+        last_enhanced={"type": ["string", "null"]},
+        last_response=_STR,
+        member=_STR,
+        updated_at=_NUM,
+    ),
+    "Message": _obj(
+        ["queue_id", "sender", "recipients"],
+        queue_id=_STR,
+        sender=_STR,
+        message_id=_STR,
+        size=_INT,
+        received_at=_NUM,
+        expires_at=_NUM,
+        content_class=_STR,
+        is_dsn={"type": "boolean"},
+        recipients={"type": "array", "items": _ref("Recipient")},
+    ),
+    "MessageDetail": {
+        "allOf": [
+            _ref("Message"),
+            _obj(["trace"], trace={"type": "array", "items": {"type": "object"}}),
+        ]
+    },
+    "QueueList": _obj(
+        ["stats", "oldest_age", "messages"],
+        stats=_COUNTS,
+        oldest_age=_AGES,
+        messages={"type": "array", "items": _ref("Message")},
+    ),
+    "Retried": _obj(["retried"], retried=_INT),
+    "Deleted": _obj(["deleted"], deleted=_STR),
+    "Member": _obj(
+        ["name", "pool", "health", "paused"],
+        name=_STR,
+        pool=_STR,
+        kind={"enum": ["relay", "egress"]},
+        target=_STR,
+        weight=_NUM,
+        health={"enum": ["up", "down", "ejected", "half_open", "paused"]},
+        paused={"type": "boolean"},
+        active=_INT,
+        idle_connections=_INT,
+        max_connections=_INT,
+        delivered=_INT,
+        deferred=_INT,
+        bounced=_INT,
+        failures=_INT,
+        per_minute=_NUM,
+        latency_p50_ms=_NUM_OR_NULL,
+        latency_p95_ms=_NUM_OR_NULL,
+    ),
+    "MemberList": _obj(["members"], members={"type": "array", "items": _ref("Member")}),
+    "Pool": _obj(
+        ["name", "strategy", "waiting", "members"],
+        name=_STR,
+        strategy=_STR,
+        waiting=_INT,
+        members={"type": "array", "items": _STR},
+    ),
+    "PoolList": _obj(["pools"], pools={"type": "array", "items": _ref("Pool")}),
+    "Draining": _obj(["draining"], draining={"type": "boolean"}),
+    "Overview": _obj(
+        ["hostname", "draining", "pools", "queue"],
+        hostname=_STR,
+        version=_STR,
+        uptime=_NUM,
+        draining={"type": "boolean"},
+        workers=_INT,
+        pools={"type": "array", "items": {"type": "object"}},
+        queue=_COUNTS,
+        queue_oldest_age=_AGES,
+        totals=_COUNTS,
+        series={"type": "object"},
+        errors={"type": "array", "items": {"type": "object"}},
+    ),
+}
+
+# Why each failure happens, said once.
+FAILURES = {
+    400: "Malformed request (bad JSON, an unknown state, a non-integer limit)",
+    401: "No or wrong API key (send Authorization: Bearer KEY)",
+    404: "No such message or member",
+    413: "Message larger than smtp.max_message_size",
+    422: "Invalid field (sender, recipients, headers, content)",
+    503: "Not now: draining, or the spool is unavailable; retry later or elsewhere",
+}
+
+
+def documented(
+    ok: tuple[int, str | None, str],
+    *,
+    fails: Iterable[int] = (),
+    request: str | None = None,
+    query: Iterable[tuple[str, str]] = (),
+    content_type: str = "application/json",
+) -> Callable[[F], F]:
+    """Declare a handler's answers: ``ok`` is (status, schema name or None,
+    description); ``fails`` the error statuses it can return (problem documents);
+    ``query`` the (name, JSON type) of its query parameters. 401 is added for
+    every handler: any of them may need the key."""
+
+    def mark(handler: F) -> F:
+        status, schema, description = ok
+        body = {"schema": _ref(schema)} if schema else {"schema": _STR}
+        responses: dict[str, Any] = {
+            str(status): {"description": description, "content": {content_type: body}}
+        }
+        for code in sorted({401, *fails}):
+            responses[str(code)] = {
+                "description": FAILURES[code],
+                "content": {"application/problem+json": {"schema": _ref("Problem")}},
+            }
+        spec: dict[str, Any] = {"responses": responses}
+        if query:
+            spec["parameters"] = [
+                {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+                for name, kind in query
+            ]
+        if request is not None:
+            spec["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(request)}},
+            }
+        handler.__openapi__ = spec  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def _parameters(path: str) -> list[dict[str, Any]]:
+    names = [part[1:-1] for part in path.split("/") if part.startswith("{")]
+    return [{"name": n, "in": "path", "required": True, "schema": _STR} for n in names]
+
+
+def document(routes: Iterable[BaseRoute], version: str) -> dict[str, Any]:
+    """The OpenAPI document for the documented routes among ``routes``."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if not isinstance(route, Route):
+            continue
+        spec = getattr(route.endpoint, "__openapi__", None)
+        if spec is None:
+            continue
+        for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
+            doc = (route.endpoint.__doc__ or "").strip()
+            operation: dict[str, Any] = {
+                "operationId": re.sub(r"[^a-z0-9]+", "_", f"{method} {route.path}".lower()),
+                "summary": doc.splitlines()[0] if doc else route.endpoint.__name__,
+                **spec,
+            }
+            parameters = _parameters(route.path) + spec.get("parameters", [])
+            if parameters:
+                operation["parameters"] = parameters
+            paths.setdefault(route.path, {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "smtplb API", "version": version},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }

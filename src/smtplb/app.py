@@ -1,0 +1,125 @@
+"""The one wiring point: a :class:`~smtplb.service.Service` built from the config.
+
+Every part is made here and handed to the parts that use it; nothing else
+constructs spools, logs, pools or the dispatcher. No logic lives here: what
+a part does is in its own package, and the order below is only the order in
+which parts need each other:
+
+    spool shards → delivery log (+ metrics, live stats, webhooks) → traces →
+    pools (with the operator's pauses) → dispatcher → intake pipeline →
+    DSN writer (the dispatcher's on_bounce) → service → HTTP API (worker 0)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smtplb.api import create_app
+from smtplb.api.server import HttpServer
+from smtplb.clock import SystemClock
+from smtplb.config import Config
+from smtplb.delivery.bounces import DsnWriter
+from smtplb.delivery.dispatcher import Dispatcher
+from smtplb.delivery.mx import MxResolver
+from smtplb.delivery.pools import PausedMembers, build_pools, retry_schedule
+from smtplb.intake.auth import AuthThrottle, make_authenticator
+from smtplb.intake.pipeline import IntakePipeline
+from smtplb.intake.server import ConnectionCap
+from smtplb.observability.delivery_log import DeliveryLog
+from smtplb.observability.live import LiveStats
+from smtplb.observability.metrics import Metrics
+from smtplb.observability.trace import TraceBook
+from smtplb.observability.webhooks import Webhooks
+from smtplb.service import Service
+from smtplb.spool.base import Spool
+from smtplb.spool.shards import shard_path
+from smtplb.spool.sqlite import SqliteSpool
+
+
+def build_service(config: Config, config_path: Path | None = None, worker: int = 0) -> Service:
+    """Worker ``worker`` of the node described by ``config`` (not started yet)."""
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    spool = SqliteSpool(shard_path(data_dir, worker))
+    # Worker 0 answers for the node: it also reads its peers' shards.
+    peer_spools: list[Spool] = [
+        SqliteSpool(shard_path(data_dir, i), recover=False)
+        for i in range(1, config.workers)
+        if worker == 0
+    ]
+
+    delivery_log = DeliveryLog(
+        data_dir / "logs" / "delivery.jsonl",
+        max_size=config.log.delivery_log_max_size,
+        keep=config.log.delivery_log_keep,
+        rotates=worker == 0,
+    )
+    metrics = Metrics()
+    live = LiveStats()
+    delivery_log.listeners += [metrics.on_record, live.on_record]
+    webhooks = Webhooks(config.webhooks) if config.webhooks else None
+    if webhooks is not None:
+        delivery_log.listeners.append(webhooks.on_record)
+    traces = TraceBook()
+
+    paused = PausedMembers(data_dir / "paused-members")
+    pools = build_pools(config, {}, paused.load(), config.workers)
+    resolver = MxResolver(config.static_routes)
+    dispatcher = Dispatcher(
+        spool=spool,
+        pools=pools,
+        resolver=resolver,
+        delivery_log=delivery_log,
+        schedule=retry_schedule(config),
+        max_in_flight=config.delivery.max_in_flight,
+        max_ejection_percent=config.health.max_ejection_percent,
+        traces=traces,
+    )
+
+    service: Service  # bound below; the pipeline asks only once the service runs
+    intake = IntakePipeline(
+        config,
+        spool=spool,
+        handoff=dispatcher,
+        delivery_log=delivery_log,
+        metrics=metrics,
+        traces=traces,
+        is_draining=lambda: service.draining,
+    )
+    dsn = DsnWriter(config.hostname, intake.submit)
+    dispatcher.on_bounce = dsn
+
+    smtp = config.smtp
+    users = {u.name: u.password_hash for u in smtp.users}
+    auth_throttle = AuthThrottle(
+        SystemClock(),
+        max_failures=smtp.auth_max_failures,
+        lockout=smtp.auth_lockout,
+        delay=smtp.auth_delay,
+        max_delay=smtp.auth_max_delay,
+    )
+    service = Service(
+        config,
+        config_path=config_path,
+        worker=worker,
+        spool=spool,
+        peer_spools=peer_spools,
+        delivery_log=delivery_log,
+        metrics=metrics,
+        live=live,
+        traces=traces,
+        webhooks=webhooks,
+        paused=paused,
+        pools=pools,
+        resolver=resolver,
+        dispatcher=dispatcher,
+        intake=intake,
+        dsn=dsn,
+        authenticate=make_authenticator(users) if users else None,
+        auth_throttle=auth_throttle,
+        # smtp.max_connections is for the node: each worker takes its share.
+        connection_cap=ConnectionCap(max(1, -(-smtp.max_connections // config.workers))),
+    )
+    if worker == 0:
+        service.http = HttpServer(create_app(service), config.http.listen)
+    return service

@@ -1,0 +1,243 @@
+"""From an accepted message to a stored one: route, store (fsync), hand to delivery.
+
+Both doors use it: the SMTP listener calls :meth:`IntakePipeline.handle_message`
+(it answers with a reply), the HTTP API and the DSN writer call
+:meth:`IntakePipeline.submit` (it returns the queue id or raises ``SpoolError``).
+It also gives each client address its session policy (relay networks, limits).
+
+Delivery is reached through :class:`Handoff`, the three calls the dispatcher
+offers to intake, so this module does not import the delivery layer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from smtplb.config import Config
+from smtplb.intake.headers import prepare_message
+from smtplb.intake.session import SessionPolicy
+from smtplb.model import Envelope, Reply, domain_of
+from smtplb.observability.delivery_log import DeliveryLog
+from smtplb.observability.metrics import Metrics
+from smtplb.observability.trace import TraceBook
+from smtplb.routing.routes import RoutingInput, classify_content, decide_route
+from smtplb.spool.base import (
+    ClaimedMessage,
+    ClaimedRecipient,
+    NewMessage,
+    NewRecipient,
+    Spool,
+    SpoolError,
+)
+
+log = logging.getLogger("smtplb")
+
+_QUEUE_ID_PROCESS = f"{secrets.randbits(20):05X}"  # tells this process's ids apart
+_QUEUE_ID_COUNTER = itertools.count()
+
+
+def new_queue_id() -> str:
+    """20 hex digits: milliseconds (sortable by arrival), a per-process random part,
+    and a counter — unique without a system call per message."""
+    n = next(_QUEUE_ID_COUNTER) & 0xFFFF
+    return f"{int(time.time() * 1000):011X}{_QUEUE_ID_PROCESS}{n:04X}"
+
+
+class Handoff(Protocol):
+    """What intake needs from delivery (the dispatcher implements it)."""
+
+    def has_room(self) -> bool: ...
+
+    def submit(self, message: ClaimedMessage) -> None: ...
+
+    def note_overflow(self) -> None: ...
+
+
+class IntakePipeline:
+    """Accepts messages for this node; ``is_draining`` says when to refuse (421)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        spool: Spool,
+        handoff: Handoff,
+        delivery_log: DeliveryLog,
+        metrics: Metrics,
+        traces: TraceBook,
+        is_draining: Callable[[], bool],
+    ) -> None:
+        self.spool = spool
+        self.handoff = handoff
+        self.delivery_log = delivery_log
+        self.metrics = metrics
+        self.traces = traces
+        self.is_draining = is_draining
+        self._policies: dict[str, SessionPolicy] = {}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: routes, limits and relay_networks apply to new connections."""
+        self.config = config
+        self._relay_networks = [
+            ipaddress.ip_network(n, strict=False) for n in config.smtp.relay_networks
+        ]
+        self._policies.clear()
+
+    # -- the SMTP door ---------------------------------------------------------------
+
+    def policy_for(self, client_ip: str) -> SessionPolicy:
+        """The session policy for a client address (cached: asked at every connection)."""
+        policy = self._policies.get(client_ip)
+        if policy is None:
+            if len(self._policies) > 10_000:
+                self._policies.clear()
+            policy = self._policies[client_ip] = self._make_policy(client_ip)
+        return policy
+
+    def _make_policy(self, client_ip: str) -> SessionPolicy:
+        smtp = self.config.smtp
+        try:
+            addr = ipaddress.ip_address(client_ip)
+            relay_ok = any(addr in net for net in self._relay_networks)
+        except ValueError:
+            relay_ok = False
+        return SessionPolicy(
+            hostname=self.config.hostname,
+            max_message_size=smtp.max_message_size,
+            max_recipients=smtp.max_recipients,
+            max_line_length=smtp.max_line_length,
+            max_errors=smtp.max_errors,
+            starttls_available=smtp.tls_cert is not None,
+            auth_enabled=bool(smtp.users),
+            auth_without_tls=smtp.auth_without_tls,
+            require_auth=smtp.require_auth,
+            relay_allowed=relay_ok and not smtp.require_auth,
+        )
+
+    def refuse(self) -> Reply | None:
+        """The greeting's refusal, while draining."""
+        if self.is_draining():
+            return Reply(421, "4.3.2", f"{self.config.hostname} is draining, try another server")
+        return None
+
+    async def handle_message(self, envelope: Envelope, data: bytes) -> Reply:
+        if self.is_draining():
+            self.metrics.intake.labels("smtp", "4xx").inc()
+            return Reply(421, "4.3.2", "service draining, try again later")
+        try:
+            queue_id = await self.submit(envelope, data)
+        except SpoolError as exc:
+            log.error("spool write failed: %s", exc)
+            self.metrics.intake.labels("smtp", "4xx").inc()
+            return Reply(451, "4.3.0", "temporary local problem, try again later")
+        self.metrics.intake.labels("smtp", "2xx").inc()
+        return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+    # -- the HTTP door -----------------------------------------------------------------
+
+    async def inject(self, envelope: Envelope, content: bytes) -> str:
+        """:meth:`submit`, counted as an HTTP injection. Raises SpoolError."""
+        try:
+            queue_id = await self.submit(envelope, content)
+        except SpoolError:
+            self.metrics.intake.labels("http", "5xx").inc()
+            raise
+        self.metrics.intake.labels("http", "2xx").inc()
+        return queue_id
+
+    # -- both --------------------------------------------------------------------------
+
+    async def submit(self, envelope: Envelope, data: bytes, *, is_dsn: bool = False) -> str:
+        """Route, store durably (fsync) and hand to delivery. Raises SpoolError."""
+        now = time.time()
+        queue_id = new_queue_id()
+        content, headers, message_id = prepare_message(
+            data, envelope, self.config.hostname, queue_id, now
+        )
+        content_class = classify_content(headers, len(envelope.rcpt_to))
+        default_pool = self.config.pools[0].name
+        recipients = []
+        for rcpt in envelope.rcpt_to:
+            decision = decide_route(
+                self.config.routes,
+                default_pool,
+                RoutingInput(
+                    envelope.mail_from,
+                    rcpt,
+                    headers,
+                    content_class,
+                    envelope.auth_user,
+                    envelope.client_ip,
+                ),
+            )
+            content_class = decision.content_class
+            recipients.append(NewRecipient(rcpt, decision.pool, decision.priority))
+            self.traces.add(
+                queue_id,
+                "routed",
+                rcpt,
+                decision.route_index,
+                decision.pool,
+                decision.priority,
+                decision.content_class,
+            )
+        message = NewMessage(
+            queue_id=queue_id,
+            sender=envelope.mail_from,
+            recipients=tuple(recipients),
+            content=content,
+            message_id=message_id,
+            received_at=now,
+            expires_at=now + self.config.delivery.max_lifetime,
+            client_ip=envelope.client_ip,
+            auth_user=envelope.auth_user,
+            content_class=content_class,
+            is_dsn=is_dsn,
+        )
+        inflight = self.handoff.has_room()
+        rids = await self.spool.store(message, inflight=inflight)
+        for r in recipients:
+            self.delivery_log.write(
+                "received",
+                queue_id=queue_id,
+                message_id=message_id,
+                sender=envelope.mail_from,
+                recipient=r.address,
+                recipient_domain=domain_of(r.address),
+                pool=r.pool,
+                client_ip=envelope.client_ip,
+                size=len(content),
+                **{"class": content_class},
+            )
+        if not inflight:
+            self.handoff.note_overflow()
+        else:
+            self.handoff.submit(
+                ClaimedMessage(
+                    msg_pk=0,
+                    queue_id=queue_id,
+                    sender=envelope.mail_from,
+                    message_id=message_id,
+                    content=content,
+                    received_at=now,
+                    expires_at=message.expires_at,
+                    content_class=content_class,
+                    is_dsn=is_dsn,
+                    recipients=[
+                        ClaimedRecipient(rid, r.address, r.pool, r.priority, 0)
+                        for rid, r in zip(rids, recipients, strict=True)
+                    ],
+                )
+            )
+        return queue_id
+
+    def __repr__(self) -> str:
+        state = "draining" if self.is_draining() else "accepting"
+        return f"IntakePipeline({state}, {len(self._policies)} cached policies)"
