@@ -158,8 +158,8 @@ def documented(
 ) -> Callable[[F], F]:
     """Declare a handler's answers: ``ok`` is (status, schema name or None,
     description); ``fails`` the error statuses it can return (problem documents);
-    ``query`` the (name, JSON type) of its query parameters. 401 is added for
-    every handler: any of them may need the key."""
+    ``query`` the (name, JSON type) of its query parameters. 401 comes from the
+    auth decorator around the handler (see :func:`mark_access`), not from here."""
 
     def mark(handler: F) -> F:
         status, schema, description = ok
@@ -167,11 +167,8 @@ def documented(
         responses: dict[str, Any] = {
             str(status): {"description": description, "content": {content_type: body}}
         }
-        for code in sorted({401, *fails}):
-            responses[str(code)] = {
-                "description": FAILURES[code],
-                "content": {"application/problem+json": {"schema": _ref("Problem")}},
-            }
+        for code in sorted(fails):
+            responses[str(code)] = _failure(code)
         spec: dict[str, Any] = {"responses": responses}
         if query:
             spec["parameters"] = [
@@ -183,10 +180,32 @@ def documented(
                 "required": True,
                 "content": {"application/json": {"schema": _ref(request)}},
             }
-        handler.__openapi__ = spec  # type: ignore[attr-defined]
+        setattr(handler, "__openapi__", spec)  # noqa: B010  (a function attribute)
         return handler
 
     return mark
+
+
+def mark_access(handler: F, access: str) -> F:
+    """Record how a handler is guarded: ``protected`` (always needs the key when
+    keys are set) or ``public`` (needs it only when ``public_read`` is false)."""
+    setattr(handler, "__access__", access)  # noqa: B010
+    return handler
+
+
+def _failure(code: int) -> dict[str, Any]:
+    return {
+        "description": FAILURES[code],
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+
+
+# Who may call: bearer always; bearer or nobody (public_read); nobody.
+_SECURITY: dict[str | None, list[dict[str, list[str]]]] = {
+    "protected": [{"bearer": []}],
+    "public": [{}, {"bearer": []}],
+    None: [],
+}
 
 
 def _parameters(path: str) -> list[dict[str, Any]]:
@@ -203,12 +222,18 @@ def document(routes: Iterable[BaseRoute], version: str) -> dict[str, Any]:
         spec = getattr(route.endpoint, "__openapi__", None)
         if spec is None:
             continue
+        access = getattr(route.endpoint, "__access__", None)
+        responses = dict(spec["responses"])
+        if access is not None:
+            responses["401"] = _failure(401)
         for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
             doc = (route.endpoint.__doc__ or "").strip()
             operation: dict[str, Any] = {
                 "operationId": re.sub(r"[^a-z0-9]+", "_", f"{method} {route.path}".lower()),
                 "summary": doc.splitlines()[0] if doc else route.endpoint.__name__,
                 **spec,
+                "responses": dict(sorted(responses.items())),
+                "security": _SECURITY[access],
             }
             parameters = _parameters(route.path) + spec.get("parameters", [])
             if parameters:

@@ -29,7 +29,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from smtplb import __version__
-from smtplb.api.openapi import document, documented
+from smtplb.api.openapi import document, documented, mark_access
 from smtplb.api.operations import Operations
 from smtplb.intake.address import valid_address
 from smtplb.model import Envelope, RecipientState
@@ -70,7 +70,7 @@ def protected(handler: Handler) -> Handler:
             return response
         return await handler(request)
 
-    return wrapper
+    return mark_access(wrapper, "protected")
 
 
 def public(handler: Handler) -> Handler:
@@ -82,7 +82,7 @@ def public(handler: Handler) -> Handler:
             return problem(401, "Unauthorized", "send Authorization: Bearer <api key>")
         return await handler(request)
 
-    return wrapper
+    return mark_access(wrapper, "public")
 
 
 def message_json(view: MessageView) -> dict[str, Any]:
@@ -189,12 +189,19 @@ async def queue_show(request: Request) -> Response:
 @protected
 @documented((200, "Retried", "How many recipients are due now"), fails=[404])
 async def queue_retry(request: Request) -> Response:
-    """Make deferred recipients due now (one message, or all with ``/queue/retry``)."""
-    queue_id = request.path_params.get("queue_id")
+    """Make one message's deferred recipients due now."""
+    queue_id = request.path_params["queue_id"]
     count = await _ops(request).retry(queue_id)
     if count is None:
-        return problem(404, "No such message", queue_id or "")
+        return problem(404, "No such message", queue_id)
     return JSONResponse({"retried": count})
+
+
+@protected
+@documented((200, "Retried", "How many recipients are due now"))
+async def queue_retry_all(request: Request) -> Response:
+    """Make every deferred recipient due now."""
+    return JSONResponse({"retried": await _ops(request).retry(None) or 0})
 
 
 @protected
@@ -356,7 +363,7 @@ ROUTES = [
     Route("/readyz", readyz),
     Route("/api/v1/messages", inject, methods=["POST"]),
     Route("/api/v1/queue", queue_list),
-    Route("/api/v1/queue/retry", queue_retry, methods=["POST"]),
+    Route("/api/v1/queue/retry", queue_retry_all, methods=["POST"]),
     Route("/api/v1/queue/{queue_id}", queue_show),
     Route("/api/v1/queue/{queue_id}", queue_delete, methods=["DELETE"]),
     Route("/api/v1/queue/{queue_id}/retry", queue_retry, methods=["POST"]),
