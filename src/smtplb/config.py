@@ -81,6 +81,9 @@ class HttpConfig(_Struct):
     listen: str = "127.0.0.1:8025"
     api_keys: list[str] = msgspec.field(default_factory=list)
     public_read: bool = True
+    # Host names besides localhost, IP literals, `hostname` and the listen host;
+    # "*": any (see smtplb.api.security).
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
 
 
 class MemberConfig(_Struct):
@@ -313,6 +316,12 @@ def _validate(cfg: Config) -> list[str]:
         parse_hostport(cfg.http.listen)
     except ValueError as exc:
         problems.append(f"http.listen: {exc}")
+    for i, name in enumerate(cfg.http.allowed_hosts):
+        check(
+            name == "*" or re.fullmatch(r"[A-Za-z0-9._\-]+|\[[0-9A-Fa-f:.]+\]", name) is not None,
+            f"http.allowed_hosts[{i}]",
+            f'{name!r} is not a host name (e.g. "smtplb.example.com", no scheme or port)',
+        )
 
     pool_names: set[str] = set()
     member_names: set[str] = set()

@@ -77,7 +77,10 @@ def test_dashboard_shows_members_and_updates_without_reload(
     js_errors: list[str] = []
     page.on("pageerror", lambda exc: js_errors.append(str(exc)))
     page.on("console", lambda msg: msg.type == "error" and js_errors.append(msg.text))
-    page.goto(node.api_url + "/")
+    response = page.goto(node.api_url + "/")
+    # Served under a strict CSP: a blocked inline script or style would show in js_errors.
+    assert response is not None
+    assert "script-src 'self'" in response.headers["content-security-policy"]
     page.evaluate("window.loadMarker = 'set at first load'")
     loaded_at = page.evaluate("window.smtplbDashboard.loadedAt")
 

@@ -16,8 +16,6 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from email.message import EmailMessage
-from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +27,17 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from smtplb import __version__
+from smtplb.api.compose import build_message, check_envelope_headers, raw_content
 from smtplb.api.openapi import document, documented, mark_access
 from smtplb.api.operations import Operations
+from smtplb.api.problem import problem
+from smtplb.api.security import guard
 from smtplb.intake.address import valid_address
 from smtplb.model import Envelope, RecipientState
+from smtplb.observability.live import redacted
 from smtplb.spool.base import MessageView, SpoolError
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def problem(status: int, title: str, detail: str = "") -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status}
-    if detail:
-        body["detail"] = detail
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
 
 
 def _ops(request: Request) -> Operations:
@@ -59,6 +54,14 @@ def _authorized(request: Request) -> bool:
     if scheme.lower() != "bearer" or not token:
         return False
     return any(hmac.compare_digest(token.encode(), k.encode()) for k in keys)
+
+
+def _public_json(request: Request, view: dict[str, Any]) -> JSONResponse:
+    """A view served without a key: addresses redacted unless a valid key came with it
+    (not merely: none is configured)."""
+    if _ops(request).config.http.api_keys and _authorized(request):
+        return JSONResponse(view)
+    return JSONResponse(redacted(view))
 
 
 def protected(handler: Handler) -> Handler:
@@ -135,8 +138,9 @@ async def metrics(request: Request) -> Response:
 async def overview(request: Request) -> Response:
     """Aggregates for the dashboard: pools, members, queue, charts, recent errors.
 
-    No addresses or content: public while ``public_read`` is true."""
-    return JSONResponse(await _ops(request).overview())
+    Public while ``public_read`` is true: without a valid key, anything address-like
+    (upstream replies name recipients) is redacted."""
+    return _public_json(request, await _ops(request).overview())
 
 
 # -- queue ---------------------------------------------------------------------------
@@ -297,20 +301,17 @@ async def inject(request: Request) -> Response:
     bad = [r for r in rcpts if not isinstance(r, str) or not valid_address(r)]
     if bad:
         return problem(422, "Invalid recipients", f"not addresses: {bad!r}")
+    refused = check_envelope_headers(sender, rcpts)
+    if refused is not None:
+        return refused
     limit = ops.config.smtp.max_recipients
     if len(rcpts) > limit:
         return problem(422, "Too many recipients", f"at most {limit} per message")
     raw = body.get("raw")
-    if raw is not None:
-        if not isinstance(raw, str):
-            return problem(422, "Invalid raw", "'raw' must be the message as a string")
-        content = raw.encode("utf-8")
-        content = content.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-    else:
-        built = _build_message(sender, rcpts, body)
-        if isinstance(built, JSONResponse):
-            return built
-        content = built
+    built = raw_content(raw) if raw is not None else build_message(sender, rcpts, body)
+    if isinstance(built, JSONResponse):
+        return built
+    content = built
     if len(content) > ops.config.smtp.max_message_size:
         return problem(413, "Message too large", "over smtp.max_message_size")
     envelope = Envelope(
@@ -325,33 +326,6 @@ async def inject(request: Request) -> Response:
     except SpoolError:
         return problem(503, "Spool unavailable", "the message was not accepted; retry later")
     return JSONResponse({"queue_id": queue_id}, status_code=202)
-
-
-def _build_message(sender: str, rcpts: list[str], body: dict[str, Any]) -> bytes | JSONResponse:
-    text, html, subject = body.get("text"), body.get("html"), body.get("subject", "")
-    headers = body.get("headers") or {}
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
-        return problem(422, "Invalid headers", "'headers' must map names to strings")
-    if text is None and html is None:
-        return problem(422, "No content", "give 'raw', or 'text' and/or 'html'")
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = sender or "<>"
-    msg["To"] = ", ".join(rcpts)
-    msg["Subject"] = str(subject)
-    for name, value in headers.items():
-        if "\n" in value or "\r" in value or "\n" in name or ":" in name:
-            return problem(422, "Invalid headers", f"header {name!r} has a line break")
-        msg[name] = value
-    if text is not None:
-        msg.set_content(str(text))
-    if html is not None:
-        if text is None:
-            msg.set_content(str(html), subtype="html")
-        else:
-            msg.add_alternative(str(html), subtype="html")
-    return msg.as_bytes()
 
 
 # -- the app ---------------------------------------------------------------------------
@@ -399,7 +373,8 @@ def create_app(ops: Operations) -> Starlette:
             *ROUTES,
             Route("/openapi.json", openapi),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
-        ]
+        ],
+        middleware=[guard(lambda: ops.config)],
     )
     app.state.ops = ops
     return app

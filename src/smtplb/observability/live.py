@@ -2,11 +2,14 @@
 minutes, per-member throughput and latency, and the recent errors.
 
 Fed by the delivery-log event stream; memory is bounded by the window.
-Recent errors carry member, code and reply text, never addresses.
+Recent errors carry member, code and the upstream's reply text, which often
+names the recipient (``<victim@example.org>: Recipient address rejected``):
+views served without a valid API key pass through :func:`redacted`.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -14,6 +17,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SERIES = ("received", "delivered", "deferred", "bounced", "failover")
+
+REDACTED = "[address]"
+# Anything address-like: a local part (atom-ish or quoted) and/or a domain (name
+# or literal) around "@" or its URL escape "%40". Deliberately loose: a lone
+# "@word" or "word@" goes too; a reply naming a user without "@" is not caught.
+_LOCAL = r'(?:"[^"\r\n]*"|[^\s<>()\[\]{},;:"\'@]+)'
+_DOMAIN = r"(?:\[[^\]\s]*\]|[^\s<>()\[\]{},;:\"'@]+)"
+_ADDRESS_LIKE = re.compile(rf"{_LOCAL}?(?:@|%40){_DOMAIN}|{_LOCAL}(?:@|%40)", re.IGNORECASE)
+
+
+def redact_addresses(text: str) -> str:
+    """``<victim@leak.test>: rejected`` → ``<[address]>: rejected``."""
+    return _ADDRESS_LIKE.sub(REDACTED, text) if ("@" in text or "%" in text) else text
+
+
+def redacted(value: Any) -> Any:
+    """A JSON-like value with every string's addresses redacted (keys are left alone)."""
+    if isinstance(value, str):
+        return redact_addresses(value)
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(v) for v in value]
+    return value
 
 
 @dataclass(slots=True)
