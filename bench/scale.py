@@ -158,8 +158,8 @@ class Phase:
 
 
 def api(server: SmtplbServer, path: str, method: str = "GET", timeout: float = 600) -> Any:
-    data = b"" if method == "POST" else None
-    req = urllib.request.Request(server.api_url + path, method=method, data=data)
+    # No body: with data=b"" urllib would declare a form, which the API refuses (415).
+    req = urllib.request.Request(server.api_url + path, method=method)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
