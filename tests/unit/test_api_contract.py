@@ -109,7 +109,9 @@ class Client:
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         async def go() -> httpx.Response:
             transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            # localhost: a Host the API answers to (others get 421, see api/security.py)
+            base = "http://localhost"
+            async with httpx.AsyncClient(transport=transport, base_url=base) as client:
                 return await client.request(method, path, **kwargs)
 
         return asyncio.run(go())

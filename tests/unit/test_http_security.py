@@ -362,3 +362,14 @@ def test_any_fields_give_a_message_or_a_422_and_never_an_injected_header(
 def msg_names(data: bytes) -> list[str]:
     head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
     return [line.split(":", 1)[0] for line in head.split("\r\n") if line and line[0] not in " \t"]
+
+
+def test_the_guard_answers_are_in_the_openapi_document() -> None:
+    from smtplb.api.openapi import document
+    from smtplb.api.routes import ROUTES
+
+    paths = document(ROUTES, "test")["paths"]
+    inject = set(paths["/api/v1/messages"]["post"]["responses"])
+    assert {"403", "413", "415", "421"} <= inject
+    queue = set(paths["/api/v1/queue"]["get"]["responses"])
+    assert {"413", "421"} <= queue and not {"403", "415"} & queue

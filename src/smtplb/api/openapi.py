@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 from starlette.routing import BaseRoute, Route
 
+from smtplb.api.security import guard_answers
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _STR = {"type": "string"}
@@ -141,8 +143,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 FAILURES = {
     400: "Malformed request (bad JSON, an unknown state, a non-integer limit)",
     401: "No or wrong API key (send Authorization: Bearer KEY)",
+    403: "Sent by a page of another site (Sec-Fetch-Site or Origin)",
     404: "No such message or member",
-    413: "Message larger than smtp.max_message_size",
+    413: "Message larger than smtp.max_message_size, or a body over twice that",
+    415: "A body that is not application/json",
+    421: "A Host that is not a name of this node (see http.allowed_hosts)",
     422: "Invalid field (sender, recipients, headers, content)",
     503: "Not now: draining, or the spool is unavailable; retry later or elsewhere",
 }
@@ -227,12 +232,13 @@ def document(routes: Iterable[BaseRoute], version: str) -> dict[str, Any]:
         if access is not None:
             responses["401"] = _failure(401)
         for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
+            answers = {**responses, **{str(c): _failure(c) for c in guard_answers(method)}}
             doc = (route.endpoint.__doc__ or "").strip()
             operation: dict[str, Any] = {
                 "operationId": re.sub(r"[^a-z0-9]+", "_", f"{method} {route.path}".lower()),
                 "summary": doc.splitlines()[0] if doc else route.endpoint.__name__,
                 **spec,
-                "responses": dict(sorted(responses.items())),
+                "responses": dict(sorted(answers.items())),
                 "security": _SECURITY[access],
             }
             parameters = _parameters(route.path) + spec.get("parameters", [])
