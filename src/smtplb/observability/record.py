@@ -78,5 +78,5 @@ def member_record(event: str, pool: str, member: str, reason: str) -> DeliveryRe
     return DeliveryRecord(event=event, pool=pool, member=member, response=reason)
 
 
-encode = msgspec.json.Encoder().encode
+encode = msgspec.json.Encoder().encode  # a record or a list of them (a webhook batch)
 decode = msgspec.json.Decoder(DeliveryRecord).decode

@@ -19,13 +19,11 @@ import logging
 from collections import deque
 
 import httpx
-import msgspec
 
 from smtplb.config import WebhookConfig
-from smtplb.observability.record import DeliveryRecord
+from smtplb.observability.record import DeliveryRecord, encode
 
 log = logging.getLogger("smtplb.webhooks")
-_encode = msgspec.json.Encoder().encode
 
 
 class WebhookEndpoint:
@@ -58,7 +56,7 @@ class WebhookEndpoint:
             await self._post_with_retries(batch)
 
     async def _post_with_retries(self, batch: list[DeliveryRecord]) -> None:
-        body = _encode(batch)
+        body = encode(batch)
         headers = {"Content-Type": "application/json", "User-Agent": "smtplb-webhook"}
         if self.config.secret:
             digest = hmac.new(self.config.secret.encode(), body, hashlib.sha256).hexdigest()
