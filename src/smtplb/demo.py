@@ -18,13 +18,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import click
 
 from smtplb.app import build_service
 from smtplb.config import parse_config
 from smtplb.delivery.connection import ConnectError, ConnectionSettings, SmtpClientConnection
+from smtplb.observability.record import DeliveryRecord
 from smtplb.service import Service
 from smtplb.sink.server import DomainRule, SinkProfile, SinkServer, parse_reply
 
@@ -38,12 +38,12 @@ class Traffic:
     # (queue_id, recipient) -> last event, for the application's mail (not DSNs)
     fate: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def on_record(self, record: dict[str, Any]) -> None:
-        if record.get("sender") != "app@shop.test":
+    def on_record(self, record: DeliveryRecord) -> None:
+        if record.sender != "app@shop.test" or not record.queue_id or not record.recipient:
             return
-        event = record["event"]
+        event = record.event
         if event in ("received", "delivered", "deferred", "bounced", "expired"):
-            self.fate[(record["queue_id"], record["recipient"])] = event
+            self.fate[(record.queue_id, record.recipient)] = event
 
 
 def _profiles() -> dict[str, SinkProfile]:

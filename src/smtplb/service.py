@@ -37,6 +37,7 @@ from smtplb.model import Envelope, RecipientState
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.live import LiveStats
 from smtplb.observability.metrics import Metrics
+from smtplb.observability.record import member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
 from smtplb.spool.base import MessageView, Spool
@@ -240,12 +241,8 @@ class Service:
             return None
         member.paused = paused
         self.paused.set(name, paused)  # peers and the next start follow the file
-        self.delivery_log.write(
-            "member_paused" if paused else "member_resumed",
-            pool=member.pool,
-            member=name,
-            response="operator",
-        )
+        event = "member_paused" if paused else "member_resumed"
+        self.delivery_log.write(member_record(event, member.pool, name, "operator"))
         self.dispatcher.wake()
         return next(m for m in self.member_views() if m["name"] == name)
 

@@ -39,6 +39,11 @@ def ids(sink: ThreadedSink, prefix: str) -> list[str]:
     return [m.message_id for m in sink.received if (m.message_id or "").startswith(prefix)]
 
 
+def health(node: Smtplb, member: str) -> str:
+    _, body = node.api("/api/v1/members")
+    return str(next(m["health"] for m in body["members"] if m["name"] == member))
+
+
 def test_weighted_1_2_3_shares(
     tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
 ) -> None:
@@ -154,7 +159,11 @@ def test_round_robin_loses_nothing_when_an_upstream_dies_and_takes_it_back(
     assert len(attempts) <= 3, attempts
 
     victim.restart()
-    time.sleep(4)  # the scenario: traffic resumes 4 s after the restart
+    # The scenario sends again "4 s after the restart": by then health checks (rise 2 at
+    # 1 s intervals) have taken the member back. Wait for exactly that, not for 4 s.
+    restarted = time.monotonic()
+    wait_until(lambda: health(node, name) == "up", 30, f"{name} up after its restart")
+    print(f"{name} up {time.monotonic() - restarted:.1f} s after its restart")
     before = len(ids(victim, "<back-"))
     send_all(node.smtp_port, [f"u{i}@example.org" for i in range(600)], clients=3, tag="back")
     wait_until(lambda: sum(len(ids(s, "<back-")) for s in ups) >= 600, 60, "600 more deliveries")

@@ -15,18 +15,16 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smtplb.cli import main
 from smtplb.observability.analyze import (
     Analyzer,
-    Event,
-    Verdict,
     analyze_lines,
-    chronological,
-    logs,
     normalise_reason,
-    parse_line,
     percentile,
     render_table,
 )
+from smtplb.observability.log_reader import Verdict, chronological, parse_line
+from smtplb.observability.record import DeliveryRecord
 
 # Written the way dispatcher._log_rcpt / _log_job / member_event / sweep_expired and
 # service.submit write them.
@@ -100,18 +98,22 @@ def test_parse_postfix_sent_line() -> None:
     line = _postfix_line("to=<bob@example.com>")
     source, ev = parse_line(line)
     assert source == "postfix"
-    assert isinstance(ev, Event)
-    assert (ev.kind, ev.queue_id, ev.recipient) == ("delivered", "4F9D195432", "bob@example.com")
-    assert (ev.pool, ev.member, ev.domain) == ("postfix", "mx.example.com:25", "example.com")
-    assert (ev.code, ev.enhanced) == (250, "2.0.0")
+    assert isinstance(ev, DeliveryRecord)
+    assert (ev.event, ev.queue_id, ev.recipient) == ("delivered", "4F9D195432", "bob@example.com")
+    assert (ev.pool, ev.member, ev.recipient_domain) == (
+        "postfix",
+        "mx.example.com:25",
+        "example.com",
+    )
+    assert (ev.code, ev.enhanced_code) == (250, "2.0.0")
     assert ev.latency_ms == 740.0  # the "d" of delays: transmission
     assert ev.delay_ms == 1400.0
 
 
 def test_parse_postfix_bounce_strips_host_said_and_in_reply_to() -> None:
     _, ev = parse_line(_postfix_line("to=<nobody@example.com>"))
-    assert isinstance(ev, Event)
-    assert (ev.kind, ev.code, ev.enhanced) == ("bounced", 550, "5.1.1")
+    assert isinstance(ev, DeliveryRecord)
+    assert (ev.event, ev.code, ev.enhanced_code) == ("bounced", 550, "5.1.1")
     assert ev.response == (
         "<nobody@example.com>: Recipient address rejected: User unknown in virtual mailbox table"
     )
@@ -119,8 +121,8 @@ def test_parse_postfix_bounce_strips_host_said_and_in_reply_to() -> None:
 
 def test_parse_postfix_relay_none_has_no_member_and_no_code() -> None:
     _, ev = parse_line(_postfix_line("to=<y@slow.example>"))
-    assert isinstance(ev, Event)
-    assert (ev.kind, ev.member, ev.code, ev.enhanced) == ("deferred", None, None, "4.4.1")
+    assert isinstance(ev, DeliveryRecord)
+    assert (ev.event, ev.member, ev.code, ev.enhanced_code) == ("deferred", None, None, "4.4.1")
     assert ev.response == "connect to mx.slow.example[203.0.113.9]:25: Connection timed out"
 
 
@@ -162,7 +164,7 @@ def test_parse_long_queue_ids_and_postlog_timestamps() -> None:
         "status=sent (250 ok)"
     )
     _, ev = parse_line(line)
-    assert isinstance(ev, Event)
+    assert isinstance(ev, DeliveryRecord)
     assert (ev.queue_id, ev.member, ev.latency_ms) == ("4TqLm36Bq1z9sXY", "127.0.0.1:2526", 100.0)
 
 
@@ -405,7 +407,7 @@ def test_totals_do_not_depend_on_how_lines_are_split_into_files(
 
 
 def _run(*args: str) -> Any:
-    return CliRunner().invoke(logs, ["analyze", *args])
+    return CliRunner().invoke(main, ["logs", "analyze", *args])
 
 
 def test_cli_table(tmp_path: Path) -> None:
@@ -487,7 +489,7 @@ def test_cli_reads_rotated_and_gzipped_files_oldest_first(tmp_path: Path) -> Non
 
 
 def test_cli_reads_standard_input() -> None:
-    result = CliRunner().invoke(logs, ["analyze", "-", "--json"], input=POSTFIX_LOG)
+    result = CliRunner().invoke(main, ["logs", "analyze", "-", "--json"], input=POSTFIX_LOG)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["overall"]["delivered"] == 4
 

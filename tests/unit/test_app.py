@@ -61,18 +61,21 @@ def test_a_spawned_task_is_held_until_it_ends(build: Callable[..., Service]) -> 
     service = build()
 
     async def scenario() -> None:
-        finished = asyncio.Event()
+        release = asyncio.Event()
 
         async def job() -> None:
-            await asyncio.sleep(0.01)
-            finished.set()
+            await release.wait()  # suspended, not done, while nothing else refers to it
 
         task = service.spawn(job())
         del task
         gc.collect()
         assert len(service._background) == 1
-        await asyncio.wait_for(finished.wait(), 5)
-        await asyncio.sleep(0)
+        [held] = service._background
+        release.set()
+        # Awaiting it wakes us from a done callback added after the service's own,
+        # so by then the service has let go of it.
+        await asyncio.wait_for(held, 5)
+        del held
         assert service._background == set()
 
     asyncio.run(scenario())

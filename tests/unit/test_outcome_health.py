@@ -7,14 +7,12 @@ from hypothesis import strategies as st
 
 from smtplb.balancing.health import HealthState, PassiveHealth
 from smtplb.delivery.outcome import (
-    BounceKind,
     Outcome,
     RetrySchedule,
-    classify_reply,
     outcome_of,
     transaction_outcomes,
 )
-from smtplb.model import Reply
+from smtplb.model import BounceKind, Reply, classify_reply
 
 
 def test_classify_reply() -> None:

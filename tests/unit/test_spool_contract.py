@@ -566,6 +566,7 @@ def test_sqlite_record_waits_for_the_next_commit_instead_of_making_one(db: Path)
         [rid] = await spool.store(msg("q1"))
         before = spool.commits
         recorded = asyncio.create_task(spool.record([RecipientResult(rid, S.DELIVERED, code=250)]))
+        # An absence has no event to wait for: give a commit of its own time to show.
         await asyncio.sleep(0.2)
         assert not recorded.done() and spool.commits == before  # no commit of its own
         await spool.store(msg("q2"))  # a message that must be durable now: one commit
@@ -597,7 +598,7 @@ def test_sqlite_close_commits_pending_lazy_records(db: Path) -> None:
         recorded = asyncio.create_task(
             spool.record([RecipientResult(r, S.DELIVERED, code=250) for r in rids])
         )
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a yield: each new task runs to its first await (its op queued)
         await spool.close()
         await recorded
         spool = SqliteSpool(db)
@@ -654,7 +655,7 @@ def test_sqlite_failed_operation_fails_only_its_caller(db: Path) -> None:
         await spool.store(msg("dup"))
         async with Gate(spool):
             tasks = [asyncio.create_task(spool.store(msg(q))) for q in ("a", "dup", "b")]
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield: each new task runs to its first await (its op queued)
             before = spool.commits
         a, dup, b = await asyncio.gather(*tasks, return_exceptions=True)
         assert spool.commits - before == 2  # all three were in one batch
@@ -685,7 +686,7 @@ def test_sqlite_failed_commit_fails_the_batch_and_spool_recovers(db: Path) -> No
         async with Gate(spool):
             poison = asyncio.create_task(spool._write(deny_next_commit))
             tasks = [asyncio.create_task(spool.store(msg(f"q{i}"))) for i in range(5)]
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield: each new task runs to its first await (its op queued)
         results = await asyncio.gather(poison, *tasks, return_exceptions=True)
         assert denied
         assert all(isinstance(r, SpoolError) for r in results), results
@@ -712,7 +713,7 @@ def test_sqlite_disk_full_fails_closed_then_recovers(db: Path) -> None:
                 asyncio.create_task(spool.store(m))
                 for m in (msg("a"), msg("big", content=b"x" * 1_000_000), msg("b"))
             ]
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield: each new task runs to its first await (its op queued)
         a, big, b = await asyncio.gather(*tasks, return_exceptions=True)
         assert isinstance(big, SpoolError) and "full" in str(big)
         assert isinstance(a, list) and isinstance(b, list)
@@ -743,7 +744,7 @@ def test_sqlite_cancelled_caller_does_not_break_the_writer(db: Path) -> None:
         await spool.open()
         async with Gate(spool):
             task = asyncio.create_task(spool.store(msg("cancelled")))
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield: each new task runs to its first await (its op queued)
             task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

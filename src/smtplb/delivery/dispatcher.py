@@ -37,6 +37,7 @@ from smtplb.delivery.mx import MxResolver, ResolveError
 from smtplb.delivery.outcome import RetrySchedule, transaction_outcomes
 from smtplb.model import RecipientState, Reply, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
+from smtplb.observability.record import DeliveryRecord, member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.spool.base import (
     ClaimedMessage,
@@ -423,47 +424,49 @@ class Dispatcher:
     ) -> None:
         msg = job.message
         self.log.write(
-            event,
-            queue_id=msg.queue_id,
-            message_id=msg.message_id,
-            sender=msg.sender,
-            recipient=rcpt.address,
-            recipient_domain=job.domain,
-            provider=None,
-            pool=job.pool,
-            member=member.name if member else None,
-            source_ip=member.source_ip if member else None,
-            upstream=upstream or None,
-            code=reply.code,
-            enhanced_code=reply.enhanced,
-            response=reply.text,
-            latency_ms=round(latency * 1000, 1) if member else None,
-            delay_ms=round((time.time() - msg.received_at) * 1000, 1),
-            attempt=attempt,
-            **{"class": msg.content_class},
-            variant=None,
+            DeliveryRecord(
+                event=event,
+                queue_id=msg.queue_id,
+                message_id=msg.message_id,
+                sender=msg.sender,
+                recipient=rcpt.address,
+                recipient_domain=job.domain,
+                pool=job.pool,
+                member=member.name if member else None,
+                source_ip=member.source_ip if member else None,
+                upstream=upstream or None,
+                code=reply.code,
+                enhanced_code=reply.enhanced,
+                response=reply.text,
+                latency_ms=round(latency * 1000, 1) if member else None,
+                delay_ms=round((time.time() - msg.received_at) * 1000, 1),
+                attempt=attempt,
+                klass=msg.content_class,
+            )
         )
 
     def _log_job(self, job: Job, event: str, *, member: Member, response: str) -> None:
         for rcpt in job.recipients:
             self.log.write(
-                event,
-                queue_id=job.message.queue_id,
-                message_id=job.message.message_id,
-                sender=job.message.sender,
-                recipient=rcpt.address,
-                recipient_domain=job.domain,
-                pool=job.pool,
-                member=member.name,
-                source_ip=member.source_ip,
-                response=response,
-                attempt=rcpt.attempts + 1,
-                **{"class": job.message.content_class},
+                DeliveryRecord(
+                    event=event,
+                    queue_id=job.message.queue_id,
+                    message_id=job.message.message_id,
+                    sender=job.message.sender,
+                    recipient=rcpt.address,
+                    recipient_domain=job.domain,
+                    pool=job.pool,
+                    member=member.name,
+                    source_ip=member.source_ip,
+                    response=response,
+                    attempt=rcpt.attempts + 1,
+                    klass=job.message.content_class,
+                )
             )
 
     def member_event(self, member: Member, event: str, reason: str) -> None:
         log.info("member %s: %s (%s)", member.name, event, reason)
-        self.log.write(event, pool=member.pool, member=member.name, response=reason)
+        self.log.write(member_record(event, member.pool, member.name, reason))
 
     # -- background loops ----------------------------------------------------------
 
@@ -523,15 +526,17 @@ class Dispatcher:
         for rcpt in expired:
             by_message.setdefault(rcpt.msg_pk, []).append(rcpt)
             self.log.write(
-                "expired",
-                queue_id=rcpt.queue_id,
-                message_id=rcpt.message_id,
-                sender=rcpt.sender,
-                recipient=rcpt.address,
-                recipient_domain=domain_of(rcpt.address),
-                code=rcpt.last_code,
-                enhanced_code=rcpt.last_enhanced,
-                response=rcpt.last_response or "maximum queue lifetime exceeded",
+                DeliveryRecord(
+                    event="expired",
+                    queue_id=rcpt.queue_id,
+                    message_id=rcpt.message_id,
+                    sender=rcpt.sender,
+                    recipient=rcpt.address,
+                    recipient_domain=domain_of(rcpt.address),
+                    code=rcpt.last_code,
+                    enhanced_code=rcpt.last_enhanced,
+                    response=rcpt.last_response or "maximum queue lifetime exceeded",
+                )
             )
         for rcpts in by_message.values():
             first = rcpts[0]

@@ -25,6 +25,7 @@ from smtplb.intake.session import SessionPolicy
 from smtplb.model import Envelope, Reply, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.metrics import Metrics
+from smtplb.observability.record import DeliveryRecord
 from smtplb.observability.trace import TraceBook
 from smtplb.routing.routes import RoutingInput, classify_content, decide_route
 from smtplb.spool.base import (
@@ -205,16 +206,18 @@ class IntakePipeline:
         rids = await self.spool.store(message, inflight=inflight)
         for r in recipients:
             self.delivery_log.write(
-                "received",
-                queue_id=queue_id,
-                message_id=message_id,
-                sender=envelope.mail_from,
-                recipient=r.address,
-                recipient_domain=domain_of(r.address),
-                pool=r.pool,
-                client_ip=envelope.client_ip,
-                size=len(content),
-                **{"class": content_class},
+                DeliveryRecord(
+                    event="received",
+                    queue_id=queue_id,
+                    message_id=message_id,
+                    sender=envelope.mail_from,
+                    recipient=r.address,
+                    recipient_domain=domain_of(r.address),
+                    pool=r.pool,
+                    klass=content_class,
+                    client_ip=envelope.client_ip,
+                    size=len(content),
+                )
             )
         if not inflight:
             self.handoff.note_overflow()

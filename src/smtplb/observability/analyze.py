@@ -1,19 +1,20 @@
 """``smtplb logs analyze``: deliverability from delivery logs (SPEC §2.6).
 
-Theory of operation. Every input line is auto-detected: a JSON object is a
-record of smtplb's delivery log; a syslog line from ``postfix/<agent>`` is
-Postfix's mail log. Both become the same :class:`Event`, so counting is one
-piece of code. :class:`Analyzer` is sans-IO: ``feed()`` lines, get a
-:class:`Report` from ``report()``. The click command at the bottom is the only
-part that opens files.
+Theory of operation. :mod:`smtplb.observability.log_reader` turns each line,
+smtplb's JSON Lines or Postfix's mail log, into a
+:class:`~smtplb.observability.record.DeliveryRecord` (or a Postfix
+:class:`~smtplb.observability.log_reader.QueueEvent` about a whole message),
+so counting is one piece of code. :class:`Analyzer` is sans-IO: ``feed()``
+lines, get a :class:`Report` from ``report()``; :func:`render_table` prints
+it. The ``smtplb logs analyze`` command in :mod:`smtplb.cli` opens the files.
 
 What is counted, per group and overall:
 
 * *attempted* — distinct recipients (queue id, address) with a delivery
   outcome; *final* — delivered + bounced + expired events; *deliverability*
   is delivered / final.
-* bounces are split by :func:`smtplb.delivery.outcome.classify_reply`: HARD is
-  a hard bounce, anything else permanent (policy included) a soft one.
+* bounces are split by :func:`smtplb.model.classify_reply`: HARD is a hard
+  bounce, anything else permanent (policy included) a soft one.
 * *deferrals* count events; *ever deferred* counts recipients.
 * a recipient's ``expired`` record inherits pool/member/… from its last
   deferral (the sweeper does not know them; Postfix logs expiry per message).
@@ -25,23 +26,17 @@ are pruned, and latency/delay samples become a seeded reservoir above
 
 from __future__ import annotations
 
-import enum
-import gzip
-import io
 import math
 import random
 import re
-import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
-from typing import IO
+from collections.abc import Callable, Iterable, Sequence
 
-import click
 import msgspec
 
-from smtplb.delivery.outcome import BounceKind, classify_reply
-from smtplb.model import Reply, domain_of
+from smtplb.model import BounceKind, Reply, classify_reply, domain_of
+from smtplb.observability.log_reader import QueueEvent, Verdict, parse_line
+from smtplb.observability.record import DeliveryRecord
 
 DIMENSIONS = ("pool", "member", "provider", "class", "variant", "domain")
 SAMPLE_CAP = 200_000
@@ -49,166 +44,30 @@ TOP_REASONS = 5
 _REASONS_KEEP = 1_000  # pruning keeps this many when a counter passes 10×
 _FINAL = frozenset({"delivered", "bounced", "expired"})
 _ATTEMPTS = _FINAL | {"deferred"}
-_COUNTED = _ATTEMPTS | {"received", "suppressed", "complaint", "failover"}
+_INHERITED = ("pool", "member", "provider", "klass", "variant", "recipient_domain")
 
 
-# -- normalised events -------------------------------------------------------------
+def _domain(record: DeliveryRecord) -> str | None:
+    if record.recipient_domain:
+        return record.recipient_domain
+    return domain_of(record.recipient) if record.recipient else None
 
 
-class Event(msgspec.Struct):
-    """One line's meaning, whatever format it came in; decodes a delivery-log record."""
-
-    kind: str = msgspec.field(name="event")  # Postfix adds "expire_queue" and "removed"
-    queue_id: str | None = None
-    recipient: str | None = None
-    pool: str | None = None
-    member: str | None = None
-    provider: str | None = None
-    klass: str | None = msgspec.field(default=None, name="class")
-    variant: str | None = None
-    domain: str | None = msgspec.field(default=None, name="recipient_domain")
-    code: int | None = None
-    enhanced: str | None = msgspec.field(default=None, name="enhanced_code")
-    response: str | None = None
-    latency_ms: float | None = None
-    delay_ms: float | None = None
-    nrcpt: int = 1
-
-    def dimension(self, name: str) -> str:
-        if name == "domain":
-            value = self.domain or (domain_of(self.recipient) if self.recipient else None)
-        else:
-            value = getattr(self, "klass" if name == "class" else name)
-        return value or "-"
-
-    def inherit(self, other: Event) -> None:
-        """Fill what this record lacks from an earlier one about the same recipient."""
-        for name in ("pool", "member", "provider", "klass", "variant", "domain"):
-            if getattr(self, name) is None:
-                setattr(self, name, getattr(other, name))
+_DIMENSION: dict[str, Callable[[DeliveryRecord], str | None]] = {
+    "pool": lambda r: r.pool,
+    "member": lambda r: r.member,
+    "provider": lambda r: r.provider,
+    "class": lambda r: r.klass,
+    "variant": lambda r: r.variant,
+    "domain": _domain,
+}
 
 
-class Verdict(enum.Enum):
-    IGNORED = "ignored"  # understood, but not a recipient outcome (smtpd, member_down…)
-    FOREIGN = "foreign"  # a syslog line from another program
-    SKIPPED = "skipped"  # unreadable
-
-
-_decode_record = msgspec.json.Decoder(Event).decode
-
-
-def parse_json(line: str) -> Event | Verdict:
-    try:
-        event = _decode_record(line)
-    except msgspec.DecodeError:
-        return Verdict.SKIPPED
-    return event if event.kind in _COUNTED else Verdict.IGNORED
-
-
-_SYSLOG = re.compile(
-    r"(?:\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?"  # RFC 3339
-    r"|[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)?)"  # Mon DD HH:MM:SS
-    r" \S+ (?P<prog>[^\s\[:]+)(?:\[\d+\])?: (?P<msg>.*)"
-)
-# Short queue ids are hex; long ones avoid vowels, so "warning:" is no queue id.
-_QUEUE_ID = re.compile(r"([0-9A-F]{6,}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}): (.*)")
-_FIELD = re.compile(r"(?:^|, )([a-z_]+)=(<[^>]*>|[^,]*)")
-_RELAY = re.compile(r"([^\[\s]*)\[([^\]]*)\](?::(\d+))?")
-_POSTFIX_STATUS = {"sent": "delivered", "deferred": "deferred", "bounced": "bounced"}
-_POSTFIX_REPLY = re.compile(r"(?:host \S+ said: )?(\d{3})(?:[ -](\d\.\d{1,3}\.\d{1,3}))?[ -]?(.*)")
-_IN_REPLY_TO = re.compile(r"\s*\(in reply to [^)]*\)$")
-
-
-def parse_syslog(line: str) -> Event | Verdict:
-    m = _SYSLOG.match(line)
-    if m is None:
-        return Verdict.SKIPPED
-    prog, msg = m.group("prog", "msg")
-    q = _QUEUE_ID.match(msg)
-    if "/" not in prog:
-        return Verdict.FOREIGN
-    if q is None:
-        return Verdict.IGNORED  # connect/disconnect, NOQUEUE rejects, warnings
-    agent = prog.rsplit("/", 1)[1]
-    queue_id, rest = q.groups()
-    if rest.startswith("to=<"):
-        return _postfix_recipient(queue_id, rest)
-    if agent in ("qmgr", "nqmgr"):
-        if rest == "removed":
-            return Event("removed", queue_id)
-        if rest.startswith("from=<"):
-            fields = dict(_FIELD.findall(rest.partition(" (")[0]))
-            if fields.get("status") == "expired":  # "…, status=expired, returned to sender"
-                return Event("expire_queue", queue_id)
-            nrcpt = fields.get("nrcpt", "")
-            if nrcpt.isdigit():
-                return Event("received", queue_id, pool="postfix", nrcpt=int(nrcpt))
-    return Verdict.IGNORED
-
-
-def _postfix_recipient(queue_id: str, rest: str) -> Event | Verdict:
-    head, _, tail = rest.partition(", status=")
-    status, _, text = tail.partition(" ")
-    kind = _POSTFIX_STATUS.get(status)
-    if kind is None:
-        return Verdict.IGNORED  # address-verification probes, SOFTBOUNCE…
-    fields = dict(_FIELD.findall(head))
-    recipient = fields.get("to", "<>")[1:-1]
-    text = text.strip()
-    if text.startswith("(") and text.endswith(")"):
-        text = text[1:-1]
-    text = _IN_REPLY_TO.sub("", text)
-    code: int | None = None
-    reply = _POSTFIX_REPLY.fullmatch(text)
-    if reply is not None:
-        code, text = int(reply.group(1)), reply.group(3)
-    dsn = fields.get("dsn") or None
-    delays = fields.get("delays", "").split("/")
-    return Event(
-        kind,
-        queue_id,
-        recipient,
-        pool="postfix",
-        member=_relay_member(fields.get("relay", "none")),
-        domain=domain_of(recipient),
-        code=code,
-        enhanced=dsn,
-        response=text,
-        latency_ms=_ms(delays[3]) if len(delays) == 4 else None,
-        delay_ms=_ms(fields.get("delay", "")),
-    )
-
-
-def _relay_member(relay: str) -> str | None:
-    """``mx.example.com[192.0.2.1]:25`` → ``mx.example.com:25``; ``none`` → None."""
-    if relay == "none":
-        return None
-    m = _RELAY.fullmatch(relay)
-    if m is None:
-        return relay  # local, private/dovecot-lmtp…
-    host, addr, port = m.groups()
-    return f"{host or addr}:{port}" if port else host or addr
-
-
-def _ms(seconds: str) -> float | None:
-    try:
-        return round(float(seconds) * 1000, 1)
-    except ValueError:
-        return None
-
-
-def parse_line(line: str) -> tuple[str, Event | Verdict]:
-    """The line's format (smtplb, postfix, syslog or "") and what it says."""
-    line = line.strip()
-    if not line:
-        return "", Verdict.SKIPPED
-    if line[0] == "{":
-        parsed = parse_json(line)
-        return ("" if parsed is Verdict.SKIPPED else "smtplb"), parsed
-    parsed = parse_syslog(line)
-    if isinstance(parsed, Event) or parsed is Verdict.IGNORED:
-        return "postfix", parsed
-    return ("syslog" if parsed is Verdict.FOREIGN else ""), parsed
+def _inherit(record: DeliveryRecord, earlier: DeliveryRecord) -> None:
+    """Fill what ``record`` lacks from an earlier one about the same recipient."""
+    for name in _INHERITED:
+        if getattr(record, name) is None:
+            setattr(record, name, getattr(earlier, name))
 
 
 # -- reasons, percentiles ---------------------------------------------------------------
@@ -341,20 +200,23 @@ class _Group:
         self.deferral_reasons: Counter[str] = Counter()
         self.bounce_reasons: Counter[str] = Counter()
 
-    def add(self, ev: Event, key: int, tally: str, reason: str | None) -> None:
-        self.counts[tally] += ev.nrcpt if tally == "received" else 1
-        if ev.kind in _ATTEMPTS:
+    def add(
+        self, record: DeliveryRecord, key: int, tally: str, reason: str | None, received: int
+    ) -> None:
+        event = record.event
+        self.counts[tally] += received if tally == "received" else 1
+        if event in _ATTEMPTS:
             self.attempted.add(key)
-        if ev.kind == "deferred":
+        if event == "deferred":
             self.deferred.add(key)
             _bump(self.deferral_reasons, reason)
-        elif ev.kind == "bounced":
+        elif event == "bounced":
             _bump(self.bounce_reasons, reason)
-        elif ev.kind == "delivered":
-            if ev.latency_ms is not None:
-                self.latency.add(ev.latency_ms)
-            if ev.delay_ms is not None:
-                self.delay.add(ev.delay_ms)
+        elif event == "delivered":
+            if record.latency_ms is not None:
+                self.latency.add(record.latency_ms)
+            if record.delay_ms is not None:
+                self.delay.add(record.delay_ms)
 
     def summary(self, group: dict[str, str]) -> GroupReport:
         c = self.counts
@@ -427,19 +289,20 @@ class Analyzer:
         self._seed = seed
         self._overall = _Group(sample_cap, seed)
         self._groups: dict[tuple[str, ...], _Group] = {}
-        # Recipients whose last outcome was a deferral: queue id → address → event.
-        self._pending: dict[str | None, dict[str | None, Event]] = {}
-        self._received_queues: set[str | None] = set()  # Postfix: qmgr logs from= per retry
+        self._dimensions = [_DIMENSION[d] for d in self.by]
+        # Recipients whose last outcome was a deferral: queue id → address → record.
+        self._pending: dict[str | None, dict[str | None, DeliveryRecord]] = {}
+        self._received_queues: set[str] = set()  # Postfix messages seen arriving
 
     def feed(self, line: str) -> None:
         self.lines += 1
         source, parsed = parse_line(line)
         if source:
             self.sources[source] += 1
-        if isinstance(parsed, Event):
-            for ev in self._resolve(parsed):
-                self.records += 1
-                self._count(ev)
+        if isinstance(parsed, DeliveryRecord):
+            self._record(parsed)
+        elif isinstance(parsed, QueueEvent):
+            self._queue_event(parsed)
         elif parsed is Verdict.SKIPPED:
             self.skipped += 1
         else:
@@ -454,51 +317,55 @@ class Analyzer:
         self.skipped += 1
         self.notes.append(note)
 
-    def _resolve(self, ev: Event) -> list[Event]:
-        if ev.kind == "removed":
-            self._pending.pop(ev.queue_id, None)
-            self._received_queues.discard(ev.queue_id)
-            return []
-        if ev.kind == "expire_queue":
-            waiting = self._pending.pop(ev.queue_id, {})
-            if not waiting:  # its deferrals are not in these logs
-                return [Event("expired", ev.queue_id, pool="postfix")]
-            return [
-                msgspec.structs.replace(d, kind="expired", latency_ms=None, delay_ms=None)
-                for d in waiting.values()
-            ]
-        if ev.kind == "received" and ev.pool == "postfix":
-            if ev.queue_id in self._received_queues:
-                return []
-            self._received_queues.add(ev.queue_id)
-        elif ev.kind == "deferred":
-            self._pending.setdefault(ev.queue_id, {})[ev.recipient] = ev
-        elif ev.kind in _FINAL:
-            queue = self._pending.get(ev.queue_id)
+    def _record(self, record: DeliveryRecord) -> None:
+        event = record.event
+        if event == "deferred":
+            self._pending.setdefault(record.queue_id, {})[record.recipient] = record
+        elif event in _FINAL:
+            queue = self._pending.get(record.queue_id)
             if queue is not None:
-                last = queue.pop(ev.recipient, None)
+                last = queue.pop(record.recipient, None)
                 if not queue:
-                    del self._pending[ev.queue_id]
-                if last is not None and ev.kind == "expired":
-                    ev.inherit(last)
-        return [ev]
+                    del self._pending[record.queue_id]
+                if last is not None and event == "expired":
+                    _inherit(record, last)
+        self._count(record)
 
-    def _count(self, ev: Event) -> None:
-        key = hash((ev.queue_id, ev.recipient))
-        tally, reason = ev.kind, None
-        if ev.kind in ("deferred", "bounced"):
-            reason = normalise_reason(ev.code, ev.enhanced, ev.response or "")
-        if ev.kind == "bounced":
-            code = ev.code or (450 if (ev.enhanced or "").startswith("4") else 550)
-            kind = classify_reply(Reply(code, ev.enhanced, ev.response or ""))
-            tally = "hard" if kind is BounceKind.HARD else "soft"
-        self._overall.add(ev, key, tally, reason)
-        if self.by:
-            group_key = tuple(ev.dimension(d) for d in self.by)
+    def _queue_event(self, q: QueueEvent) -> None:
+        if q.kind == "removed":
+            self._pending.pop(q.queue_id, None)
+            self._received_queues.discard(q.queue_id)
+        elif q.kind == "expire_queue":
+            waiting = self._pending.pop(q.queue_id, {})
+            if not waiting:  # its deferrals are not in these logs
+                self._count(DeliveryRecord(event="expired", queue_id=q.queue_id, pool="postfix"))
+            for d in waiting.values():
+                replace = msgspec.structs.replace
+                self._count(replace(d, event="expired", latency_ms=None, delay_ms=None))
+        elif q.queue_id not in self._received_queues:  # qmgr logs from= again per retry
+            self._received_queues.add(q.queue_id)
+            received = DeliveryRecord(event="received", queue_id=q.queue_id, pool="postfix")
+            self._count(received, q.nrcpt)
+
+    def _count(self, record: DeliveryRecord, received: int = 1) -> None:
+        """Count one record; ``received`` recipients for a Postfix message's arrival."""
+        self.records += 1
+        key = hash((record.queue_id, record.recipient))
+        tally, reason = record.event, None
+        if tally in ("deferred", "bounced"):
+            enhanced, text = record.enhanced_code, record.response or ""
+            reason = normalise_reason(record.code, enhanced, text)
+            if tally == "bounced":
+                code = record.code or (450 if (enhanced or "").startswith("4") else 550)
+                kind = classify_reply(Reply(code, enhanced, text))
+                tally = "hard" if kind is BounceKind.HARD else "soft"
+        self._overall.add(record, key, tally, reason, received)
+        if self._dimensions:
+            group_key = tuple(get(record) or "-" for get in self._dimensions)
             group = self._groups.get(group_key)
             if group is None:
                 group = self._groups[group_key] = _Group(self.sample_cap, self._seed)
-            group.add(ev, key, tally, reason)
+            group.add(record, key, tally, reason, received)
 
     def report(self) -> Report:
         groups = [g.summary(dict(zip(self.by, k, strict=True))) for k, g in self._groups.items()]
@@ -607,84 +474,3 @@ def render_table(report: Report) -> str:
         lines += _table(header, rows, "l" * len(report.by) + "r" * 13)
     lines += [""] * bool(report.notes) + [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
-
-
-# -- files and the command -----------------------------------------------------------------
-
-_ROTATED = re.compile(r"(.*?)[.-](\d{1,3}|\d{8}(?:-\d{6})?)(?:\.gz)?")
-
-
-def chronological(paths: Sequence[Path]) -> list[Path]:
-    """Rotated siblings oldest first: ``log.2.gz, log.1, log``; ``log-20240301, log``."""
-
-    def key(path: Path) -> tuple[str, int, int]:
-        m = _ROTATED.fullmatch(path.name)
-        if m is None:
-            return (str(path.parent / path.name.removesuffix(".gz")), 1, 0)
-        base, suffix = m.groups()
-        index = int(suffix.replace("-", ""))
-        return (str(path.parent / base), 0, -index if len(suffix) <= 3 else index)
-
-    return sorted(paths, key=key)
-
-
-def read_lines(stream: IO[bytes]) -> Iterator[str]:
-    """Decoded lines of a plain or gzip-compressed stream (sniffed, not by name)."""
-    head = stream.peek(2)[:2] if isinstance(stream, io.BufferedReader) else b""
-    source: Iterable[bytes] = gzip.GzipFile(fileobj=stream) if head == b"\x1f\x8b" else stream
-    for raw in source:
-        yield raw.decode("utf-8", "replace")
-
-
-logs = click.Group("logs", help="Read delivery logs (smtplb's JSON Lines or Postfix's mail log).")
-
-
-@logs.command("analyze")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--by",
-    default="",
-    metavar="DIMS",
-    help=f"Group by a comma list of: {', '.join(DIMENSIONS)}.",
-)
-@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
-def analyze(files: tuple[Path, ...], by: str, as_json: bool) -> None:
-    """Deliverability, bounces, deferrals, complaints and latency from log FILES.
-
-    Reads smtplb's delivery log and Postfix's mail log, auto-detected per line,
-    rotated and gzip-compressed files included; - is standard input. Rotated
-    siblings (log.2.gz, log.1, log) are read oldest first, whatever the order
-    given. Rates: deliverability = delivered / final outcomes (delivered,
-    bounced, expired); complaints per delivered; deferred% = recipients ever
-    deferred / attempted. Latency is the upstream transaction, delay the time
-    since receipt (Postfix: the last part of delays=, and delay=).
-    """
-    dims = [d.strip() for d in by.split(",") if d.strip()]
-    try:
-        analyzer = Analyzer(dims)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--by") from None
-    missing = [p for p in files if str(p) != "-" and not p.is_file()]
-    if missing:
-        for p in missing:
-            what = "is not a file" if p.exists() else "no such file"
-            click.echo(f"smtplb logs analyze: {p}: {what}", err=True)
-        sys.exit(1)
-    for path in chronological(list(files)):
-        before = analyzer.lines
-        try:
-            if str(path) == "-":
-                analyzer.feed_lines(read_lines(sys.stdin.buffer))
-                continue
-            with path.open("rb") as stream:
-                analyzer.feed_lines(read_lines(stream))
-        except PermissionError as exc:
-            click.echo(f"smtplb logs analyze: {path}: {exc.strerror}", err=True)
-            sys.exit(1)
-        except (OSError, EOFError) as exc:  # truncated or corrupt gzip: keep what was read
-            analyzer.skip(f"{path}: unreadable after line {analyzer.lines - before:,}: {exc}")
-    report = analyzer.report()
-    if as_json:
-        click.echo(msgspec.json.encode(report).decode())
-    else:
-        click.echo(render_table(report))

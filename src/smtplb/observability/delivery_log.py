@@ -1,8 +1,9 @@
 """The delivery log: JSON Lines at ``data_dir/logs/delivery.jsonl``, rotated (SPEC §2.6).
 
-One record per event. Writes are buffered and flushed at least every
-``flush_interval`` seconds and on close, so logging costs the hot path one
-encode and one list append. Rotation by size: ``delivery.jsonl.1`` … ``.N``.
+One :class:`~smtplb.observability.record.DeliveryRecord` per event. Writes are
+buffered and flushed at least every ``flush_interval`` seconds and on close,
+so logging costs the hot path one timestamp and one list append; the buffer is
+encoded in one call at flush. Rotation by size: ``delivery.jsonl.1`` … ``.N``.
 """
 
 from __future__ import annotations
@@ -11,32 +12,12 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
-FIELDS = (
-    "ts",
-    "event",
-    "queue_id",
-    "message_id",
-    "sender",
-    "recipient",
-    "recipient_domain",
-    "provider",
-    "pool",
-    "member",
-    "source_ip",
-    "upstream",
-    "code",
-    "enhanced_code",
-    "response",
-    "latency_ms",
-    "attempt",
-    "class",
-    "variant",
-)
-EVENTS = ("received", "delivered", "deferred", "bounced", "expired", "suppressed", "complaint")
+from smtplb.observability.record import DeliveryRecord
+
+Listener = Callable[[DeliveryRecord], None]
 
 
 class DeliveryLog:
@@ -58,18 +39,18 @@ class DeliveryLog:
         self.flush_interval = flush_interval
         self._clock = clock
         self._encoder = msgspec.json.Encoder()
-        self._buffer: list[bytes] = []
+        self._buffer: list[DeliveryRecord] = []
         self._last_flush = time.monotonic()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "ab")  # noqa: SIM115 - kept open for the log's lifetime
         self._size = self._file.tell()
-        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.listeners: list[Listener] = []
         self.records = 0
 
-    def write(self, event: str, **fields: Any) -> None:
-        record: dict[str, Any] = {"ts": round(self._clock(), 3), "event": event}
-        record.update(fields)
-        self._buffer.append(self._encoder.encode(record) + b"\n")
+    def write(self, record: DeliveryRecord) -> None:
+        """Stamp ``record.ts``, buffer it and tell the listeners; it must not change after."""
+        record.ts = round(self._clock(), 3)
+        self._buffer.append(record)
         self.records += 1
         for listener in self.listeners:
             listener(record)
@@ -80,7 +61,7 @@ class DeliveryLog:
         self._last_flush = time.monotonic()
         if not self._buffer:
             return
-        chunk = b"".join(self._buffer)
+        chunk = self._encoder.encode_lines(self._buffer)
         self._buffer.clear()
         if not self.rotates and self._rotated_away():
             self._file.close()

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from smtplb.observability.record import DeliveryRecord
+
 SERIES = ("received", "delivered", "deferred", "bounced", "failover")
 
 REDACTED = "[address]"
@@ -66,29 +68,29 @@ class LiveStats:
         self.members: dict[str, MemberLive] = {}
         self.totals: dict[str, int] = dict.fromkeys(SERIES, 0)
 
-    def on_record(self, record: dict[str, Any]) -> None:
-        event = record["event"]
-        now = record.get("ts") or self._clock()
+    def on_record(self, record: DeliveryRecord) -> None:
+        event = record.event
+        now = record.ts or self._clock()
         if event in SERIES:
             self.totals[event] += 1
             bucket = self._bucket(int(now))
             bucket.counts[event] = bucket.counts.get(event, 0) + 1
-        member = record.get("member")
+        member = record.member
         if event == "delivered" and member:
             live = self.members.setdefault(member, MemberLive())
             live.delivered.append(now)
-            if record.get("latency_ms") is not None:
-                live.latencies.append(record["latency_ms"])
+            if record.latency_ms is not None:
+                live.latencies.append(record.latency_ms)
         if event in ("deferred", "bounced", "failover", "expired") or event.startswith("member_"):
             self.errors.appendleft(
                 {
                     "ts": now,
                     "event": event,
-                    "pool": record.get("pool"),
+                    "pool": record.pool,
                     "member": member,
-                    "code": record.get("code"),
-                    "enhanced_code": record.get("enhanced_code"),
-                    "response": (record.get("response") or "")[:200],
+                    "code": record.code,
+                    "enhanced_code": record.enhanced_code,
+                    "response": (record.response or "")[:200],
                 }
             )
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from smtplb.observability.record import DeliveryRecord
+
 OUTCOMES = ("delivered", "deferred", "bounced", "expired", "failover", "suppressed")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 HEALTH_STATES = ("up", "half_open", "ejected", "down", "paused")
@@ -93,13 +95,13 @@ class Metrics:
             "smtplb_pool_waiting_jobs", "Jobs waiting in a pool's lanes", ["pool"], registry=r
         )
 
-    def on_record(self, record: dict[str, Any]) -> None:
-        event = record["event"]
-        pool = record.get("pool") or ""
-        member = record.get("member") or ""
+    def on_record(self, record: DeliveryRecord) -> None:
+        event = record.event
+        pool = record.pool or ""
+        member = record.member or ""
         if event in OUTCOMES:
             self._child(self.messages, pool, member, event).inc()
-            latency = record.get("latency_ms")
+            latency = record.latency_ms
             if event != "failover" and member and latency is not None:
                 self._child(self.latency, pool, member).observe(latency / 1000)
         elif event == "received":

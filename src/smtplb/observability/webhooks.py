@@ -3,7 +3,8 @@
 Each endpoint has its own bounded queue and worker, so a slow or dead
 receiver never blocks delivery or the other endpoints: when a queue is full
 the oldest events are dropped and counted. Events go out in batches (a JSON
-array, at most ``batch`` per request), retried with exponential backoff; a
+array of delivery-log records, :class:`~smtplb.observability.record.DeliveryRecord`,
+at most ``batch`` per request), retried with exponential backoff; a
 ``secret`` adds ``X-Smtplb-Signature: sha256=<hex HMAC of the body>``.
 """
 
@@ -14,14 +15,13 @@ import contextlib
 import fnmatch
 import hashlib
 import hmac
-import json
 import logging
 from collections import deque
-from typing import Any
 
 import httpx
 
 from smtplb.config import WebhookConfig
+from smtplb.observability.record import DeliveryRecord, encode
 
 log = logging.getLogger("smtplb.webhooks")
 
@@ -30,7 +30,7 @@ class WebhookEndpoint:
     def __init__(self, config: WebhookConfig, *, client: httpx.AsyncClient) -> None:
         self.config = config
         self.client = client
-        self.pending: deque[dict[str, Any]] = deque(maxlen=config.max_queue)
+        self.pending: deque[DeliveryRecord] = deque(maxlen=config.max_queue)
         self.sent = 0
         self.dropped = 0
         self.failures = 0
@@ -39,7 +39,7 @@ class WebhookEndpoint:
     def wants(self, event: str) -> bool:
         return any(fnmatch.fnmatchcase(event, pattern) for pattern in self.config.events)
 
-    def offer(self, record: dict[str, Any]) -> None:
+    def offer(self, record: DeliveryRecord) -> None:
         if len(self.pending) == self.pending.maxlen:
             self.dropped += 1  # deque drops the oldest
         self.pending.append(record)
@@ -55,8 +55,8 @@ class WebhookEndpoint:
             ]
             await self._post_with_retries(batch)
 
-    async def _post_with_retries(self, batch: list[dict[str, Any]]) -> None:
-        body = json.dumps(batch, separators=(",", ":")).encode()
+    async def _post_with_retries(self, batch: list[DeliveryRecord]) -> None:
+        body = encode(batch)
         headers = {"Content-Type": "application/json", "User-Agent": "smtplb-webhook"}
         if self.config.secret:
             digest = hmac.new(self.config.secret.encode(), body, hashlib.sha256).hexdigest()
@@ -94,8 +94,8 @@ class Webhooks:
         self.endpoints = [WebhookEndpoint(c, client=self._client) for c in configs]
         self._tasks: list[asyncio.Task[None]] = []
 
-    def on_record(self, record: dict[str, Any]) -> None:
-        event = record["event"]
+    def on_record(self, record: DeliveryRecord) -> None:
+        event = record.event
         for endpoint in self.endpoints:
             if endpoint.wants(event):
                 endpoint.offer(record)
