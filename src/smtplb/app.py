@@ -60,7 +60,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     webhooks = Webhooks(config.webhooks) if config.webhooks else None
     if webhooks is not None:
         delivery_log.listeners.append(webhooks.on_record)
-    traces = TraceBook()
+    traces = TraceBook(persist=spool.note_trace)  # stored with the spool's next commit
 
     paused = PausedMembers(data_dir / "paused-members")
     pools = build_pools(config, {}, paused.load(), config.workers)

@@ -260,7 +260,9 @@ class Service:
         return await self.queue.get(queue_id)
 
     async def trace(self, queue_id: str) -> list[dict[str, Any]]:
-        return self.traces.get(queue_id)
+        # The stored steps (every shard's, from before a restart too) and the newest
+        # ones, which wait in memory for the spool's next commit.
+        return self.traces.get(queue_id, await self.queue.trace(queue_id))
 
     async def retry(self, queue_id: str | None) -> int | None:
         count = await self.queue.retry(queue_id)

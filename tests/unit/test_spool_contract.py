@@ -26,12 +26,15 @@ import pytest
 from smtplb.clock import FakeClock
 from smtplb.model import RecipientState
 from smtplb.spool.base import (
+    ClaimedMessage,
     NewMessage,
     NewRecipient,
     RecipientResult,
     Spool,
+    SpoolAdmin,
     SpoolError,
 )
+from smtplb.spool.shards import ShardedQueue
 from smtplb.spool.sqlite import SCHEMA_VERSION, SqliteSpool
 
 T0 = 1_000_000.0
@@ -42,6 +45,44 @@ S = RecipientState
 # -- harness -------------------------------------------------------------------
 
 
+class ShardedSpool:
+    """Worker 0's view: its own shard for the engine, the admin part answered by
+    :class:`ShardedQueue` over its shard and a peer's (the merge itself is checked
+    with mail in both shards in ``test_sharded_queue_merges_every_shard``)."""
+
+    def __init__(self, own: SqliteSpool, peer: SqliteSpool) -> None:
+        self.own, self.peer = own, peer
+        self.admin: SpoolAdmin = ShardedQueue([own, peer])
+        self.store, self.claim_ready, self.record = own.store, own.claim_ready, own.record
+        self.expire_due, self.next_due, self.note_trace = (
+            own.expire_due,
+            own.next_due,
+            own.note_trace,
+        )
+        a = self.admin
+        self.stats, self.oldest_age, self.list_messages, self.get = (
+            a.stats,
+            a.oldest_age,
+            a.list_messages,
+            a.get,
+        )
+        self.get_content, self.trace, self.retry, self.delete, self.purge = (
+            a.get_content,
+            a.trace,
+            a.retry,
+            a.delete,
+            a.purge,
+        )
+
+    async def open(self) -> None:
+        await self.own.open()
+        await self.peer.open()
+
+    async def close(self) -> None:
+        await self.own.close()
+        await self.peer.close()
+
+
 @dataclass
 class Backend:
     name: str
@@ -50,10 +91,14 @@ class Backend:
     def make(self, clock: FakeClock) -> Spool:
         if self.name == "sqlite":
             return SqliteSpool(self.tmp / "spool.db", clock=clock)
+        if self.name == "sharded":
+            own = SqliteSpool(self.tmp / "spool.db", clock=clock)
+            peer = SqliteSpool(self.tmp / "spool-1.db", clock=clock, recover=False)
+            return ShardedSpool(own, peer)
         raise AssertionError(self.name)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "sharded"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend(request.param, tmp_path)
 
@@ -106,6 +151,11 @@ def msg(
     )
 
 
+async def store_rids(spool: Spool, m: NewMessage, *, inflight: bool = False) -> list[int]:
+    """Store ``m``; its recipient ids, in order."""
+    return [r.rid for r in (await spool.store(m, inflight=inflight)).recipients]
+
+
 async def claim_all(spool: Spool, now: float) -> dict[int, str]:
     """Claim everything due; rid -> queue_id."""
     return {r.rid: m.queue_id for m in await spool.claim_ready(now, 10_000) for r in m.recipients}
@@ -123,7 +173,7 @@ async def states(spool: Spool, queue_id: str) -> list[RecipientState]:
 @spool_test
 async def test_store_returns_recipient_ids_in_order(spool: Spool, clock: FakeClock) -> None:
     m = msg("q1", "a@x.test", "b@y.test", "c@z.test")
-    rids = await spool.store(m)
+    rids = await store_rids(spool, m)
     assert len(rids) == len(set(rids)) == 3
     view = await spool.get("q1")
     assert view is not None
@@ -142,7 +192,7 @@ async def test_store_returns_recipient_ids_in_order(spool: Spool, clock: FakeClo
 @spool_test
 async def test_claim_returns_message_and_marks_in_flight(spool: Spool, clock: FakeClock) -> None:
     m = msg("q1", "a@x.test", "b@y.test")
-    rids = await spool.store(m)
+    rids = await store_rids(spool, m)
     [claimed] = await spool.claim_ready(T0, 10)
     assert (claimed.queue_id, claimed.sender, claimed.content) == ("q1", m.sender, m.content)
     assert (claimed.message_id, claimed.received_at, claimed.expires_at) == (
@@ -183,7 +233,7 @@ async def test_claim_orders_by_priority_then_next_attempt(spool: Spool, clock: F
 async def test_claim_mixes_queued_and_deferred_by_next_attempt(
     spool: Spool, clock: FakeClock
 ) -> None:
-    [rid] = await spool.store(msg("deferred", received_at=T0 - 100))
+    [rid] = await store_rids(spool, msg("deferred", received_at=T0 - 100))
     await claim_all(spool, T0)
     await spool.record([RecipientResult(rid, S.DEFERRED, next_attempt=T0 - 20, code=451)])
     await spool.store(msg("queued-old", received_at=T0 - 30))
@@ -211,7 +261,7 @@ async def test_concurrent_claims_never_claim_a_recipient_twice(
 ) -> None:
     stored: set[int] = set()
     for i in range(40):
-        stored.update(await spool.store(msg(f"q{i}", "a@x.test", "b@y.test")))
+        stored.update(await store_rids(spool, msg(f"q{i}", "a@x.test", "b@y.test")))
     batches = await asyncio.gather(*(claim_all_limited(spool, 7) for _ in range(15)))
     claimed = [rid for batch in batches for rid in batch]
     assert len(claimed) == len(set(claimed))
@@ -224,7 +274,7 @@ async def claim_all_limited(spool: Spool, limit: int) -> list[int]:
 
 @spool_test
 async def test_record_sets_states_and_last_reply(spool: Spool, clock: FakeClock) -> None:
-    rids = await spool.store(msg("q1", "a@x.test", "b@x.test", "c@x.test", "d@x.test"))
+    rids = await store_rids(spool, msg("q1", "a@x.test", "b@x.test", "c@x.test", "d@x.test"))
     await claim_all(spool, T0)
     await spool.record(
         [
@@ -260,7 +310,7 @@ async def test_record_sets_states_and_last_reply(spool: Spool, clock: FakeClock)
 
 @spool_test
 async def test_attempts_count_only_when_asked(spool: Spool, clock: FakeClock) -> None:
-    [rid] = await spool.store(msg("q1"))
+    [rid] = await store_rids(spool, msg("q1"))
     await claim_all(spool, T0)
     # Give back for immediate failover: no attempt counted, due at once.
     await spool.record([RecipientResult(rid, S.QUEUED, next_attempt=T0, count_attempt=False)])
@@ -284,7 +334,7 @@ async def test_attempts_count_only_when_asked(spool: Spool, clock: FakeClock) ->
 async def test_content_is_released_once_every_recipient_is_final(
     spool: Spool, clock: FakeClock
 ) -> None:
-    a, b = await spool.store(msg("q1", "a@x.test", "b@x.test"))
+    a, b = await store_rids(spool, msg("q1", "a@x.test", "b@x.test"))
     await claim_all(spool, T0)
     await spool.record([RecipientResult(a, S.DELIVERED, code=250)])
     assert await spool.get_content("q1") is not None
@@ -298,7 +348,7 @@ async def test_content_is_released_once_every_recipient_is_final(
 
 @spool_test
 async def test_store_in_flight_is_not_claimable(spool: Spool, clock: FakeClock) -> None:
-    [rid] = await spool.store(msg("q1"), inflight=True)
+    [rid] = await store_rids(spool, msg("q1"), inflight=True)
     assert await states(spool, "q1") == [S.INFLIGHT]
     assert await spool.claim_ready(T0 + HOUR, 10) == []
     await spool.record([RecipientResult(rid, S.DELIVERED, code=250)])
@@ -313,8 +363,8 @@ async def test_expire_due_takes_only_expired_waiting_recipients(
     spool: Spool, clock: FakeClock
 ) -> None:
     exp = T0 + HOUR
-    q, d, f, done = await spool.store(
-        msg("old", "q@x.test", "d@x.test", "f@x.test", "done@x.test", expires_at=exp)
+    q, d, f, done = await store_rids(
+        spool, msg("old", "q@x.test", "d@x.test", "f@x.test", "done@x.test", expires_at=exp)
     )
     await spool.store(msg("young", expires_at=exp + HOUR))
     await claim_all(spool, T0)
@@ -365,7 +415,7 @@ async def test_expire_due_respects_limit(spool: Spool, clock: FakeClock) -> None
 async def test_retry_one_and_all(spool: Spool, clock: FakeClock) -> None:
     rids = {}
     for qid in ("a", "b", "c"):
-        [rids[qid]] = await spool.store(msg(qid))
+        [rids[qid]] = await store_rids(spool, msg(qid))
     await claim_all(spool, T0)
     await spool.record(
         [RecipientResult(r, S.DEFERRED, next_attempt=T0 + HOUR, code=451) for r in rids.values()]
@@ -382,7 +432,7 @@ async def test_retry_one_and_all(spool: Spool, clock: FakeClock) -> None:
 
 @spool_test
 async def test_delete(spool: Spool, clock: FakeClock) -> None:
-    [rid] = await spool.store(msg("gone", "a@x.test"))
+    [rid] = await store_rids(spool, msg("gone", "a@x.test"))
     await spool.store(msg("kept", "b@x.test", "c@x.test"))
     await claim_all(spool, T0)
     assert await spool.delete("gone") is True
@@ -397,8 +447,8 @@ async def test_delete(spool: Spool, clock: FakeClock) -> None:
 
 @spool_test
 async def test_purge_drops_only_long_final_messages(spool: Spool, clock: FakeClock) -> None:
-    [a] = await spool.store(msg("done-early"))
-    [b] = await spool.store(msg("done-late"))
+    [a] = await store_rids(spool, msg("done-early"))
+    [b] = await store_rids(spool, msg("done-late"))
     await spool.store(msg("waiting"))
     await claim_all(spool, T0)
     await spool.record([RecipientResult(a, S.DELIVERED, code=250)])
@@ -421,7 +471,7 @@ async def test_purge_drops_only_long_final_messages(spool: Spool, clock: FakeClo
 @spool_test
 async def test_stats_has_every_state_label(spool: Spool, clock: FakeClock) -> None:
     assert await spool.stats() == {s.label: 0 for s in RecipientState}
-    a, b, _ = await spool.store(msg("q1", "a@x.test", "b@x.test", "c@x.test"))
+    a, b, _ = await store_rids(spool, msg("q1", "a@x.test", "b@x.test", "c@x.test"))
     await spool.store(msg("q2", "d@x.test"))
     await spool.claim_ready(T0, 3)
     await spool.record(
@@ -459,7 +509,7 @@ async def test_list_messages_newest_first_with_state_filter(spool: Spool, clock:
 async def test_next_due_and_oldest_age(spool: Spool, clock: FakeClock) -> None:
     assert await spool.next_due() is None
     assert await spool.oldest_age(T0) == {"queued": 0.0, "in_flight": 0.0, "deferred": 0.0}
-    [a] = await spool.store(msg("a", received_at=T0 - 100, priority=2))
+    [a] = await store_rids(spool, msg("a", received_at=T0 - 100, priority=2))
     await spool.store(msg("b", received_at=T0 - 50, priority=0))
     await spool.store(msg("c", received_at=T0 + 30))
     assert await spool.next_due() == T0 - 100
@@ -481,8 +531,8 @@ def test_crash_recovery_requeues_in_flight(backend: Backend) -> None:
         clock = FakeClock(T0)
         spool = backend.make(clock)
         await spool.open()
-        rids = await spool.store(msg("q1", "a@x.test", "b@x.test"))
-        [rid_new] = await spool.store(msg("q2"), inflight=True)
+        rids = await store_rids(spool, msg("q1", "a@x.test", "b@x.test"))
+        [rid_new] = await store_rids(spool, msg("q2"), inflight=True)
         await spool.claim_ready(T0, 10)
         await spool.record([RecipientResult(rids[1], S.DELIVERED, code=250)])
         await spool.close()  # the process "dies" with a and q2 in flight
@@ -541,7 +591,7 @@ def test_sqlite_concurrent_stores_share_commits(db: Path) -> None:
         spool = SqliteSpool(db)
         await spool.open()
         before = spool.commits
-        rids = await asyncio.gather(*(spool.store(msg(f"q{i}")) for i in range(200)))
+        rids = await asyncio.gather(*(store_rids(spool, msg(f"q{i}")) for i in range(200)))
         commits = spool.commits - before
         assert len({r for rs in rids for r in rs}) == 200
         assert commits <= 50, f"{commits} commits for 200 concurrent stores: no group commit"
@@ -563,7 +613,7 @@ def test_sqlite_record_waits_for_the_next_commit_instead_of_making_one(db: Path)
     async def main() -> None:
         spool = SqliteSpool(db, lazy_delay=30)  # the delay never fires in this test
         await spool.open()
-        [rid] = await spool.store(msg("q1"))
+        [rid] = await store_rids(spool, msg("q1"))
         before = spool.commits
         recorded = asyncio.create_task(spool.record([RecipientResult(rid, S.DELIVERED, code=250)]))
         # An absence has no event to wait for: give a commit of its own time to show.
@@ -582,7 +632,7 @@ def test_sqlite_record_alone_is_committed_after_the_lazy_delay(db: Path) -> None
     async def main() -> None:
         spool = SqliteSpool(db, lazy_delay=0.05)
         await spool.open()
-        [rid] = await spool.store(msg("q1"))
+        [rid] = await store_rids(spool, msg("q1"))
         await asyncio.wait_for(spool.record([RecipientResult(rid, S.BOUNCED, code=550)]), 5)
         assert await states(spool, "q1") == [S.BOUNCED]
         await spool.close()
@@ -594,7 +644,7 @@ def test_sqlite_close_commits_pending_lazy_records(db: Path) -> None:
     async def main() -> None:
         spool = SqliteSpool(db, lazy_delay=30)
         await spool.open()
-        rids = [r for i in range(5) for r in await spool.store(msg(f"q{i}"))]
+        rids = [r for i in range(5) for r in await store_rids(spool, msg(f"q{i}"))]
         recorded = asyncio.create_task(
             spool.record([RecipientResult(r, S.DELIVERED, code=250) for r in rids])
         )
@@ -619,7 +669,7 @@ def test_sqlite_batched_record_updates_exactly_the_given_recipients(
     async def main() -> None:
         spool = SqliteSpool(db, lazy_delay=0.01)
         await spool.open()
-        rids = [r for i in range(n + 2) for r in await spool.store(msg(f"q{i}"))]
+        rids = [r for i in range(n + 2) for r in await store_rids(spool, msg(f"q{i}"))]
         mine, others = rids[:n], rids[n:]
         results = [
             RecipientResult(r, S.DELIVERED if i % 2 else S.BOUNCED, code=250 + i % 2,
@@ -660,7 +710,7 @@ def test_sqlite_failed_operation_fails_only_its_caller(db: Path) -> None:
         a, dup, b = await asyncio.gather(*tasks, return_exceptions=True)
         assert spool.commits - before == 2  # all three were in one batch
         assert isinstance(dup, SpoolError) and "UNIQUE" in str(dup)
-        assert isinstance(a, list) and isinstance(b, list)
+        assert isinstance(a, ClaimedMessage) and isinstance(b, ClaimedMessage)
         assert [m.queue_id for m in await spool.list_messages()] == ["b", "a", "dup"]
         assert (await spool.stats())["queued"] == 3
         await spool.close()
@@ -693,7 +743,7 @@ def test_sqlite_failed_commit_fails_the_batch_and_spool_recovers(db: Path) -> No
         assert await spool.list_messages() == []
         assert await spool.stats() == {s.label: 0 for s in RecipientState}
         await spool._write(lambda c: c.set_authorizer(None))
-        assert len(await spool.store(msg("after"))) == 1
+        assert len(await store_rids(spool, msg("after"))) == 1
         assert await spool.get("after") is not None
         await spool.close()
 
@@ -716,7 +766,7 @@ def test_sqlite_disk_full_fails_closed_then_recovers(db: Path) -> None:
             await asyncio.sleep(0)  # a yield: each new task runs to its first await (its op queued)
         a, big, b = await asyncio.gather(*tasks, return_exceptions=True)
         assert isinstance(big, SpoolError) and "full" in str(big)
-        assert isinstance(a, list) and isinstance(b, list)
+        assert isinstance(a, ClaimedMessage) and isinstance(b, ClaimedMessage)
         await spool._write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
         await spool.store(msg("big", content=b"x" * 1_000_000))
         assert [m.queue_id for m in await spool.list_messages()] == ["big", "b", "a", "small"]
@@ -794,8 +844,8 @@ _CHILD = textwrap.dedent(
         async def one(i: int) -> None:
             m = NewMessage(f"q{i}", "a@x.test", (NewRecipient(f"r{i}@y.test", "p"),),
                            b"body %d" % i, f"<{i}@x>", 1.0, 2e9)
-            rids = await spool.store(m)
-            print(f"q{i}", rids[0], flush=True)
+            stored = await spool.store(m)
+            print(f"q{i}", stored.recipients[0].rid, flush=True)
         await asyncio.gather(*(one(i) for i in range(20)))
         print("done", flush=True)
         await asyncio.Event().wait()  # hang: the parent kills us

@@ -45,6 +45,7 @@ from smtplb.spool.base import (
     ExpiredRecipient,
     RecipientResult,
     Spool,
+    SpoolError,
 )
 
 log = logging.getLogger("smtplb.delivery")
@@ -492,14 +493,20 @@ class Dispatcher:
             # again (a write and a log record each, for nothing); wait for a member.
             if room > 0 and self.any_member_available():
                 batch = min(room, 500)
-                claimed = await self.spool.claim_ready(time.time(), batch)
+                try:
+                    claimed = await self.spool.claim_ready(time.time(), batch)
+                except SpoolError as exc:  # a full disk: look again when it may have room
+                    log.warning("cannot claim from the spool: %s", exc)
+                    claimed = []
                 for message in claimed:
                     self.submit(message)
                 self.backlog = sum(len(m.recipients) for m in claimed) >= batch
                 if self.backlog:
                     await asyncio.sleep(0)
                     continue
-            due = await self.spool.next_due()
+            due = None
+            with contextlib.suppress(SpoolError):  # not opened yet (full disk): wait
+                due = await self.spool.next_due()
             wait = 1.0 if due is None else min(1.0, max(0.02, due - time.time()))
             self._feed.clear()
             with contextlib.suppress(TimeoutError):
@@ -517,7 +524,10 @@ class Dispatcher:
 
     async def _sweep_loop(self) -> None:
         while self._running:
-            await self.sweep_expired()
+            try:
+                await self.sweep_expired()
+            except SpoolError as exc:
+                log.warning("cannot expire from the spool: %s", exc)
             await asyncio.sleep(self.sweep_interval)
 
     async def sweep_expired(self) -> int:

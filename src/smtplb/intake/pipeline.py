@@ -30,7 +30,6 @@ from smtplb.observability.trace import TraceBook
 from smtplb.routing.routes import RoutingInput, classify_content, decide_route
 from smtplb.spool.base import (
     ClaimedMessage,
-    ClaimedRecipient,
     NewMessage,
     NewRecipient,
     Spool,
@@ -165,6 +164,7 @@ class IntakePipeline:
         content_class = classify_content(headers, len(envelope.rcpt_to))
         default_pool = self.config.pools[0].name
         recipients = []
+        routed = []  # traced once stored: a refused message leaves no trace rows
         for rcpt in envelope.rcpt_to:
             decision = decide_route(
                 self.config.routes,
@@ -180,14 +180,14 @@ class IntakePipeline:
             )
             content_class = decision.content_class
             recipients.append(NewRecipient(rcpt, decision.pool, decision.priority))
-            self.traces.add(
-                queue_id,
-                "routed",
-                rcpt,
-                decision.route_index,
-                decision.pool,
-                decision.priority,
-                decision.content_class,
+            routed.append(
+                (
+                    rcpt,
+                    decision.route_index,
+                    decision.pool,
+                    decision.priority,
+                    decision.content_class,
+                )
             )
         message = NewMessage(
             queue_id=queue_id,
@@ -203,7 +203,9 @@ class IntakePipeline:
             is_dsn=is_dsn,
         )
         inflight = self.handoff.has_room()
-        rids = await self.spool.store(message, inflight=inflight)
+        stored = await self.spool.store(message, inflight=inflight)
+        for step in routed:
+            self.traces.add(queue_id, "routed", *step)
         for r in recipients:
             self.delivery_log.write(
                 DeliveryRecord(
@@ -222,23 +224,7 @@ class IntakePipeline:
         if not inflight:
             self.handoff.note_overflow()
         else:
-            self.handoff.submit(
-                ClaimedMessage(
-                    msg_pk=0,
-                    queue_id=queue_id,
-                    sender=envelope.mail_from,
-                    message_id=message_id,
-                    content=content,
-                    received_at=now,
-                    expires_at=message.expires_at,
-                    content_class=content_class,
-                    is_dsn=is_dsn,
-                    recipients=[
-                        ClaimedRecipient(rid, r.address, r.pool, r.priority, 0)
-                        for rid, r in zip(rids, recipients, strict=True)
-                    ],
-                )
-            )
+            self.handoff.submit(stored)
         return queue_id
 
     def __repr__(self) -> str:

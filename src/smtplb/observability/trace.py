@@ -4,15 +4,17 @@ Intake notes the route each recipient matched; the dispatcher notes every
 decision: the member chosen, and why each other member of the pool was
 skipped (paused, down, ejected, busy, failed this attempt). Steps are kept as
 tuples and turned into words only when someone asks (this runs for every
-message). The book keeps the most recent ``capacity`` messages in memory;
-older traces (and traces from before a restart) are gone, the spool and the
-delivery log remain.
+message). The book keeps the most recent ``capacity`` messages in memory and
+hands every step to ``persist`` (the spool's ``note_trace``), which writes it
+with its next commit; ``get`` adds the stored steps, so traces survive a
+restart and the eviction from memory.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from typing import Any
 
 LANES = ("high", "normal", "low")
@@ -26,10 +28,18 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+Step = tuple[float, str, tuple[Any, ...]]
+
+
 class TraceBook:
-    def __init__(self, capacity: int = 20_000) -> None:
+    def __init__(
+        self,
+        capacity: int = 20_000,
+        persist: Callable[[str, float, str, tuple[Any, ...]], None] | None = None,
+    ) -> None:
         self.capacity = capacity
-        self._book: OrderedDict[str, list[tuple[Any, ...]]] = OrderedDict()
+        self.persist = persist
+        self._book: OrderedDict[str, list[Step]] = OrderedDict()
 
     def add(self, queue_id: str, step: str, *details: Any) -> None:
         """Record a step; ``details`` in the order of ``_FIELDS[step]``."""
@@ -39,10 +49,19 @@ class TraceBook:
             if len(self._book) > self.capacity:
                 self._book.popitem(last=False)
         if len(entries) < 100:  # a message retried for days must not grow without bound
-            entries.append((time.time(), step, details))
+            ts = time.time()
+            entries.append((ts, step, details))
+            if self.persist is not None:
+                self.persist(queue_id, ts, step, details)
 
-    def get(self, queue_id: str) -> list[dict[str, Any]]:
-        return [_render(ts, step, details) for ts, step, details in self._book.get(queue_id, ())]
+    def get(self, queue_id: str, stored: Iterable[Step] = ()) -> list[dict[str, Any]]:
+        """The steps of ``queue_id`` in words: ``stored`` (read back from the spool)
+        and those in memory not stored yet, in time order."""
+        steps = list(stored)
+        seen = {(ts, step) for ts, step, _ in steps}
+        steps += [s for s in self._book.get(queue_id, ()) if (s[0], s[1]) not in seen]
+        steps.sort(key=lambda s: s[0])
+        return [_render(ts, step, details) for ts, step, details in steps]
 
     def __len__(self) -> int:
         return len(self._book)

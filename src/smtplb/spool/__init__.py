@@ -12,7 +12,10 @@ from smtplb.spool.base import (
     RecipientResult,
     RecipientView,
     Spool,
+    SpoolAdmin,
+    SpoolEngine,
     SpoolError,
+    TraceStep,
 )
 from smtplb.spool.sqlite import SqliteSpool
 
@@ -26,6 +29,9 @@ __all__ = [
     "RecipientResult",
     "RecipientView",
     "Spool",
+    "SpoolAdmin",
+    "SpoolEngine",
     "SpoolError",
     "SqliteSpool",
+    "TraceStep",
 ]

@@ -1,14 +1,17 @@
-"""The spool's narrow interface: what intake, delivery and the admin API need.
+"""The spool's interface, in two parts: the engine (what intake and delivery
+use: store, claim, record, expire) and the admin view (what ``smtplb queue``
+and the HTTP API use: list, show, retry, delete, stats, purge).
 
-Every backend passes the contract suite in ``tests/unit/test_spool_contract.py``.
-A message is durable (fsynced) when :meth:`Spool.store` returns; only then may
-intake answer ``250``/``202``.
+Every backend passes the contract suite in ``tests/unit/test_spool_contract.py``
+(the admin part also runs against :class:`~smtplb.spool.shards.ShardedQueue`).
+A message is durable (fsynced) when :meth:`SpoolEngine.store` returns; only then
+may intake answer ``250``/``202``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from smtplb.model import RecipientState
 
@@ -115,6 +118,13 @@ class ExpiredRecipient:
     last_code: int | None
     last_enhanced: str | None
     last_response: str
+    received_at: float = 0.0
+    is_dsn: bool = False
+
+
+# One step of a message's trace: (wall-clock time, step name, details); see
+# smtplb.observability.trace for the steps and their details.
+TraceStep = tuple[float, str, tuple[Any, ...]]
 
 
 class SpoolError(Exception):
@@ -124,15 +134,21 @@ class SpoolError(Exception):
     """
 
 
-class Spool(Protocol):
+class SpoolEngine(Protocol):
+    """What intake and delivery use."""
+
     async def open(self) -> None:
-        """Create/open the store. Runs crash recovery: INFLIGHT → QUEUED (next_attempt=now)."""
+        """Create/open the store. Runs crash recovery: INFLIGHT → QUEUED (next_attempt=now).
+
+        A full disk is no reason not to start: the spool then refuses writes with
+        :class:`SpoolError` (intake answers ``451 4.3.0``) until space returns."""
 
     async def close(self) -> None:
         """Flush pending writes and close."""
 
-    async def store(self, message: NewMessage, *, inflight: bool = False) -> list[int]:
-        """Durably store ``message`` (fsync'd, group-committed); return recipient ids in order.
+    async def store(self, message: NewMessage, *, inflight: bool = False) -> ClaimedMessage:
+        """Durably store ``message`` (fsync'd, group-committed); return it as delivery
+        takes it: the message with its recipient ids, in order.
 
         With ``inflight=True`` the recipients start INFLIGHT (the caller delivers
         them straight from memory); else QUEUED with next_attempt = received_at.
@@ -145,18 +161,31 @@ class Spool(Protocol):
         next_attempt; mark them INFLIGHT; return them grouped by message, with content."""
 
     async def record(self, results: list[RecipientResult]) -> None:
-        """Apply attempt outcomes (batched; durable when it returns)."""
+        """Apply attempt outcomes (batched; durable when it returns). Results that
+        cannot be committed for want of space are kept and applied again once
+        there is room: a recipient never stays INFLIGHT because of a full disk."""
 
     async def expire_due(self, now: float, limit: int = 1000) -> list[ExpiredRecipient]:
         """Mark EXPIRED every non-final, non-INFLIGHT recipient whose message has
         expires_at <= now; return them (for DSNs and logs). The message content
-        stays readable with :meth:`get_content` (for the DSN) until :meth:`purge`."""
+        stays readable with :meth:`SpoolAdmin.get_content` (for the DSN) until purge."""
 
     async def next_due(self) -> float | None:
         """Smallest next_attempt among QUEUED/DEFERRED recipients, or None."""
 
+    def note_trace(self, queue_id: str, ts: float, step: str, details: tuple[Any, ...]) -> None:
+        """Keep one step of a message's trace. Written with the next commit (never
+        a commit of its own); read back with :meth:`SpoolAdmin.trace`."""
+
+
+class SpoolAdmin(Protocol):
+    """What operators see and do: ``smtplb queue`` and the HTTP API."""
+
     async def stats(self) -> dict[str, int]:
         """Recipient counts by state label (RecipientState.label), all states present."""
+
+    async def oldest_age(self, now: float) -> dict[str, float]:
+        """Age in seconds of the oldest non-final recipient per state label."""
 
     async def list_messages(
         self, *, state: RecipientState | None = None, limit: int = 100, offset: int = 0
@@ -167,17 +196,21 @@ class Spool(Protocol):
 
     async def get_content(self, queue_id: str) -> bytes | None: ...
 
+    async def trace(self, queue_id: str) -> list[TraceStep]:
+        """The steps noted with :meth:`SpoolEngine.note_trace` and committed, oldest first."""
+
     async def retry(self, queue_id: str | None = None) -> int:
         """Make DEFERRED (and QUEUED) recipients of one message, or of all when None,
         due now. Return how many."""
 
     async def delete(self, queue_id: str) -> bool:
-        """Remove a message and its recipients; False if unknown."""
-
-    async def oldest_age(self, now: float) -> dict[str, float]:
-        """Age in seconds of the oldest non-final recipient per state label."""
+        """Remove a message, its recipients and its trace; False if unknown."""
 
     async def purge(self, older_than: float) -> int:
         """Delete messages whose recipients all became final before ``older_than``
         (wall clock); return how many. Their content was released when they
         became final; this drops the rows kept for ``queue show``."""
+
+
+class Spool(SpoolEngine, SpoolAdmin, Protocol):
+    """A whole spool backend: engine and admin view over one store."""

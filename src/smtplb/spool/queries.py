@@ -1,0 +1,356 @@
+"""The spool's SQL: one plain function per operation, each run by
+:class:`~smtplb.spool.sqlite.SqliteSpool` on the writer's connection (inside a
+group-committed transaction) or on the reader's.
+
+Nothing scans the queue: claiming walks the partial index ``recipients_ready``
+(non-final, not in flight) one priority at a time; expiry walks the partial
+index of live messages by ``expires_at``; state counts are kept by triggers.
+When every recipient of a message is final its content is released (set to
+NULL), except after expiry, where the DSN still quotes it; ``purge`` deletes
+final messages after their retention.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from smtplb.model import RecipientState, domain_of
+from smtplb.spool.base import (
+    ClaimedMessage,
+    ClaimedRecipient,
+    ExpiredRecipient,
+    MessageView,
+    NewMessage,
+    RecipientResult,
+    RecipientView,
+    TraceStep,
+)
+from smtplb.spool.schema import FINAL_FROM, INFLIGHT, NON_FINAL, QUEUED, READY
+
+_MSG_COLS = "pk, queue_id, sender, message_id, size, received_at, expires_at, content_class, is_dsn"
+_RCPT_COLS = (
+    "rid, address, state, pool, priority, attempts, next_attempt, last_code, last_enhanced,"
+    " last_response, member, updated_at"
+)
+_BELOW_ANY_PRIORITY = -(2**62)
+_IN_CHUNK = 500  # bound on host parameters per IN (...) list
+_RECORD_SQL: dict[int, str] = {}
+_NO_ROW = (-1, 0, 0, False, 0.0, None, None, "", "")  # rid -1 matches no recipient
+# Trace details hold replies and other small objects: they are kept as their text.
+_TRACE_ENCODER = msgspec.json.Encoder(enc_hook=str)
+
+
+def _chunks(items: list[int]) -> Iterable[list[int]]:
+    for i in range(0, len(items), _IN_CHUNK):
+        yield items[i : i + _IN_CHUNK]
+
+
+def _bucket(n: int) -> int:
+    """``n`` rounded up to a power of two: batched statements come in a few sizes,
+    which SQLite's statement cache keeps prepared."""
+    return 1 << (n - 1).bit_length()
+
+
+def _qmarks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+# -- writes (on the writer's connection, inside its transaction) -----------------
+
+
+def store(conn: sqlite3.Connection, m: NewMessage, inflight: bool, now: float) -> ClaimedMessage:
+    cur = conn.execute(
+        "INSERT INTO messages(queue_id, sender, message_id, size, received_at, expires_at,"
+        " client_ip, auth_user, content_class, is_dsn, content)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (m.queue_id, m.sender, m.message_id, len(m.content), m.received_at, m.expires_at,
+         m.client_ip, m.auth_user, m.content_class, int(m.is_dsn), m.content),
+    )  # fmt: skip
+    msg_pk = cur.lastrowid
+    assert msg_pk is not None
+    stored = ClaimedMessage(
+        msg_pk, m.queue_id, m.sender, m.message_id, m.content, m.received_at, m.expires_at,
+        m.content_class, m.is_dsn,
+    )  # fmt: skip
+    state = INFLIGHT if inflight else QUEUED
+    for r in m.recipients:
+        cur = conn.execute(
+            "INSERT INTO recipients(msg_pk, address, domain, pool, priority, state,"
+            " next_attempt, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+            (msg_pk, r.address, domain_of(r.address), r.pool, r.priority, state,
+             m.received_at, now),
+        )  # fmt: skip
+        assert cur.lastrowid is not None
+        stored.recipients.append(ClaimedRecipient(cur.lastrowid, r.address, r.pool, r.priority, 0))
+    if not m.recipients:
+        finalize(conn, [msg_pk], now)
+    return stored
+
+
+def claim(conn: sqlite3.Connection, now: float, limit: int, stamp: float) -> list[ClaimedMessage]:
+    rows: list[tuple[int, int, str, str, int, int]] = []
+    # Skip from one priority present to the next: one index seek each, however
+    # deep the queue; within a priority, a range scan of due recipients.
+    prio = _next_priority(conn, _BELOW_ANY_PRIORITY)
+    while prio is not None:
+        rows += conn.execute(
+            "SELECT rid, msg_pk, address, pool, priority, attempts FROM recipients"
+            " INDEXED BY recipients_ready"
+            f" WHERE {READY} AND priority = ? AND next_attempt <= ?"
+            " ORDER BY next_attempt LIMIT ?",
+            (prio, now, limit - len(rows)),
+        ).fetchall()
+        if len(rows) >= limit:
+            break
+        prio = _next_priority(conn, prio)
+    if not rows:
+        return []
+    conn.executemany(
+        "UPDATE recipients SET state=?, updated_at=? WHERE rid=?",
+        [(INFLIGHT, stamp, row[0]) for row in rows],
+    )
+    msg_pks = list(dict.fromkeys(row[1] for row in rows))
+    messages: dict[int, ClaimedMessage] = {}
+    for chunk in _chunks(msg_pks):
+        for pk, qid, sender, mid, recv, exp, cclass, dsn, content in conn.execute(
+            "SELECT pk, queue_id, sender, message_id, received_at, expires_at, content_class,"
+            f" is_dsn, content FROM messages WHERE pk IN ({_qmarks(len(chunk))})",
+            chunk,
+        ):
+            messages[pk] = ClaimedMessage(
+                pk, qid, sender, mid, content or b"", recv, exp, cclass, bool(dsn)
+            )
+    for rid, msg_pk, address, pool, priority, attempts in rows:
+        messages[msg_pk].recipients.append(ClaimedRecipient(rid, address, pool, priority, attempts))
+    return [messages[pk] for pk in msg_pks]
+
+
+def record(conn: sqlite3.Connection, results: list[RecipientResult], now: float) -> None:
+    """One UPDATE … FROM (VALUES …) per chunk of results, not one per recipient:
+    each statement is a GIL hand-over to and from SQLite."""
+    touched: dict[int, None] = {}
+    if len({r.rid for r in results}) < len(results):  # a rid twice: one by one, in order
+        for r in results:
+            _record_rows(conn, [r], now, touched)
+    else:
+        for i in range(0, len(results), _IN_CHUNK):
+            _record_rows(conn, results[i : i + _IN_CHUNK], now, touched)
+    finalize(conn, list(touched), now)
+
+
+def _record_rows(
+    conn: sqlite3.Connection, rows: list[RecipientResult], now: float, touched: dict[int, None]
+) -> None:
+    size = _bucket(len(rows))
+    params: list[object] = [now]
+    for r in rows:
+        params += (r.rid, int(r.state), int(r.count_attempt), not r.state.is_final,
+                   r.next_attempt, r.code, r.enhanced_code, r.response, r.member)  # fmt: skip
+    params += _NO_ROW * (size - len(rows))  # padding: a fixed set of statement texts
+    sql = _RECORD_SQL.get(size)
+    if sql is None:
+        sql = _RECORD_SQL[size] = (
+            "UPDATE recipients SET state = v.column2, attempts = attempts + v.column3,"
+            " next_attempt = CASE WHEN v.column4 THEN v.column5 ELSE next_attempt END,"
+            " last_code = COALESCE(v.column6, last_code),"
+            " last_enhanced = COALESCE(v.column7, last_enhanced),"
+            " last_response = CASE WHEN v.column8 <> '' THEN v.column8"
+            " ELSE last_response END,"
+            " member = CASE WHEN v.column9 <> '' THEN v.column9 ELSE member END,"
+            " updated_at = ?"
+            f" FROM (VALUES {','.join(['(?,?,?,?,?,?,?,?,?)'] * size)}) AS v"
+            " WHERE recipients.rid = v.column1 RETURNING msg_pk, state"
+        )
+    for msg_pk, state in conn.execute(sql, params):  # no row: deleted while in flight
+        if state >= FINAL_FROM:
+            touched[msg_pk] = None
+
+
+def finalize(
+    conn: sqlite3.Connection, msg_pks: list[int], now: float, *, release: bool = True
+) -> None:
+    """Mark final the messages whose recipients are now all final, releasing
+    their content unless ``release`` is false (purge drops it later)."""
+    for chunk in _chunks(msg_pks):
+        size = _bucket(len(chunk))
+        conn.execute(
+            "UPDATE messages SET final_at = ?, content = CASE WHEN ? THEN NULL ELSE content END"
+            f" WHERE pk IN ({_qmarks(size)}) AND final_at IS NULL AND NOT EXISTS"
+            " (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)",
+            [now, release, *chunk, *[chunk[0]] * (size - len(chunk)), FINAL_FROM],
+        )
+
+
+def expire(
+    conn: sqlite3.Connection, now: float, limit: int, stamp: float
+) -> list[ExpiredRecipient]:
+    # CROSS JOIN pins the join order: walk live messages by expiry, not recipients.
+    rows = conn.execute(
+        "SELECT r.rid, r.msg_pk, m.queue_id, m.sender, r.address, m.message_id,"
+        " r.last_code, r.last_enhanced, r.last_response, m.received_at, m.is_dsn"
+        " FROM messages AS m CROSS JOIN recipients AS r ON r.msg_pk = m.pk"
+        " WHERE m.final_at IS NULL AND m.expires_at <= ?"
+        f" AND r.{READY} LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    if not rows:
+        return []
+    conn.executemany(
+        "UPDATE recipients SET state=?, updated_at=? WHERE rid=?",
+        [(int(RecipientState.EXPIRED), stamp, row[0]) for row in rows],
+    )
+    # The content stays until purge: the delay DSN quotes the original headers.
+    finalize(conn, list(dict.fromkeys(row[1] for row in rows)), stamp, release=False)
+    return [
+        ExpiredRecipient(rid, pk, qid, sender, addr, mid, code, enh, resp, recv, bool(dsn))
+        for rid, pk, qid, sender, addr, mid, code, enh, resp, recv, dsn in rows
+    ]
+
+
+def retry_slice(conn: sqlite3.Connection, now: float, limit: int) -> int:
+    cur = conn.execute(
+        "UPDATE recipients SET next_attempt=?, updated_at=? WHERE rid IN"
+        f" (SELECT rid FROM recipients WHERE {READY} AND next_attempt > ? LIMIT ?)",
+        (now, now, now, limit),
+    )
+    return cur.rowcount
+
+
+def retry_one(conn: sqlite3.Connection, queue_id: str, now: float) -> int:
+    cur = conn.execute(
+        f"UPDATE recipients SET next_attempt=?, updated_at=? WHERE {READY}"
+        " AND msg_pk = (SELECT pk FROM messages WHERE queue_id = ?)",
+        (now, now, queue_id),
+    )
+    return cur.rowcount
+
+
+def delete(conn: sqlite3.Connection, queue_id: str) -> bool:
+    row = conn.execute("SELECT pk FROM messages WHERE queue_id=?", (queue_id,)).fetchone()
+    conn.execute("DELETE FROM traces WHERE queue_id=?", (queue_id,))
+    if row is None:
+        return False
+    conn.execute("DELETE FROM recipients WHERE msg_pk=?", row)
+    conn.execute("DELETE FROM messages WHERE pk=?", row)
+    return True
+
+
+def purge(conn: sqlite3.Connection, older_than: float, limit: int) -> int:
+    rows = conn.execute(
+        "SELECT pk, queue_id FROM messages WHERE final_at IS NOT NULL AND final_at < ? LIMIT ?",
+        (older_than, limit),
+    ).fetchall()
+    conn.executemany("DELETE FROM recipients WHERE msg_pk=?", [(pk,) for pk, _ in rows])
+    conn.executemany("DELETE FROM traces WHERE queue_id=?", [(qid,) for _, qid in rows])
+    conn.executemany("DELETE FROM messages WHERE pk=?", [(pk,) for pk, _ in rows])
+    return len(rows)
+
+
+def insert_traces(conn: sqlite3.Connection, steps: list[tuple[str, float, str, Any]]) -> None:
+    encode = _TRACE_ENCODER.encode
+    conn.executemany(
+        "INSERT INTO traces(queue_id, ts, step, details) VALUES (?,?,?,?)",
+        [(qid, ts, step, encode(details).decode()) for qid, ts, step, details in steps],
+    )
+
+
+# -- reads (on the reader's connection) --------------------------------------------
+
+
+def _next_priority(conn: sqlite3.Connection, after: int) -> int | None:
+    """The smallest priority above ``after`` with a ready recipient: one index seek."""
+    row = conn.execute(
+        f"SELECT priority FROM recipients INDEXED BY recipients_ready WHERE {READY}"
+        " AND priority > ? ORDER BY priority LIMIT 1",
+        (after,),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def next_due(conn: sqlite3.Connection) -> float | None:
+    best: float | None = None
+    prio = _next_priority(conn, _BELOW_ANY_PRIORITY)
+    while prio is not None:
+        due = conn.execute(
+            "SELECT MIN(next_attempt) FROM recipients INDEXED BY recipients_ready"
+            f" WHERE {READY} AND priority = ?",
+            (prio,),
+        ).fetchone()[0]
+        best = due if best is None else min(best, due)
+        prio = _next_priority(conn, prio)
+    return best
+
+
+def stats(conn: sqlite3.Connection) -> dict[str, int]:
+    counts = dict(conn.execute("SELECT state, n FROM state_counts").fetchall())
+    return {s.label: int(counts.get(int(s), 0)) for s in RecipientState}
+
+
+def oldest_age(conn: sqlite3.Connection, now: float) -> dict[str, float]:
+    # Message pks grow with arrival, so the smallest pk in a state is its oldest.
+    ages: dict[str, float] = {}
+    for s in NON_FINAL:
+        row = conn.execute(
+            "SELECT m.received_at FROM messages m WHERE m.pk ="
+            " (SELECT MIN(msg_pk) FROM recipients WHERE state = ?)",
+            (int(s),),
+        ).fetchone()
+        ages[s.label] = max(0.0, now - row[0]) if row else 0.0
+    return ages
+
+
+def list_views(
+    conn: sqlite3.Connection, state: RecipientState | None, limit: int, offset: int
+) -> list[MessageView]:
+    params: tuple[int, ...]
+    if state is None:
+        sql, params = "SELECT pk FROM messages ORDER BY pk DESC LIMIT ? OFFSET ?", (limit, offset)
+    else:
+        sql = (
+            "SELECT DISTINCT msg_pk FROM recipients WHERE state = ?"
+            " ORDER BY msg_pk DESC LIMIT ? OFFSET ?"
+        )
+        params = (int(state), limit, offset)
+    return _views(conn, [pk for (pk,) in conn.execute(sql, params)])
+
+
+def get_view(conn: sqlite3.Connection, queue_id: str) -> MessageView | None:
+    row = conn.execute("SELECT pk FROM messages WHERE queue_id=?", (queue_id,)).fetchone()
+    if row is None:
+        return None
+    views = _views(conn, [row[0]])
+    return views[0] if views else None
+
+
+def _views(conn: sqlite3.Connection, pks: list[int]) -> list[MessageView]:
+    views: dict[int, MessageView] = {}
+    for chunk in _chunks(pks):
+        marks = _qmarks(len(chunk))
+        for pk, qid, sender, mid, size, recv, exp, cclass, dsn in conn.execute(
+            f"SELECT {_MSG_COLS} FROM messages WHERE pk IN ({marks})", chunk
+        ):
+            views[pk] = MessageView(pk, qid, sender, mid, size, recv, exp, cclass, bool(dsn))
+        for msg_pk, rid, address, st, *rest in conn.execute(
+            f"SELECT msg_pk, {_RCPT_COLS} FROM recipients WHERE msg_pk IN ({marks}) ORDER BY rid",
+            chunk,
+        ):
+            views[msg_pk].recipients.append(RecipientView(rid, address, RecipientState(st), *rest))
+    return [views[pk] for pk in pks if pk in views]
+
+
+def get_content(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
+    row = conn.execute("SELECT content FROM messages WHERE queue_id=?", (queue_id,)).fetchone()
+    return None if row is None or row[0] is None else bytes(row[0])
+
+
+def read_trace(conn: sqlite3.Connection, queue_id: str) -> list[TraceStep]:
+    return [
+        (ts, step, tuple(msgspec.json.decode(details)))
+        for ts, step, details in conn.execute(
+            "SELECT ts, step, details FROM traces WHERE queue_id=? ORDER BY rowid", (queue_id,)
+        )
+    ]

@@ -1,0 +1,173 @@
+"""The spool's SQLite schema, its pragmas, and opening a connection to it.
+
+Tables: ``messages`` (one row per accepted message; ``content`` released when
+every recipient is final), ``recipients`` (one row per recipient, with its
+state and last reply), ``state_counts`` (recipient counts per state, kept by
+triggers so that stats never scan) and ``traces`` (the steps ``queue show``
+prints, one row per step).
+
+Version 2 added ``traces``; a version-1 file is upgraded in place when opened.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from smtplb.model import RecipientState
+from smtplb.spool.base import SpoolError
+
+SCHEMA_VERSION = 2
+
+QUEUED = int(RecipientState.QUEUED)
+INFLIGHT = int(RecipientState.INFLIGHT)
+FINAL_FROM = int(RecipientState.DELIVERED)  # states >= this are final
+NON_FINAL = tuple(s for s in RecipientState if not s.is_final)
+
+# ``state IN (0, 2)`` is spelled out literally wherever the ready index must be
+# used: SQLite only picks a partial index when the query repeats its WHERE term.
+READY = f"state IN ({int(RecipientState.QUEUED)}, {int(RecipientState.DEFERRED)})"
+
+_ZERO_COUNTS = ", ".join(f"({int(s)}, 0)" for s in RecipientState)
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS messages (
+    pk INTEGER PRIMARY KEY,
+    queue_id TEXT NOT NULL UNIQUE,
+    sender TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    client_ip TEXT NOT NULL,
+    auth_user TEXT,
+    content_class TEXT NOT NULL,
+    is_dsn INTEGER NOT NULL,
+    final_at REAL,          -- set (and content released) when every recipient is final
+    content BLOB            -- last, so reading the other columns skips its overflow pages
+);
+CREATE INDEX IF NOT EXISTS messages_live_expiry ON messages(expires_at)
+    WHERE final_at IS NULL;
+CREATE INDEX IF NOT EXISTS messages_final ON messages(final_at)
+    WHERE final_at IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS recipients (
+    rid INTEGER PRIMARY KEY,
+    msg_pk INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_code INTEGER,
+    last_enhanced TEXT,
+    last_response TEXT NOT NULL DEFAULT '',
+    member TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS recipients_msg ON recipients(msg_pk);
+CREATE INDEX IF NOT EXISTS recipients_state ON recipients(state, msg_pk);
+CREATE INDEX IF NOT EXISTS recipients_ready ON recipients(priority, next_attempt)
+    WHERE {READY};
+
+CREATE TABLE IF NOT EXISTS state_counts (state INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+INSERT OR IGNORE INTO state_counts(state, n) VALUES {_ZERO_COUNTS};
+
+CREATE TRIGGER IF NOT EXISTS recipients_count_ins AFTER INSERT ON recipients BEGIN
+    UPDATE state_counts SET n = n + 1 WHERE state = new.state;
+END;
+CREATE TRIGGER IF NOT EXISTS recipients_count_del AFTER DELETE ON recipients BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE state = old.state;
+END;
+CREATE TRIGGER IF NOT EXISTS recipients_count_upd AFTER UPDATE OF state ON recipients
+    WHEN old.state <> new.state BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE state = old.state;
+    UPDATE state_counts SET n = n + 1 WHERE state = new.state;
+END;
+
+-- Keyed by queue id, not message pk: intake notes the route before the message
+-- has a row. Details are JSON, in the order smtplb.observability.trace names them.
+CREATE TABLE IF NOT EXISTS traces (
+    queue_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    step TEXT NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS traces_queue_id ON traces(queue_id);
+"""
+
+# Speed without weakening durability: synchronous stays FULL (fsync per commit).
+COMMON_PRAGMAS = (
+    "PRAGMA temp_store=MEMORY",
+    "PRAGMA cache_size=-32768",  # 32 MiB per connection
+    "PRAGMA mmap_size=67108864",  # hot pages without syscalls; small, it counts in RSS
+    "PRAGMA busy_timeout=10000",
+)
+WRITER_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    # Fewer, larger checkpoints: each one fsyncs the main file inside a commit.
+    # When the disk runs low the writer checkpoints far sooner (see writer.py).
+    "PRAGMA wal_autocheckpoint=4000",
+    "PRAGMA journal_size_limit=67108864",
+)
+
+
+def connect_writer(path: Path, *, now: float, recover: bool) -> sqlite3.Connection:
+    """Open the writer's connection: WAL, schema created or upgraded, and crash
+    recovery (whatever was in flight is delivered again: at-least-once).
+
+    Raises ``sqlite3.Error`` (the disk may be full) or :class:`SpoolError`."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        for pragma in (*WRITER_PRAGMAS, *COMMON_PRAGMAS):
+            conn.execute(pragma)
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise SpoolError(f"spool {path}: cannot enable WAL (journal_mode={mode})")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SpoolError(
+                f"spool {path} has schema version {version}, this smtplb knows"
+                f" {SCHEMA_VERSION}: upgrade smtplb"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        # executescript() would COMMIT first; run statement by statement instead.
+        for stmt in split_sql(SCHEMA):
+            conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if recover:
+            conn.execute(
+                "UPDATE recipients SET state=?, next_attempt=?, updated_at=? WHERE state=?",
+                (QUEUED, now, now, INFLIGHT),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_reader(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in (*COMMON_PRAGMAS, "PRAGMA query_only=ON"):
+        conn.execute(pragma)
+    return conn
+
+
+def split_sql(script: str) -> list[str]:
+    """Split a schema script into statements, keeping trigger bodies whole."""
+    stmts: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--") and not buf:
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            stmts.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        stmts.append(buf.strip())
+    return stmts
