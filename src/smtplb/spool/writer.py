@@ -166,6 +166,11 @@ class GroupWriter:
         self._thread: threading.Thread | None = None
 
     @property
+    def held(self) -> int:
+        """Operations waiting for space to be written again."""
+        return len(self._held)
+
+    @property
     def pending(self) -> int:
         return self._ops.qsize() + self._in_batch + len(self._lazy) + len(self._held)
 
