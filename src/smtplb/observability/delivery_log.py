@@ -8,6 +8,7 @@ encoded in one call at flush. Rotation by size: ``delivery.jsonl.1`` … ``.N``.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from pathlib import Path
 import msgspec
 
 from smtplb.observability.record import DeliveryRecord
+
+log = logging.getLogger("smtplb.delivery_log")
 
 Listener = Callable[[DeliveryRecord], None]
 
@@ -66,8 +69,14 @@ class DeliveryLog:
         if not self.rotates and self._rotated_away():
             self._file.close()
             self._file = open(self.path, "ab")  # noqa: SIM115
-        self._file.write(chunk)  # O_APPEND: whole chunks from several workers never mix
-        self._file.flush()
+        try:
+            self._file.write(chunk)  # O_APPEND: whole chunks from several workers never mix
+            self._file.flush()
+        except OSError as exc:
+            # A full disk must not stop deliveries (their results still go to the spool):
+            # what the file object holds is written by a later flush, once there is room.
+            log.warning("delivery log %s: %s", self.path, exc)
+            return
         self._size = os.fstat(self._file.fileno()).st_size
         if self.rotates and self._size >= self.max_size:
             self._rotate()

@@ -332,6 +332,13 @@ class GroupWriter:
                 live.remove(culprit)
                 continue
             if error is not None:
+                kept = [op for op in live if op.keep] if is_space_error(error) and not final else []
+                if kept and len(kept) < len(live):
+                    # Out of space: hold what may wait, and see whether the rest fits alone
+                    # (a claim that finds nothing writes nothing).
+                    self._held += kept
+                    live = [op for op in live if not op.keep]
+                    continue
                 err = SpoolError(f"spool commit failed: {error}")
                 err.__cause__ = error
                 fail(live, error, err)
