@@ -523,6 +523,41 @@ async def test_next_due_and_oldest_age(spool: Spool, clock: FakeClock) -> None:
     assert ages == {"queued": 70.0, "in_flight": 150.0, "deferred": 200.0}
 
 
+@spool_test
+async def test_store_returns_the_message_as_delivery_takes_it(
+    spool: Spool, clock: FakeClock
+) -> None:
+    """What store() returns is what a claim of the same message returns: intake
+    hands it to delivery as it is, nothing rebuilt."""
+    stored = await spool.store(msg("q1", "a@x.test", "b@y.test", priority=0))
+    [claimed] = await spool.claim_ready(T0, 10)
+    assert stored == claimed
+    assert stored.msg_pk > 0 and [r.address for r in stored.recipients] == ["a@x.test", "b@y.test"]
+    in_flight = await spool.store(msg("q2"), inflight=True)
+    assert in_flight.queue_id == "q2" and in_flight.content == msg("q2").content
+    assert await spool.claim_ready(T0, 10) == []  # already in flight
+
+
+@spool_test
+async def test_trace_steps_are_stored_with_the_next_commit(spool: Spool, clock: FakeClock) -> None:
+    spool.note_trace("q1", T0, "routed", ("a@x.test", None, "default", 1, "transactional"))
+    spool.note_trace("q1", T0 + 1, "deferred", ("default", object()))  # kept as its text
+    assert await spool.trace("q1") == []  # no commit yet: nothing of its own
+    [rid] = await store_rids(spool, msg("q1"))
+    steps = await spool.trace("q1")
+    assert [(ts, step) for ts, step, _ in steps] == [(T0, "routed"), (T0 + 1, "deferred")]
+    assert steps[0][2] == ("a@x.test", None, "default", 1, "transactional")
+    assert isinstance(steps[1][2][1], str) and steps[1][2][1].startswith("<object")
+    spool.note_trace("q2", T0, "routed", ("b@x.test", 0, "default", 1, "bulk"))
+    await spool.store(msg("q2"))
+    assert await spool.delete("q2")
+    assert await spool.trace("q2") == []  # deleted with its message
+    await spool.record([RecipientResult(rid, S.DELIVERED, code=250)])
+    await spool.store(msg("q3"))  # the lazy result rides with this commit
+    assert await spool.purge(clock.wall() + 1) == 1
+    assert await spool.trace("q1") == []  # purged with its message
+
+
 # -- contract: restart -----------------------------------------------------------------
 
 
@@ -550,6 +585,50 @@ def test_crash_recovery_requeues_in_flight(backend: Backend) -> None:
             assert await spool.get_content("q2") == msg("q2").content
         finally:
             await spool.close()
+
+    run(main())
+
+
+# -- ShardedQueue: the admin part over several shards ----------------------------------
+
+
+def test_sharded_queue_merges_every_shard(tmp_path: Path) -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        shards = [SqliteSpool(tmp_path / f"spool-{i}.db", clock=clock) for i in range(2)]
+        for shard in shards:
+            await shard.open()
+        queue: SpoolAdmin = ShardedQueue(shards)
+        shards[0].note_trace("b1", T0 - 1, "failover", ("relay-1", "refused"))  # another worker
+        await shards[0].store(msg("a0", "x@x.test", "y@x.test", received_at=T0 - 3))
+        shards[1].note_trace("b1", T0 - 2, "routed", ("z@x.test", None, "default", 1, "bulk"))
+        await shards[1].store(msg("b1", "z@x.test", received_at=T0 - 2))
+        [c2] = await store_rids(shards[1], msg("c2", received_at=T0 - 1))
+        assert (await queue.stats())["queued"] == 4
+        assert (await queue.oldest_age(T0))["queued"] == 3
+        assert [m.queue_id for m in await queue.list_messages()] == ["c2", "b1", "a0"]
+        assert [m.queue_id for m in await queue.list_messages(limit=1, offset=1)] == ["b1"]
+        view = await queue.get("b1")
+        assert view is not None and view.recipients[0].address == "z@x.test"
+        assert await queue.get_content("a0") == msg("a0").content
+        assert [step for _, step, _ in await queue.trace("b1")] == ["routed", "failover"]
+        later = T0 + HOUR
+        for shard in shards:
+            claimed = await shard.claim_ready(T0, 10)
+            await shard.record(
+                [
+                    RecipientResult(r.rid, S.DELIVERED if r.rid == c2 and shard is shards[1]
+                                    else S.DEFERRED, next_attempt=later, code=250)
+                    for m in claimed for r in m.recipients
+                ]
+            )  # fmt: skip
+            await shard.store(msg(f"flush-{shard.path.name}", received_at=later))
+        assert await queue.retry() == 5  # 2 + 1 deferred, 1 + 1 flush messages not yet due
+        assert await queue.purge(T0 + 1) == 1
+        assert await queue.delete("a0") and not await queue.delete("a0")
+        assert await queue.get("a0") is None and await queue.get("nope") is None
+        for shard in shards:
+            await shard.close()
 
     run(main())
 

@@ -12,11 +12,10 @@ final messages after their retention.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable
 from typing import Any
-
-import msgspec
 
 from smtplb.model import RecipientState, domain_of
 from smtplb.spool.base import (
@@ -40,8 +39,6 @@ _BELOW_ANY_PRIORITY = -(2**62)
 _IN_CHUNK = 500  # bound on host parameters per IN (...) list
 _RECORD_SQL: dict[int, str] = {}
 _NO_ROW = (-1, 0, 0, False, 0.0, None, None, "", "")  # rid -1 matches no recipient
-# Trace details hold replies and other small objects: they are kept as their text.
-_TRACE_ENCODER = msgspec.json.Encoder(enc_hook=str)
 
 
 def _chunks(items: list[int]) -> Iterable[list[int]]:
@@ -250,11 +247,16 @@ def purge(conn: sqlite3.Connection, older_than: float, limit: int) -> int:
     return len(rows)
 
 
+def _encode_details(details: Any) -> str:
+    # Replies and other objects in a step's details are kept as their text (str()),
+    # which is what queue show prints of them.
+    return json.dumps(details, default=str, separators=(",", ":"), ensure_ascii=False)
+
+
 def insert_traces(conn: sqlite3.Connection, steps: list[tuple[str, float, str, Any]]) -> None:
-    encode = _TRACE_ENCODER.encode
     conn.executemany(
         "INSERT INTO traces(queue_id, ts, step, details) VALUES (?,?,?,?)",
-        [(qid, ts, step, encode(details).decode()) for qid, ts, step, details in steps],
+        [(qid, ts, step, _encode_details(details)) for qid, ts, step, details in steps],
     )
 
 
@@ -349,7 +351,7 @@ def get_content(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
 
 def read_trace(conn: sqlite3.Connection, queue_id: str) -> list[TraceStep]:
     return [
-        (ts, step, tuple(msgspec.json.decode(details)))
+        (ts, step, tuple(json.loads(details)))
         for ts, step, details in conn.execute(
             "SELECT ts, step, details FROM traces WHERE queue_id=? ORDER BY rowid", (queue_id,)
         )
