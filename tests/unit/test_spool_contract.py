@@ -532,6 +532,7 @@ async def test_store_returns_the_message_as_delivery_takes_it(
     stored = await spool.store(msg("q1", "a@x.test", "b@y.test", priority=0))
     [claimed] = await spool.claim_ready(T0, 10)
     assert stored == claimed
+    assert stored.client_ip == claimed.client_ip == "192.0.2.1"  # hash_key = "client_ip"
     assert stored.msg_pk > 0 and [r.address for r in stored.recipients] == ["a@x.test", "b@y.test"]
     in_flight = await spool.store(msg("q2"), inflight=True)
     assert in_flight.queue_id == "q2" and in_flight.content == msg("q2").content

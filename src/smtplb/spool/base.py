@@ -61,6 +61,7 @@ class ClaimedMessage:
     content_class: str
     is_dsn: bool
     recipients: list[ClaimedRecipient] = field(default_factory=list)
+    client_ip: str = ""  # the client that sent it (for hash_key = "client_ip")
 
 
 @dataclass(frozen=True, slots=True)

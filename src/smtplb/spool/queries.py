@@ -71,7 +71,7 @@ def store(conn: sqlite3.Connection, m: NewMessage, inflight: bool, now: float) -
     assert msg_pk is not None
     stored = ClaimedMessage(
         msg_pk, m.queue_id, m.sender, m.message_id, m.content, m.received_at, m.expires_at,
-        m.content_class, m.is_dsn,
+        m.content_class, m.is_dsn, client_ip=m.client_ip,
     )  # fmt: skip
     state = INFLIGHT if inflight else QUEUED
     for r in m.recipients:
@@ -113,13 +113,13 @@ def claim(conn: sqlite3.Connection, now: float, limit: int, stamp: float) -> lis
     msg_pks = list(dict.fromkeys(row[1] for row in rows))
     messages: dict[int, ClaimedMessage] = {}
     for chunk in _chunks(msg_pks):
-        for pk, qid, sender, mid, recv, exp, cclass, dsn, content in conn.execute(
+        for pk, qid, sender, mid, recv, exp, cclass, dsn, ip, content in conn.execute(
             "SELECT pk, queue_id, sender, message_id, received_at, expires_at, content_class,"
-            f" is_dsn, content FROM messages WHERE pk IN ({_qmarks(len(chunk))})",
+            f" is_dsn, client_ip, content FROM messages WHERE pk IN ({_qmarks(len(chunk))})",
             chunk,
         ):
             messages[pk] = ClaimedMessage(
-                pk, qid, sender, mid, content or b"", recv, exp, cclass, bool(dsn)
+                pk, qid, sender, mid, content or b"", recv, exp, cclass, bool(dsn), client_ip=ip
             )
     for rid, msg_pk, address, pool, priority, attempts in rows:
         messages[msg_pk].recipients.append(ClaimedRecipient(rid, address, pool, priority, attempts))

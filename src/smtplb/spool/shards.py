@@ -143,6 +143,7 @@ async def _adopt(path: Path, into: Spool) -> int:
                             expires_at=claimed.expires_at,
                             content_class=claimed.content_class,
                             is_dsn=claimed.is_dsn,
+                            client_ip=claimed.client_ip,
                         )
                     )
                 except SpoolError:
