@@ -25,10 +25,11 @@ from smtplb import __version__
 from smtplb.api.server import HttpServer
 from smtplb.config import Config, load_config, parse_hostport
 from smtplb.delivery.bounces import DsnWriter
-from smtplb.delivery.dispatcher import Dispatcher, PoolRuntime
+from smtplb.delivery.dispatcher import Dispatcher
 from smtplb.delivery.health_check import HealthChecker
 from smtplb.delivery.member import Member
 from smtplb.delivery.mx import MxResolver
+from smtplb.delivery.pool import PoolRuntime
 from smtplb.delivery.pools import PausedMembers, all_members, build_pools, retry_schedule
 from smtplb.intake.auth import AuthThrottle
 from smtplb.intake.pipeline import IntakePipeline

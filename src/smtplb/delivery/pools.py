@@ -15,9 +15,9 @@ from smtplb.balancing import make_strategy
 from smtplb.balancing.health import ActiveHealth, PassiveHealth
 from smtplb.config import Config, MemberConfig, PoolConfig
 from smtplb.delivery.connection import ConnectionSettings
-from smtplb.delivery.dispatcher import PoolRuntime
 from smtplb.delivery.member import Member
 from smtplb.delivery.outcome import RetrySchedule
+from smtplb.delivery.pool import PoolRuntime
 
 
 class PausedMembers:

@@ -237,6 +237,7 @@ class IntakePipeline:
                         ClaimedRecipient(rid, r.address, r.pool, r.priority, 0)
                         for rid, r in zip(rids, recipients, strict=True)
                     ],
+                    client_ip=envelope.client_ip,
                 )
             )
         return queue_id

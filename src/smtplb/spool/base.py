@@ -58,6 +58,7 @@ class ClaimedMessage:
     content_class: str
     is_dsn: bool
     recipients: list[ClaimedRecipient] = field(default_factory=list)
+    client_ip: str = ""  # the client that handed the message in (a hash_key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -544,13 +544,13 @@ class SqliteSpool:
         msg_pks = list(dict.fromkeys(row[1] for row in rows))
         messages: dict[int, ClaimedMessage] = {}
         for chunk in _chunks(msg_pks):
-            for pk, qid, sender, mid, recv, exp, cclass, dsn, content in conn.execute(
+            for pk, qid, sender, mid, recv, exp, cclass, dsn, content, ip in conn.execute(
                 "SELECT pk, queue_id, sender, message_id, received_at, expires_at, content_class,"
-                f" is_dsn, content FROM messages WHERE pk IN ({_qmarks(len(chunk))})",
+                f" is_dsn, content, client_ip FROM messages WHERE pk IN ({_qmarks(len(chunk))})",
                 chunk,
             ):
                 messages[pk] = ClaimedMessage(
-                    pk, qid, sender, mid, content or b"", recv, exp, cclass, bool(dsn)
+                    pk, qid, sender, mid, content or b"", recv, exp, cclass, bool(dsn), [], ip
                 )
         for rid, msg_pk, address, pool, priority, attempts in rows:
             messages[msg_pk].recipients.append(
