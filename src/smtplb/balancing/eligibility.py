@@ -59,12 +59,13 @@ class MemberView(Protocol):
     @property
     def connection_limit(self) -> int: ...
 
-    def ramp_at(self, now: float) -> float:
-        """Slow-start share from 0 to 1 at ``now``."""
+    @property
+    def base_weight(self) -> float:
+        """The configured weight (a strategy sees it × the slow-start ramp)."""
         ...
 
-    def weight_at(self, now: float) -> float:
-        """Configured weight × slow-start ramp at ``now``."""
+    def ramp_at(self, now: float) -> float:
+        """Slow-start share from 0 to 1 at ``now``."""
         ...
 
 
@@ -174,17 +175,26 @@ class Eligibility:
         return None
 
     def select(self, members: Iterable[M], request: PickRequest, now: float) -> Selection[M]:
-        selection: Selection[M] = Selection()
+        # This runs for every pick: the loops of `excluded` and `waits`, inlined.
+        candidates: list[Eligible[M]] = []
+        skipped: list[tuple[str, str]] = []
         for m in members:
-            reason = self.excluded(m, request, now)
-            if reason is not None:
-                selection.skipped.append((m.name, reason))
-                continue
-            ramp = m.ramp_at(now)
-            selection.candidates.append(
-                Eligible(m, m.name, m.weight_at(now), ramp, m.active, self.waits(m, request, now))
-            )
-        return selection
+            for skip_reason in self.exclude:
+                reason = skip_reason(m, request, now)
+                if reason is not None:
+                    skipped.append((m.name, reason))
+                    break
+            else:
+                wait_reason = None
+                for skip_reason in self.wait:
+                    wait_reason = skip_reason(m, request, now)
+                    if wait_reason is not None:
+                        break
+                ramp = m.ramp_at(now)
+                candidates.append(
+                    Eligible(m, m.name, m.base_weight * ramp, ramp, m.active, wait_reason)
+                )
+        return Selection(candidates, skipped)
 
     def __repr__(self) -> str:
         names = [f.__name__ if hasattr(f, "__name__") else repr(f) for f in self.exclude]

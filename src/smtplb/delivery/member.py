@@ -115,6 +115,10 @@ class Member:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def base_weight(self) -> float:
+        return self.config.weight
+
     def ramp_at(self, now: float) -> float:
         """Slow start: the share from 0 to 1 a recovering member may take at ``now``."""
         if self.ramp_since is None or self.slow_start <= 0:
