@@ -323,7 +323,9 @@ class Service:
         if self.worker > 0:
             self._tasks.append(loop.create_task(self._peer_link().run()))
         if self.config.health.checks:
-            checker = HealthChecker(self.config.health, self._on_check_event)
+            checker = HealthChecker(
+                self.config.health, self._on_check_event, clock=self.dispatcher.clock
+            )
             self._tasks.append(loop.create_task(checker.run(self.members)))
         log.info(
             "smtplb listening on %s (SMTP) and %s (HTTP)%s",
@@ -391,7 +393,9 @@ class Service:
         self.config = new
         self.intake.reconfigure(new)
         self.pools.clear()
-        self.pools.update(build_pools(new, existing, self.paused.load(), self.workers))
+        self.pools.update(
+            build_pools(new, existing, self.paused.load(), self.workers, self.dispatcher.clock)
+        )
         self.resolver.static = MxResolver(new.static_routes).static
         self.dispatcher.schedule = retry_schedule(new)
         self.dsn.reporting_mta = new.hostname

@@ -100,6 +100,8 @@ def test_each_filter_names_its_reason() -> None:
     assert down(m, REQ, now) is None  # one bad check of fall=2
     m.record_check(False, "refused", now)
     assert down(m, REQ, now) == "down (health checks: refused)"
+    m.record_check(True, "ok", now)  # one good check of rise=2: still down, for the same reason
+    assert down(m, REQ, now) == "down (health checks: refused)"
 
     m.active = 2
     assert over_connection_limit(m, REQ, now) == "busy (all 2 connections in use)"

@@ -86,7 +86,7 @@ def paused(member: MemberView, request: PickRequest, now: float) -> str | None:
 def down(member: MemberView, request: PickRequest, now: float) -> str | None:
     if member.checks.up:
         return None
-    why = member.checks.last_reason
+    why = member.checks.last_failure
     return f"down (health checks: {why})" if why else "down (health checks)"
 
 

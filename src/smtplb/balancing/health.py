@@ -179,6 +179,7 @@ class ActiveHealth:
         self.up = True
         self.streak = 0  # consecutive results that argue for a change of state
         self.last_reason = ""
+        self.last_failure = ""  # why the last failed check failed
         self.checks = 0
 
     @property
@@ -188,6 +189,8 @@ class ActiveHealth:
     def observe(self, ok: bool, reason: str = "") -> Transition | None:
         self.checks += 1
         self.last_reason = reason
+        if not ok:
+            self.last_failure = reason
         if ok == self.up:
             self.streak = 0
             return None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from smtplb.balancing import make_strategy
 from smtplb.balancing.health import ActiveHealth, PassiveHealth
+from smtplb.clock import Clock
 from smtplb.config import Config, MemberConfig, PoolConfig
 from smtplb.delivery.connection import ConnectionSettings
 from smtplb.delivery.member import Member
@@ -74,15 +75,20 @@ def connection_settings(config: Config, m: MemberConfig) -> ConnectionSettings:
 
 
 def build_pools(
-    config: Config, existing: Mapping[str, Member], paused: set[str], workers: int
+    config: Config,
+    existing: Mapping[str, Member],
+    paused: set[str],
+    workers: int,
+    clock: Clock,
 ) -> dict[str, PoolRuntime]:
     """Every pool of ``config``; members in ``existing`` (by name) are reused.
 
     ``workers`` is the number of worker processes running (each member takes
-    its share of ``max_connections``); a reload does not change it."""
+    its share of ``max_connections``); a reload does not change it. ``clock``
+    times the new members' health and slow start."""
     pools: dict[str, PoolRuntime] = {}
     for pc in config.pools:
-        members = [_member(config, pc, mc, existing, paused, workers) for mc in pc.members]
+        members = [_member(config, pc, mc, existing, paused, workers, clock) for mc in pc.members]
         pools[pc.name] = PoolRuntime(pc, members, make_strategy(pc))
     return pools
 
@@ -94,6 +100,7 @@ def _member(
     existing: Mapping[str, Member],
     paused: set[str],
     workers: int,
+    clock: Clock,
 ) -> Member:
     hc = config.health
     old = existing.get(mc.name)
@@ -115,6 +122,7 @@ def _member(
         paused=mc.name in paused,
         slow_start=hc.slow_start,
         workers=workers,
+        clock=clock,
     )
     if existing:  # added by a reload, not present at start: ramp up
         member.start_ramp()
