@@ -225,6 +225,7 @@ def test_choose_skips_excluded_members_and_says_why() -> None:
     j.tried.add("d")
     choice = p.choose(j, clock.monotonic())
     assert choice.member is c
+    assert [name for name, _ in choice.selection.reasons(c)] == ["a", "b", "d"]  # pool order
     assert dict(choice.selection.reasons(c)) == {
         "a": "paused",
         "b": "ejected for 10s more (refused)",

@@ -138,14 +138,15 @@ class Selection(Generic[M]):
     """The outcome of the filters for one job: who may be chosen, who was skipped and why."""
 
     candidates: list[Eligible[M]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (member, reason)
+    # Every member in pool order with its first EXCLUDE or WAIT reason; None: it
+    # could start the job now.
+    verdicts: list[tuple[str, str | None]] = field(default_factory=list)
 
     def reasons(self, chosen: M | None = None) -> tuple[tuple[str, str | None], ...]:
         """Every member but ``chosen`` with why it was not chosen, for the trace;
         None: it could have taken the job, the strategy preferred another."""
-        out: list[tuple[str, str | None]] = list(self.skipped)
-        out += [(c.name, c.wait_reason) for c in self.candidates if c.member is not chosen]
-        return tuple(out)
+        name = None if chosen is None else chosen.name
+        return tuple(v for v in self.verdicts if v[0] != name)
 
 
 class Eligibility:
@@ -177,24 +178,23 @@ class Eligibility:
     def select(self, members: Iterable[M], request: PickRequest, now: float) -> Selection[M]:
         # This runs for every pick: the loops of `excluded` and `waits`, inlined.
         candidates: list[Eligible[M]] = []
-        skipped: list[tuple[str, str]] = []
+        verdicts: list[tuple[str, str | None]] = []
         for m in members:
             for skip_reason in self.exclude:
                 reason = skip_reason(m, request, now)
                 if reason is not None:
-                    skipped.append((m.name, reason))
+                    verdicts.append((m.name, reason))
                     break
             else:
-                wait_reason = None
+                reason = None
                 for skip_reason in self.wait:
-                    wait_reason = skip_reason(m, request, now)
-                    if wait_reason is not None:
+                    reason = skip_reason(m, request, now)
+                    if reason is not None:
                         break
+                verdicts.append((m.name, reason))
                 ramp = m.ramp_at(now)
-                candidates.append(
-                    Eligible(m, m.name, m.base_weight * ramp, ramp, m.active, wait_reason)
-                )
-        return Selection(candidates, skipped)
+                candidates.append(Eligible(m, m.name, m.base_weight * ramp, ramp, m.active, reason))
+        return Selection(candidates, verdicts)
 
     def __repr__(self) -> str:
         names = [f.__name__ if hasattr(f, "__name__") else repr(f) for f in self.exclude]

@@ -117,5 +117,5 @@ class PoolRuntime:
 
 def no_member_reply(selection: Selection[Member]) -> Reply:
     """The deferral reply when every member was excluded, naming each one's reason."""
-    reasons = "; ".join(f"{name}: {why}" for name, why in selection.skipped)
+    reasons = "; ".join(f"{name}: {why}" for name, why in selection.verdicts)
     return Reply(451, "4.4.1", f"no member available ({reasons})")
