@@ -7,6 +7,8 @@ import random
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smtplb.balancing import PickRequest, make_strategy
 from smtplb.balancing.eligibility import (
@@ -362,3 +364,45 @@ async def _active_checks_on_the_clock() -> None:
     assert 1.8 <= checker.interval(m) <= 2.2
     m.checks.observe(False)
     assert 0.9 <= checker.interval(m) <= 1.1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(
+        ["round_robin", "weighted", "least_connections", "latency", "hash", "failover"]
+    ),
+    st.lists(
+        st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.integers(0, 3)),
+        min_size=1,
+        max_size=5,
+    ),
+)
+def test_the_chosen_member_passes_every_filter(
+    strategy: str, states: list[tuple[bool, bool, bool, bool, int]]
+) -> None:
+    """Whatever the members' states: the chosen one passes every filter; a job waits
+    only while some member is merely busy; every member has one verdict, in order."""
+    clock = FakeClock()
+    members = [member(f"m{i}", clock, max_connections=2, fall=1) for i in range(len(states))]
+    j = job()
+    for m, (is_paused, is_down, is_ejected, was_tried, active) in zip(members, states, strict=True):
+        m.paused = is_paused
+        if is_down:
+            m.checks.up = False
+        if is_ejected:
+            start_and_record(m, REFUSED, clock)
+        if was_tried:
+            j.tried.add(m.name)
+        m.active = active
+    p = pool(strategy, members)
+    now = clock.monotonic()
+    choice = p.choose(j, now)
+    assert [name for name, _ in choice.selection.verdicts] == [m.name for m in members]
+    excluded = {m.name for m in members if p.eligibility.excluded(m, j.request, now)}
+    busy = {m.name for m in members if p.eligibility.waits(m, j.request, now)}
+    if choice.member is not None:
+        assert choice.member.name not in excluded | busy
+    elif choice.waits:
+        assert excluded != {m.name for m in members} and busy
+    else:
+        assert excluded == {m.name for m in members}
