@@ -29,8 +29,13 @@ from smtplb.delivery.dispatcher import Dispatcher
 from smtplb.delivery.health_check import HealthChecker
 from smtplb.delivery.member import Member
 from smtplb.delivery.mx import MxResolver
-from smtplb.delivery.pool import PoolRuntime
-from smtplb.delivery.pools import PausedMembers, all_members, build_pools, retry_schedule
+from smtplb.delivery.pools import (
+    PausedMembers,
+    PoolRuntime,
+    all_members,
+    build_pools,
+    retry_schedule,
+)
 from smtplb.intake.auth import AuthThrottle
 from smtplb.intake.pipeline import IntakePipeline
 from smtplb.intake.server import ConnectionCap, Listener

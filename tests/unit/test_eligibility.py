@@ -27,7 +27,7 @@ from smtplb.config import HealthConfig, MemberConfig, PoolConfig
 from smtplb.delivery.connection import ConnectionSettings
 from smtplb.delivery.health_check import HealthChecker
 from smtplb.delivery.member import AttemptResult, Member
-from smtplb.delivery.pool import Choice, Job, PoolRuntime, no_member_reply
+from smtplb.delivery.pools import Choice, Job, PoolRuntime, no_member_reply
 from smtplb.model import RecipientState
 from smtplb.spool.base import ClaimedMessage, ClaimedRecipient
 

@@ -35,7 +35,7 @@ from smtplb.delivery.dsn import FailedRecipient, diagnostic
 from smtplb.delivery.member import AttemptResult, Member
 from smtplb.delivery.mx import MxResolver, ResolveError
 from smtplb.delivery.outcome import RetrySchedule, next_state, transaction_outcomes
-from smtplb.delivery.pool import LANES, Job, PoolRuntime, no_member_reply
+from smtplb.delivery.pools import LANES, Job, PoolRuntime, no_member_reply
 from smtplb.model import RecipientState, Reply, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord, member_record
