@@ -62,8 +62,9 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         delivery_log.listeners.append(webhooks.on_record)
     traces = TraceBook(persist=spool.note_trace)  # stored with the spool's next commit
 
+    clock = SystemClock()  # the one clock of delivery, members, health and AUTH throttling
     paused = PausedMembers(data_dir / "paused-members")
-    pools = build_pools(config, {}, paused.load(), config.workers)
+    pools = build_pools(config, {}, paused.load(), config.workers, clock)
     resolver = MxResolver(config.static_routes)
     dispatcher = Dispatcher(
         spool=spool,
@@ -74,6 +75,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         max_in_flight=config.delivery.max_in_flight,
         max_ejection_percent=config.health.max_ejection_percent,
         traces=traces,
+        clock=clock,
     )
 
     service: Service  # bound below; the pipeline asks only once the service runs
@@ -92,7 +94,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     smtp = config.smtp
     users = {u.name: u.password_hash for u in smtp.users}
     auth_throttle = AuthThrottle(
-        SystemClock(),
+        clock,
         max_failures=smtp.auth_max_failures,
         lockout=smtp.auth_lockout,
         delay=smtp.auth_delay,

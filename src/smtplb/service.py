@@ -25,11 +25,17 @@ from smtplb import __version__
 from smtplb.api.server import HttpServer
 from smtplb.config import Config, load_config, parse_hostport
 from smtplb.delivery.bounces import DsnWriter
-from smtplb.delivery.dispatcher import Dispatcher, PoolRuntime
+from smtplb.delivery.dispatcher import Dispatcher
 from smtplb.delivery.health_check import HealthChecker
 from smtplb.delivery.member import Member
 from smtplb.delivery.mx import MxResolver
-from smtplb.delivery.pools import PausedMembers, all_members, build_pools, retry_schedule
+from smtplb.delivery.pools import (
+    PausedMembers,
+    PoolRuntime,
+    all_members,
+    build_pools,
+    retry_schedule,
+)
 from smtplb.intake.auth import AuthThrottle
 from smtplb.intake.pipeline import IntakePipeline
 from smtplb.intake.server import ConnectionCap, Listener
@@ -324,7 +330,9 @@ class Service:
         if self.worker > 0:
             self._tasks.append(loop.create_task(self._peer_link().run()))
         if self.config.health.checks:
-            checker = HealthChecker(self.config.health, self._on_check_event)
+            checker = HealthChecker(
+                self.config.health, self._on_check_event, clock=self.dispatcher.clock
+            )
             self._tasks.append(loop.create_task(checker.run(self.members)))
         log.info(
             "smtplb listening on %s (SMTP) and %s (HTTP)%s",
@@ -392,7 +400,9 @@ class Service:
         self.config = new
         self.intake.reconfigure(new)
         self.pools.clear()
-        self.pools.update(build_pools(new, existing, self.paused.load(), self.workers))
+        self.pools.update(
+            build_pools(new, existing, self.paused.load(), self.workers, self.dispatcher.clock)
+        )
         self.resolver.static = MxResolver(new.static_routes).static
         self.dispatcher.schedule = retry_schedule(new)
         self.dsn.reporting_mta = new.hostname

@@ -7,12 +7,11 @@ from hypothesis import strategies as st
 
 from smtplb.balancing.health import HealthState, PassiveHealth
 from smtplb.delivery.outcome import (
-    Outcome,
     RetrySchedule,
-    outcome_of,
+    next_state,
     transaction_outcomes,
 )
-from smtplb.model import BounceKind, Reply, classify_reply
+from smtplb.model import BounceKind, RecipientState, Reply, classify_reply
 
 
 def test_classify_reply() -> None:
@@ -22,8 +21,52 @@ def test_classify_reply() -> None:
     assert classify_reply(Reply(552, "5.2.2", "mailbox full")) is BounceKind.SOFT
     assert classify_reply(Reply(421, "4.7.28", "rate limited")) is BounceKind.TRANSIENT
     assert classify_reply(Reply(550, None, "No such user here")) is BounceKind.HARD
-    assert outcome_of(Reply(451, "4.3.0", "")) is Outcome.DEFERRED
-    assert outcome_of(Reply(554, "5.0.0", "")) is Outcome.BOUNCED
+
+
+NO_JITTER = RetrySchedule(base=60, maximum=3600, jitter=0)
+NOW = 1_000_000.0
+DAY = 86400.0
+
+
+def test_next_state_follows_the_reply_class() -> None:
+    rng = random.Random(0)
+    for reply, state in [
+        (Reply(250, "2.0.0", "queued"), RecipientState.DELIVERED),
+        (Reply(354, None, "go ahead"), RecipientState.DELIVERED),
+        (Reply(550, "5.1.1", "unknown"), RecipientState.BOUNCED),
+        (Reply(554, "5.0.0", ""), RecipientState.BOUNCED),
+    ]:
+        assert next_state(reply, 1, NOW, NOW + DAY, NO_JITTER, rng) == (state, 0.0)
+
+
+def test_next_state_defers_by_the_retry_schedule() -> None:
+    later = Reply(451, "4.3.0", "try later")
+    rng = random.Random(0)
+    expected = [60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 3600.0, 3600.0]
+    for attempt, delay in enumerate(expected, start=1):
+        state, when = next_state(later, attempt, NOW, NOW + DAY, NO_JITTER, rng)
+        assert (state, when - NOW) == (RecipientState.DEFERRED, delay)
+
+
+def test_next_state_expires_when_the_next_try_would_be_too_late() -> None:
+    later = Reply(421, "4.7.0", "busy")
+    rng = random.Random(0)
+    # The 3rd attempt's retry would come 240 s later: inside a 241 s lifetime, not a 240 s one.
+    assert next_state(later, 3, NOW, NOW + 241, NO_JITTER, rng)[0] is RecipientState.DEFERRED
+    assert next_state(later, 3, NOW, NOW + 240, NO_JITTER, rng) == (RecipientState.EXPIRED, 0.0)
+    # A message already past its lifetime never defers, however early the attempt.
+    assert next_state(later, 1, NOW, NOW - 1, NO_JITTER, rng)[0] is RecipientState.EXPIRED
+
+
+@given(st.integers(min_value=1, max_value=30), st.integers(min_value=0, max_value=2**32))
+def test_next_state_jitter_stays_within_its_share(attempt: int, seed: int) -> None:
+    sched = RetrySchedule(base=60, maximum=3600, jitter=0.2)
+    state, when = next_state(
+        Reply(450, "4.2.1", "busy"), attempt, NOW, NOW + 30 * DAY, sched, random.Random(seed)
+    )
+    ideal = min(3600, 60 * 2 ** (attempt - 1))
+    assert state is RecipientState.DEFERRED
+    assert ideal * 0.8 <= when - NOW <= ideal * 1.2
 
 
 def test_transaction_outcomes() -> None:

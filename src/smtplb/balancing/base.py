@@ -1,8 +1,9 @@
-"""The balancing interface: a strategy picks one member among the available ones.
+"""The balancing interface: a strategy picks one member among the eligible ones.
 
-Strategies are pure and I/O-free. Availability (health, pause, warm-up,
+Strategies are pure and I/O-free. Eligibility (health, pause, warm-up,
 shaping, members already tried for this job) is decided before a strategy is
-asked; a strategy only chooses. It may choose a member that is ``full`` (all
+asked, by the filters in :mod:`smtplb.balancing.eligibility`; a strategy only
+chooses. It may choose a member that is ``full`` (held by a WAIT filter: all
 connection slots busy): the job then waits for that member, which is how a
 consistent hash keeps a key on its member. Strategies that spread load skip
 full members and return None when every member is full.
@@ -11,6 +12,7 @@ full members and return None when every member is full.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, TypeVar
 
@@ -44,12 +46,15 @@ class Candidate(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PickRequest:
-    """What a strategy may know of the job: the keys a hash strategy uses."""
+    """What eligibility filters and strategies may know of the job: the keys a
+    hash strategy uses, and the members that already failed it (``tried``, the
+    job's own set, so one request serves every pick of the job)."""
 
     recipient_domain: str = ""
     sender_domain: str = ""
     client_ip: str = ""
     sender: str = ""
+    tried: AbstractSet[str] = frozenset()
 
 
 C = TypeVar("C", bound=Candidate)

@@ -66,14 +66,30 @@ class PassiveHealth:
         ):
             self.ejections = 0  # stayed healthy long enough: forgive earlier ejections
 
+    def state_at(self, now: float) -> HealthState:
+        """The state at ``now`` (an ejection that has run out reads as half-open)."""
+        if self.state is HealthState.EJECTED and now >= self.ejected_until:
+            return HealthState.HALF_OPEN
+        return self.state
+
+    def skip_reason(self, now: float) -> str | None:
+        """Why no new delivery may start on this member at ``now``; None: it may.
+
+        A query: it changes nothing (the ejection runs out in :meth:`started`)."""
+        if self.state is HealthState.EJECTED and now < self.ejected_until:
+            return f"ejected for {self.ejected_until - now:.3g}s more ({self.last_reason})"
+        if self.state is HealthState.HALF_OPEN and self.probes >= self.probe_limit:
+            return "half-open: its probe delivery is under way"
+        return None
+
     def available(self, now: float) -> bool:
         """May a new delivery start on this member now?"""
-        self._refresh(now)
-        if self.state is HealthState.UP:
-            return True
-        if self.state is HealthState.HALF_OPEN:
-            return self.probes < self.probe_limit
-        return False
+        return self.skip_reason(now) is None
+
+    @property
+    def suspect(self) -> bool:
+        """A failure since the last success, or not fully up: one delivery at a time."""
+        return bool(self.consecutive_failures) or self.state is not HealthState.UP
 
     def started(self, now: float) -> None:
         """A delivery starts (counts as a probe while half-open)."""
@@ -146,6 +162,12 @@ class PassiveHealth:
         )
 
 
+def may_eject(ejected: int, members: int, max_percent: int) -> bool:
+    """Envoy's max ejection percent: may one more member of a pool of ``members``,
+    ``ejected`` of them out already, be ejected? At least one always may."""
+    return ejected < max(1, members * max_percent // 100)
+
+
 class ActiveHealth:
     """Active checks with HAProxy meanings: ``rise`` consecutive good checks bring
     a down member up, ``fall`` consecutive bad ones take an up member down.
@@ -157,6 +179,7 @@ class ActiveHealth:
         self.up = True
         self.streak = 0  # consecutive results that argue for a change of state
         self.last_reason = ""
+        self.last_failure = ""  # why the last failed check failed
         self.checks = 0
 
     @property
@@ -166,6 +189,8 @@ class ActiveHealth:
     def observe(self, ok: bool, reason: str = "") -> Transition | None:
         self.checks += 1
         self.last_reason = reason
+        if not ok:
+            self.last_failure = reason
         if ok == self.up:
             self.streak = 0
             return None

@@ -4,16 +4,19 @@ Theory of operation. Work enters as :class:`ClaimedMessage` (straight from
 intake while there is room in memory, else claimed from the spool by the
 feeder). Each message is split into :class:`Job` s, one per (pool, recipient
 domain), and queued on its pool's priority lane. The pump hands lane heads to
-members: highest lane first; a member is asked for only when it is available
-(not paused, not ejected) and has a free connection slot; the pool's strategy
-picks among those. A job whose untried members are all unavailable is deferred
-to the spool; one whose members are merely busy waits in its lane.
+members, highest lane first: the pool's eligibility filters say which members
+may take the job and why the others may not, the pool's strategy picks among
+them (:meth:`PoolRuntime.choose`). A job whose members are all excluded (paused,
+down, ejected, failed this attempt…) is deferred to the spool; one whose
+members are merely busy waits in its lane.
 
 A delivery that fails for a connection-level reason goes straight back to the
 front of its lane, with the failed member excluded, without counting an
 attempt (immediate failover). Replies decide each recipient: 2xx delivered,
 4xx deferred with backoff (expired past the queue lifetime), 5xx bounced.
-Bounced and expired recipients get a DSN through ``on_bounce``.
+Bounced and expired recipients get a DSN through ``on_bounce``. Each finished
+attempt goes back to its member in one call (:meth:`PoolRuntime.record`).
+Time comes from the injected clock.
 """
 
 from __future__ import annotations
@@ -22,19 +25,17 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from smtplb.balancing import PickRequest, Strategy
-from smtplb.config import PoolConfig
+from smtplb.clock import Clock, SystemClock
 from smtplb.delivery.connection import ConnectError
 from smtplb.delivery.dsn import FailedRecipient, diagnostic
-from smtplb.delivery.member import Member
+from smtplb.delivery.member import AttemptResult, Member
 from smtplb.delivery.mx import MxResolver, ResolveError
-from smtplb.delivery.outcome import RetrySchedule, transaction_outcomes
+from smtplb.delivery.outcome import RetrySchedule, next_state, transaction_outcomes
+from smtplb.delivery.pools import LANES, Job, PoolRuntime, no_member_reply
 from smtplb.model import RecipientState, Reply, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord, member_record
@@ -49,39 +50,6 @@ from smtplb.spool.base import (
 )
 
 log = logging.getLogger("smtplb.delivery")
-
-LANES = 3  # 0 high, 1 normal, 2 low
-
-
-@dataclass(slots=True)
-class Job:
-    message: ClaimedMessage
-    recipients: list[ClaimedRecipient]
-    pool: str
-    priority: int
-    domain: str
-    tried: set[str] = field(default_factory=set)
-
-    def __repr__(self) -> str:
-        return (
-            f"Job({self.message.queue_id}, {len(self.recipients)} rcpt @{self.domain}, "
-            f"pool={self.pool}, tried={sorted(self.tried)})"
-        )
-
-
-@dataclass(slots=True)
-class PoolRuntime:
-    config: PoolConfig
-    members: list[Member]
-    strategy: Strategy
-    lanes: tuple[deque[Job], ...] = field(default_factory=lambda: tuple(deque() for _ in range(3)))
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    def waiting(self) -> int:
-        return sum(len(lane) for lane in self.lanes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +81,10 @@ class Dispatcher:
         max_ejection_percent: int = 50,
         on_bounce: BounceHandler | None = None,
         traces: TraceBook | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
+        self.clock = clock if clock is not None else SystemClock()
         self.traces = traces if traces is not None else TraceBook()
         self.max_ejection_percent = max_ejection_percent
         self.spool = spool
@@ -138,7 +109,7 @@ class Dispatcher:
         self._idle.set()
         self._running = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._rng = random.Random()
+        self._rng = rng if rng is not None else random.Random()
 
     # -- intake side ---------------------------------------------------------------
 
@@ -170,7 +141,7 @@ class Dispatcher:
 
     def _pump(self) -> None:
         self._pump_scheduled = False
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for pool in self.pools.values():
             self._pump_pool(pool, now)
 
@@ -178,67 +149,29 @@ class Dispatcher:
         for lane in pool.lanes:
             while lane:
                 job = lane[0]
-                available = [
-                    m for m in pool.members if m.name not in job.tried and m.available(now)
-                ]
-                if not available:
-                    lane.popleft()
-                    reply = self._no_member_reply(pool, job)
+                choice = pool.choose(job, now)
+                if choice.waits:
+                    return  # busy: this lane and the lower ones wait for a free slot
+                lane.popleft()
+                if choice.member is None:
+                    reply = no_member_reply(choice.selection)
                     self.traces.add(job.message.queue_id, "deferred", pool.name, reply.text)
                     self._defer(job, reply)
                     continue
-                member = pool.strategy.pick(available, self._pick_request(job))
-                if member is None or member.full:
-                    return  # busy: this lane and the lower ones wait for a free slot
-                lane.popleft()
-                self._trace_pick(pool, job, member, now)
-                self._start(job, member, now)
-
-    def _trace_pick(self, pool: PoolRuntime, job: Job, chosen: Member, now: float) -> None:
-        skipped: list[tuple[str, str | None]] = []
-        for m in pool.members:
-            if m is chosen:
-                continue
-            if m.name in job.tried:
-                skipped.append((m.name, "failed this attempt"))
-            elif not m.available(now):
-                skipped.append((m.name, m.state))
-            elif m.full:
-                skipped.append((m.name, "busy (all connections in use)"))
-            else:
-                skipped.append((m.name, None))  # available: the strategy preferred another
-        self.traces.add(
-            job.message.queue_id,
-            "dispatch",
-            tuple(r.address for r in job.recipients),
-            pool.name,
-            job.priority,
-            chosen.name,
-            pool.config.strategy,
-            tuple(skipped),
-        )
-
-    @staticmethod
-    def _pick_request(job: Job) -> PickRequest:
-        return PickRequest(
-            recipient_domain=job.domain,
-            sender_domain=domain_of(job.message.sender),
-            sender=job.message.sender.lower(),
-        )
-
-    @staticmethod
-    def _no_member_reply(pool: PoolRuntime, job: Job) -> Reply:
-        reasons = []
-        for m in pool.members:
-            if m.name in job.tried:
-                reasons.append(f"{m.name}: failed this attempt")
-            else:
-                reasons.append(f"{m.name}: {m.state}")
-        return Reply(451, "4.4.1", "no member available (" + "; ".join(reasons) + ")")
+                self.traces.add(
+                    job.message.queue_id,
+                    "dispatch",
+                    tuple(r.address for r in job.recipients),
+                    pool.name,
+                    job.priority,
+                    choice.member.name,
+                    pool.config.strategy,
+                    choice.selection.reasons(choice.member),
+                )
+                self._start(job, choice.member, now)
 
     def _start(self, job: Job, member: Member, now: float) -> None:
-        member.active += 1
-        member.health.started(now)
+        member.start(now)
         self.active += 1
         self._idle.clear()
         task = asyncio.get_running_loop().create_task(self._deliver(job, member))
@@ -250,7 +183,8 @@ class Dispatcher:
     async def _deliver(self, job: Job, member: Member) -> None:
         msg = job.message
         rcpts = [r.address for r in job.recipients]
-        started = time.monotonic()
+        started = self.clock.monotonic()
+        result = AttemptResult()  # nothing sent
         try:
             destinations = await member.destinations(job.domain, self.resolver)
             delivered = await member.deliver(
@@ -258,54 +192,42 @@ class Dispatcher:
             )
         except ResolveError as exc:
             reply = Reply(550 if exc.permanent else 451, exc.enhanced, str(exc))
-            self._settle(job, member, [reply] * len(rcpts))
+            result = AttemptResult(self._settle(job, member, [reply] * len(rcpts)))
         except ConnectError as exc:
-            pool = self.pools.get(job.pool)
-            if pool is not None:
-                pool.strategy.observe(member.name, time.monotonic() - started, False, started)
+            result = AttemptResult(failure=exc.reason, seconds=self.clock.monotonic() - started)
             self._failover(job, member, exc)
         except Exception as exc:  # a bug must not lose the job: defer it
             log.exception("delivery of %r on %r failed unexpectedly", job, member)
             self._defer(job, Reply(451, "4.3.0", f"internal error: {type(exc).__name__}"))
         else:
             tr = delivered.result
-            now = time.monotonic()
-            transition = member.health.success(now)
-            if transition is not None:
-                member.start_ramp()
-                self.member_event(member, transition.event, transition.reason)
-                self.wake()
             replies = transaction_outcomes(tr.mail, tr.rcpts, tr.data)
-            pool = self.pools.get(job.pool)
-            if pool is not None:
-                ok = tr.data is not None and tr.data.is_positive
-                pool.strategy.observe(member.name, delivered.latency, ok, now)
-            self._settle(job, member, replies, delivered.upstream, delivered.latency)
+            states = self._settle(job, member, replies, delivered.upstream, delivered.latency)
+            accepted = tr.data is not None and tr.data.is_positive
+            result = AttemptResult(states, True, None, delivered.latency, accepted)
         finally:
-            member.active -= 1
-            self.active -= 1
-            if not self.active:
-                self._idle.set()
-            self._schedule_pump()
+            self._finish(job, member, result)
 
-    def _may_eject(self, member: Member) -> bool:
-        """Envoy's max ejection percent: never more than that share of a pool out at
-        once through passive ejection (at least one may go)."""
-        pool = self.pools.get(member.pool)
-        if pool is None:
-            return True
-        ejected = sum(1 for m in pool.members if m.health.ejected)
-        allowed = max(1, len(pool.members) * self.max_ejection_percent // 100)
-        return ejected < allowed
-
-    def _failover(self, job: Job, member: Member, exc: ConnectError) -> None:
-        now = time.monotonic()
-        member.counters.failures += 1
-        transition = member.health.failure(now, exc.reason, may_eject=self._may_eject(member))
-        self._log_job(job, "failover", member=member, response=f"{exc.reason}: {exc}")
-        self.traces.add(job.message.queue_id, "failover", member.name, f"{exc.reason}: {exc}")
+    def _finish(self, job: Job, member: Member, result: AttemptResult) -> None:
+        """The attempt goes back to its member (health, counters) in one call."""
+        now = self.clock.monotonic()
+        pool = self.pools.get(job.pool)
+        if pool is not None:
+            transition = pool.record(member, result, now, self.max_ejection_percent)
+        else:  # the pool was removed by a reload meanwhile
+            transition = member.record(result, now)
         if transition is not None:
             self.member_event(member, transition.event, transition.reason)
+            if transition.event == "member_up":
+                self.wake()
+        self.active -= 1
+        if not self.active:
+            self._idle.set()
+        self._schedule_pump()
+
+    def _failover(self, job: Job, member: Member, exc: ConnectError) -> None:
+        self._log_job(job, "failover", member=member, response=f"{exc.reason}: {exc}")
+        self.traces.add(job.message.queue_id, "failover", member.name, f"{exc.reason}: {exc}")
         job.tried.add(member.name)
         pool = self.pools.get(job.pool)
         if pool is not None:
@@ -320,15 +242,20 @@ class Dispatcher:
         replies: Sequence[Reply],
         upstream: str = "",
         latency: float = 0.0,
-    ) -> None:
-        """Each recipient's fate from its reply; ``member`` None: no member was tried."""
-        now = time.time()
+    ) -> list[RecipientState]:
+        """Each recipient's fate from its reply; ``member`` None: no member was tried.
+        Returns the recipients' new states, in order."""
+        now = self.clock.wall()
+        states: list[RecipientState] = []
         results: list[RecipientResult] = []
         bounced: list[FailedRecipient] = []
         expired: list[FailedRecipient] = []
         for rcpt, reply in zip(job.recipients, replies, strict=True):
             attempt = rcpt.attempts + 1
-            state, next_attempt = self._next_state(job, reply, attempt, now)
+            state, next_attempt = next_state(
+                reply, attempt, now, job.message.expires_at, self.schedule, self._rng
+            )
+            states.append(state)
             results.append(
                 RecipientResult(
                     rcpt.rid,
@@ -345,8 +272,6 @@ class Dispatcher:
                 bounced.append(_failed(rcpt.address, reply, upstream))
             elif state is RecipientState.EXPIRED:
                 expired.append(_failed(rcpt.address, reply, upstream, expired=True))
-            if member is not None:
-                member.counters.count(state)
             self._log_rcpt(
                 job,
                 rcpt,
@@ -363,18 +288,7 @@ class Dispatcher:
         self._record(results)
         self._notify(job.message, bounced, expired=False)
         self._notify(job.message, expired, expired=True)
-
-    def _next_state(
-        self, job: Job, reply: Reply, attempt: int, now: float
-    ) -> tuple[RecipientState, float]:
-        if reply.is_positive:
-            return RecipientState.DELIVERED, 0.0
-        if reply.is_permanent:
-            return RecipientState.BOUNCED, 0.0
-        next_attempt = now + self.schedule.delay(attempt, self._rng)
-        if next_attempt >= job.message.expires_at:
-            return RecipientState.EXPIRED, 0.0
-        return RecipientState.DEFERRED, next_attempt
+        return states
 
     def _defer(self, job: Job, reply: Reply) -> None:
         """No member took the job: every recipient waits (or expires) with ``reply``.
@@ -440,7 +354,7 @@ class Dispatcher:
                 enhanced_code=reply.enhanced,
                 response=reply.text,
                 latency_ms=round(latency * 1000, 1) if member else None,
-                delay_ms=round((time.time() - msg.received_at) * 1000, 1),
+                delay_ms=round((self.clock.wall() - msg.received_at) * 1000, 1),
                 attempt=attempt,
                 klass=msg.content_class,
             )
@@ -483,8 +397,8 @@ class Dispatcher:
                 await sweeper
 
     def any_member_available(self) -> bool:
-        now = time.monotonic()
-        return any(m.available(now) for p in self.pools.values() for m in p.members)
+        now = self.clock.monotonic()
+        return any(p.any_available(now) for p in self.pools.values())
 
     async def _feed_loop(self) -> None:
         while self._running:
@@ -494,7 +408,7 @@ class Dispatcher:
             if room > 0 and self.any_member_available():
                 batch = min(room, 500)
                 try:
-                    claimed = await self.spool.claim_ready(time.time(), batch)
+                    claimed = await self.spool.claim_ready(self.clock.wall(), batch)
                 except SpoolError as exc:  # a full disk: look again when it may have room
                     log.warning("cannot claim from the spool: %s", exc)
                     claimed = []
@@ -507,7 +421,7 @@ class Dispatcher:
             due = None
             with contextlib.suppress(SpoolError):  # not opened yet (full disk): wait
                 due = await self.spool.next_due()
-            wait = 1.0 if due is None else min(1.0, max(0.02, due - time.time()))
+            wait = 1.0 if due is None else min(1.0, max(0.02, due - self.clock.wall()))
             self._feed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._feed.wait(), wait)
@@ -528,10 +442,10 @@ class Dispatcher:
                 await self.sweep_expired()
             except SpoolError as exc:
                 log.warning("cannot expire from the spool: %s", exc)
-            await asyncio.sleep(self.sweep_interval)
+            await self.clock.sleep(self.sweep_interval)
 
     async def sweep_expired(self) -> int:
-        expired = await self.spool.expire_due(time.time())
+        expired = await self.spool.expire_due(self.clock.wall())
         by_message: dict[int, list[ExpiredRecipient]] = {}
         for rcpt in expired:
             by_message.setdefault(rcpt.msg_pk, []).append(rcpt)
@@ -584,7 +498,7 @@ class Dispatcher:
                 while lane:
                     job = lane.popleft()
                     give_back += [
-                        RecipientResult(r.rid, RecipientState.QUEUED, time.time(), False)
+                        RecipientResult(r.rid, RecipientState.QUEUED, self.clock.wall(), False)
                         for r in job.recipients
                     ]
         if give_back:

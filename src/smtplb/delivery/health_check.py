@@ -2,21 +2,25 @@
 
 Relay members are checked at their upstream. Egress members are checked only
 when they name a ``check_target`` (a bind+connect probe from their source IP).
-The rise/fall decision is :class:`smtplb.balancing.health.ActiveHealth`.
+The rise/fall decision is :class:`smtplb.balancing.health.ActiveHealth`, reached
+through :meth:`Member.record_check`. Each member is checked on its own schedule
+(:meth:`HealthChecker.interval`, faster while a change of state is pending),
+timed by the injected clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
+from smtplb.clock import Clock, SystemClock
 from smtplb.config import HealthConfig, parse_hostport
 from smtplb.delivery.connection import ConnectError, ConnectionSettings, SmtpClientConnection
 from smtplb.delivery.member import Member
 
 MemberEvent = Callable[[Member, str, str], None]
+Probe = Callable[[Member, float], Awaitable[tuple[bool, str]]]
 
 
 async def probe(member: Member, timeout: float) -> tuple[bool, str]:
@@ -47,10 +51,20 @@ async def probe(member: Member, timeout: float) -> tuple[bool, str]:
 
 
 class HealthChecker:
-    def __init__(self, config: HealthConfig, on_event: MemberEvent) -> None:
+    def __init__(
+        self,
+        config: HealthConfig,
+        on_event: MemberEvent,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        check: Probe = probe,
+    ) -> None:
         self.config = config
         self.on_event = on_event
-        self._rng = random.Random()
+        self.clock = clock if clock is not None else SystemClock()
+        self._rng = rng if rng is not None else random.Random()
+        self._check = check
 
     def interval(self, member: Member) -> float:
         base = float(self.config.interval)
@@ -71,7 +85,7 @@ class HealthChecker:
                 for name, member in current.items():
                     if name not in tasks:
                         tasks[name] = asyncio.get_running_loop().create_task(self._loop(member))
-                await asyncio.sleep(1.0)
+                await self.clock.sleep(1.0)
         finally:
             for task in tasks.values():
                 task.cancel()
@@ -82,14 +96,8 @@ class HealthChecker:
 
     async def _loop(self, member: Member) -> None:
         while True:
-            ok, reason = await probe(member, self.config.timeout)
-            now = time.monotonic()
-            transition = member.checks.observe(ok, reason)
-            if ok:
-                member.health.active_check_passed(now)
+            ok, reason = await self._check(member, self.config.timeout)
+            transition = member.record_check(ok, reason, self.clock.monotonic())
             if transition is not None:
-                if transition.event == "member_up":
-                    member.health.reset(now)
-                    member.start_ramp()
                 self.on_event(member, transition.event, transition.reason)
-            await asyncio.sleep(self.interval(member))
+            await self.clock.sleep(self.interval(member))

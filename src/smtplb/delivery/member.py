@@ -5,17 +5,24 @@
 own ``source_ip``. Both keep a small pool of open connections for reuse,
 never more than ``max_connections`` open at once (in use plus idle) on the
 node: with several workers each takes its share of the limit.
+
+A member owns its health and counters: a delivery begins with :meth:`Member.start`
+and its result comes back in one call, :meth:`Member.record`; active checks
+report through :meth:`Member.record_check`. Whether it may take a job is for the
+eligibility filters (:mod:`smtplb.balancing.eligibility`) to say, which read it
+as a ``MemberView``. Time comes from the injected clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from smtplb.balancing.health import ActiveHealth, HealthState, PassiveHealth
+from smtplb.balancing.health import ActiveHealth, PassiveHealth, Transition
+from smtplb.clock import Clock, SystemClock
 from smtplb.config import MemberConfig, parse_hostport
 from smtplb.delivery.connection import (
     ConnectError,
@@ -45,6 +52,23 @@ class MemberCounters:
             self.deferred += 1
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What one delivery attempt came to, as the member's health and counters see it.
+
+    ``answered``: the upstream answered the transaction (the circuit closes);
+    ``failure``: a connection-level reason (refused, timeout, tls, dropped…),
+    which counts towards ejection; neither: nothing was sent (no MX, or an
+    internal error), health is unchanged. ``states``: each recipient's next
+    state, counted (empty on a failure: the job fails over)."""
+
+    states: Sequence[RecipientState] = ()
+    answered: bool = False
+    failure: str | None = None
+    seconds: float = 0.0
+    accepted: bool = False  # the upstream took the data (a latency sample that is a success)
+
+
 @dataclass(slots=True)
 class _Idle:
     conn: SmtpClientConnection
@@ -67,6 +91,7 @@ class Member:
     settings: ConnectionSettings
     health: PassiveHealth
     checks: ActiveHealth = field(default_factory=ActiveHealth)
+    clock: Clock = field(default_factory=SystemClock)
     paused: bool = False
     slow_start: float = 0.0  # seconds to ramp up after recovering (0: off)
     ramp_since: float | None = None  # monotonic time the ramp started; None: fully up
@@ -91,31 +116,67 @@ class Member:
         return self.config.name
 
     @property
-    def ramp(self) -> float:
-        """Slow start: the share from 0 to 1 a recovering member may take now."""
+    def base_weight(self) -> float:
+        return self.config.weight
+
+    def ramp_at(self, now: float) -> float:
+        """Slow start: the share from 0 to 1 a recovering member may take at ``now``."""
         if self.ramp_since is None or self.slow_start <= 0:
             return 1.0
-        share = (time.monotonic() - self.ramp_since) / self.slow_start
+        share = (now - self.ramp_since) / self.slow_start
         if share >= 1.0:
-            self.ramp_since = None
             return 1.0
         return max(share, 0.05)
 
-    def start_ramp(self) -> None:
+    def weight_at(self, now: float) -> float:
+        return self.config.weight * self.ramp_at(now)
+
+    def start_ramp(self, now: float | None = None) -> None:
         if self.slow_start > 0:
-            self.ramp_since = time.monotonic()
+            self.ramp_since = self.clock.monotonic() if now is None else now
 
     @property
     def weight(self) -> float:
-        return self.config.weight * self.ramp
+        """The weight now (for operators)."""
+        return self.weight_at(self.clock.monotonic())
 
-    @property
-    def load(self) -> int:
-        return self.active
+    # -- results -------------------------------------------------------------------
 
-    @property
-    def full(self) -> bool:
-        return not self.has_capacity()
+    def start(self, now: float) -> None:
+        """A delivery starts on this member (a probe, while half-open)."""
+        self.active += 1
+        self.health.started(now)
+
+    def record(
+        self, result: AttemptResult, now: float, *, may_eject: bool = True
+    ) -> Transition | None:
+        """A delivery that :meth:`start` began has ended: count it and update health.
+
+        ``may_eject`` False: the pool already has its maximum share ejected.
+        Returns the health transition worth logging, if any."""
+        self.active -= 1
+        c = self.counters
+        for state in result.states:
+            c.count(state)
+        if result.failure is not None:
+            c.failures += 1
+            return self.health.failure(now, result.failure, may_eject=may_eject)
+        if result.answered:
+            transition = self.health.success(now)
+            if transition is not None:
+                self.start_ramp(now)
+            return transition
+        return None
+
+    def record_check(self, ok: bool, reason: str, now: float) -> Transition | None:
+        """One active health check's result (rise/fall, HAProxy meanings)."""
+        transition = self.checks.observe(ok, reason)
+        if ok:
+            self.health.active_check_passed(now)
+        if transition is not None and transition.event == "member_up":
+            self.health.reset(now)
+            self.start_ramp(now)
+        return transition
 
     @property
     def kind(self) -> str:
@@ -130,20 +191,6 @@ class Member:
     def connection_limit(self) -> int:
         """This worker's share of ``max_connections`` (at least one)."""
         return max(1, -(-self.config.max_connections // self.workers))
-
-    def has_capacity(self) -> bool:
-        # After a connection-level failure the circuit is suspect: one attempt at a
-        # time until a success, so a dead upstream sees at most `fall` new attempts.
-        if self.health.consecutive_failures or self.health.state is not HealthState.UP:
-            return self.active < 1
-        return self.active < self.connection_limit
-
-    def available(self, now: float) -> bool:
-        """Takes new traffic: not paused and not ejected (capacity aside)."""
-        return not self.paused and self.checks.up and self.health.available(now)
-
-    def eligible(self, now: float) -> bool:
-        return self.has_capacity() and self.available(now)
 
     async def destinations(self, domain: str, resolver: MxResolver) -> list[Destination]:
         if self._relay is not None:
@@ -164,7 +211,7 @@ class Member:
         Raises :class:`ConnectError` when no destination could be reached or the
         connection failed before the upstream answered the data.
         """
-        start = time.monotonic()
+        start = self.clock.monotonic()
         last_error: ConnectError | None = None
         for dest in destinations:
             reused = self._take_idle(dest)
@@ -182,7 +229,7 @@ class Member:
                         self._discard(conn)
                     continue
                 self._release(dest, conn)
-                return Delivered(result, str(dest), time.monotonic() - start)
+                return Delivered(result, str(dest), self.clock.monotonic() - start)
         assert last_error is not None, "destinations is never empty"
         raise last_error
 
@@ -210,7 +257,7 @@ class Member:
     def _release(self, dest: Destination, conn: SmtpClientConnection) -> None:
         limit = self.config.max_messages_per_connection
         if conn.is_usable and conn.messages_sent < limit and not self.paused:
-            self._idle[dest].append(_Idle(conn, time.monotonic()))
+            self._idle[dest].append(_Idle(conn, self.clock.monotonic()))
         else:
             self._discard(conn, polite=conn.is_usable)
 
@@ -234,7 +281,7 @@ class Member:
 
     def close_idle(self, older_than: float) -> int:
         """Close idle connections unused for ``older_than`` seconds (all when 0)."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         closed = 0
         for entries in self._idle.values():
             keep = [e for e in entries if now - e.since < older_than]
@@ -276,7 +323,7 @@ class Member:
             return "paused"
         if not self.checks.up:
             return "down"
-        return self.health.state.value
+        return self.health.state_at(self.clock.monotonic()).value
 
     def __repr__(self) -> str:
         state = self.state

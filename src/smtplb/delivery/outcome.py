@@ -1,24 +1,18 @@
-"""What an SMTP reply means for a recipient, and when to try again. Pure."""
+"""What an SMTP reply means for a recipient, and when to try again. Pure.
+
+A recipient's fate after an attempt is :func:`next_state` of the reply that
+decides it (:func:`transaction_outcomes`). A delivery that got no reply at
+all (the connection failed: refused, timeout, TLS, dropped) is not a
+recipient's fate: the job fails over to another member at once, no attempt
+counted (the dispatcher's ``_failover``).
+"""
 
 from __future__ import annotations
 
-import enum
 import random
 from dataclasses import dataclass
 
-from smtplb.model import Reply
-
-
-class Outcome(enum.Enum):
-    DELIVERED = "delivered"
-    DEFERRED = "deferred"
-    BOUNCED = "bounced"
-
-
-def outcome_of(reply: Reply) -> Outcome:
-    if reply.is_positive:
-        return Outcome.DELIVERED
-    return Outcome.DEFERRED if reply.is_transient else Outcome.BOUNCED
+from smtplb.model import RecipientState, Reply
 
 
 def transaction_outcomes(mail: Reply, rcpts: list[Reply], data: Reply | None) -> list[Reply]:
@@ -50,3 +44,26 @@ class RetrySchedule:
             r = (rng or random).uniform(-self.jitter, self.jitter)
             raw *= 1 + r
         return max(0.0, raw)
+
+
+def next_state(
+    reply: Reply,
+    attempt: int,
+    now: float,
+    expires_at: float,
+    schedule: RetrySchedule,
+    rng: random.Random,
+) -> tuple[RecipientState, float]:
+    """A recipient's state after ``reply`` to its ``attempt``-th attempt (1-based) at
+    wall time ``now``, and when to try again (0 for a final state).
+
+    2xx/3xx delivered; 5xx bounced; 4xx deferred by the retry schedule, or expired
+    when the next try would come at or after ``expires_at``."""
+    if reply.is_positive:
+        return RecipientState.DELIVERED, 0.0
+    if reply.is_permanent:
+        return RecipientState.BOUNCED, 0.0
+    next_attempt = now + schedule.delay(attempt, rng)
+    if next_attempt >= expires_at:
+        return RecipientState.EXPIRED, 0.0
+    return RecipientState.DEFERRED, next_attempt

@@ -1,4 +1,12 @@
-"""Pools and members built from the config, at start and at each reload.
+"""Pools at run time: members, priority lanes of jobs, and how a member is chosen;
+built from the config, at start and at each reload.
+
+A :class:`Job` is one message's recipients for one (pool, recipient domain),
+waiting in one of the pool's :data:`LANES`. :meth:`PoolRuntime.choose` runs the
+pool's eligibility filters and then its strategy for the job at the head of a
+lane; :meth:`PoolRuntime.record` takes a finished attempt back to the member
+(health, counters) and to the strategy (latency), with the pool-wide rule that
+no more than ``max_ejection_percent`` of the members are ejected at once.
 
 A reload keeps a member that is still in the same pool (its connections,
 health and counters live on, its settings change); a member new to the
@@ -8,16 +16,120 @@ config starts with a ramp (slow start). Operator pauses live in ``data_dir``
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from smtplb.balancing import make_strategy
-from smtplb.balancing.health import ActiveHealth, PassiveHealth
+from smtplb.balancing import PickRequest, Strategy, make_strategy
+from smtplb.balancing.eligibility import Eligibility, Eligible, Selection
+from smtplb.balancing.health import ActiveHealth, PassiveHealth, Transition, may_eject
+from smtplb.clock import Clock
 from smtplb.config import Config, MemberConfig, PoolConfig
 from smtplb.delivery.connection import ConnectionSettings
-from smtplb.delivery.dispatcher import PoolRuntime
-from smtplb.delivery.member import Member
+from smtplb.delivery.member import AttemptResult, Member
 from smtplb.delivery.outcome import RetrySchedule
+from smtplb.model import Reply, domain_of
+from smtplb.spool.base import ClaimedMessage, ClaimedRecipient
+
+LANES = 3  # 0 high, 1 normal, 2 low
+_NO_JOB = PickRequest()
+
+
+@dataclass(slots=True)
+class Job:
+    message: ClaimedMessage
+    recipients: list[ClaimedRecipient]
+    pool: str
+    priority: int
+    domain: str
+    tried: set[str] = field(default_factory=set)
+    request: PickRequest = field(init=False)
+
+    def __post_init__(self) -> None:
+        # One request for every pick of this job: `tried` is the job's own set.
+        sender = self.message.sender
+        self.request = PickRequest(
+            recipient_domain=self.domain,
+            sender_domain=domain_of(sender),
+            client_ip=self.message.client_ip,
+            sender=sender.lower(),
+            tried=self.tried,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Job({self.message.queue_id}, {len(self.recipients)} rcpt @{self.domain}, "
+            f"pool={self.pool}, tried={sorted(self.tried)})"
+        )
+
+
+@dataclass(slots=True)
+class Choice:
+    """What :meth:`PoolRuntime.choose` decided for a job."""
+
+    member: Member | None  # None: no member may take it now (see ``selection``)
+    selection: Selection[Member]
+
+    @property
+    def waits(self) -> bool:
+        """Members may take it, but not now (all busy): the job stays in its lane."""
+        return self.member is None and bool(self.selection.candidates)
+
+
+@dataclass(slots=True)
+class PoolRuntime:
+    config: PoolConfig
+    members: list[Member]
+    strategy: Strategy
+    eligibility: Eligibility = field(default_factory=Eligibility)
+    lanes: tuple[deque[Job], ...] = field(
+        default_factory=lambda: tuple(deque() for _ in range(LANES))
+    )
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def waiting(self) -> int:
+        return sum(len(lane) for lane in self.lanes)
+
+    def choose(self, job: Job, now: float) -> Choice:
+        """Eligible members for ``job`` at ``now``, then the strategy's pick among them."""
+        selection = self.eligibility.select(self.members, job.request, now)
+        chosen: Eligible[Member] | None = None
+        if selection.candidates:
+            chosen = self.strategy.pick(selection.candidates, job.request)
+        if chosen is None or chosen.full:
+            return Choice(None, selection)
+        return Choice(chosen.member, selection)
+
+    def any_available(self, now: float) -> bool:
+        """Could any member take a job (not counting busy connections)?"""
+        return any(self.eligibility.excluded(m, _NO_JOB, now) is None for m in self.members)
+
+    def record(
+        self, member: Member, result: AttemptResult, now: float, max_ejection_percent: int
+    ) -> Transition | None:
+        """A finished attempt on ``member``: its health and counters, the strategy's latency."""
+        allowed = True
+        if result.failure is not None:
+            ejected = sum(1 for m in self.members if m.health.ejected)
+            allowed = may_eject(ejected, len(self.members), max_ejection_percent)
+        transition = member.record(result, now, may_eject=allowed)
+        if result.answered or result.failure is not None:
+            ok = result.answered and result.accepted
+            self.strategy.observe(member.name, result.seconds, ok, now)
+        return transition
+
+    def __repr__(self) -> str:
+        return f"PoolRuntime({self.name!r}, {len(self.members)} members, {self.waiting()} waiting)"
+
+
+def no_member_reply(selection: Selection[Member]) -> Reply:
+    """The deferral reply when every member was excluded, naming each one's reason."""
+    reasons = "; ".join(f"{name}: {why}" for name, why in selection.verdicts)
+    return Reply(451, "4.4.1", f"no member available ({reasons})")
 
 
 class PausedMembers:
@@ -74,15 +186,20 @@ def connection_settings(config: Config, m: MemberConfig) -> ConnectionSettings:
 
 
 def build_pools(
-    config: Config, existing: Mapping[str, Member], paused: set[str], workers: int
+    config: Config,
+    existing: Mapping[str, Member],
+    paused: set[str],
+    workers: int,
+    clock: Clock,
 ) -> dict[str, PoolRuntime]:
     """Every pool of ``config``; members in ``existing`` (by name) are reused.
 
     ``workers`` is the number of worker processes running (each member takes
-    its share of ``max_connections``); a reload does not change it."""
+    its share of ``max_connections``); a reload does not change it. ``clock``
+    times the new members' health and slow start."""
     pools: dict[str, PoolRuntime] = {}
     for pc in config.pools:
-        members = [_member(config, pc, mc, existing, paused, workers) for mc in pc.members]
+        members = [_member(config, pc, mc, existing, paused, workers, clock) for mc in pc.members]
         pools[pc.name] = PoolRuntime(pc, members, make_strategy(pc))
     return pools
 
@@ -94,6 +211,7 @@ def _member(
     existing: Mapping[str, Member],
     paused: set[str],
     workers: int,
+    clock: Clock,
 ) -> Member:
     hc = config.health
     old = existing.get(mc.name)
@@ -115,6 +233,7 @@ def _member(
         paused=mc.name in paused,
         slow_start=hc.slow_start,
         workers=workers,
+        clock=clock,
     )
     if existing:  # added by a reload, not present at start: ramp up
         member.start_ramp()

@@ -1,0 +1,202 @@
+"""Which members of a pool may take a job now: an ordered list of small filters.
+
+Theory of operation. Choosing a member is two steps:
+
+1. *Eligibility*: every member of the pool goes through the filters below, in
+   order. A filter is a pure function of (member, request, now) that returns
+   why the member is skipped, or None. The first reason found is the one the
+   trace (``smtplb queue show``) prints for that member.
+2. *Choice*: the pool's strategy picks one of the members that passed.
+
+There are two kinds of filter:
+
+- ``EXCLUDE`` filters say the member cannot take this job now (paused, down,
+  ejected, already failed for this job; to come: suspended for the job's
+  provider, quarantined, over its warm-up cap). With every member excluded the
+  job goes back to the spool, deferred without counting an attempt.
+- ``WAIT`` filters say the member could take it soon (all its connections are
+  in use; to come: over its sending rate). Such a member stays a candidate,
+  marked ``full``: a strategy that spreads load passes it over, one that keeps
+  a key on its member (hash, failover) may choose it, and the job then waits
+  in its lane for that member.
+
+A new limit is one more function in one of these tuples (or an object with
+``__call__``, when it reads shared state such as reputation); the dispatcher
+does not change. Filters take the member as a :class:`MemberView`, a read-only
+protocol, and time as an argument: they are tested on a fake clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from smtplb.balancing.base import PickRequest
+from smtplb.balancing.health import ActiveHealth, PassiveHealth
+
+
+class MemberView(Protocol):
+    """What eligibility filters (and strategies, through :class:`Eligible`) read of a member."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def paused(self) -> bool: ...
+
+    @property
+    def checks(self) -> ActiveHealth: ...
+
+    @property
+    def health(self) -> PassiveHealth: ...
+
+    @property
+    def active(self) -> int:
+        """Deliveries in progress on this member."""
+        ...
+
+    @property
+    def connection_limit(self) -> int: ...
+
+    @property
+    def base_weight(self) -> float:
+        """The configured weight (a strategy sees it × the slow-start ramp)."""
+        ...
+
+    def ramp_at(self, now: float) -> float:
+        """Slow-start share from 0 to 1 at ``now``."""
+        ...
+
+
+SkipReason = Callable[[MemberView, PickRequest, float], "str | None"]
+
+
+# -- the filters ---------------------------------------------------------------------
+
+
+def failed_this_attempt(member: MemberView, request: PickRequest, now: float) -> str | None:
+    return "failed this attempt" if member.name in request.tried else None
+
+
+def paused(member: MemberView, request: PickRequest, now: float) -> str | None:
+    return "paused" if member.paused else None
+
+
+def down(member: MemberView, request: PickRequest, now: float) -> str | None:
+    if member.checks.up:
+        return None
+    why = member.checks.last_failure
+    return f"down (health checks: {why})" if why else "down (health checks)"
+
+
+def ejected(member: MemberView, request: PickRequest, now: float) -> str | None:
+    return member.health.skip_reason(now)
+
+
+def over_connection_limit(member: MemberView, request: PickRequest, now: float) -> str | None:
+    # After a connection-level failure the circuit is suspect: one delivery at a
+    # time until a success, so a dead upstream sees at most `fall` new attempts.
+    if member.health.suspect:
+        if member.active >= 1:
+            return "busy (one delivery at a time since a failure)"
+        return None
+    limit = member.connection_limit
+    if member.active >= limit:
+        return f"busy (all {limit} connections in use)"
+    return None
+
+
+EXCLUDE: tuple[SkipReason, ...] = (failed_this_attempt, paused, down, ejected)
+WAIT: tuple[SkipReason, ...] = (over_connection_limit,)
+
+
+# -- the pipeline --------------------------------------------------------------------
+
+M = TypeVar("M", bound=MemberView)
+
+
+@dataclass(slots=True)
+class Eligible(Generic[M]):
+    """A member that passed the ``EXCLUDE`` filters, as a strategy sees it at ``now``
+    (a :class:`smtplb.balancing.base.Candidate`)."""
+
+    member: M
+    name: str
+    weight: float
+    ramp: float
+    load: int
+    wait_reason: str | None  # the first WAIT filter's reason; None: it can start now
+
+    @property
+    def full(self) -> bool:
+        return self.wait_reason is not None
+
+
+@dataclass(slots=True)
+class Selection(Generic[M]):
+    """The outcome of the filters for one job: who may be chosen, who was skipped and why."""
+
+    candidates: list[Eligible[M]] = field(default_factory=list)
+    # Every member in pool order with its first EXCLUDE or WAIT reason; None: it
+    # could start the job now.
+    verdicts: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def reasons(self, chosen: M | None = None) -> tuple[tuple[str, str | None], ...]:
+        """Every member but ``chosen`` with why it was not chosen, for the trace;
+        None: it could have taken the job, the strategy preferred another."""
+        name = None if chosen is None else chosen.name
+        return tuple(v for v in self.verdicts if v[0] != name)
+
+
+class Eligibility:
+    """The ordered filters of a pool. ``exclude`` and ``wait`` default to
+    :data:`EXCLUDE` and :data:`WAIT`."""
+
+    def __init__(
+        self, exclude: Sequence[SkipReason] = EXCLUDE, wait: Sequence[SkipReason] = WAIT
+    ) -> None:
+        self.exclude = tuple(exclude)
+        self.wait = tuple(wait)
+
+    def excluded(self, member: MemberView, request: PickRequest, now: float) -> str | None:
+        """The first ``EXCLUDE`` reason for ``member``; None: it may be chosen."""
+        for skip_reason in self.exclude:
+            reason = skip_reason(member, request, now)
+            if reason is not None:
+                return reason
+        return None
+
+    def waits(self, member: MemberView, request: PickRequest, now: float) -> str | None:
+        """The first ``WAIT`` reason for ``member``; None: it can start now."""
+        for skip_reason in self.wait:
+            reason = skip_reason(member, request, now)
+            if reason is not None:
+                return reason
+        return None
+
+    def select(self, members: Iterable[M], request: PickRequest, now: float) -> Selection[M]:
+        # This runs for every pick: the loops of `excluded` and `waits`, inlined.
+        candidates: list[Eligible[M]] = []
+        verdicts: list[tuple[str, str | None]] = []
+        for m in members:
+            for skip_reason in self.exclude:
+                reason = skip_reason(m, request, now)
+                if reason is not None:
+                    verdicts.append((m.name, reason))
+                    break
+            else:
+                reason = None
+                for skip_reason in self.wait:
+                    reason = skip_reason(m, request, now)
+                    if reason is not None:
+                        break
+                verdicts.append((m.name, reason))
+                ramp = m.ramp_at(now)
+                candidates.append(Eligible(m, m.name, m.base_weight * ramp, ramp, m.active, reason))
+        return Selection(candidates, verdicts)
+
+    def __repr__(self) -> str:
+        names = [f.__name__ if hasattr(f, "__name__") else repr(f) for f in self.exclude]
+        waits = [f.__name__ if hasattr(f, "__name__") else repr(f) for f in self.wait]
+        return f"Eligibility(exclude={names}, wait={waits})"
