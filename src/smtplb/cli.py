@@ -290,9 +290,8 @@ def queue_show(
         if r["member"]:
             click.echo(f"    last member: {r['member']}")
         if r["last_code"]:
-            click.echo(
-                f"    last reply: {r['last_code']} {r['last_enhanced'] or ''} {r['last_response']}"
-            )
+            enhanced_code = r["last_enhanced_code"] or ""
+            click.echo(f"    last reply: {r['last_code']} {enhanced_code} {r['last_response']}")
         if r["state"] == "deferred":
             click.echo(f"    next attempt: {time.ctime(r['next_attempt'])}")
     if m.get("trace"):

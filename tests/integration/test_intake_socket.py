@@ -21,7 +21,7 @@ import pytest
 from smtplb.intake.auth import hash_password, make_authenticator
 from smtplb.intake.server import HANDLER_FAILED, Listener
 from smtplb.intake.session import SessionPolicy
-from smtplb.model import Envelope, Reply
+from smtplb.model import Envelope
 from smtplb.sink.server import (
     DomainRule,
     SinkProfile,
@@ -30,6 +30,7 @@ from smtplb.sink.server import (
     load_profile,
     parse_reply,
 )
+from smtplb.smtp.reply import Reply
 
 pytestmark = pytest.mark.integration
 

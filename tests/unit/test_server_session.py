@@ -10,20 +10,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from smtplb.intake.session import (
-    _TRANSITIONS,
-    NEED_DATA,
-    AuthRequest,
-    Close,
-    Event,
-    MessageReceived,
-    ServerSession,
-    SessionPolicy,
-    SessionStateError,
-    StartTLS,
-    State,
-)
-from smtplb.model import Reply
+from smtplb.intake.session import ServerSession, SessionPolicy, SessionStateError
+from smtplb.intake.session_events import AuthRequest, Close, Event, MessageReceived, StartTLS
+from smtplb.intake.session_state import TRANSITIONS, State
+from smtplb.smtp.framing import NEED_DATA
+from smtplb.smtp.reply import Reply
 
 POLICY = SessionPolicy(
     hostname="mx.test", max_message_size=10_000, max_recipients=3, relay_allowed=True
@@ -143,8 +134,14 @@ def test_helo_and_missing_hostname() -> None:
 
 def test_noop_help_vrfy_rset_work_before_and_after_ehlo() -> None:
     result = drive(new(), b"NOOP\r\nHELP\r\nVRFY bob\r\nRSET\r\nEHLO c\r\nRSET x\r\nnoop hi\r\n")
-    expected = ["250 2.0.0", "214 2.0.0", "252 2.0.0", "250 2.0.0", "250", "501 5.5.4", "250 2.0.0"]
+    expected = ["250 2.0.0", "214 2.0.0", "502 5.5.1", "250 2.0.0", "250", "501 5.5.4", "250 2.0.0"]
     assert result.codes == expected
+
+
+def test_vrfy_is_disabled_as_postfix_says_it() -> None:
+    """SPEC §2.1: VRFY disabled; Postfix's disable_vrfy_command wording."""
+    result = drive(new(), b"EHLO c\r\nVRFY postmaster\r\nVRFY\r\n")
+    assert result.replies[1:] == ["502 5.5.1 VRFY command is disabled"] * 2
 
 
 def test_quit_closes_and_ignores_what_follows() -> None:
@@ -700,7 +697,7 @@ def test_require_auth_before_mail() -> None:
 
 
 def test_every_state_is_reachable_in_the_table() -> None:
-    reachable = {State.CONNECTED} | set(_TRANSITIONS.values())
+    reachable = {State.CONNECTED} | set(TRANSITIONS.values())
     assert reachable == set(State)
 
 

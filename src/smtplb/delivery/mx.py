@@ -26,10 +26,10 @@ class Destination:
 class ResolveError(Exception):
     """No destination. ``permanent`` means the domain cannot take mail (bounce)."""
 
-    def __init__(self, message: str, *, permanent: bool, enhanced: str) -> None:
+    def __init__(self, message: str, *, permanent: bool, enhanced_code: str) -> None:
         super().__init__(message)
         self.permanent = permanent
-        self.enhanced = enhanced
+        self.enhanced_code = enhanced_code
 
 
 class MxResolver:
@@ -82,25 +82,25 @@ class MxResolver:
                 self._resolver = dns.asyncresolver.Resolver()
             except dns.resolver.NoResolverConfiguration as exc:
                 raise ResolveError(
-                    "no DNS resolver configured", permanent=False, enhanced="4.4.3"
+                    "no DNS resolver configured", permanent=False, enhanced_code="4.4.3"
                 ) from exc
         try:
             answer = await self._resolver.resolve(domain, "MX", lifetime=10.0)
         except dns.resolver.NXDOMAIN:
             raise ResolveError(
-                f"domain {domain} does not exist", permanent=True, enhanced="5.1.2"
+                f"domain {domain} does not exist", permanent=True, enhanced_code="5.1.2"
             ) from None
         except dns.resolver.NoAnswer:
             return [Destination(domain, 25)], 300.0  # RFC 5321 §5.1: implicit MX
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
             raise ResolveError(
-                f"DNS lookup for {domain} failed: {exc}", permanent=False, enhanced="4.4.3"
+                f"DNS lookup for {domain} failed: {exc}", permanent=False, enhanced_code="4.4.3"
             ) from None
         records = sorted(answer, key=lambda r: r.preference)
         hosts = [str(r.exchange).rstrip(".") for r in records]
         if hosts == [""]:  # RFC 7505 null MX
             raise ResolveError(
-                f"domain {domain} accepts no mail (null MX)", permanent=True, enhanced="5.1.10"
+                f"domain {domain} accepts no mail (null MX)", permanent=True, enhanced_code="5.1.10"
             )
         ttl = float(answer.rrset.ttl) if answer.rrset is not None else 300.0
         return [Destination(h, 25) for h in hosts if h], ttl

@@ -22,12 +22,13 @@ from typing import Protocol
 from smtplb.config import Config
 from smtplb.intake.headers import prepare_message
 from smtplb.intake.session import SessionPolicy
-from smtplb.model import Envelope, Reply, domain_of
+from smtplb.model import Envelope, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.metrics import Metrics
 from smtplb.observability.record import DeliveryRecord
 from smtplb.observability.trace import TraceBook
 from smtplb.routing.routes import RoutingInput, classify_content, decide_route
+from smtplb.smtp.reply import Reply
 from smtplb.spool.base import (
     ClaimedMessage,
     NewMessage,

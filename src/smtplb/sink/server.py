@@ -49,7 +49,8 @@ from smtplb.clock import Clock, SystemClock
 from smtplb.intake.headers import header_value, parse_headers, split_message
 from smtplb.intake.server import Listener
 from smtplb.intake.session import SessionPolicy
-from smtplb.model import Envelope, Reply, domain_of
+from smtplb.model import Envelope, domain_of
+from smtplb.smtp.reply import Reply
 
 __all__ = [
     "DomainRule",

@@ -203,8 +203,10 @@ def expire(
     # The content stays until purge: the delay DSN quotes the original headers.
     finalize(conn, list(dict.fromkeys(row[1] for row in rows)), stamp, release=False)
     return [
-        ExpiredRecipient(rid, pk, qid, sender, addr, mid, code, enh, resp, recv, bool(dsn))
-        for rid, pk, qid, sender, addr, mid, code, enh, resp, recv, dsn in rows
+        ExpiredRecipient(
+            rid, pk, qid, sender, addr, mid, code, enhanced_code, resp, recv, bool(dsn)
+        )
+        for rid, pk, qid, sender, addr, mid, code, enhanced_code, resp, recv, dsn in rows
     ]
 
 
