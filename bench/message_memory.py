@@ -2,8 +2,10 @@
 
 Starts ``smtplb run`` (one process) with its one member pointing at a port
 where nothing listens, so what is measured is intake: the SMTP session, the
-header work and the spool write. Sends ``--count`` messages of ``--size`` MB at
-once with smtplib and prints VmRSS before, the peak (VmHWM) and after.
+header work and the spool write (the one delivery attempt fails at connect and
+defers). Sends ``--count`` messages of ``--size`` MB at once with smtplib and
+prints VmRSS before, the peak (VmHWM), and after: once every message is
+deferred (the dispatcher has let go of it), read from the queue API.
 
     .venv/bin/python bench/message_memory.py --size 24 --count 1
     .venv/bin/python bench/message_memory.py --size 24 --count 4
@@ -12,6 +14,7 @@ once with smtplib and prints VmRSS before, the peak (VmHWM) and after.
 from __future__ import annotations
 
 import argparse
+import json
 import smtplib
 import socket
 import subprocess
@@ -19,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,6 +42,13 @@ def status(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0])
     return out
+
+
+def deferred(http_port: int) -> int:
+    url = f"http://127.0.0.1:{http_port}/api/v1/queue?limit=1"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        stats: dict[str, int] = json.loads(resp.read())["stats"]
+    return stats.get("deferred", 0)
 
 
 def message(size: int) -> bytes:
@@ -110,6 +121,12 @@ def main() -> int:
                 with ThreadPoolExecutor(args.count) as pool:
                     answers = list(pool.map(lambda _: send(smtp_port, data), range(args.count)))
                 took = time.monotonic() - started
+                deadline = time.monotonic() + 60
+                while deferred(http_port) < round_no * args.count:
+                    if time.monotonic() > deadline:
+                        print("messages not deferred within 60 s", file=sys.stderr)
+                        return 1
+                    time.sleep(0.1)
                 st = status(proc.pid)
                 print(
                     f"round {round_no}: answers {answers} in {took:.1f} s; "

@@ -28,6 +28,7 @@ from smtplb.observability.metrics import Metrics
 from smtplb.observability.record import DeliveryRecord
 from smtplb.observability.trace import TraceBook
 from smtplb.routing.routes import RoutingInput, classify_content, decide_route
+from smtplb.smtp.framing import BodyBudget
 from smtplb.smtp.reply import Reply
 from smtplb.spool.base import (
     ClaimedMessage,
@@ -81,6 +82,8 @@ class IntakePipeline:
         self.traces = traces
         self.is_draining = is_draining
         self._policies: dict[str, SessionPolicy] = {}
+        # Message bodies held in memory at once by every session of this process.
+        self.body_budget = BodyBudget(0)
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -90,6 +93,7 @@ class IntakePipeline:
             ipaddress.ip_network(n, strict=False) for n in config.smtp.relay_networks
         ]
         self._policies.clear()
+        self.body_budget.limit = config.smtp.pending_bytes_share(config.workers)
 
     # -- the SMTP door ---------------------------------------------------------------
 
@@ -120,6 +124,7 @@ class IntakePipeline:
             auth_without_tls=smtp.auth_without_tls,
             require_auth=smtp.require_auth,
             relay_allowed=relay_ok and not smtp.require_auth,
+            body_budget=self.body_budget,
         )
 
     def refuse(self) -> Reply | None:

@@ -149,6 +149,8 @@ class SmtpServerProtocol(asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
+        if self._session is not None:
+            self._session.close()  # gives back the memory of a message in hand
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -17,7 +17,8 @@ which never looks at the content line by line:
   :class:`BodyBudget`. The pieces are joined once at the end: a large message
   is never a growing buffer copied on every resize;
 * after a problem (too big, a bare CR/LF, a NUL, no room in the budget) the
-  content is dropped as it arrives and only the terminator is looked for.
+  content is dropped as it arrives, only checked for a weightier problem, so
+  that how the bytes were split into reads never changes the answer.
 """
 
 from __future__ import annotations
@@ -127,6 +128,9 @@ class BodyProblem(enum.Enum):
     NO_ROOM = "over the memory budget"
 
 
+_WEIGHT: Final = {problem: rank for rank, problem in enumerate(BodyProblem)}  # first weighs most
+
+
 class BodyBudget:
     """Bytes of message content held in memory at once, for the whole process.
 
@@ -230,37 +234,44 @@ class BodyReader:
         return None
 
     def _take(self, buf: bytearray, stop: int) -> None:
-        """Move ``buf[:stop]`` into the body (or drop it after a problem)."""
+        """Move ``buf[:stop]`` into the body (or only check it, after a problem)."""
         self._size += stop
-        if self.problem is None and self._size > self.max_size:
+        if self._size > self.max_size:
             self._fail(BodyProblem.TOO_BIG)
-        if self.problem is None and stop:
-            start = 1 if self._line_start and buf[0] == 0x2E else 0  # a stuffed dot
-            view = memoryview(buf)
-            try:
-                part = view[start:stop]
-                piece = bytes(part)
-                part.release()
-            finally:
-                view.release()
-            crlf = piece.count(b"\r\n")
-            if piece.count(b"\n") != crlf or piece.count(b"\r") != crlf:
+        start = 1 if self._line_start and stop and buf[0] == 0x2E else 0  # a stuffed dot
+        if self.problem is not BodyProblem.TOO_BIG and stop > start:
+            # Checked in place, before any copy; a dropped body is still checked
+            # for a weightier problem, so the reply never depends on the reads.
+            crlf = buf.count(b"\r\n", start, stop)
+            if buf.count(b"\n", start, stop) != crlf or buf.count(b"\r", start, stop) != crlf:
                 self._fail(BodyProblem.BARE_NEWLINE)
-            elif b"\0" in piece:
+            elif buf.find(b"\0", start, stop) >= 0:
                 self._fail(BodyProblem.NUL)
-            else:
-                piece = piece.replace(b"\r\n.", b"\r\n")
-                budget = self._budget
-                if budget is not None and not budget.take(len(piece)):
-                    self._fail(BodyProblem.NO_ROOM)
-                else:
-                    self._held += len(piece)
-                    self._chunks.append(piece)
+            if self.problem is None:
+                self._keep(buf, start, stop)
         del buf[:stop]
         self._line_start = True
 
+    def _keep(self, buf: bytearray, start: int, stop: int) -> None:
+        view = memoryview(buf)
+        try:
+            part = view[start:stop]
+            piece = bytes(part)
+            part.release()
+        finally:
+            view.release()
+        piece = piece.replace(b"\r\n.", b"\r\n")  # no copy when there is no dot
+        budget = self._budget
+        if budget is not None and not budget.take(len(piece)):
+            self._fail(BodyProblem.NO_ROOM)
+        else:
+            self._held += len(piece)
+            self._chunks.append(piece)
+
     def _fail(self, problem: BodyProblem) -> None:
-        self.problem = problem
+        """Drop the body; the weightiest problem found is the one answered."""
+        if self.problem is None or _WEIGHT[problem] < _WEIGHT[self.problem]:
+            self.problem = problem
         self.release()
 
     def _finish(self) -> bytes:
