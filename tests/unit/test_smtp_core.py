@@ -21,7 +21,7 @@ from smtplb.smtp.framing import (
 )
 from smtplb.smtp.reply import Reply, parse_reply, split_enhanced_code
 from smtplb.smtp.status import BounceKind, classify_reply
-from smtplb.smtp.verbs import Verb
+from smtplb.smtp.verbs import VERBS, Verb
 from smtplb.units import Size
 
 # -- replies and status -------------------------------------------------------------------
@@ -67,9 +67,9 @@ def test_classify_reply() -> None:
 # -- verbs and the two tables -------------------------------------------------------------
 
 
-def test_verbs_read_in_any_case() -> None:
-    assert Verb.get("ehlo") is Verb.EHLO and Verb.get("StartTLS") is Verb.STARTTLS
-    assert Verb.get("XCLIENT") is None and Verb.get("") is None
+def test_verbs_by_name() -> None:
+    assert VERBS["EHLO"] is Verb.EHLO and VERBS["STARTTLS"] is Verb.STARTTLS
+    assert "XCLIENT" not in VERBS and len(VERBS) == len(Verb) == 12
 
 
 def test_both_tables_use_typed_triggers() -> None:

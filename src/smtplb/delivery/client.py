@@ -47,9 +47,18 @@ from smtplb.delivery.client_events import (
     TransactionDone,
 )
 from smtplb.delivery.client_state import TRANSITIONS, Outcome, State, Trigger
-from smtplb.smtp.framing import CRLF, NEED_DATA, LineBuffer, NeedData, TooLong, dot_stuff
+from smtplb.smtp.framing import CRLF, NEED_DATA, TOO_LONG, LineBuffer, NeedData, dot_stuff
 from smtplb.smtp.reply import Reply, parse_reply
 from smtplb.smtp.verbs import Verb
+
+# Hot-path aliases: an Enum class attribute goes through the metaclass's
+# __getattr__ hook (Python 3.11), several times slower than a module global.
+_CLOSED: Final = State.CLOSED
+_MAIL: Final = Verb.MAIL
+_NEXT: Final = Outcome.NEXT
+_TO_DATA: Final = Outcome.TO_DATA
+_GO_AHEAD: Final = Outcome.GO_AHEAD
+_REPLIED: Final = Outcome.REPLIED
 
 MAX_LINE: Final = 4096  # RFC 5321 says 512; real servers send longer texts
 MAX_REPLY_LINES: Final = 500
@@ -202,7 +211,7 @@ class ClientSession:
             raise ProtocolError(self._error)
         try:
             while True:
-                if self._state is State.CLOSED:
+                if self._state is _CLOSED:
                     self._discard_input()  # whatever a closing server still says
                     return NEED_DATA
                 reply = self._read_reply()
@@ -225,7 +234,7 @@ class ClientSession:
             raw = self._in.read_line()
             if raw is None:
                 return None
-            if isinstance(raw, TooLong):
+            if raw is TOO_LONG:
                 head = _show(self._in.head(81))
                 raise ProtocolError(f"reply line longer than {MAX_LINE} bytes: {head}")
             line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
@@ -318,7 +327,7 @@ class ClientSession:
         body_8bit: bool = False,
     ) -> None:
         """Start one mail transaction; ``data`` uses CRLF and is not yet dot-stuffed."""
-        self._next_state(Verb.MAIL)
+        self._next_state(_MAIL)
         if not rcpts:
             raise ValueError("a transaction needs at least one recipient")
         if data.count(b"\n") != data.count(b"\r\n"):
@@ -336,7 +345,7 @@ class ClientSession:
         mail = b"MAIL FROM:<" + _encode_address(mail_from, smtputf8) + b">" + params + CRLF
         rcpt_lines = [b"RCPT TO:<" + _encode_address(r, smtputf8) + b">\r\n" for r in rcpts]
         pipelined = "PIPELINING" in self._extensions
-        self._move(Verb.MAIL)
+        self._move(_MAIL)
         self._tx = _Transaction(rcpt_lines, data, pipelined)
         if pipelined:
             self._write(b"".join([mail, *rcpt_lines, b"DATA\r\n"]))
@@ -358,7 +367,7 @@ class ClientSession:
     # -- reply handlers, one per state ----------------------------------------
 
     def _on_greeting(self, reply: Reply) -> Event | None:
-        self._move(Outcome.REPLIED)
+        self._move(_REPLIED)
         return Greeting(reply)
 
     def _on_unsolicited(self, reply: Reply) -> Event | None:
@@ -380,7 +389,7 @@ class ClientSession:
     def _on_helo(self, reply: Reply) -> Event | None:
         self._extensions = {}
         self._esmtp = False
-        self._move(Outcome.REPLIED)
+        self._move(_REPLIED)
         return EhloDone(reply, {})
 
     def _on_starttls(self, reply: Reply) -> Event | None:
@@ -404,14 +413,14 @@ class ClientSession:
             self._move(Outcome.CHALLENGE)
             return None
         self._auth_responses = []
-        self._move(Outcome.REPLIED)
+        self._move(_REPLIED)
         return AuthDone(reply)
 
     def _on_mail(self, reply: Reply) -> Event | None:
         tx = self._current_tx()
         tx.mail = reply
         if tx.pipelined:
-            self._move(Outcome.NEXT)
+            self._move(_NEXT)
         elif reply.is_success:
             self._write(tx.rcpt_lines[0])
             self._move(Outcome.ACCEPTED)
@@ -430,12 +439,12 @@ class ClientSession:
         if seen < len(tx.rcpt_lines):
             if not tx.pipelined:
                 self._write(tx.rcpt_lines[seen])
-            self._move(Outcome.NEXT)
+            self._move(_NEXT)
         elif tx.pipelined:
-            self._move(Outcome.TO_DATA)
+            self._move(_TO_DATA)
         elif tx.accepted:
             self._write(b"DATA\r\n")
-            self._move(Outcome.TO_DATA)
+            self._move(_TO_DATA)
         else:
             self._write(b"RSET\r\n")
             self._move(Outcome.TO_RSET)
@@ -449,7 +458,7 @@ class ClientSession:
             else:
                 # RFC 2920 §3.1: DATA accepted with no recipient; end it with a lone dot.
                 self._write(b".\r\n")
-            self._move(Outcome.GO_AHEAD)
+            self._move(_GO_AHEAD)
             return None
         if tx.accepted:
             tx.data_reply = reply
@@ -461,21 +470,21 @@ class ClientSession:
         tx = self._current_tx()
         if tx.accepted:
             tx.data_reply = reply
-        self._move(Outcome.REPLIED)
+        self._move(_REPLIED)
         return self._finish(reply)
 
     def _on_rset(self, reply: Reply) -> Event | None:
-        self._move(Outcome.REPLIED)
+        self._move(_REPLIED)
         if self._tx is not None:
             return self._finish(reply)
         return ResetDone(reply)
 
     def _on_noop(self, reply: Reply) -> Event | None:
-        self._move(Outcome.REPLIED)
+        self._move(_REPLIED)
         return NoopDone(reply)
 
     def _on_quit(self, reply: Reply) -> Event | None:
-        self._move(Outcome.REPLIED)
+        self._move(_REPLIED)
         return QuitDone(reply)
 
     def _on_closing_tx(self, reply: Reply) -> Event:

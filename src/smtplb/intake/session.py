@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from smtplb.intake.address import parse_path, valid_address
-from smtplb.intake.arguments import decode_sasl, mail_parameters, plain_credentials
+from smtplb.intake.arguments import MailParameters, decode_sasl, mail_parameters, plain_credentials
 from smtplb.intake.session_events import AuthRequest, Close, Event, MessageReceived, StartTLS
 from smtplb.intake.session_state import SEQUENCE_ERRORS, TRANSITIONS, WAITING, State, Trigger
 from smtplb.intake.session_state import Outcome as O
@@ -46,6 +46,7 @@ from smtplb.model import Envelope
 from smtplb.smtp import replies
 from smtplb.smtp.framing import (
     NEED_DATA,
+    TOO_LONG,
     BodyBudget,
     BodyProblem,
     BodyReader,
@@ -54,7 +55,7 @@ from smtplb.smtp.framing import (
     TooLong,
 )
 from smtplb.smtp.reply import Reply
-from smtplb.smtp.verbs import Verb
+from smtplb.smtp.verbs import VERBS, Verb
 
 __all__ = ["ServerSession", "SessionPolicy", "SessionStateError"]
 
@@ -83,6 +84,19 @@ class SessionPolicy:
 class SessionStateError(RuntimeError):
     """The application called the session at the wrong moment (a bug)."""
 
+
+# Hot-path aliases: an Enum class attribute goes through the metaclass's
+# __getattr__ hook, several times slower than reading a module global.
+_IN_DATA: Final = State.DATA
+_IN_AUTH: Final = State.AUTH
+_CLOSED: Final = State.CLOSED
+_MAIL: Final = Verb.MAIL
+_RCPT: Final = Verb.RCPT
+_DATA: Final = Verb.DATA
+_END_OF_DATA: Final = O.END_OF_DATA
+_ANSWER: Final = O.ANSWER
+
+_NO_PARAMETERS: Final = MailParameters()
 
 _W_OK: Final = replies.OK.to_bytes()
 _W_MAIL_OK: Final = replies.MAIL_OK.to_bytes()
@@ -187,7 +201,7 @@ class ServerSession:
         """Bytes from the client; ``b""`` means the client closed its side."""
         if not data:
             self._eof = True
-        elif self._state is not State.CLOSED:
+        elif self._state is not _CLOSED:
             self._lines.feed(data)
 
     def data_to_send(self) -> bytes:
@@ -201,13 +215,13 @@ class ServerSession:
     def next_event(self) -> Event | NeedData:
         while True:
             if self._closing is not None:
-                self._state = State.CLOSED
+                self._state = _CLOSED
                 self._body.release()
                 return self._closing
             state = self._state
             if state in WAITING:
                 return NEED_DATA
-            if state is State.DATA:
+            if state is _IN_DATA:
                 event = self._read_data()
             else:
                 line = self._lines.read_line()
@@ -223,7 +237,7 @@ class ServerSession:
         self._expect(State.WAIT_MESSAGE)
         self._envelope = None
         self._body.release()
-        self._goto(O.ANSWER)
+        self._goto(_ANSWER)
         self._reply(reply)
 
     def answer_auth(self, ok: bool, refusal: Reply | None = None) -> None:
@@ -292,14 +306,14 @@ class ServerSession:
             self._envelope = None
             self._out.append(_BODY_REFUSALS[body.problem].to_bytes())
             return None
-        self._goto(O.END_OF_DATA)
+        self._goto(_END_OF_DATA)
         return MessageReceived(envelope, data)
 
     def _handle_line(self, raw: bytes | TooLong) -> Event | None:
         problem: Reply | None = None
         text = ""
         utf8 = False
-        if isinstance(raw, TooLong):
+        if raw is TOO_LONG:
             problem = replies.LINE_TOO_LONG
         elif not raw.endswith(b"\r\n"):
             problem = replies.BARE_LF
@@ -315,7 +329,7 @@ class ServerSession:
                     utf8 = True
                 except UnicodeDecodeError:
                     problem = replies.BAD_BYTES
-        if self._state is State.AUTH:
+        if self._state is _IN_AUTH:
             if problem is not None:
                 self._goto(O.AUTH_ABORTED)
                 self._error(problem)
@@ -325,8 +339,8 @@ class ServerSession:
             self._error(problem)
             return None
         word, _, arg = text.partition(" ")
-        verb = Verb.get(word)
-        if verb is None or (utf8 and verb is not Verb.MAIL and verb is not Verb.RCPT):
+        verb = VERBS.get(word.upper())
+        if verb is None or (utf8 and verb is not _MAIL and verb is not _RCPT):
             self._error(replies.UNKNOWN_COMMAND if verb is None else replies.BAD_BYTES)
             return None
         key = (self._state, verb)
@@ -388,7 +402,7 @@ class ServerSession:
         if address and not valid_address(address):
             self._error(replies.BAD_SENDER)
             return
-        mail = mail_parameters(params)
+        mail = mail_parameters(params) if params else _NO_PARAMETERS
         if isinstance(mail, str):
             if mail:
                 self._syntax(f"bad value for MAIL parameter {mail}")
@@ -401,7 +415,7 @@ class ServerSession:
         if mail.size is not None and mail.size > policy.max_message_size:
             self._error(replies.MESSAGE_TOO_BIG)
             return
-        self._goto(Verb.MAIL)
+        self._goto(_MAIL)
         self._envelope = Envelope(
             mail_from=address,
             helo=self._helo,
@@ -443,7 +457,7 @@ class ServerSession:
             if refusal is not None:
                 self._reply(refusal)
                 return
-        self._goto(Verb.RCPT)
+        self._goto(_RCPT)
         if address not in envelope.rcpt_to:
             envelope.rcpt_to.append(address)
         self._out.append(_W_RCPT_OK)
@@ -458,7 +472,7 @@ class ServerSession:
         if budget is not None and not budget.has_room(envelope.size_hint or 1):
             self._out.append(replies.NO_STORAGE.to_bytes())
             return
-        self._goto(Verb.DATA)
+        self._goto(_DATA)
         self._body.start()
         self._out.append(_W_DATA_GO)
 

@@ -190,7 +190,8 @@ class BodyReader:
 
     def start(self) -> None:
         """A new body follows (after ``354``)."""
-        self.release()
+        if self._chunks or self._held:
+            self.release()
         self._line_start = True
         self._scan = 0
         self._size = 0
@@ -248,25 +249,18 @@ class BodyReader:
             elif buf.find(b"\0", start, stop) >= 0:
                 self._fail(BodyProblem.NUL)
             if self.problem is None:
-                self._keep(buf, start, stop)
+                with memoryview(buf) as view:  # one copy; the slice view dies at once
+                    piece = view[start:stop].tobytes().replace(b"\r\n.", b"\r\n")
+                budget = self._budget
+                if budget is None:
+                    self._chunks.append(piece)
+                elif budget.take(len(piece)):
+                    self._held += len(piece)
+                    self._chunks.append(piece)
+                else:
+                    self._fail(BodyProblem.NO_ROOM)
         del buf[:stop]
         self._line_start = True
-
-    def _keep(self, buf: bytearray, start: int, stop: int) -> None:
-        view = memoryview(buf)
-        try:
-            part = view[start:stop]
-            piece = bytes(part)
-            part.release()
-        finally:
-            view.release()
-        piece = piece.replace(b"\r\n.", b"\r\n")  # no copy when there is no dot
-        budget = self._budget
-        if budget is not None and not budget.take(len(piece)):
-            self._fail(BodyProblem.NO_ROOM)
-        else:
-            self._held += len(piece)
-            self._chunks.append(piece)
 
     def _fail(self, problem: BodyProblem) -> None:
         """Drop the body; the weightiest problem found is the one answered."""

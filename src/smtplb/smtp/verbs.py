@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
+from typing import Final
 
-__all__ = ["Verb"]
+__all__ = ["VERBS", "Verb"]
 
 
 class Verb(enum.Enum):
-    """A command verb; ``Verb.get(text)`` reads one off the wire (any case)."""
+    """A command verb; ``VERBS.get(word.upper())`` reads one off the wire."""
 
     EHLO = "EHLO"
     HELO = "HELO"
@@ -27,9 +28,5 @@ class Verb(enum.Enum):
     # Python-level __hash__ it costs nothing on the per-command table lookups.
     __hash__ = object.__hash__
 
-    @classmethod
-    def get(cls, text: str) -> Verb | None:
-        return _BY_NAME.get(text.upper())
 
-
-_BY_NAME: dict[str, Verb] = {v.value: v for v in Verb}
+VERBS: Final[dict[str, Verb]] = {v.value: v for v in Verb}
