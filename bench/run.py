@@ -528,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                 work / "smtplb-base",
                 sinks.relays,
                 workers=args.smtplb_workers,
-                command=[args.baseline],
+                command=[str(Path(args.baseline).absolute())],
                 name=BASELINE,
             )
             if args.baseline
