@@ -495,13 +495,14 @@ def logs_analyze(files: tuple[Path, ...], by: str, as_json: bool) -> None:
         click.echo(render_table(report))
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def sink(args: tuple[str, ...]) -> None:
     """A smart sink for tests and demos: `smtplb sink --listen ADDR [--profile FILE]`."""
     from smtplb.sink.server import main as sink_main
 
-    sys.exit(sink_main(list(args)))
+    # The sink parses its own options (and --help), as `python -m smtplb.sink` does.
+    sys.exit(sink_main(list(args), prog="smtplb sink"))
 
 
 @main.command()
