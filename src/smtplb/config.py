@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from smtplb.config_shape import Rules, check_shape, related
+from smtplb.config_shape import Rules, check_shape, key_name, related
 from smtplb.units import Duration, Size
 
 STRATEGIES = ("round_robin", "weighted", "least_connections", "latency", "hash", "failover")
@@ -397,7 +397,7 @@ def _validate(cfg: Config) -> list[str]:
         for key in route.match:
             check(
                 key in ROUTE_MATCH_KEYS,
-                f"{at}.match.{key}",
+                f"{at}.match.{key_name(key)}",
                 f"unknown match key (expected one of {', '.join(ROUTE_MATCH_KEYS)})",
             )
         check(
@@ -428,7 +428,7 @@ def _validate(cfg: Config) -> list[str]:
         try:
             parse_hostport(target)
         except ValueError as exc:
-            problems.append(f"static_routes.{domain}: {exc}")
+            problems.append(f"static_routes.{key_name(domain)}: {exc}")
     for i, hook in enumerate(cfg.webhooks):
         check(
             hook.url.startswith(("http://", "https://")),

@@ -17,6 +17,7 @@ are known but not built yet.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -82,8 +83,16 @@ def _within(inner: str, outer: str) -> bool:
     )
 
 
+def key_name(name: str) -> str:
+    """A table key as problems show it: as is, or quoted TOML-style when it has
+    spaces, quotes, colons or control characters (a problem stays one line)."""
+    if name and name.isprintable() and not any(c.isspace() or c in '":' for c in name):
+        return name
+    return json.dumps(name, ensure_ascii=False)
+
+
 def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
+    return f"{path}.{key_name(name)}" if path else key_name(name)
 
 
 def _is_struct(tp: Any) -> bool:

@@ -309,3 +309,11 @@ def test_check_prints_every_problem_and_warning(tmp_path: Path) -> None:
     assert "config error: smtp.max_recipients: expected `int`, got `str`" in lines
     assert any(line.startswith("config warning: dkim: not implemented yet") for line in lines)
     assert any(line.startswith("config warning: cluster.redis: not implemented") for line in lines)
+
+
+def test_a_key_with_a_line_break_is_quoted_so_each_problem_stays_one_line() -> None:
+    # Found by tests/fuzz/test_fuzz_config.py: '"key\nwith newline" = 1' gave two lines.
+    assert problems_of({"key\nwith newline": 1}) == ['"key\\nwith newline": unknown key']
+    assert problems_of({"static_routes": {"a b": "x"}})[0].startswith(
+        'static_routes."a b": expected host:port'
+    )
