@@ -317,3 +317,16 @@ def test_a_key_with_a_line_break_is_quoted_so_each_problem_stays_one_line() -> N
     assert problems_of({"static_routes": {"a b": "x"}})[0].startswith(
         'static_routes."a b": expected host:port'
     )
+
+
+def test_run_and_check_print_the_warnings_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from smtplb.cli import _config
+
+    path = tmp_path / "smtplb.toml"
+    path.write_text('[cluster]\nredis = "redis://127.0.0.1:6379/0"\n')
+    _config(path)
+    assert "config warning: cluster.redis: not implemented yet" in capsys.readouterr().err
+    _config(path, warn=False)  # a worker process: its supervisor warned already
+    assert capsys.readouterr().err == ""
