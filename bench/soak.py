@@ -511,6 +511,7 @@ def report(
         f"| messages sent / accepted (250) | {load.sent:,} / {len(load.accepted):,} |",
         f"| refused by smtplb | {_counter(load.refused)} |",
         f"| load-side errors | {_counter(load.errors)} |",
+        f"| times the load fell over 1 s behind its schedule | {load.late:,} |",
         f"| accepted and delivered to a sink | {len(load.accepted) - len(outcome.missing):,} |",
         f"| accepted and **not** delivered | {len(outcome.missing):,} |",
         f"| delivered twice or more (at-least-once after a fault) | {duplicates:,} |",
