@@ -17,17 +17,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smtplb.delivery.client import (
-    NEED_DATA,
     ClientSession,
     ExtensionNotOffered,
     IllegalCommand,
     ProtocolError,
-    QuitDone,
-    StartTlsReady,
-    State,
-    TransactionDone,
 )
-from smtplb.model import Reply
+from smtplb.delivery.client_events import QuitDone, StartTlsReady, TransactionDone
+from smtplb.delivery.client_state import State
+from smtplb.smtp.framing import NEED_DATA
+from smtplb.smtp.reply import Reply
 from tests.fuzz.harness import fuzz_settings, target
 
 CODES = [220, 221, 235, 250, 251, 252, 334, 354, 421, 450, 451, 452, 500, 501, 502, 503, 530]

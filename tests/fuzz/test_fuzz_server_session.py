@@ -18,17 +18,11 @@ import zlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smtplb.intake.session import (
-    NEED_DATA,
-    AuthRequest,
-    Close,
-    MessageReceived,
-    ServerSession,
-    SessionPolicy,
-    StartTLS,
-    State,
-)
-from smtplb.model import Reply
+from smtplb.intake.session import ServerSession, SessionPolicy
+from smtplb.intake.session_events import AuthRequest, Close, MessageReceived, StartTLS
+from smtplb.intake.session_state import State
+from smtplb.smtp.framing import NEED_DATA
+from smtplb.smtp.reply import Reply
 from tests.fuzz.harness import fuzz_settings, target
 
 REPLY_LINE = re.compile(rb"[2-5][0-9][0-9]([ -][^\r\n]*)?")
