@@ -35,15 +35,22 @@ CONFIG_OPTION = click.option(
 )
 
 
-def _config(config_path: Path | None) -> Config:
+def _config(config_path: Path | None, *, warn: bool = True) -> Config:
+    """The config, its warnings on stderr (keys accepted that do nothing yet);
+    exit 1 listing every problem when it cannot be used."""
     if config_path is None and Path("smtplb.toml").is_file():
         config_path = Path("smtplb.toml")
+    warnings: list[str] = []
     try:
-        return load_config(config_path)
+        config = load_config(config_path, warnings)
     except ConfigError as exc:
         for line in exc.problems:
             click.echo(f"config error: {line}", err=True)
         sys.exit(1)
+    finally:
+        for line in warnings if warn else ():
+            click.echo(f"config warning: {line}", err=True)
+    return config
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,7 +67,7 @@ def run(config_path: Path | None, worker: int | None) -> None:
     from smtplb.app import build_service
     from smtplb.workers import Supervisor, set_drain_flag
 
-    config = _config(config_path)
+    config = _config(config_path, warn=worker is None)  # the supervisor warns once
     logging.basicConfig(
         level=getattr(logging, config.log.level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -488,13 +495,14 @@ def logs_analyze(files: tuple[Path, ...], by: str, as_json: bool) -> None:
         click.echo(render_table(report))
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def sink(args: tuple[str, ...]) -> None:
     """A smart sink for tests and demos: `smtplb sink --listen ADDR [--profile FILE]`."""
     from smtplb.sink.server import main as sink_main
 
-    sys.exit(sink_main(list(args)))
+    # The sink parses its own options (and --help), as `python -m smtplb.sink` does.
+    sys.exit(sink_main(list(args), prog="smtplb sink"))
 
 
 @main.command()

@@ -2,7 +2,10 @@
 
 Every user error becomes a :class:`ConfigError` whose lines each name the key
 path and the problem, e.g. ``pools[0].strategy: unknown strategy 'x'
-(expected one of round_robin, weighted, …)``. Never a traceback.
+(expected one of round_robin, weighted, …)``; all of them in one run (the
+shape of the data is checked by :mod:`smtplb.config_shape`, which does not
+stop at the first mistake). Never a traceback. Keys that SPEC names but that
+are not built yet are accepted with a warning, never silently.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from smtplb.config_shape import Rules, check_shape, key_name, related
 from smtplb.units import Duration, Size
 
 STRATEGIES = ("round_robin", "weighted", "least_connections", "latency", "hash", "failover")
@@ -34,6 +38,29 @@ ROUTE_MATCH_KEYS = (
     "class",
 )
 SUPPRESSION_ACTIONS = ("reject", "drop")
+MAX_MESSAGE_SIZE = Size(2 * 1024**3)
+
+# Keys SPEC §3.4 names for features that are not built yet: accepted with a warning
+# ("not implemented yet, ignored") rather than refused as unknown. A key leaves this
+# table by itself once its struct field exists; delete the entry with the feature.
+PLANNED = {
+    "dns": "SPEC §3.4 [dns]: the system resolver is used",
+    "providers": "SPEC §3.4 [[providers]]: no per-provider limits or reply rules",
+    "reputation": "SPEC §3.4 [reputation]: members are not throttled or quarantined",
+    "suppression": "SPEC §3.4 [suppression]: no suppression list",
+    "warmup": "SPEC §3.4 [warmup]: no warm-up schedule",
+    "dkim": "SPEC §3.4 [[dkim]]: mail is not DKIM-signed",
+    "compliance": "SPEC §3.4 [compliance]: no List-Unsubscribe or complaint checks",
+    "experiments": "SPEC §3.4 [[experiments]]: no A/B experiments",
+    "cluster.node": "SPEC §3.4 [cluster] node: no cluster",
+    "pools[].members[].warmup_start": "SPEC §3.4 warm-up: members send at full rate",
+}
+# Keys that parse but whose feature does nothing yet: a warning when set (true or a
+# value). Delete the entry when the feature is built.
+INERT = {
+    "pools[].members[].warmup": "warm-up is not built: the member sends at full rate",
+    "cluster.redis": "clustering is not built: state stays on this node, caps are per node",
+}
 
 
 class ConfigError(Exception):
@@ -307,6 +334,11 @@ def _validate(cfg: Config) -> list[str]:
         "must be at least smtp.max_message_size",
     )
     check(
+        cfg.smtp.max_message_size <= MAX_MESSAGE_SIZE,
+        "smtp.max_message_size",
+        "must be at most 2GiB",
+    )
+    check(
         (cfg.smtp.tls_cert is None) == (cfg.smtp.tls_key is None),
         "smtp.tls_cert",
         "tls_cert and tls_key go together",
@@ -365,7 +397,7 @@ def _validate(cfg: Config) -> list[str]:
         for key in route.match:
             check(
                 key in ROUTE_MATCH_KEYS,
-                f"{at}.match.{key}",
+                f"{at}.match.{key_name(key)}",
                 f"unknown match key (expected one of {', '.join(ROUTE_MATCH_KEYS)})",
             )
         check(
@@ -396,7 +428,7 @@ def _validate(cfg: Config) -> list[str]:
         try:
             parse_hostport(target)
         except ValueError as exc:
-            problems.append(f"static_routes.{domain}: {exc}")
+            problems.append(f"static_routes.{key_name(domain)}: {exc}")
     for i, hook in enumerate(cfg.webhooks):
         check(
             hook.url.startswith(("http://", "https://")),
@@ -451,31 +483,43 @@ def _validate_member(member: MemberConfig, at: str, seen: set[str]) -> list[str]
 
 
 def _is_loopback(listen: str) -> bool:
+    """Whether a listen address is loopback; a malformed one is not (smtp.listen
+    reports it)."""
     try:
         host, _ = parse_hostport(listen)
+    except ValueError:
+        return False
+    try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
 
 
-def parse_config(data: dict[str, Any]) -> Config:
-    """Build a validated :class:`Config` from TOML data; raise :class:`ConfigError`."""
+def parse_config(data: dict[str, Any], warnings: list[str] | None = None) -> Config:
+    """Build a validated :class:`Config` from TOML data; raise :class:`ConfigError`
+    with every problem found. ``warnings`` (when given) receives a ``key: text``
+    line per key that is accepted but does nothing yet."""
+    shape = check_shape(data, Config, _dec_hook, Rules(PLANNED, INERT))
+    problems = shape.problems
     try:
-        cfg = msgspec.convert(data, Config, dec_hook=_dec_hook)
-    except msgspec.ValidationError as exc:
-        raise ConfigError([_format_msgspec_error(exc)]) from None
+        cfg = msgspec.convert(shape.data, Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:  # the shape check should have caught it
+        raise ConfigError([*problems, _format_msgspec_error(exc)]) from None
     if not cfg.pools and "pools" not in data:
         cfg.pools = default_pools()
-    problems = _validate(cfg)
+    problems += [p for p in _validate(cfg) if not related(p.partition(": ")[0], shape.bad)]
+    if warnings is not None:
+        warnings.extend(shape.warnings)
     if problems:
         raise ConfigError(problems)
     return cfg
 
 
-def load_config(path: str | Path | None) -> Config:
-    """Read ``path`` (or built-in defaults when None); raise :class:`ConfigError`."""
+def load_config(path: str | Path | None, warnings: list[str] | None = None) -> Config:
+    """Read ``path`` (or built-in defaults when None); raise :class:`ConfigError`.
+    ``warnings``: see :func:`parse_config`."""
     if path is None:
-        return parse_config({})
+        return parse_config({}, warnings)
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -487,4 +531,4 @@ def load_config(path: str | Path | None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{p}: not valid TOML: {exc}"]) from None
-    return parse_config(data)
+    return parse_config(data, warnings)

@@ -500,12 +500,14 @@ def test_smtputf8_not_offered_is_a_permanent_local_failure(run: Run) -> None:
 
 
 def non_loopback_address() -> str:
-    """This host's address on its default route (no packet is sent)."""
+    """This host's address on its default route (no packet is sent). Without a
+    route off loopback, 0.0.0.0: Linux connects it to this host, and it is not a
+    loopback address, so the test still runs (never skips)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
             probe.connect(("198.51.100.1", 9))
         except OSError:
-            pytest.skip("this host has no route off loopback")
+            return "0.0.0.0"
         address: str = probe.getsockname()[0]
     return address
 
