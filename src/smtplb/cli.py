@@ -22,6 +22,8 @@ import click
 import msgspec
 
 from smtplb.config import Config, ConfigError, load_config, parse_hostport
+from smtplb.mailauth.commands import auth, dkim
+from smtplb.mailauth.keys import load_keyring
 from smtplb.observability.analyze import DIMENSIONS, Analyzer, render_table
 from smtplb.observability.log_reader import chronological, read_lines
 
@@ -35,11 +37,16 @@ CONFIG_OPTION = click.option(
 )
 
 
-def _config(config_path: Path | None) -> Config:
+def _config(config_path: Path | None, *, keys: bool = False) -> Config:
+    """The config, or exit 1 naming each problem; ``keys``: also load the DKIM keys
+    (for commands that sign or vouch for the config)."""
     if config_path is None and Path("smtplb.toml").is_file():
         config_path = Path("smtplb.toml")
     try:
-        return load_config(config_path)
+        config = load_config(config_path)
+        if keys:
+            load_keyring(config.dkim)
+        return config
     except ConfigError as exc:
         for line in exc.problems:
             click.echo(f"config error: {line}", err=True)
@@ -60,7 +67,7 @@ def run(config_path: Path | None, worker: int | None) -> None:
     from smtplb.app import build_service
     from smtplb.workers import Supervisor, set_drain_flag
 
-    config = _config(config_path)
+    config = _config(config_path, keys=True)
     logging.basicConfig(
         level=getattr(logging, config.log.level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -102,9 +109,13 @@ def _install_uvloop() -> None:
 @CONFIG_OPTION
 def check(config_path: Path | None) -> None:
     """Validate a config: exit 0 when usable, else 1 naming each key and problem."""
-    config = _config(config_path)
+    config = _config(config_path, keys=True)
     pools = ", ".join(f"{p.name} ({p.strategy}, {len(p.members)} members)" for p in config.pools)
-    click.echo(f"config ok: pools {pools}; {len(config.routes)} routes")
+    dkim_domains = len({d.domain for d in config.dkim})
+    click.echo(
+        f"config ok: pools {pools}; {len(config.routes)} routes; "
+        f"DKIM: {len(config.dkim)} keys for {dkim_domains} domains"
+    )
 
 
 @main.command()
@@ -486,6 +497,10 @@ def logs_analyze(files: tuple[Path, ...], by: str, as_json: bool) -> None:
         click.echo(msgspec.json.encode(report).decode())
     else:
         click.echo(render_table(report))
+
+
+main.add_command(dkim)
+main.add_command(auth)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
