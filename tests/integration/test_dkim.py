@@ -50,8 +50,7 @@ def message(sender: str, subject: str = "This week's offers") -> bytes:
 def keygen(workdir: Path, domain: str, selector: str, algorithm: str) -> tuple[Path, list[str]]:
     """`smtplb dkim keygen`: the key file and the TXT strings it says to publish."""
     out = subprocess.run(
-        [sys.executable, "-m", "smtplb", "dkim", "keygen", domain, selector]
-        + ["--algorithm", algorithm],
+        [sys.executable, "-m", "smtplb", "dkim", "keygen", domain, selector, "-a", algorithm],
         cwd=workdir,
         capture_output=True,
         text=True,

@@ -54,7 +54,7 @@ def dkim() -> None:
 @dkim.command("keygen")
 @click.argument("domain")
 @click.argument("selector")
-@click.option("--algorithm", type=click.Choice(ALGORITHMS), default="rsa", show_default=True)
+@click.option("-a", "--algorithm", type=click.Choice(ALGORITHMS), default="rsa", show_default=True)
 @click.option("--bits", type=int, default=ADVISED_RSA_BITS, show_default=True, help="RSA key size.")
 @click.option(
     "--out",
