@@ -138,6 +138,9 @@ def _check_spf(report: Report, dns_: Dns, config: Config, domain: str) -> None:
         result = check_host(dns_, member.source_ip, domain)
         detail = f"member {member.name} ({member.source_ip}): {result.result}, {result.reason}"
         detail += f" ({result.lookups} lookups)"
+        if result.result != "pass":
+            ip = ipaddress.ip_address(member.source_ip)
+            detail += f"; authorise it: add ip{ip.version}:{ip} to the SPF record of {domain}"
         report.add("SPF", result.result == "pass", detail)
 
 

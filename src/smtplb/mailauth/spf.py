@@ -82,11 +82,11 @@ class _Evaluation:
                 continue
             if "=" in lower.split(":", 1)[0]:  # another modifier (exp=, unknown ones)
                 continue
-            qualifier = "+"
+            written, qualifier = term, "+"
             if term[0] in QUALIFIERS:
                 qualifier, term = term[0], term[1:]
             if self.matches(term, domain):
-                return QUALIFIERS[qualifier], f"{qualifier}{term} in {domain}"
+                return QUALIFIERS[qualifier], f"matched {written!r} of {domain}"
         if redirect is not None:
             self.count(f"redirect={redirect}")
             result, reason = self.check(self._target(redirect, domain))
