@@ -25,6 +25,7 @@ from smtplb.delivery.pools import PausedMembers, build_pools, retry_schedule
 from smtplb.intake.auth import AuthThrottle, make_authenticator
 from smtplb.intake.pipeline import IntakePipeline
 from smtplb.intake.server import ConnectionCap
+from smtplb.mailauth.dmarc_watch import DmarcWatch, dns_lookup
 from smtplb.mailauth.keys import load_keyring
 from smtplb.mailauth.sign import DkimSigner
 from smtplb.observability.delivery_log import DeliveryLog
@@ -90,6 +91,11 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         traces=traces,
         is_draining=lambda: service.draining,
         signer=DkimSigner(load_keyring(config.dkim)),  # ConfigError names a bad key file
+        dmarc_watch=DmarcWatch(
+            dns_lookup(config.dns.nameservers),
+            SystemClock(),
+            on_missing=lambda _: metrics.compliance.labels("dmarc_missing", "warn").inc(),
+        ),
     )
     dsn = DsnWriter(config.hostname, intake.submit)
     dispatcher.on_bounce = dsn

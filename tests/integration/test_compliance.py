@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from smtplb.sink.server import ThreadedSink
-from tests.integration.conftest import Smtplb, relay_config
+from tests.integration.conftest import Smtplb, relay_config, wait_until
+from tests.integration.dnsserver import DnsServer, Zone
 
 pytestmark = pytest.mark.integration
 
@@ -22,6 +23,16 @@ UNSUBSCRIBE = (
     b"    <mailto:unsubscribe@shop.test?subject=t0k3n>\r\n"
     b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
 )
+
+
+def metric(node: Smtplb, check: str, action: str = "warn") -> float | None:
+    with urllib.request.urlopen(node.api_url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    line = f'smtplb_compliance_problems_total{{action="{action}",check="{check}"}} '
+    for row in text.splitlines():
+        if row.startswith(line):
+            return float(row[len(line) :])
+    return None
 
 
 def config(tmp_path: Path, sink: ThreadedSink, mode: str) -> tuple[str, int, int]:
@@ -78,6 +89,32 @@ def test_warn_accepts_logs_and_counts(
         client.sendmail("news@shop.test", ["someone@example.org"], HEAD + BULK + b"\r\nhi\r\n")
     assert sink.wait_for(1, timeout=10)
     assert any("compliance:" in line and "List-Unsubscribe" in line for line in node.output)
-    with urllib.request.urlopen(node.api_url + "/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    assert 'smtplb_compliance_problems_total{action="warn",check="list_unsubscribe"} 1.0' in text
+    assert metric(node, "list_unsubscribe") == 1.0
+
+
+def test_from_domain_without_dmarc_is_warned_about_once(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    zone = (
+        Zone()
+        .txt("_dmarc.shop.test", "v=DMARC1; p=none")
+        .nxdomain("shop.test")
+        .nxdomain("nodmarc.test")
+    )
+    sink = sinks()
+    with DnsServer(zone) as dns:
+        text, smtp_port, http_port = config(tmp_path, sink, "warn")
+        text += f'[dns]\nnameservers = ["{dns.address}"]\n'
+        node = smtplb(text, smtp_port, http_port).start()
+        with smtplib.SMTP("127.0.0.1", node.smtp_port) as client:
+            for sender in ("news@nodmarc.test", "news@nodmarc.test", "news@shop.test"):
+                head = HEAD.replace(b"news@shop.test", sender.encode())
+                client.sendmail(
+                    sender, ["someone@example.org"], head + BULK + UNSUBSCRIBE + b"\r\n.\r\n"
+                )
+        assert sink.wait_for(3, timeout=10)
+        wait_until(
+            lambda: metric(node, "dmarc_missing") == 1.0, 10, "the DMARC warning to be counted"
+        )
+    warnings = [line for line in node.output if "publishes no DMARC record" in line]
+    assert len(warnings) == 1 and "From domain nodmarc.test" in warnings[0], warnings

@@ -3,13 +3,16 @@ unsubscribe guardrail: pure decisions over a DNS of fixed answers."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import pytest
 
+from smtplb.clock import FakeClock
 from smtplb.config import parse_config
 from smtplb.intake.compliance import refusal, unsubscribe_problem
 from smtplb.mailauth.check import aligned, auth_report, organizational_domain, tags
+from smtplb.mailauth.dmarc_watch import DAY, DmarcWatch, dmarc_names
 from smtplb.mailauth.keys import generate_key, txt_value
 from smtplb.mailauth.sign import KeyRing, SigningKey
 from smtplb.mailauth.spf import LOOKUP_LIMIT, DnsFailure, check_host
@@ -206,3 +209,39 @@ def test_unsubscribe_problem(
         assert problem is not None and missing in problem
         reply = refusal(problem)
         assert (reply.code, reply.enhanced_code) == (550, "5.7.1")
+
+
+# -- DMARC watch: once per domain per day ------------------------------------------------------
+
+
+def test_dmarc_watch_warns_once_per_domain_per_day(caplog: pytest.LogCaptureFixture) -> None:
+    answers: dict[str, bool | None] = {"nodmarc.test": False, "good.test": True, "flaky.test": None}
+    asked: list[str] = []
+    missing: list[str] = []
+
+    async def lookup(domain: str) -> bool | None:
+        asked.append(domain)
+        return answers[domain]
+
+    clock = FakeClock()
+    watch = DmarcWatch(lookup, clock, on_missing=missing.append)
+
+    async def day() -> None:
+        for domain in ["nodmarc.test", "NoDmarc.test", "good.test", "flaky.test", "nodmarc.test"]:
+            watch.note(domain)
+        await watch.settle()
+        watch.note("flaky.test")  # failed lookups are retried with the next message
+        await watch.settle()
+
+    asyncio.run(day())
+    assert asked == ["nodmarc.test", "good.test", "flaky.test", "flaky.test"]
+    assert missing == ["nodmarc.test"]
+    warnings = [r.getMessage() for r in caplog.records if "DMARC" in r.getMessage()]
+    assert len(warnings) == 1 and "_dmarc.nodmarc.test" in warnings[0]
+
+    clock.advance(DAY - 1)
+    assert not watch.due("nodmarc.test")
+    clock.advance(1)
+    asyncio.run(day())
+    assert missing == ["nodmarc.test", "nodmarc.test"]
+    assert dmarc_names("a.b.example.test") == ["_dmarc.a.b.example.test", "_dmarc.example.test"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from smtplb.mailauth.sign import address_domain
 from smtplb.smtp.reply import Reply
 
 GUARDED_CLASSES = frozenset({"marketing", "bulk"})
@@ -56,6 +57,14 @@ def unsubscribe_problem(headers: Sequence[tuple[str, str]], content_class: str) 
                 "List-Unsubscribe has an https URI but no "
                 "List-Unsubscribe-Post: List-Unsubscribe=One-Click (RFC 8058)"
             )
+    return None
+
+
+def from_domain(headers: Sequence[tuple[str, str]]) -> str | None:
+    """The domain of the first From address (``headers`` as :func:`unsubscribe_problem`)."""
+    for name, value in headers:
+        if name == "from":
+            return address_domain(value)
     return None
 
 

@@ -20,9 +20,16 @@ from collections.abc import Callable
 from typing import Protocol
 
 from smtplb.config import Config
-from smtplb.intake.compliance import MessageRefused, refusal, unsubscribe_problem
+from smtplb.intake.compliance import (
+    GUARDED_CLASSES,
+    MessageRefused,
+    from_domain,
+    refusal,
+    unsubscribe_problem,
+)
 from smtplb.intake.headers import prepare_message
 from smtplb.intake.session import SessionPolicy
+from smtplb.mailauth.dmarc_watch import DmarcWatch
 from smtplb.mailauth.sign import DkimSigner, KeyRing
 from smtplb.model import Envelope, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
@@ -77,9 +84,11 @@ class IntakePipeline:
         traces: TraceBook,
         is_draining: Callable[[], bool],
         signer: DkimSigner | None = None,
+        dmarc_watch: DmarcWatch | None = None,
     ) -> None:
         self.spool = spool
         self.signer = signer or DkimSigner(KeyRing())
+        self.dmarc_watch = dmarc_watch
         self.handoff = handoff
         self.delivery_log = delivery_log
         self.metrics = metrics
@@ -258,8 +267,11 @@ class IntakePipeline:
         content_class: str,
     ) -> None:
         mode = self.config.compliance.list_unsubscribe
-        if mode == "off":
+        if mode == "off" or content_class not in GUARDED_CLASSES:
             return
+        domain = from_domain(headers)
+        if self.dmarc_watch is not None and domain:
+            self.dmarc_watch.note(domain)  # a lookup in the background, once a day
         problem = unsubscribe_problem(headers, content_class)
         if problem is None:
             return

@@ -104,15 +104,20 @@ class KeyRing:
         return f"KeyRing({len(self.keys)} keys for {len(self._by_domain)} domains)"
 
 
+def address_domain(from_value: str) -> str | None:
+    """The domain of the first address in a From value (unfolded), lower-cased."""
+    for _, addr in email.utils.getaddresses([from_value]):
+        if "@" in addr:
+            return addr.rpartition("@")[2].strip().lower() or None
+    return None
+
+
 def from_domain(fields: Sequence[tuple[bytes, bytes]]) -> str | None:
     """The domain of the (first) From address, or None when there is none."""
     for name, raw in fields:
         if name.lower() == b"from":
             value = raw.split(b":", 1)[1].decode("utf-8", "replace")
-            for _, addr in email.utils.getaddresses([value.replace("\r\n", "")]):
-                if "@" in addr:
-                    return addr.rpartition("@")[2].strip().lower() or None
-            return None
+            return address_domain(value.replace("\r\n", ""))
     return None
 
 
