@@ -3,13 +3,18 @@ key loading and generation, config of [[dkim]]."""
 
 from __future__ import annotations
 
+import asyncio
 import stat
 import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dkim
 import dkim.canonicalization
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,7 +29,14 @@ from smtplb.mailauth.keys import (
     write_private_key,
     zone_record,
 )
-from smtplb.mailauth.sign import KeyRing, PrivateKey, SigningKey, from_domain, sign_message
+from smtplb.mailauth.sign import (
+    DkimSigner,
+    KeyRing,
+    PrivateKey,
+    SigningKey,
+    from_domain,
+    sign_message,
+)
 
 MESSAGE = (
     b"Received: from client ([127.0.0.1])\r\n\tby relay (smtplb) with ESMTP id 1;\r\n"
@@ -38,7 +50,7 @@ MESSAGE = (
 )
 
 
-def dns_for(records: dict[str, PrivateKey]):  # type: ignore[no-untyped-def]
+def dns_for(records: dict[str, PrivateKey]) -> Callable[..., bytes]:
     def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
         key = records.get(name.decode().rstrip("."))
         return txt_value(key).encode() if key is not None else b""
@@ -232,3 +244,38 @@ def test_spec_single_selector_form_parses() -> None:
     )
     assert cfg.dkim[0].active
     assert cfg.compliance.list_unsubscribe == "off"
+
+
+class _ThreadNotingKey:
+    """A real RSA key that notes which thread signs with it."""
+
+    def __init__(self) -> None:
+        self.key = generate_key("rsa")
+        self.threads: list[str] = []
+
+    def sign(self, data: bytes, pad: Any, algorithm: Any) -> bytes:
+        self.threads.append(threading.current_thread().name)
+        assert isinstance(self.key, rsa.RSAPrivateKey)
+        signature: bytes = self.key.sign(data, pad, algorithm)
+        return signature
+
+
+def test_signer_signs_in_its_thread_pool_and_only_covered_domains() -> None:
+    noting = _ThreadNotingKey()
+    key = SigningKey("example.test", "s1", noting, "k.pem")  # type: ignore[arg-type]  # a stand-in
+    signer = DkimSigner(KeyRing([key]))
+    other = MESSAGE.replace(b"news@mail.example.test", b"app@other.test")
+
+    async def both() -> tuple[bytes, bytes, str]:
+        return await signer.sign(MESSAGE), await signer.sign(other), threading.current_thread().name
+
+    try:
+        signed, unsigned, loop_thread = asyncio.run(both())
+    finally:
+        signer.close()
+    assert unsigned == other
+    assert signed.endswith(MESSAGE) and signed.startswith(b"DKIM-Signature:")
+    assert noting.threads and all(t.startswith("dkim") for t in noting.threads)
+    assert loop_thread not in noting.threads
+    dnsfunc = dns_for({"s1._domainkey.example.test": noting.key})
+    assert dkim.verify(signed, dnsfunc=dnsfunc)

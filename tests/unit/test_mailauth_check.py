@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from smtplb.clock import FakeClock
-from smtplb.config import parse_config
+from smtplb.config import Config, parse_config
 from smtplb.intake.compliance import refusal, unsubscribe_problem
 from smtplb.mailauth.check import aligned, auth_report, organizational_domain, tags
 from smtplb.mailauth.dmarc_watch import DAY, DmarcWatch, dmarc_names
@@ -131,8 +131,8 @@ def _report_dns(key_record: str) -> StaticDns:
     )
 
 
-def _config() -> tuple[object, KeyRing]:
-    config = parse_config(
+def _config() -> Config:
+    return parse_config(
         {
             "pools": [
                 {
@@ -145,20 +145,19 @@ def _config() -> tuple[object, KeyRing]:
             ]
         }
     )
-    return config, KeyRing([])
 
 
 def test_auth_report_one_domain_good_one_with_problems_named() -> None:
     key = generate_key("ed25519")
-    config, _ = _config()
+    config = _config()
     ring = KeyRing(
         [SigningKey("good.test", "s1", key, "k1.pem"), SigningKey("bad.test", "s1", key, "k2.pem")]
     )
     dns = _report_dns(txt_value(key))
-    good = auth_report(config, ring, "good.test", dns)  # type: ignore[arg-type]
+    good = auth_report(config, ring, "good.test", dns)
     assert good.problems == [], good.lines()
     assert good.lines()[-1] == "all good"
-    bad = auth_report(config, ring, "bad.test", dns)  # type: ignore[arg-type]
+    bad = auth_report(config, ring, "bad.test", dns)
     text = "\n".join(bad.lines())
     assert [f.area for f in bad.problems] == ["DKIM", "SPF", "DMARC"], text
     assert "s1._domainkey.bad.test (active): the published key is not ours (k2.pem)" in text
@@ -169,15 +168,15 @@ def test_auth_report_one_domain_good_one_with_problems_named() -> None:
 
 def test_auth_report_unaligned_strict_and_unsigned_domain() -> None:
     key = generate_key("rsa")
-    config, _ = _config()
+    config = _config()
     ring = KeyRing([SigningKey("good.test", "s1", key, "k.pem")])
     dns = _report_dns(txt_value(key))
     dns.txt_records["_dmarc.news.good.test"] = ["v=DMARC1; p=quarantine; adkim=s"]
     dns.txt_records["news.good.test"] = ["v=spf1 include:good.test -all"]
-    report = auth_report(config, ring, "news.good.test", dns)  # type: ignore[arg-type]
+    report = auth_report(config, ring, "news.good.test", dns)
     text = "\n".join(report.lines())
     assert "our DKIM d=good.test does not align with From news.good.test (strict)" in text
-    unsigned = auth_report(config, KeyRing([]), "good.test", dns)  # type: ignore[arg-type]
+    unsigned = auth_report(config, KeyRing([]), "good.test", dns)
     assert "no [[dkim]] entry covers good.test" in "\n".join(unsigned.lines())
 
 

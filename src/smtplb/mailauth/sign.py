@@ -67,11 +67,9 @@ class SigningKey:
 
     @property
     def algorithm(self) -> str:
-        return (
-            "ed25519-sha256"
-            if isinstance(self.private_key, ed25519.Ed25519PrivateKey)
-            else ("rsa-sha256")
-        )
+        if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
+            return "ed25519-sha256"
+        return "rsa-sha256"
 
     def __repr__(self) -> str:  # never the key material
         state = "active" if self.active else "inactive"
