@@ -42,9 +42,11 @@ MESSAGE = (
     b"Received: from client ([127.0.0.1])\r\n\tby relay (smtplb) with ESMTP id 1;\r\n"
     b"From: Shop <news@mail.example.test>\r\n"
     b"To:  bob@example.org\r\n"
+    b"Cc: first@example.org\r\n"
     b"Subject:  Offers   of the\r\n\t week \r\n"
     b"List-Unsubscribe: <https://example.test/u/1>,\r\n    <mailto:u@example.test>\r\n"
     b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+    b"cc:   second@example.org\r\n"
     b"\r\n"
     b"Hello  there \r\n\r\n\tindented\t line\r\n\r\n\r\n"
 )
@@ -89,9 +91,11 @@ def test_split_headers_keeps_folding_byte_for_byte() -> None:
         b"Received",
         b"From",
         b"To",
+        b"Cc",
         b"Subject",
         b"List-Unsubscribe",
         b"List-Unsubscribe-Post",
+        b"cc",
     ]
     assert b"".join(raw for _, raw in fields) == block
 
@@ -117,7 +121,7 @@ def test_over_signed_headers_cannot_be_added_later() -> None:
     fields = sign_message(MESSAGE, [SigningKey("example.test", "s1", key, "k.pem")])
     h = fields.replace(b"\r\n\t ", b"").split(b"h=")[1].split(b";")[0].decode()
     names = h.split(":")
-    for name, count in [("from", 2), ("subject", 2), ("list-unsubscribe", 2)]:
+    for name, count in [("from", 2), ("subject", 2), ("list-unsubscribe", 2), ("cc", 2)]:
         assert names.count(name) == count, h
     assert "received" not in names
     dnsfunc = dns_for({"s1._domainkey.example.test": key})

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from smtplb.mailauth.canon import relaxed_body, relaxed_header, select_headers, split_headers
+from smtplb.mailauth.canon import relaxed_body, relaxed_header, split_headers
 
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
@@ -53,6 +53,9 @@ SIGNED_HEADERS = (
     "feedback-id",
 )
 OVER_SIGNED = frozenset({"from", "subject", "list-unsubscribe", "list-unsubscribe-post"})
+_SIGNED_ORDER = tuple((name.encode(), name) for name in SIGNED_HEADERS)
+_SIGNED = frozenset(name for name, _ in _SIGNED_ORDER)
+_OVER_SIGNED = frozenset(name.encode() for name in OVER_SIGNED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +122,26 @@ def from_domain(fields: Sequence[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def _header_names(fields: Sequence[tuple[bytes, bytes]]) -> list[str]:
-    counts: dict[str, int] = {}
-    for field_name, _ in fields:
-        lower = field_name.decode("ascii", "replace").lower()
-        counts[lower] = counts.get(lower, 0) + 1
+def _signed_headers(fields: Sequence[tuple[bytes, bytes]]) -> tuple[list[str], bytes]:
+    """The ``h=`` names and the canonicalised fields they cover, in that order: a
+    repeated name once per instance, taken from the bottom up (§5.4.2), plus once more
+    for an over-signed name (which covers nothing, so an added instance breaks it)."""
+    present: dict[bytes, list[tuple[bytes, bytes]]] = {}
+    for name, raw in fields:
+        lower = name.lower()
+        if lower in _SIGNED:
+            present.setdefault(lower, []).append((name, raw))
     names: list[str] = []
-    for name in SIGNED_HEADERS:
-        names += [name] * (counts.get(name, 0) + (1 if name in OVER_SIGNED else 0))
-    return names
+    data: list[bytes] = []
+    for wanted, text in _SIGNED_ORDER:
+        instances = present.get(wanted)
+        if instances is not None:
+            for name, raw in reversed(instances):
+                names.append(text)
+                data.append(relaxed_header(name, raw))
+        if wanted in _OVER_SIGNED:
+            names.append(text)
+    return names, b"".join(data)
 
 
 def _fold_b64(value: str, width: int = 72) -> str:
@@ -147,10 +161,10 @@ def _fold_names(names: Sequence[str], width: int = 70) -> str:
 
 
 def signature_field(
-    key: SigningKey, fields: Sequence[tuple[bytes, bytes]], body_hash: str, timestamp: int
+    key: SigningKey, names: Sequence[str], signed: bytes, body_hash: str, timestamp: int
 ) -> bytes:
-    """The complete ``DKIM-Signature`` field (with CRLF) for one key."""
-    names = _header_names(fields)
+    """The complete ``DKIM-Signature`` field (with CRLF) for one key, over the
+    canonicalised header fields ``signed`` that ``names`` lists."""
     template = (
         f"DKIM-Signature: v=1; a={key.algorithm}; c=relaxed/relaxed; d={key.domain};\r\n"
         f"\ts={key.selector}; t={timestamp};\r\n"
@@ -158,7 +172,6 @@ def signature_field(
         f"\tbh={body_hash};\r\n"
         "\tb="
     )
-    signed = b"".join(relaxed_header(n, raw) for n, raw in select_headers(fields, names))
     own = relaxed_header(b"DKIM-Signature", template.encode("ascii"))
     data = signed + own[:-2]  # the signature field itself without its CRLF (§3.7)
     if isinstance(key.private_key, ed25519.Ed25519PrivateKey):
@@ -172,15 +185,15 @@ def sign_message(message: bytes, keys: Sequence[SigningKey], timestamp: int | No
     """The ``DKIM-Signature`` fields (one per key) to put on top of ``message``.
 
     ``message`` is the exact content that will be sent: header block, blank line, body,
-    all lines ending in CRLF."""
+    all lines ending in CRLF. The canonical forms are made once for all the keys."""
     if not keys:
         return b""
     end = message.find(b"\r\n\r\n")
     block, body = (message[: end + 2], message[end + 4 :]) if end >= 0 else (message, b"")
-    fields = split_headers(block)
+    names, signed = _signed_headers(split_headers(block))
     body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
     when = int(time.time()) if timestamp is None else timestamp
-    return b"".join(signature_field(k, fields, body_hash, when) for k in keys)
+    return b"".join(signature_field(k, names, signed, body_hash, when) for k in keys)
 
 
 class DkimSigner:
