@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,7 @@ key = "bad.pem"
         )
         good = auth_check(config, "good.test")
         bad = auth_check(config, "bad.test")
+        both = auth_check(config, "--json")  # no DOMAIN: every [[dkim]] domain
     assert good.returncode == 0, good.stdout + good.stderr
     assert "s1._domainkey.good.test (active, rsa-sha256): matches good.pem" in good.stdout
     assert "member ip-3 (127.0.0.3): pass" in good.stdout
@@ -79,3 +81,8 @@ key = "bad.pem"
     assert "SPF" in problems[0] and "member ip-3 (127.0.0.3): fail" in problems[0]
     assert "DMARC" in problems[1] and "no DMARC record at _dmarc.bad.test" in problems[1]
     assert "s1._domainkey.bad.test (active, ed25519-sha256): matches bad.pem" in bad.stdout
+
+    assert both.returncode == 1
+    reports = {r["domain"]: r for r in json.loads(both.stdout)}
+    assert reports["good.test"]["ok"] and not reports["bad.test"]["ok"]
+    assert [f["area"] for f in reports["bad.test"]["findings"] if not f["ok"]] == ["SPF", "DMARC"]

@@ -93,13 +93,17 @@ def auth() -> None:
 
 
 @auth.command("check")
-@click.argument("domains", nargs=-1, required=True)
+@click.argument("domains", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @CONFIG_OPTION
 def check(domains: tuple[str, ...], as_json: bool, config_path: Path | None) -> None:
-    """Check the published DKIM, SPF and DMARC records of DOMAIN (a From domain)
-    against this config; exit 1 when anything is wrong."""
+    """Check the published DKIM, SPF and DMARC records of each DOMAIN (a From domain;
+    default: every [[dkim]] domain) against this config; exit 1 when anything is wrong."""
     config, keyring = _load(config_path)
+    if not domains:
+        domains = tuple(dict.fromkeys(k.domain for k in keyring.keys))
+        if not domains:
+            raise click.UsageError("give a DOMAIN: the config has no [[dkim]] entry")
     resolver = Resolver(config.dns.nameservers)
     reports = [auth_report(config, keyring, d, resolver) for d in domains]
     if as_json:
