@@ -177,6 +177,16 @@ def test_rotation_dual_signs_then_the_old_selector_retires_on_sighup(
     after = sink.received[1].data
     assert after.count(b"DKIM-Signature:") == 1 and b"s=s2026;" in after
 
+    # a reload with a key file gone keeps the running keys (and says why)
+    entries[1]["key"] = "keys/gone.pem"
+    node.config_path.write_text(dkim_lines(base, entries))
+    node.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: any("reload failed" in line for line in node.output), 10, "the refusal")
+    assert any("keys/gone.pem: no such key file" in line for line in node.output)
+    send(node, message("news@example.test", "after a bad reload"), "b@example.test")
+    assert sink.wait_for(3, timeout=15)
+    assert b"s=s2026;" in sink.received[2].data
+
     with DnsServer(zone) as server:
         assert dkimpy_verify(dual, server, idx=0)
         assert dkimpy_verify(dual, server, idx=1)
