@@ -434,6 +434,7 @@ class Service:
             await self.http.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
+        await self.intake.close()
         for peer in self.peer_spools:
             await peer.close()
         await self.spool.close()

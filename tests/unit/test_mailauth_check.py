@@ -244,3 +244,21 @@ def test_dmarc_watch_warns_once_per_domain_per_day(caplog: pytest.LogCaptureFixt
     asyncio.run(day())
     assert missing == ["nodmarc.test", "nodmarc.test"]
     assert dmarc_names("a.b.example.test") == ["_dmarc.a.b.example.test", "_dmarc.example.test"]
+
+
+def test_dmarc_watch_close_cancels_lookups_still_running() -> None:
+    started = asyncio.Event()
+
+    async def hanging(domain: str) -> bool | None:
+        started.set()
+        await asyncio.Event().wait()  # a DNS server that never answers
+        return None
+
+    async def run() -> str:
+        watch = DmarcWatch(hanging, FakeClock())
+        watch.note("slow.test")
+        await started.wait()
+        await watch.close()
+        return repr(watch)
+
+    assert asyncio.run(run()) == "DmarcWatch(1 domains, 0 lookups running)"

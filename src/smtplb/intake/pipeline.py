@@ -259,6 +259,12 @@ class IntakePipeline:
             self.handoff.submit(stored)
         return queue_id
 
+    async def close(self) -> None:
+        """At stop, after the listeners: no signing or DMARC lookup is left running."""
+        if self.dmarc_watch is not None:
+            await self.dmarc_watch.close()
+        self.signer.close()
+
     def _check_compliance(
         self,
         queue_id: str,

@@ -86,6 +86,12 @@ class DmarcWatch:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def close(self) -> None:
+        """Cancel the lookups still running (the service is stopping)."""
+        for task in self._tasks:
+            task.cancel()
+        await self.settle()
+
     def __repr__(self) -> str:
         return f"DmarcWatch({len(self._checked)} domains, {len(self._tasks)} lookups running)"
 
