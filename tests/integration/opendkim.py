@@ -4,7 +4,8 @@
 resolver, which reads /etc/resolv.conf and queries port 53. So it runs in private
 network and mount namespaces (``unshare``, as root): a loopback of its own, where
 dnsmasq serves the same zone on port 53, and a bind-mounted resolv.conf naming it.
-Nothing outside the namespaces sees either.
+Nothing outside the namespaces sees either. Needs root, ``unshare`` and ``mount``
+(util-linux) and ``ip`` (iproute2).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def opendkim_verify(message: bytes, zone: Zone, workdir: Path) -> subprocess.Com
     dnsmasq = shlex.join([*dnsmasq_argv(zone, 53), f"--pid-file={pid_file}"])
     script = f"""
 set -e
-ip link set lo up
-mount --bind {shlex.quote(str(resolv))} /etc/resolv.conf
+{shlex.quote(tool("ip"))} link set lo up
+{shlex.quote(tool("mount"))} --bind {shlex.quote(str(resolv))} /etc/resolv.conf
 {dnsmasq}
 set +e
 {shlex.quote(tool("opendkim-testmsg"))} < {shlex.quote(str(eml))}
