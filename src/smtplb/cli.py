@@ -22,6 +22,8 @@ import click
 import msgspec
 
 from smtplb.config import Config, ConfigError, load_config, parse_hostport
+from smtplb.mailauth.commands import auth, dkim
+from smtplb.mailauth.keys import load_keyring
 from smtplb.observability.analyze import DIMENSIONS, Analyzer, render_table
 from smtplb.observability.log_reader import chronological, read_lines
 
@@ -35,14 +37,17 @@ CONFIG_OPTION = click.option(
 )
 
 
-def _config(config_path: Path | None, *, warn: bool = True) -> Config:
+def _config(config_path: Path | None, *, warn: bool = True, keys: bool = False) -> Config:
     """The config, its warnings on stderr (keys accepted that do nothing yet);
-    exit 1 listing every problem when it cannot be used."""
+    exit 1 listing every problem when it cannot be used. ``keys``: also load the DKIM
+    keys (for commands that sign or vouch for the config)."""
     if config_path is None and Path("smtplb.toml").is_file():
         config_path = Path("smtplb.toml")
     warnings: list[str] = []
     try:
         config = load_config(config_path, warnings)
+        if keys:
+            load_keyring(config.dkim)
     except ConfigError as exc:
         for line in exc.problems:
             click.echo(f"config error: {line}", err=True)
@@ -67,7 +72,7 @@ def run(config_path: Path | None, worker: int | None) -> None:
     from smtplb.app import build_service
     from smtplb.workers import Supervisor, set_drain_flag
 
-    config = _config(config_path, warn=worker is None)  # the supervisor warns once
+    config = _config(config_path, warn=worker is None, keys=True)  # the supervisor warns once
     logging.basicConfig(
         level=getattr(logging, config.log.level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -109,9 +114,13 @@ def _install_uvloop() -> None:
 @CONFIG_OPTION
 def check(config_path: Path | None) -> None:
     """Validate a config: exit 0 when usable, else 1 naming each key and problem."""
-    config = _config(config_path)
+    config = _config(config_path, keys=True)
     pools = ", ".join(f"{p.name} ({p.strategy}, {len(p.members)} members)" for p in config.pools)
-    click.echo(f"config ok: pools {pools}; {len(config.routes)} routes")
+    dkim_domains = len({d.domain for d in config.dkim})
+    click.echo(
+        f"config ok: pools {pools}; {len(config.routes)} routes; "
+        f"DKIM: {len(config.dkim)} keys for {dkim_domains} domains"
+    )
 
 
 @main.command()
@@ -493,6 +502,10 @@ def logs_analyze(files: tuple[Path, ...], by: str, as_json: bool) -> None:
         click.echo(msgspec.json.encode(report).decode())
     else:
         click.echo(render_table(report))
+
+
+main.add_command(dkim)
+main.add_command(auth)
 
 
 @main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)

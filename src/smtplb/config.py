@@ -44,13 +44,10 @@ MAX_MESSAGE_SIZE = Size(2 * 1024**3)
 # ("not implemented yet, ignored") rather than refused as unknown. A key leaves this
 # table by itself once its struct field exists; delete the entry with the feature.
 PLANNED = {
-    "dns": "SPEC §3.4 [dns]: the system resolver is used",
     "providers": "SPEC §3.4 [[providers]]: no per-provider limits or reply rules",
     "reputation": "SPEC §3.4 [reputation]: members are not throttled or quarantined",
     "suppression": "SPEC §3.4 [suppression]: no suppression list",
     "warmup": "SPEC §3.4 [warmup]: no warm-up schedule",
-    "dkim": "SPEC §3.4 [[dkim]]: mail is not DKIM-signed",
-    "compliance": "SPEC §3.4 [compliance]: no List-Unsubscribe or complaint checks",
     "experiments": "SPEC §3.4 [[experiments]]: no A/B experiments",
     "cluster.node": "SPEC §3.4 [cluster] node: no cluster",
     "pools[].members[].warmup_start": "SPEC §3.4 warm-up: members send at full rate",
@@ -61,6 +58,10 @@ INERT = {
     "pools[].members[].warmup": "warm-up is not built: the member sends at full rate",
     "cluster.redis": "clustering is not built: state stays on this node, caps are per node",
 }
+COMPLIANCE_MODES = ("off", "warn", "reject")
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$"
+)
 
 
 class ConfigError(Exception):
@@ -220,6 +221,25 @@ class ClusterConfig(_Struct):
     redis: str | None = None
 
 
+class DkimConfig(_Struct):
+    """One selector of one signing domain (several entries per domain for a rotation:
+    every ``active`` one signs, so two active selectors dual-sign)."""
+
+    domain: str  # signs mail whose From domain is this or a subdomain of it
+    selector: str
+    key: str  # PEM: RSA ≥ 1024 bits (2048 advised) or Ed25519
+    active: bool = True  # false: loaded and checked (`auth check`), not signing
+
+
+class ComplianceConfig(_Struct):
+    list_unsubscribe: str = "off"  # off | warn | reject, for marketing and bulk mail
+    complaint_budget: bool = True  # needs the reputation counters (not wired yet)
+
+
+class DnsConfig(_Struct):
+    nameservers: list[str] = msgspec.field(default_factory=list)  # "host:port"; empty: system
+
+
 class Config(_Struct):
     data_dir: str = "var"
     workers: int = 1  # processes on this node, each with its own spool shard
@@ -234,6 +254,9 @@ class Config(_Struct):
     webhooks: list[WebhookConfig] = msgspec.field(default_factory=list)
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    dkim: list[DkimConfig] = msgspec.field(default_factory=list)
+    compliance: ComplianceConfig = msgspec.field(default_factory=ComplianceConfig)
+    dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
 
     @property
     def members(self) -> list[MemberConfig]:
@@ -442,6 +465,38 @@ def _validate(cfg: Config) -> list[str]:
         "log.level",
         "expected one of debug, info, warning, error",
     )
+    problems.extend(_validate_mail_auth(cfg))
+    return problems
+
+
+def _validate_mail_auth(cfg: Config) -> list[str]:
+    """[[dkim]], [compliance], [dns]; the key files themselves are loaded (and their
+    problems named) by ``smtplb.mailauth.keys.load_keyring``."""
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for i, entry in enumerate(cfg.dkim):
+        at = f"dkim[{i}]"
+        domain = entry.domain.lower().rstrip(".")
+        if not _DNS_NAME.match(domain) or "." not in domain:
+            problems.append(f"{at}.domain: not a domain name: {entry.domain!r}")
+        if not _DNS_NAME.match(entry.selector.lower()):
+            problems.append(f"{at}.selector: not a DNS label: {entry.selector!r}")
+        if (domain, entry.selector.lower()) in seen:
+            problems.append(f"{at}.selector: {entry.selector!r} of {domain} is already configured")
+        seen.add((domain, entry.selector.lower()))
+        if not entry.key:
+            problems.append(f"{at}.key: the path of the PEM private key is required")
+    if cfg.compliance.list_unsubscribe not in COMPLIANCE_MODES:
+        problems.append(
+            f"compliance.list_unsubscribe: unknown mode {cfg.compliance.list_unsubscribe!r} "
+            f"(expected one of {', '.join(COMPLIANCE_MODES)})"
+        )
+    for i, server in enumerate(cfg.dns.nameservers):
+        try:
+            host, _ = parse_hostport(server)
+            ipaddress.ip_address(host)
+        except ValueError:
+            problems.append(f"dns.nameservers[{i}]: expected IP:port, got {server!r}")
     return problems
 
 

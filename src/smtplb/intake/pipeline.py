@@ -20,8 +20,17 @@ from collections.abc import Callable
 from typing import Protocol
 
 from smtplb.config import Config
+from smtplb.intake.compliance import (
+    GUARDED_CLASSES,
+    MessageRefused,
+    from_domain,
+    refusal,
+    unsubscribe_problem,
+)
 from smtplb.intake.headers import prepare_message
 from smtplb.intake.session import SessionPolicy
+from smtplb.mailauth.dmarc_watch import DmarcWatch
+from smtplb.mailauth.sign import DkimSigner, KeyRing
 from smtplb.model import Envelope, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.metrics import Metrics
@@ -74,8 +83,12 @@ class IntakePipeline:
         metrics: Metrics,
         traces: TraceBook,
         is_draining: Callable[[], bool],
+        signer: DkimSigner | None = None,
+        dmarc_watch: DmarcWatch | None = None,
     ) -> None:
         self.spool = spool
+        self.signer = signer or DkimSigner(KeyRing())
+        self.dmarc_watch = dmarc_watch
         self.handoff = handoff
         self.delivery_log = delivery_log
         self.metrics = metrics
@@ -139,6 +152,9 @@ class IntakePipeline:
             return Reply(421, "4.3.2", "service draining, try again later")
         try:
             queue_id = await self.submit(envelope, data)
+        except MessageRefused as exc:
+            self.metrics.intake.labels("smtp", "5xx").inc()
+            return exc.reply
         except SpoolError as exc:
             log.error("spool write failed: %s", exc)
             self.metrics.intake.labels("smtp", "4xx").inc()
@@ -149,9 +165,13 @@ class IntakePipeline:
     # -- the HTTP door -----------------------------------------------------------------
 
     async def inject(self, envelope: Envelope, content: bytes) -> str:
-        """:meth:`submit`, counted as an HTTP injection. Raises SpoolError."""
+        """:meth:`submit`, counted as an HTTP injection. Raises SpoolError or
+        MessageRefused."""
         try:
             queue_id = await self.submit(envelope, content)
+        except MessageRefused:
+            self.metrics.intake.labels("http", "4xx").inc()
+            raise
         except SpoolError:
             self.metrics.intake.labels("http", "5xx").inc()
             raise
@@ -161,7 +181,8 @@ class IntakePipeline:
     # -- both --------------------------------------------------------------------------
 
     async def submit(self, envelope: Envelope, data: bytes, *, is_dsn: bool = False) -> str:
-        """Route, store durably (fsync) and hand to delivery. Raises SpoolError."""
+        """Route, check, sign (DKIM), store durably (fsync) and hand to delivery.
+        Raises SpoolError, or MessageRefused when a compliance check refuses it."""
         now = time.time()
         queue_id = new_queue_id()
         content, headers, message_id = prepare_message(
@@ -195,6 +216,11 @@ class IntakePipeline:
                     decision.content_class,
                 )
             )
+        if not is_dsn:
+            self._check_compliance(queue_id, envelope, headers, content_class)
+        # Signed once, here, on the bytes that will be sent: nothing after this point
+        # changes the content (the delivery client only dot-stuffs on the wire).
+        content = await self.signer.sign(content)
         message = NewMessage(
             queue_id=queue_id,
             sender=envelope.mail_from,
@@ -232,6 +258,34 @@ class IntakePipeline:
         else:
             self.handoff.submit(stored)
         return queue_id
+
+    async def close(self) -> None:
+        """At stop, after the listeners: no signing or DMARC lookup is left running."""
+        if self.dmarc_watch is not None:
+            await self.dmarc_watch.close()
+        self.signer.close()
+
+    def _check_compliance(
+        self,
+        queue_id: str,
+        envelope: Envelope,
+        headers: list[tuple[str, str]],
+        content_class: str,
+    ) -> None:
+        mode = self.config.compliance.list_unsubscribe
+        if mode == "off" or content_class not in GUARDED_CLASSES:
+            return
+        domain = from_domain(headers)
+        if self.dmarc_watch is not None and domain:
+            self.dmarc_watch.note(domain)  # a lookup in the background, once a day
+        problem = unsubscribe_problem(headers, content_class)
+        if problem is None:
+            return
+        self.metrics.compliance.labels("list_unsubscribe", mode).inc()
+        if mode == "reject":
+            log.info("compliance: refused %s from <%s>: %s", queue_id, envelope.mail_from, problem)
+            raise MessageRefused(refusal(problem))
+        log.warning("compliance: %s from <%s>: %s", queue_id, envelope.mail_from, problem)
 
     def __repr__(self) -> str:
         state = "draining" if self.is_draining() else "accepting"
