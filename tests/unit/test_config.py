@@ -224,13 +224,10 @@ def test_unknown_top_level_key_names_the_key() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        {"dns": {"nameservers": ["127.0.0.1:5353"]}},
         {"providers": [{"name": "gmail"}]},
         {"reputation": {"window": "24h"}},
         {"suppression": {"on_intake": "reject"}},
         {"warmup": {"schedule": [50, 70]}},
-        {"dkim": [{"domain": "example.test", "selector": "s1", "key": "k.pem"}]},
-        {"compliance": {"list_unsubscribe": "warn"}},
         {"experiments": [{"name": "e", "pool": "default"}]},
         {"cluster": {"node": "node-a"}},
         {"pools": [pool(warmup_start="2026-11-01")]},
@@ -269,8 +266,8 @@ def test_inert_keys_warn_when_set() -> None:
 def test_warnings_are_given_even_when_there_are_problems() -> None:
     warnings: list[str] = []
     with pytest.raises(ConfigError):
-        parse_config({"dkim": [], "workers": "x"}, warnings)
-    assert [w.partition(":")[0] for w in warnings] == ["dkim"]
+        parse_config({"cluster": {"node": "a"}, "workers": "x"}, warnings)
+    assert [w.partition(":")[0] for w in warnings] == ["cluster.node"]
 
 
 @pytest.mark.parametrize(
@@ -300,14 +297,14 @@ def test_check_prints_every_problem_and_warning(tmp_path: Path) -> None:
     path = tmp_path / "smtplb.toml"
     path.write_text(
         'workers = "two"\n[smtp]\nmax_recipients = "many"\n'
-        '[[dkim]]\ndomain = "example.test"\n[cluster]\nredis = "redis://127.0.0.1:6379/0"\n'
+        '[cluster]\nnode = "a"\nredis = "redis://127.0.0.1:6379/0"\n'
     )
     result = CliRunner().invoke(main, ["check", "-c", str(path)])
     assert result.exit_code == 1
     lines = result.output.splitlines()
     assert "config error: workers: expected `int`, got `str`" in lines
     assert "config error: smtp.max_recipients: expected `int`, got `str`" in lines
-    assert any(line.startswith("config warning: dkim: not implemented yet") for line in lines)
+    assert any(line.startswith("config warning: cluster.node: not implemented") for line in lines)
     assert any(line.startswith("config warning: cluster.redis: not implemented") for line in lines)
 
 
