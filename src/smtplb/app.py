@@ -7,7 +7,8 @@ which parts need each other:
 
     spool shards → delivery log (+ metrics, live stats, webhooks) → traces →
     pools (with the operator's pauses) → dispatcher → DKIM keys → intake pipeline →
-    DSN writer (the dispatcher's on_bounce) → service → HTTP API (worker 0)
+    DSN writer (the dispatcher's on_bounce) → suppressor (its on_hard_bounce) →
+    service → HTTP API (worker 0)
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from smtplb.observability.live import LiveStats
 from smtplb.observability.metrics import Metrics
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
+from smtplb.reputation.embedded import SqliteState
+from smtplb.reputation.suppression import BounceSuppressor
 from smtplb.service import Service
 from smtplb.spool.base import Spool
 from smtplb.spool.shards import shard_path
@@ -64,6 +67,9 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     if webhooks is not None:
         delivery_log.listeners.append(webhooks.on_record)
     traces = TraceBook(persist=spool.note_trace)  # stored with the spool's next commit
+    # Reputation state lives in the node's first spool database, shared by the workers.
+    state = SqliteState(shard_path(data_dir, 0))
+    clock = SystemClock()
 
     clock = SystemClock()  # the one clock of delivery, members, health and AUTH throttling
     paused = PausedMembers(data_dir / "paused-members")
@@ -96,9 +102,13 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
             SystemClock(),
             on_missing=lambda _: metrics.compliance.labels("dmarc_missing", "warn").inc(),
         ),
+        state=state,
     )
     dsn = DsnWriter(config.hostname, intake.submit)
     dispatcher.on_bounce = dsn
+    suppressor = BounceSuppressor(state, clock)
+    if config.suppression.hard_bounces:
+        dispatcher.on_hard_bounce = suppressor
 
     smtp = config.smtp
     users = {u.name: u.password_hash for u in smtp.users}
@@ -130,6 +140,8 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         auth_throttle=auth_throttle,
         # smtp.max_connections is for the node: each worker takes its share.
         connection_cap=ConnectionCap(max(1, -(-smtp.max_connections // config.workers))),
+        state=state,
+        suppressor=suppressor,
     )
     if worker == 0:
         service.http = HttpServer(create_app(service), config.http.listen)

@@ -240,6 +240,23 @@ class DnsConfig(_Struct):
     nameservers: list[str] = msgspec.field(default_factory=list)  # "host:port"; empty: system
 
 
+class SuppressionConfig(_Struct):
+    on_intake: str = "reject"  # reject: 550 5.7.1 at RCPT | drop: accept, log `suppressed`
+    hard_bounces: bool = True  # a hard bounce adds the recipient
+
+
+class ReputationConfig(_Struct):
+    window: Duration = Duration(86400)  # rolling window of the rates
+    min_volume: int = 50  # no automatic decision on fewer messages
+    hard_bounce_throttle: float = 0.05
+    hard_bounce_quarantine: float = 0.10
+    complaint_throttle: float = 0.001
+    complaint_quarantine: float = 0.003
+    policy_block_quarantine: float = 0.05
+    quarantine: Duration = Duration(6 * 3600)  # cool-down before probation
+    probation: int = 100  # messages at a reduced share before "ok"
+
+
 class Config(_Struct):
     data_dir: str = "var"
     workers: int = 1  # processes on this node, each with its own spool shard
@@ -257,6 +274,8 @@ class Config(_Struct):
     dkim: list[DkimConfig] = msgspec.field(default_factory=list)
     compliance: ComplianceConfig = msgspec.field(default_factory=ComplianceConfig)
     dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
+    suppression: SuppressionConfig = msgspec.field(default_factory=SuppressionConfig)
+    reputation: ReputationConfig = msgspec.field(default_factory=ReputationConfig)
 
     @property
     def members(self) -> list[MemberConfig]:
@@ -466,6 +485,7 @@ def _validate(cfg: Config) -> list[str]:
         "expected one of debug, info, warning, error",
     )
     problems.extend(_validate_mail_auth(cfg))
+    problems.extend(_validate_reputation(cfg))
     return problems
 
 
@@ -497,6 +517,37 @@ def _validate_mail_auth(cfg: Config) -> list[str]:
             ipaddress.ip_address(host)
         except ValueError:
             problems.append(f"dns.nameservers[{i}]: expected IP:port, got {server!r}")
+    return problems
+
+
+def _validate_reputation(cfg: Config) -> list[str]:
+    """[suppression] and [reputation]."""
+    problems: list[str] = []
+
+    def check(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            problems.append(f"{key}: {message}")
+
+    check(
+        cfg.suppression.on_intake in ("reject", "drop"),
+        "suppression.on_intake",
+        f'expected "reject" or "drop", got {cfg.suppression.on_intake!r}',
+    )
+    rep = cfg.reputation
+    check(rep.window > 0, "reputation.window", "must be above 0s")
+    check(rep.min_volume >= 1, "reputation.min_volume", "must be at least 1")
+    check(rep.probation >= 0, "reputation.probation", "must be 0 or more")
+    for key in (
+        "hard_bounce_throttle",
+        "hard_bounce_quarantine",
+        "complaint_throttle",
+        "complaint_quarantine",
+        "policy_block_quarantine",
+    ):
+        rate = getattr(rep, key)
+        check(
+            0 < rate <= 1, f"reputation.{key}", f"must be a rate above 0 and at most 1, got {rate}"
+        )
     return problems
 
 

@@ -47,6 +47,8 @@ from smtplb.observability.metrics import Metrics
 from smtplb.observability.record import member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
+from smtplb.reputation.state import State
+from smtplb.reputation.suppression import BounceSuppressor
 from smtplb.spool.base import MessageView, Spool
 from smtplb.spool.shards import ShardedQueue, adopt_orphans
 from smtplb.workers import (
@@ -86,6 +88,8 @@ class Service:
         authenticate: Callable[[str, str], bool] | None,
         auth_throttle: AuthThrottle,
         connection_cap: ConnectionCap,
+        state: State,
+        suppressor: BounceSuppressor,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -110,6 +114,8 @@ class Service:
         self.authenticate = authenticate
         self.auth_throttle = auth_throttle
         self.connection_cap = connection_cap
+        self.reputation_state = state  # the suppression list (and counters)
+        self.suppressor = suppressor
         self.http: HttpServer | None = None  # set by smtplb.app on worker 0
         self.listeners: list[Listener] = []
         self.started_at = time.time()
@@ -437,7 +443,9 @@ class Service:
         await self.intake.close()
         for peer in self.peer_spools:
             await peer.close()
+        await self.suppressor.settle()
         await self.spool.close()
+        self.reputation_state.close()
         self.delivery_log.close()
 
     async def run_forever(self) -> None:

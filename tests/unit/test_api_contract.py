@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +20,8 @@ from smtplb.api import Operations, create_app
 from smtplb.api.routes import protected, public
 from smtplb.config import Config, parse_config
 from smtplb.model import Envelope, RecipientState
+from smtplb.reputation.embedded import SqliteState
+from smtplb.reputation.state import State
 from smtplb.spool.base import MessageView, RecipientView, SpoolError
 
 MEMBER = {"name": "m1", "pool": "main", "health": "up", "paused": False, "max_connections": 5}
@@ -31,6 +35,11 @@ class StandIn:
         self.drained = False
         self.spool_fails = False
         self.injected: list[tuple[Envelope, bytes]] = []
+        self.state = SqliteState(Path(tempfile.mkdtemp()) / "spool.db")
+
+    @property
+    def reputation_state(self) -> State:
+        return self.state
 
     @property
     def config(self) -> Config:
@@ -209,6 +218,12 @@ CASES = [
     ("post", "/api/v1/members/nope/resume", None, 404),
     ("post", "/api/v1/drain", None, 200),
     ("delete", "/api/v1/drain", None, 200),
+    ("get", "/api/v1/suppressions", None, 200),
+    ("get", "/api/v1/suppressions?limit=x", None, 400),
+    ("post", "/api/v1/suppressions", {"addresses": ["b@example.org"], "reason": "r"}, 200),
+    ("post", "/api/v1/suppressions", {"addresses": ["not an address"]}, 422),
+    ("post", "/api/v1/suppressions", [1], 400),
+    ("delete", "/api/v1/suppressions/nope", None, 404),
 ]
 
 

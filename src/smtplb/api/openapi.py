@@ -123,6 +123,29 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     "PoolList": _obj(["pools"], pools={"type": "array", "items": _ref("Pool")}),
     "Draining": _obj(["draining"], draining={"type": "boolean"}),
+    "Suppression": _obj(
+        ["address", "reason", "source", "created_at"],
+        address=_STR,
+        reason=_STR,
+        source={"enum": ["operator", "bounce", "complaint", "import"]},
+        created_at=_NUM,
+    ),
+    "SuppressionList": _obj(
+        ["total", "suppressions"],
+        total=_INT,
+        suppressions={"type": "array", "items": _ref("Suppression")},
+    ),
+    "SuppressRequest": {
+        **_obj(
+            [],
+            addresses={"type": "array", "items": _STR, "minItems": 1},
+            address=_STR,
+            reason=_STR,
+        ),
+        "description": "addresses (or one address) to suppress, with a reason",
+    },
+    "Suppressed": _obj(["added", "requested"], added=_INT, requested=_INT),
+    "Unsuppressed": _obj(["removed"], removed=_STR),
     "Overview": _obj(
         ["hostname", "draining", "pools", "queue"],
         hostname=_STR,
@@ -144,7 +167,7 @@ FAILURES = {
     400: "Malformed request (bad JSON, an unknown state, a non-integer limit)",
     401: "No or wrong API key (send Authorization: Bearer KEY)",
     403: "Sent by a page of another site (Sec-Fetch-Site or Origin)",
-    404: "No such message or member",
+    404: "No such message or member, or the address is not suppressed",
     413: "Message larger than smtp.max_message_size, or a body over twice that",
     415: "A body that is not application/json",
     421: "A Host that is not a name of this node (see http.allowed_hosts)",

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from smtplb.config import Config
 from smtplb.model import Envelope, RecipientState
+from smtplb.reputation.state import State
 from smtplb.spool.base import MessageView
 
 
@@ -25,6 +26,11 @@ class Operations(Protocol):
     @property
     def config(self) -> Config:
         """The running configuration (replaced by a reload)."""
+        ...
+
+    @property
+    def reputation_state(self) -> State:
+        """The suppression list (and reputation counters) of the node."""
         ...
 
     # -- intake ------------------------------------------------------------------

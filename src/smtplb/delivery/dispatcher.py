@@ -40,6 +40,7 @@ from smtplb.model import RecipientState, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord, member_record
 from smtplb.observability.trace import TraceBook
+from smtplb.reputation.classify import classify_bounce
 from smtplb.smtp.reply import Reply
 from smtplb.spool.base import (
     ClaimedMessage,
@@ -96,6 +97,8 @@ class Dispatcher:
         self.max_in_flight = max_in_flight
         self.sweep_interval = sweep_interval
         self.on_bounce = on_bounce
+        # A recipient's address is bad (a hard bounce): suppress it (set by app.py).
+        self.on_hard_bounce: Callable[[str, str], None] | None = None
         self.held = 0  # recipients in memory: in lanes or being delivered
         # True while the spool may hold due work that is not in memory (intake
         # overflowed to disk, or the last claim came back full): then freed room
@@ -271,6 +274,12 @@ class Dispatcher:
             )
             if state is RecipientState.BOUNCED:
                 bounced.append(_failed(rcpt.address, reply, upstream))
+                if (
+                    self.on_hard_bounce is not None
+                    and member is not None
+                    and classify_bounce(reply.code, reply.enhanced_code, reply.text).is_hard
+                ):
+                    self.on_hard_bounce(rcpt.address, str(reply))
             elif state is RecipientState.EXPIRED:
                 expired.append(_failed(rcpt.address, reply, upstream, expired=True))
             self._log_rcpt(

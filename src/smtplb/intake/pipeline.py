@@ -36,6 +36,7 @@ from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.metrics import Metrics
 from smtplb.observability.record import DeliveryRecord
 from smtplb.observability.trace import TraceBook
+from smtplb.reputation.state import State
 from smtplb.routing.routes import RoutingInput, classify_content, decide_route
 from smtplb.smtp.framing import BodyBudget
 from smtplb.smtp.reply import Reply
@@ -51,6 +52,7 @@ log = logging.getLogger("smtplb")
 
 _QUEUE_ID_PROCESS = f"{secrets.randbits(20):05X}"  # tells this process's ids apart
 _QUEUE_ID_COUNTER = itertools.count()
+_SUPPRESSED = Reply(550, "5.7.1", "Recipient address is on the suppression list")
 
 
 def new_queue_id() -> str:
@@ -85,6 +87,7 @@ class IntakePipeline:
         is_draining: Callable[[], bool],
         signer: DkimSigner | None = None,
         dmarc_watch: DmarcWatch | None = None,
+        state: State | None = None,
     ) -> None:
         self.spool = spool
         self.signer = signer or DkimSigner(KeyRing())
@@ -94,6 +97,7 @@ class IntakePipeline:
         self.metrics = metrics
         self.traces = traces
         self.is_draining = is_draining
+        self.state = state
         self._policies: dict[str, SessionPolicy] = {}
         # Message bodies held in memory at once by every session of this process.
         self.body_budget = BodyBudget(0)
@@ -138,7 +142,40 @@ class IntakePipeline:
             require_auth=smtp.require_auth,
             relay_allowed=relay_ok and not smtp.require_auth,
             body_budget=self.body_budget,
+            check_recipient=self._refuse_suppressed
+            if self.state is not None and self.config.suppression.on_intake == "reject"
+            else None,
         )
+
+    def _refuse_suppressed(self, address: str) -> Reply | None:
+        assert self.state is not None
+        if self.state.is_suppressed(address):
+            return _SUPPRESSED
+        return None
+
+    def _drop_suppressed(self, envelope: Envelope, queue_id: str) -> list[str]:
+        """The recipients to keep; each suppressed one is logged as ``suppressed``."""
+        if self.state is None:
+            return envelope.rcpt_to
+        kept = []
+        for rcpt in envelope.rcpt_to:
+            if not self.state.is_suppressed(rcpt):
+                kept.append(rcpt)
+                continue
+            self.delivery_log.write(
+                DeliveryRecord(
+                    event="suppressed",
+                    queue_id=queue_id,
+                    sender=envelope.mail_from,
+                    recipient=rcpt,
+                    recipient_domain=domain_of(rcpt),
+                    client_ip=envelope.client_ip,
+                    code=_SUPPRESSED.code,
+                    enhanced_code=_SUPPRESSED.enhanced_code,
+                    response=_SUPPRESSED.text,
+                )
+            )
+        return kept
 
     def refuse(self) -> Reply | None:
         """The greeting's refusal, while draining."""
@@ -185,14 +222,17 @@ class IntakePipeline:
         Raises SpoolError, or MessageRefused when a compliance check refuses it."""
         now = time.time()
         queue_id = new_queue_id()
+        rcpt_to = self._drop_suppressed(envelope, queue_id)
+        if not rcpt_to:
+            return queue_id  # accepted and dropped: every recipient is suppressed
         content, headers, message_id = prepare_message(
             data, envelope, self.config.hostname, queue_id, now
         )
-        content_class = classify_content(headers, len(envelope.rcpt_to))
+        content_class = classify_content(headers, len(rcpt_to))
         default_pool = self.config.pools[0].name
         recipients = []
         routed = []  # traced once stored: a refused message leaves no trace rows
-        for rcpt in envelope.rcpt_to:
+        for rcpt in rcpt_to:
             decision = decide_route(
                 self.config.routes,
                 default_pool,

@@ -1,0 +1,99 @@
+"""Reputation state in the spool database (SQLite, WAL): a table of its own,
+its own connections. Reads are one primary-key lookup on the caller's thread;
+writes run in a thread (a spool batch may hold the write lock for a moment)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from smtplb.reputation.state import Suppression, normalize
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS suppression (
+    address TEXT PRIMARY KEY,
+    reason TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT 'operator',
+    created_at REAL NOT NULL
+) WITHOUT ROWID
+"""
+
+
+class SqliteState:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._writer = self._connect()
+        with self._lock, self._writer:
+            self._writer.execute(_SCHEMA)
+        self._reader = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA journal_mode=WAL")
+        return conn
+
+    def __repr__(self) -> str:
+        return f"SqliteState({self.path})"
+
+    def close(self) -> None:
+        with self._lock:
+            self._writer.close()
+            self._reader.close()
+
+    # -- suppression ---------------------------------------------------------------
+
+    def is_suppressed(self, address: str) -> bool:
+        row = self._reader.execute(
+            "SELECT 1 FROM suppression WHERE address = ?", (normalize(address),)
+        ).fetchone()
+        return row is not None
+
+    async def suppress(self, entries: Sequence[Suppression]) -> int:
+        rows = [(normalize(e.address), e.reason, e.source, e.created_at) for e in entries]
+        return await asyncio.to_thread(self._suppress, rows)
+
+    def _suppress(self, rows: list[tuple[str, str, str, float]]) -> int:
+        with self._lock, self._writer as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT INTO suppression (address, reason, source, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (address) DO NOTHING",
+                rows,
+            )
+            return conn.total_changes - before
+
+    async def unsuppress(self, addresses: Sequence[str]) -> int:
+        keys = [(normalize(a),) for a in addresses]
+        return await asyncio.to_thread(self._unsuppress, keys)
+
+    def _unsuppress(self, keys: list[tuple[str]]) -> int:
+        with self._lock, self._writer as conn:
+            before = conn.total_changes
+            conn.executemany("DELETE FROM suppression WHERE address = ?", keys)
+            return conn.total_changes - before
+
+    async def suppressions(
+        self, *, limit: int = 100, offset: int = 0, address: str | None = None
+    ) -> list[Suppression]:
+        if address is not None:
+            sql = "SELECT * FROM suppression WHERE address = ?"
+            args: tuple[object, ...] = (normalize(address),)
+        else:
+            sql = "SELECT * FROM suppression ORDER BY address LIMIT ? OFFSET ?"
+            args = (limit, offset)
+        rows = await asyncio.to_thread(self._read_all, sql, args)
+        return [Suppression(str(a), str(r), str(s), float(t)) for a, r, s, t in rows]
+
+    async def suppression_count(self) -> int:
+        rows = await asyncio.to_thread(self._read_all, "SELECT count(*) FROM suppression", ())
+        return int(rows[0][0])
+
+    def _read_all(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._writer.execute(sql, args).fetchall()
