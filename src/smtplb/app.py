@@ -17,6 +17,7 @@ from pathlib import Path
 
 from smtplb.api import create_app
 from smtplb.api.server import HttpServer
+from smtplb.balancing.eligibility import EXCLUDE, Eligibility
 from smtplb.clock import SystemClock
 from smtplb.config import Config
 from smtplb.delivery.bounces import DsnWriter
@@ -34,6 +35,7 @@ from smtplb.observability.live import LiveStats
 from smtplb.observability.metrics import Metrics
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
+from smtplb.reputation.book import ReputationBook
 from smtplb.reputation.embedded import SqliteState
 from smtplb.reputation.suppression import BounceSuppressor
 from smtplb.service import Service
@@ -69,11 +71,12 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     traces = TraceBook(persist=spool.note_trace)  # stored with the spool's next commit
     # Reputation state lives in the node's first spool database, shared by the workers.
     state = SqliteState(shard_path(data_dir, 0))
-    clock = SystemClock()
 
     clock = SystemClock()  # the one clock of delivery, members, health and AUTH throttling
     paused = PausedMembers(data_dir / "paused-members")
-    pools = build_pools(config, {}, paused.load(), config.workers, clock)
+    book = ReputationBook(config.reputation, clock)
+    eligibility = Eligibility(exclude=(*EXCLUDE, book.skip_reason), share=book.share)
+    pools = build_pools(config, {}, paused.load(), config.workers, clock, eligibility)
     resolver = MxResolver(config.static_routes)
     dispatcher = Dispatcher(
         spool=spool,
@@ -105,6 +108,8 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         state=state,
     )
     dsn = DsnWriter(config.hostname, intake.submit)
+    dispatcher.reputation = book
+    book.on_change = dispatcher.reputation_event
     dispatcher.on_bounce = dsn
     suppressor = BounceSuppressor(state, clock)
     if config.suppression.hard_bounces:
@@ -142,6 +147,8 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         connection_cap=ConnectionCap(max(1, -(-smtp.max_connections // config.workers))),
         state=state,
         suppressor=suppressor,
+        book=book,
+        eligibility=eligibility,
     )
     if worker == 0:
         service.http = HttpServer(create_app(service), config.http.listen)

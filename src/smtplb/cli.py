@@ -408,15 +408,22 @@ def members_list(
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(
-        f"{'MEMBER':<16}{'POOL':<12}{'HEALTH':<11}{'ACTIVE':>7}{'DELIVERED':>11}"
+        f"{'MEMBER':<16}{'POOL':<12}{'HEALTH':<11}{'REPUTATION':<12}{'ACTIVE':>7}{'DELIVERED':>11}"
         f"{'DEFERRED':>10}{'BOUNCED':>9}{'FAILURES':>10}  TARGET"
     )
     for m in data["members"]:
+        reputation = m.get("reputation", {}).get("state", "ok")
         click.echo(
-            f"{m['name']:<16}{m['pool']:<12}{m['health']:<11}{m['active']:>7}"
+            f"{m['name']:<16}{m['pool']:<12}{m['health']:<11}{reputation:<12}{m['active']:>7}"
             f"{m['delivered']:>11}{m['deferred']:>10}{m['bounced']:>9}"
             f"{m['failures']:>10}  {m['target']}"
         )
+        for provider, p in m.get("reputation", {}).get("providers", {}).items():
+            click.echo(
+                f"  {provider:<14}{p['state']:<12}{p['attempts']:>6} attempts  "
+                f"hard {p['hard_bounce_rate']:.1%}  policy {p['policy_block_rate']:.1%}  "
+                f"complaints {p['complaint_rate']:.2%}  {p.get('reason', '')}"
+            )
 
 
 @members.command("pause")
@@ -439,6 +446,28 @@ def members_resume(
     """Let NAME take traffic again."""
     _api(api_url, api_key, config_path).call("POST", f"/api/v1/members/{name}/resume")
     click.echo(f"{name} resumed")
+
+
+@members.command("quarantine")
+@click.argument("name")
+@api_options
+def members_quarantine(
+    name: str, api_url: str | None, api_key: str | None, config_path: Path | None
+) -> None:
+    """Quarantine NAME: no traffic for [reputation] quarantine, then probation."""
+    _api(api_url, api_key, config_path).call("POST", f"/api/v1/members/{name}/quarantine")
+    click.echo(f"{name} quarantined")
+
+
+@members.command("release")
+@click.argument("name")
+@api_options
+def members_release(
+    name: str, api_url: str | None, api_key: str | None, config_path: Path | None
+) -> None:
+    """Release NAME from quarantine, throttling or probation."""
+    _api(api_url, api_key, config_path).call("POST", f"/api/v1/members/{name}/release")
+    click.echo(f"{name} released")
 
 
 @main.group()

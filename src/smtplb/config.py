@@ -204,6 +204,10 @@ class WebhookConfig(_Struct):
             "expired",
             "complaint",
             "member_*",
+            "quarantined",
+            "throttled",
+            "probation",
+            "reputation_ok",
         ]
     )
     secret: str | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import ssl
@@ -23,6 +24,7 @@ from typing import Any
 
 from smtplb import __version__
 from smtplb.api.server import HttpServer
+from smtplb.balancing.eligibility import Eligibility
 from smtplb.config import Config, load_config, parse_hostport
 from smtplb.delivery.bounces import DsnWriter
 from smtplb.delivery.dispatcher import Dispatcher
@@ -47,6 +49,7 @@ from smtplb.observability.metrics import Metrics
 from smtplb.observability.record import member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
+from smtplb.reputation.book import ReputationBook
 from smtplb.reputation.state import State
 from smtplb.reputation.suppression import BounceSuppressor
 from smtplb.spool.base import MessageView, Spool
@@ -90,6 +93,8 @@ class Service:
         connection_cap: ConnectionCap,
         state: State,
         suppressor: BounceSuppressor,
+        book: ReputationBook,
+        eligibility: Eligibility,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -116,6 +121,8 @@ class Service:
         self.connection_cap = connection_cap
         self.reputation_state = state  # the suppression list (and counters)
         self.suppressor = suppressor
+        self.book = book  # reputation per member and member × provider
+        self.eligibility = eligibility  # every pool's filters (reputation among them)
         self.http: HttpServer | None = None  # set by smtplb.app on worker 0
         self.listeners: list[Listener] = []
         self.started_at = time.time()
@@ -180,7 +187,10 @@ class Service:
         return body
 
     def _own_member_views(self) -> list[dict[str, Any]]:
-        return [{**m.snapshot(), **self.live.member_rates(m.name)} for m in self.members()]
+        return [
+            {**m.snapshot(), **self.live.member_rates(m.name), "reputation": self.book.view(m.name)}
+            for m in self.members()
+        ]
 
     def member_views(self) -> list[dict[str, Any]]:
         """Every member as the node sees it: this worker's view, plus the counters of
@@ -259,6 +269,28 @@ class Service:
         self.dispatcher.wake()
         return next(m for m in self.member_views() if m["name"] == name)
 
+    def quarantine(self, member: str) -> dict[str, Any] | None:
+        if self.member(member) is None:
+            return None
+        self.book.quarantine(member)
+        return next(m for m in self.member_views() if m["name"] == member)
+
+    def release(self, member: str) -> dict[str, Any] | None:
+        if self.member(member) is None:
+            return None
+        self.book.release(member)
+        self.dispatcher.wake()
+        return next(m for m in self.member_views() if m["name"] == member)
+
+    async def _save_book(self) -> None:
+        if self.book.dirty:
+            self.book.dirty = False
+            try:
+                snapshot = json.dumps(self.book.snapshot()).encode()
+                await self.reputation_state.save_book(self.worker, snapshot)
+            except Exception:
+                log.exception("could not save the reputation book")
+
     # -- Operations: queue ---------------------------------------------------------------
 
     async def queue_stats(self) -> tuple[dict[str, int], dict[str, float]]:
@@ -299,6 +331,9 @@ class Service:
 
     async def start(self) -> None:
         await self.spool.open()
+        saved = await self.reputation_state.load_book(self.worker)
+        if saved is not None:
+            self.book.load(json.loads(saved))
         if self.worker == 0:
             for peer in self.peer_spools:
                 await peer.open()
@@ -356,6 +391,7 @@ class Service:
             self.delivery_log.flush()
             for member in self.members():
                 member.close_idle(idle_after)
+            await self._save_book()
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + 600
                 keep = self.config.delivery.keep_final
@@ -410,8 +446,16 @@ class Service:
         self.intake.signer.keyring = keyring
         self.pools.clear()
         self.pools.update(
-            build_pools(new, existing, self.paused.load(), self.workers, self.dispatcher.clock)
+            build_pools(
+                new,
+                existing,
+                self.paused.load(),
+                self.workers,
+                self.dispatcher.clock,
+                self.eligibility,
+            )
         )
+        self.book.reconfigure(new.reputation)
         self.resolver.static = MxResolver(new.static_routes).static
         self.dispatcher.schedule = retry_schedule(new)
         self.dsn.reporting_mta = new.hostname
@@ -444,6 +488,7 @@ class Service:
         for peer in self.peer_spools:
             await peer.close()
         await self.suppressor.settle()
+        await self._save_book()
         await self.spool.close()
         self.reputation_state.close()
         self.delivery_log.close()

@@ -79,6 +79,12 @@ class StandIn:
     def resume(self, member: str) -> dict[str, Any] | None:
         return MEMBER if member == "m1" else None
 
+    def quarantine(self, member: str) -> dict[str, Any] | None:
+        return MEMBER if member == "m1" else None
+
+    def release(self, member: str) -> dict[str, Any] | None:
+        return MEMBER if member == "m1" else None
+
     async def queue_stats(self) -> tuple[dict[str, int], dict[str, float]]:
         return {"deferred": 1}, {"deferred": 3.0}
 
@@ -216,6 +222,10 @@ CASES = [
     ("post", "/api/v1/members/nope/pause", None, 404),
     ("post", "/api/v1/members/m1/resume", None, 200),
     ("post", "/api/v1/members/nope/resume", None, 404),
+    ("post", "/api/v1/members/m1/quarantine", None, 200),
+    ("post", "/api/v1/members/nope/quarantine", None, 404),
+    ("post", "/api/v1/members/m1/release", None, 200),
+    ("post", "/api/v1/members/nope/release", None, 404),
     ("post", "/api/v1/drain", None, 200),
     ("delete", "/api/v1/drain", None, 200),
     ("get", "/api/v1/suppressions", None, 200),

@@ -112,7 +112,20 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         per_minute=_NUM,
         latency_p50_ms=_NUM_OR_NULL,
         latency_p95_ms=_NUM_OR_NULL,
+        reputation=_ref("Reputation"),
     ),
+    "Reputation": {
+        **_obj(
+            ["state", "providers"],
+            state={"enum": ["ok", "throttled", "quarantined", "probation"]},
+            reason=_STR,
+            since=_NUM,
+            until=_NUM,
+            probation_left=_INT,
+            providers={"type": "object", "additionalProperties": {"type": "object"}},
+        ),
+        "description": "the member's worst state; per provider: state, attempts and rates",
+    },
     "MemberList": _obj(["members"], members={"type": "array", "items": _ref("Member")}),
     "Pool": _obj(
         ["name", "strategy", "waiting", "members"],

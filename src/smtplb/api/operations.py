@@ -76,6 +76,15 @@ class Operations(Protocol):
         """Resume a paused member; its view, or None if there is none."""
         ...
 
+    def quarantine(self, member: str) -> dict[str, Any] | None:
+        """Quarantine a member by hand (no traffic for ``[reputation] quarantine``,
+        then probation); its view, or None if there is none."""
+        ...
+
+    def release(self, member: str) -> dict[str, Any] | None:
+        """Every reputation state of a member back to ok; its view, or None."""
+        ...
+
     # -- queue -----------------------------------------------------------------------
 
     async def queue_stats(self) -> tuple[dict[str, int], dict[str, float]]:

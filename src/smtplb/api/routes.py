@@ -261,6 +261,28 @@ async def member_resume(request: Request) -> Response:
     return JSONResponse(member)
 
 
+@protected
+@documented((200, "Member", "The member, now quarantined"), fails=[404])
+async def member_quarantine(request: Request) -> Response:
+    """Quarantine a member: no traffic for ``[reputation] quarantine``, then probation."""
+    name = request.path_params["name"]
+    member = _ops(request).quarantine(name)
+    if member is None:
+        return problem(404, "No such member", name)
+    return JSONResponse(member)
+
+
+@protected
+@documented((200, "Member", "The member, its reputation ok again"), fails=[404])
+async def member_release(request: Request) -> Response:
+    """Release a member from quarantine, throttling or probation (its counts start again)."""
+    name = request.path_params["name"]
+    member = _ops(request).release(name)
+    if member is None:
+        return problem(404, "No such member", name)
+    return JSONResponse(member)
+
+
 # -- suppression list --------------------------------------------------------------
 
 
@@ -417,6 +439,8 @@ ROUTES = [
     Route("/api/v1/members", members_list),
     Route("/api/v1/members/{name}/pause", member_pause, methods=["POST"]),
     Route("/api/v1/members/{name}/resume", member_resume, methods=["POST"]),
+    Route("/api/v1/members/{name}/quarantine", member_quarantine, methods=["POST"]),
+    Route("/api/v1/members/{name}/release", member_release, methods=["POST"]),
     Route("/api/v1/suppressions", suppressions_list),
     Route("/api/v1/suppressions", suppressions_add, methods=["POST"]),
     Route("/api/v1/suppressions/{address}", suppressions_remove, methods=["DELETE"]),

@@ -192,16 +192,18 @@ def build_pools(
     paused: set[str],
     workers: int,
     clock: Clock,
+    eligibility: Eligibility | None = None,
 ) -> dict[str, PoolRuntime]:
     """Every pool of ``config``; members in ``existing`` (by name) are reused.
 
     ``workers`` is the number of worker processes running (each member takes
     its share of ``max_connections``); a reload does not change it. ``clock``
-    times the new members' health and slow start."""
+    times the new members' health and slow start. ``eligibility``: the filters
+    of every pool (default: :class:`Eligibility`'s)."""
     pools: dict[str, PoolRuntime] = {}
     for pc in config.pools:
         members = [_member(config, pc, mc, existing, paused, workers, clock) for mc in pc.members]
-        pools[pc.name] = PoolRuntime(pc, members, make_strategy(pc))
+        pools[pc.name] = PoolRuntime(pc, members, make_strategy(pc), eligibility or Eligibility())
     return pools
 
 

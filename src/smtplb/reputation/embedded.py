@@ -19,7 +19,11 @@ CREATE TABLE IF NOT EXISTS suppression (
     reason TEXT NOT NULL DEFAULT '',
     source TEXT NOT NULL DEFAULT 'operator',
     created_at REAL NOT NULL
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reputation_book (
+    worker INTEGER PRIMARY KEY,
+    snapshot BLOB NOT NULL
+)
 """
 
 
@@ -29,7 +33,8 @@ class SqliteState:
         self._lock = threading.Lock()
         self._writer = self._connect()
         with self._lock, self._writer:
-            self._writer.execute(_SCHEMA)
+            for statement in _SCHEMA.split(";"):
+                self._writer.execute(statement)
         self._reader = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -93,6 +98,24 @@ class SqliteState:
     async def suppression_count(self) -> int:
         rows = await asyncio.to_thread(self._read_all, "SELECT count(*) FROM suppression", ())
         return int(rows[0][0])
+
+    # -- reputation book -------------------------------------------------------------
+
+    async def save_book(self, worker: int, snapshot: bytes) -> None:
+        await asyncio.to_thread(self._save_book, worker, snapshot)
+
+    def _save_book(self, worker: int, snapshot: bytes) -> None:
+        with self._lock, self._writer as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO reputation_book (worker, snapshot) VALUES (?, ?)",
+                (worker, snapshot),
+            )
+
+    async def load_book(self, worker: int) -> bytes | None:
+        rows = await asyncio.to_thread(
+            self._read_all, "SELECT snapshot FROM reputation_book WHERE worker = ?", (worker,)
+        )
+        return bytes(rows[0][0]) if rows else None
 
     def _read_all(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         with self._lock:

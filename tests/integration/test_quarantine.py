@@ -1,0 +1,70 @@
+"""Reputation over real sockets: two members, the upstream of one blocks it with
+550 5.7.1. The blocked member is quarantined after at most 30 attempts, every
+message is delivered through the other (a policy block is retried at once on
+another member, never bounced), and after the cool-down it comes back on probation."""
+
+from __future__ import annotations
+
+import smtplib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from smtplb.model import Reply
+from smtplb.sink.server import DomainRule, SinkProfile, ThreadedSink
+from tests.integration.conftest import Smtplb, relay_config, wait_until
+
+BLOCK = Reply(
+    550, "5.7.1", "Service unavailable; Client host [127.0.0.1] blocked using zen.spamhaus.org"
+)
+
+
+def _member(node: Smtplb, name: str) -> dict[str, Any]:
+    status, doc = node.api("/api/v1/members")
+    assert status == 200
+    member: dict[str, Any] = next(m for m in doc["members"] if m["name"] == name)
+    return member
+
+
+def test_a_blocked_member_is_quarantined_and_comes_back_on_probation(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    good = sinks()
+    blocking = sinks(SinkProfile(rules={"*": DomainRule(accept=0, reject=1, reject_reply=BLOCK)}))
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [good.port, blocking.port])
+    text += (
+        "[reputation]\nmin_volume = 20\npolicy_block_quarantine = 0.05\n"
+        'quarantine = "3s"\nprobation = 10\n'
+    )
+    node = smtplb(text, smtp_port, http_port).start()
+
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as client:
+        for i in range(200):
+            client.sendmail("app@shop.test", [f"user{i}@example.org"], b"Subject: x\r\n\r\nx\r\n")
+    assert good.wait_for(200, timeout=60), good.counts
+    blocked_attempts = blocking.counts["rejected"]
+    print(f"attempts on the blocked member: {blocked_attempts}; delivered via the other: 200")
+    assert blocked_attempts <= 30
+
+    wait_until(
+        lambda: sum(r["event"] == "delivered" for r in node.delivery_log()) == 200,
+        10,
+        "200 delivered records in the log",
+    )
+    log = node.delivery_log()
+    (quarantined,) = [r for r in log if r["event"] == "quarantined"]
+    assert quarantined["member"] == "relay-2" and "policy_block" in quarantined["response"]
+    assert not [r for r in log if r["event"] == "bounced"]
+    assert _member(node, "relay-2")["reputation"]["state"] == "quarantined"
+    assert _member(node, "relay-1")["reputation"]["state"] == "ok"
+    assert len({r["recipient"] for r in log if r["event"] == "delivered"}) == 200
+
+    started = time.monotonic()
+    wait_until(
+        lambda: _member(node, "relay-2")["reputation"]["state"] == "probation",
+        15,
+        "probation after the cool-down",
+    )
+    print(f"probation after {time.monotonic() - started:.1f}s more")
+    wait_until(lambda: any(r["event"] == "probation" for r in node.delivery_log()), 5, "the event")
