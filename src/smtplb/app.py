@@ -37,6 +37,7 @@ from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
 from smtplb.reputation.book import ReputationBook
 from smtplb.reputation.embedded import SqliteState
+from smtplb.reputation.feedback import FeedbackHandler
 from smtplb.reputation.suppression import BounceSuppressor
 from smtplb.service import Service
 from smtplb.spool.base import Spool
@@ -149,6 +150,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         suppressor=suppressor,
         book=book,
         eligibility=eligibility,
+        feedback=FeedbackHandler(state, book, delivery_log, lambda q: service.message(q), clock),
     )
     if worker == 0:
         service.http = HttpServer(create_app(service), config.http.listen)

@@ -50,6 +50,7 @@ from smtplb.observability.record import member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
 from smtplb.reputation.book import ReputationBook
+from smtplb.reputation.feedback import Feedback, FeedbackHandler
 from smtplb.reputation.state import State
 from smtplb.reputation.suppression import BounceSuppressor
 from smtplb.spool.base import MessageView, Spool
@@ -95,6 +96,7 @@ class Service:
         suppressor: BounceSuppressor,
         book: ReputationBook,
         eligibility: Eligibility,
+        feedback: FeedbackHandler,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -123,6 +125,7 @@ class Service:
         self.suppressor = suppressor
         self.book = book  # reputation per member and member × provider
         self.eligibility = eligibility  # every pool's filters (reputation among them)
+        self.feedback_handler = feedback
         self.http: HttpServer | None = None  # set by smtplb.app on worker 0
         self.listeners: list[Listener] = []
         self.started_at = time.time()
@@ -281,6 +284,9 @@ class Service:
         self.book.release(member)
         self.dispatcher.wake()
         return next(m for m in self.member_views() if m["name"] == member)
+
+    async def feedback(self, report: Feedback) -> dict[str, Any]:
+        return await self.feedback_handler.handle(report)
 
     async def _save_book(self) -> None:
         if self.book.dirty:

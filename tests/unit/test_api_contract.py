@@ -21,6 +21,7 @@ from smtplb.api.routes import protected, public
 from smtplb.config import Config, parse_config
 from smtplb.model import Envelope, RecipientState
 from smtplb.reputation.embedded import SqliteState
+from smtplb.reputation.feedback import Feedback
 from smtplb.reputation.state import State
 from smtplb.spool.base import MessageView, RecipientView, SpoolError
 
@@ -78,6 +79,9 @@ class StandIn:
 
     def resume(self, member: str) -> dict[str, Any] | None:
         return MEMBER if member == "m1" else None
+
+    async def feedback(self, report: Feedback) -> dict[str, Any]:
+        return {"recipient": report.recipient, "matched": False, "suppressed": True}
 
     def quarantine(self, member: str) -> dict[str, Any] | None:
         return MEMBER if member == "m1" else None
@@ -228,6 +232,9 @@ CASES = [
     ("post", "/api/v1/members/nope/release", None, 404),
     ("post", "/api/v1/drain", None, 200),
     ("delete", "/api/v1/drain", None, 200),
+    ("post", "/api/v1/feedback", {"type": "complaint", "recipient": "b@example.org"}, 200),
+    ("post", "/api/v1/feedback", {"type": "complaint"}, 422),
+    ("post", "/api/v1/feedback", [1], 400),
     ("get", "/api/v1/suppressions", None, 200),
     ("get", "/api/v1/suppressions?limit=x", None, 400),
     ("post", "/api/v1/suppressions", {"addresses": ["b@example.org"], "reason": "r"}, 200),

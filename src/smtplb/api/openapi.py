@@ -157,6 +157,27 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         ),
         "description": "addresses (or one address) to suppress, with a reason",
     },
+    "FeedbackEvent": {
+        **_obj(
+            ["recipient"],
+            type={"enum": ["complaint"]},
+            recipient=_STR,
+            queue_id=_STR,
+            message_id=_STR,
+            sender=_STR,
+            feedback_type=_STR,
+        ),
+        "description": "a JSON complaint; an ARF report is posted as multipart/report instead",
+    },
+    "FeedbackResult": _obj(
+        ["recipient", "matched", "suppressed"],
+        recipient=_STR,
+        matched={"type": "boolean"},
+        queue_id={"type": ["string", "null"]},
+        member={"type": ["string", "null"]},
+        provider=_STR,
+        suppressed={"type": "boolean"},
+    ),
     "Suppressed": _obj(["added", "requested"], added=_INT, requested=_INT),
     "Unsuppressed": _obj(["removed"], removed=_STR),
     "Overview": _obj(

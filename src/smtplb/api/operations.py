@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from smtplb.config import Config
 from smtplb.model import Envelope, RecipientState
+from smtplb.reputation.feedback import Feedback
 from smtplb.reputation.state import State
 from smtplb.spool.base import MessageView
 
@@ -83,6 +84,10 @@ class Operations(Protocol):
 
     def release(self, member: str) -> dict[str, Any] | None:
         """Every reputation state of a member back to ok; its view, or None."""
+        ...
+
+    async def feedback(self, report: Feedback) -> dict[str, Any]:
+        """A complaint: matched to its message and member, logged, counted, suppressed."""
         ...
 
     # -- queue -----------------------------------------------------------------------

@@ -38,6 +38,7 @@ from smtplb.intake.address import valid_address
 from smtplb.intake.compliance import MessageRefused
 from smtplb.model import Envelope, RecipientState
 from smtplb.observability.live import redacted
+from smtplb.reputation.feedback import FeedbackError, parse_arf, parse_event
 from smtplb.reputation.state import Suppression, normalize
 from smtplb.spool.base import MessageView, SpoolError
 
@@ -283,6 +284,29 @@ async def member_release(request: Request) -> Response:
     return JSONResponse(member)
 
 
+@protected
+@documented(
+    (200, "FeedbackResult", "The complaint, matched, counted and suppressed"),
+    fails=[400, 422],
+    request="FeedbackEvent",
+)
+async def feedback(request: Request) -> Response:
+    """A complaint: an ARF report (RFC 5965, posted as ``multipart/report``) or a JSON
+    event ``{"type": "complaint", "recipient", "queue_id"?, "message_id"?}``."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    try:
+        if media in ("multipart/report", "message/rfc822"):
+            report = parse_arf(await request.body())
+        else:
+            body = await _json_body(request)
+            if isinstance(body, JSONResponse):
+                return body
+            report = parse_event(body)
+    except FeedbackError as exc:
+        return problem(422, "Unusable feedback", str(exc))
+    return JSONResponse(await _ops(request).feedback(report))
+
+
 # -- suppression list --------------------------------------------------------------
 
 
@@ -441,6 +465,7 @@ ROUTES = [
     Route("/api/v1/members/{name}/resume", member_resume, methods=["POST"]),
     Route("/api/v1/members/{name}/quarantine", member_quarantine, methods=["POST"]),
     Route("/api/v1/members/{name}/release", member_release, methods=["POST"]),
+    Route("/api/v1/feedback", feedback, methods=["POST"]),
     Route("/api/v1/suppressions", suppressions_list),
     Route("/api/v1/suppressions", suppressions_add, methods=["POST"]),
     Route("/api/v1/suppressions/{address}", suppressions_remove, methods=["DELETE"]),
