@@ -177,6 +177,7 @@ class Service:
                 member.idle_connections,
                 member.weight,
             )
+            self.metrics.set_reputation(member.name, self.book.view(member.name))
         self.metrics.set_queue(await self.spool.stats(), await self.spool.oldest_age(time.time()))
         # (with several workers each reports its own shard; worker 0's /metrics adds them up)
         self.metrics.set_waiting((p.name, p.waiting()) for p in self.pools.values())
