@@ -152,6 +152,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         eligibility=eligibility,
         feedback=FeedbackHandler(state, book, delivery_log, lambda q: service.message(q), clock),
     )
+    intake.feedback = service.feedback_handler
     if worker == 0:
         service.http = HttpServer(create_app(service), config.http.listen)
     return service

@@ -259,6 +259,8 @@ class ReputationConfig(_Struct):
     policy_block_quarantine: float = 0.05
     quarantine: Duration = Duration(6 * 3600)  # cool-down before probation
     probation: int = 100  # messages at a reduced share before "ok"
+    # Mail to these addresses is an ARF report to consume (a feedback loop), not to relay.
+    feedback_addresses: list[str] = msgspec.field(default_factory=list)
 
 
 class Config(_Struct):
@@ -541,6 +543,12 @@ def _validate_reputation(cfg: Config) -> list[str]:
     check(rep.window > 0, "reputation.window", "must be above 0s")
     check(rep.min_volume >= 1, "reputation.min_volume", "must be at least 1")
     check(rep.probation >= 0, "reputation.probation", "must be 0 or more")
+    for i, address in enumerate(rep.feedback_addresses):
+        check(
+            address.count("@") == 1 and all(address.split("@")),
+            f"reputation.feedback_addresses[{i}]",
+            f"expected a mail address like fbl@example.test, got {address!r}",
+        )
     for key in (
         "hard_bounce_throttle",
         "hard_bounce_quarantine",

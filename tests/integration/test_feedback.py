@@ -63,3 +63,22 @@ def test_arf_report_for_a_delivered_message(
     _, members = node.api("/api/v1/members")
     providers = members["members"][0]["reputation"]["providers"]
     assert providers["other"]["complaint_rate"] == 1.0  # one complaint, one delivery
+
+
+def test_arf_mail_to_the_feedback_address_is_consumed_not_relayed(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    sink = sinks()
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [sink.port])
+    text += '[reputation]\nfeedback_addresses = ["fbl@relay.smtplb.test"]\n'
+    node = smtplb(text, smtp_port, http_port).start()
+    original = b"From: news@shop.test\r\nTo: reader@example.org\r\nSubject: offer\r\n\r\nbuy\r\n"
+    report = arf_report(original, recipient="reader@example.org")
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as client:
+        client.sendmail("fbl@provider.test", ["FBL@relay.smtplb.test"], report)
+    wait_until(
+        lambda: any(r["event"] == "complaint" for r in node.delivery_log()), 10, "the record"
+    )
+    _, listed = node.api("/api/v1/suppressions?address=reader@example.org")
+    assert listed["suppressions"][0]["source"] == "complaint"
+    assert sink.received == [] and sink.counts.get("accepted", 0) == 0

@@ -36,7 +36,8 @@ from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.metrics import Metrics
 from smtplb.observability.record import DeliveryRecord
 from smtplb.observability.trace import TraceBook
-from smtplb.reputation.state import State
+from smtplb.reputation.feedback import FeedbackError, FeedbackHandler, parse_arf
+from smtplb.reputation.state import State, normalize
 from smtplb.routing.routes import RoutingInput, classify_content, decide_route
 from smtplb.smtp.framing import BodyBudget
 from smtplb.smtp.reply import Reply
@@ -98,6 +99,8 @@ class IntakePipeline:
         self.traces = traces
         self.is_draining = is_draining
         self.state = state
+        # Consumes ARF mail sent to [reputation] feedback_addresses (set by app.py).
+        self.feedback: FeedbackHandler | None = None
         self._policies: dict[str, SessionPolicy] = {}
         # Message bodies held in memory at once by every session of this process.
         self.body_budget = BodyBudget(0)
@@ -152,6 +155,20 @@ class IntakePipeline:
         if self.state.is_suppressed(address):
             return _SUPPRESSED
         return None
+
+    async def _consume_feedback(self, rcpt_to: list[str], data: bytes, queue_id: str) -> list[str]:
+        """A report to a feedback address is consumed here; the other recipients remain."""
+        addresses = self.config.reputation.feedback_addresses
+        if self.feedback is None or not addresses:
+            return rcpt_to
+        wanted = {normalize(a) for a in addresses}
+        kept = [r for r in rcpt_to if normalize(r) not in wanted]
+        if len(kept) < len(rcpt_to):
+            try:
+                await self.feedback.handle(parse_arf(data))
+            except FeedbackError as exc:
+                log.warning("feedback mail %s not used: %s", queue_id, exc)
+        return kept
 
     def _drop_suppressed(self, envelope: Envelope, queue_id: str) -> list[str]:
         """The recipients to keep; each suppressed one is logged as ``suppressed``."""
@@ -223,8 +240,9 @@ class IntakePipeline:
         now = time.time()
         queue_id = new_queue_id()
         rcpt_to = self._drop_suppressed(envelope, queue_id)
+        rcpt_to = await self._consume_feedback(rcpt_to, data, queue_id)
         if not rcpt_to:
-            return queue_id  # accepted and dropped: every recipient is suppressed
+            return queue_id  # accepted and dropped: suppressed, or a consumed report
         content, headers, message_id = prepare_message(
             data, envelope, self.config.hostname, queue_id, now
         )
