@@ -59,3 +59,14 @@ def test_a_lookup_in_a_million_entries_is_an_index_probe(tmp_path: Path) -> None
 
 def test_normalize() -> None:
     assert normalize(" <Some.One@Example.ORG> ") == "some.one@example.org"
+
+
+def test_an_unavailable_database_is_opened_at_the_next_use(tmp_path: Path) -> None:
+    missing = tmp_path / "not-yet" / "spool.db"  # as unopenable as a full disk
+    state = SqliteState(missing)
+    assert not state.is_suppressed("x@example.org")
+    assert asyncio.run(state.load_book(0)) is None
+    missing.parent.mkdir()
+    asyncio.run(state.suppress([Suppression("x@example.org")]))
+    assert state.is_suppressed("x@example.org")
+    state.close()

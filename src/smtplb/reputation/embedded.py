@@ -5,6 +5,7 @@ writes run in a thread (a spool batch may hold the write lock for a moment)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from smtplb.reputation.state import Suppression, normalize
+
+log = logging.getLogger("smtplb.reputation")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS suppression (
@@ -28,35 +31,77 @@ CREATE TABLE IF NOT EXISTS reputation_book (
 
 
 class SqliteState:
+    """Opened at first use, and again after a failure: on a full disk the node
+    starts (intake answers 451 meanwhile) and the list is there once space returns."""
+
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        self._writer = self._connect()
-        with self._lock, self._writer:
-            for statement in _SCHEMA.split(";"):
-                self._writer.execute(statement)
-        self._reader = self._connect()
+        self._lock = threading.Lock()  # the writer connection, one thread at a time
+        self._open_lock = threading.Lock()
+        self._conns: tuple[sqlite3.Connection, sqlite3.Connection] | None = None
+        try:
+            self._open()
+        except sqlite3.Error as exc:
+            log.error("reputation state %s unavailable for now: %s", self.path, exc)
+
+    def _open(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        if self._conns is not None:
+            return self._conns
+        with self._open_lock:
+            return self._open_locked()
+
+    def _open_locked(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        if self._conns is None:
+            writer = self._connect()
+            try:
+                with writer:
+                    for statement in _SCHEMA.split(";"):
+                        writer.execute(statement)
+                self._conns = (writer, self._connect())
+            except sqlite3.Error:
+                writer.close()
+                raise
+        return self._conns
+
+    @property
+    def _writer(self) -> sqlite3.Connection:
+        return self._open()[0]
+
+    @property
+    def _reader(self) -> sqlite3.Connection:
+        return self._open()[1]
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error:
+            conn.close()
+            raise
         return conn
 
     def __repr__(self) -> str:
-        return f"SqliteState({self.path})"
+        return f"SqliteState({self.path}{'' if self._conns else ', not open'})"
 
     def close(self) -> None:
         with self._lock:
-            self._writer.close()
-            self._reader.close()
+            if self._conns is not None:
+                for conn in self._conns:
+                    conn.close()
+                self._conns = None
 
     # -- suppression ---------------------------------------------------------------
 
     def is_suppressed(self, address: str) -> bool:
-        row = self._reader.execute(
-            "SELECT 1 FROM suppression WHERE address = ?", (normalize(address),)
-        ).fetchone()
+        try:
+            row = self._reader.execute(
+                "SELECT 1 FROM suppression WHERE address = ?", (normalize(address),)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            # Unreadable (a full disk at start): the spool refuses mail meanwhile.
+            log.warning("suppression lookup failed: %s", exc)
+            return False
         return row is not None
 
     async def suppress(self, entries: Sequence[Suppression]) -> int:
@@ -112,9 +157,13 @@ class SqliteState:
             )
 
     async def load_book(self, worker: int) -> bytes | None:
-        rows = await asyncio.to_thread(
-            self._read_all, "SELECT snapshot FROM reputation_book WHERE worker = ?", (worker,)
-        )
+        try:
+            rows = await asyncio.to_thread(
+                self._read_all, "SELECT snapshot FROM reputation_book WHERE worker = ?", (worker,)
+            )
+        except sqlite3.Error as exc:  # a full disk at start: begin with an empty book
+            log.error("could not load the reputation book: %s", exc)
+            return None
         return bytes(rows[0][0]) if rows else None
 
     def _read_all(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:

@@ -216,7 +216,7 @@
       el("div", { class: "m-name" }, m.name), el("div", { class: "m-sub" }));
     $('[data-field="health"]', row).append(el("span", { class: "pill" }));
     $('[data-field="reputation"]', row).append(
-      el("span", { class: "pill rep" }), el("div", { class: "m-sub rep-providers" }));
+      el("span", { class: "rep-pill" }), el("div", { class: "rep-providers" }));
     $('[data-field="connections"]', row).append(
       el("div", { class: "conn" }, el("div", { class: "bar" }, el("span")), el("span", { class: "conn-text" })));
     return row;
@@ -232,7 +232,7 @@
     setAttr(cell("health"), "data-value", m.health);
     // Reputation: the member's worst state, and per provider its state and rates.
     const rep = m.reputation ?? { state: "ok", providers: {} };
-    const repPill = $(".rep", cell("reputation"));
+    const repPill = $(".rep-pill", cell("reputation"));
     setAttr(repPill, "data-reputation", rep.state);
     setText(repPill, label(rep.state));
     setAttr(repPill, "title", rep.reason ?? "");
