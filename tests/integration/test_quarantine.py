@@ -68,3 +68,25 @@ def test_a_blocked_member_is_quarantined_and_comes_back_on_probation(
     )
     print(f"probation after {time.monotonic() - started:.1f}s more")
     wait_until(lambda: any(r["event"] == "probation" for r in node.delivery_log()), 5, "the event")
+
+
+def test_a_recipient_blocked_by_every_member_bounces_and_is_not_suppressed(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    blocking = SinkProfile(rules={"*": DomainRule(accept=0, reject=1, reject_reply=BLOCK)})
+    first, second = sinks(blocking), sinks(blocking)
+    node = smtplb(*relay_config(tmp_path / "var", [first.port, second.port])).start()
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as client:
+        client.sendmail("app@shop.test", ["someone@example.org"], b"Subject: x\r\n\r\nx\r\n")
+    wait_until(lambda: any(r["event"] == "bounced" for r in node.delivery_log()), 15, "the bounce")
+    events = [
+        (r["event"], r.get("member"))
+        for r in node.delivery_log()
+        if r.get("recipient") == "someone@example.org"
+    ]
+    assert sorted(events[1:]) == [("bounced", "relay-2"), ("failover", "relay-1")] or sorted(
+        events[1:]
+    ) == [("bounced", "relay-1"), ("failover", "relay-2")], events
+    assert first.counts["rejected"] >= 1 and second.counts["rejected"] >= 1  # (+ the DSN's)
+    _, listed = node.api("/api/v1/suppressions")
+    assert listed["total"] == 0  # a block says nothing about the address
