@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from smtplb.model import Reply
 from smtplb.sink.server import DomainRule, SinkProfile, ThreadedSink
+from smtplb.smtp.reply import Reply
 from tests.integration.conftest import Smtplb, relay_config, wait_until
 
 BLOCK = Reply(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from smtplb.reputation.classify import Action, BounceCategory, classify_bounce
+from smtplb.smtp.bounce import Action, BounceCategory, classify_bounce
 
 GOLDEN = Path(__file__).parent.parent / "data" / "bounce_golden.tsv"
 

@@ -41,8 +41,8 @@ from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord, member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.reputation.book import MEMBER_WIDE, Change, ReputationBook
-from smtplb.reputation.classify import classify_bounce
 from smtplb.reputation.standing import Outcome, Reputation
+from smtplb.smtp.bounce import classify_bounce
 from smtplb.smtp.reply import Reply
 from smtplb.spool.base import (
     ClaimedMessage,
