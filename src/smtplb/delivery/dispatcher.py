@@ -42,7 +42,7 @@ from smtplb.observability.record import DeliveryRecord, member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.reputation.book import MEMBER_WIDE, Change, ReputationBook
 from smtplb.reputation.standing import Outcome, Reputation
-from smtplb.smtp.bounce import classify_bounce
+from smtplb.smtp.bounce import Classification, classify_bounce
 from smtplb.smtp.reply import Reply
 from smtplb.spool.base import (
     ClaimedMessage,
@@ -261,7 +261,12 @@ class Dispatcher:
         elsewhere: list[ClaimedRecipient] = []
         for rcpt, reply in zip(job.recipients, replies, strict=True):
             attempt = rcpt.attempts + 1
-            if member is not None and self._judge(job, member, reply):
+            kind = (
+                None
+                if reply.is_positive
+                else classify_bounce(reply.code, reply.enhanced_code, reply.text)
+            )
+            if member is not None and self._judge(job, member, reply, kind):
                 # A block of this member says nothing about the address: another one tries.
                 elsewhere.append(rcpt)
                 states.append(RecipientState.DEFERRED)
@@ -288,7 +293,8 @@ class Dispatcher:
                 if (
                     self.on_hard_bounce is not None
                     and member is not None
-                    and classify_bounce(reply.code, reply.enhanced_code, reply.text).is_hard
+                    and kind is not None
+                    and kind.is_hard
                 ):
                     self.on_hard_bounce(rcpt.address, str(reply))
             elif state is RecipientState.EXPIRED:
@@ -402,14 +408,9 @@ class Dispatcher:
                 )
             )
 
-    def _judge(self, job: Job, member: Member, reply: Reply) -> bool:
-        """Count the reply in the member's reputation; True when it is a policy block
-        (5.7.x, a provider's block text) and another member of the pool may try."""
-        kind = (
-            None
-            if reply.is_positive
-            else classify_bounce(reply.code, reply.enhanced_code, reply.text)
-        )
+    def _judge(self, job: Job, member: Member, reply: Reply, kind: Classification | None) -> bool:
+        """Count the reply (of class ``kind``) in the member's reputation; True when it is
+        a policy block (5.7.x, a provider's block text) and another member may try."""
         if self.reputation is not None:
             if kind is None:
                 outcome = Outcome.DELIVERED

@@ -83,7 +83,9 @@ class ReputationBook:
         self.clock = clock
         self.provider_of = provider_of
         self.on_change: Callable[[Change], None] | None = None
+        # (member, provider) and (member, MEMBER_WIDE): the member's mail to all providers
         self._windows: dict[tuple[str, str], Window] = {}
+        self._providers: dict[str, set[str]] = {}
         self._standings: dict[tuple[str, str], Standing] = {}
         self.dirty = False
 
@@ -97,10 +99,13 @@ class ReputationBook:
         now = self.clock.wall()
         provider = self.provider_of(domain)
         key = (member, provider)
-        window = self._windows.get(key)
-        if window is None:
-            window = self._windows[key] = Window(self.window_length)
-        window.add(outcome, now)
+        for k in (key, (member, MEMBER_WIDE)):
+            window = self._windows.get(k)
+            if window is None:
+                window = self._windows[k] = Window(self.window_length)
+            window.add(outcome, now)
+        providers = self._providers.setdefault(member, set())
+        providers.add(provider)
         self.dirty = True
         if outcome is not Outcome.COMPLAINT:
             for k in (key, (member, MEMBER_WIDE)):
@@ -108,21 +113,15 @@ class ReputationBook:
                 if current is not None:
                     self._standings[k] = after_attempt(current)
         self._judge(key, now)
-        if len(self._providers_of(member)) > 1:
+        if len(providers) > 1:  # one provider: its own judgement says it all
             self._judge((member, MEMBER_WIDE), now)
 
-    def _providers_of(self, member: str) -> list[str]:
-        return [p for m, p in self._windows if m == member]
-
     def counts(self, member: str, provider: str, now: float | None = None) -> Counts:
-        now = self.clock.wall() if now is None else now
-        if provider != MEMBER_WIDE:
-            window = self._windows.get((member, provider))
-            return window.total(now) if window is not None else Counts()
-        total = Counts()
-        for p in self._providers_of(member):
-            total.merge(self.counts(member, p, now))
-        return total
+        """Counts over the window (``MEMBER_WIDE``: to every provider); do not change them."""
+        window = self._windows.get((member, provider))
+        if window is None:
+            return Counts()
+        return window.total(self.clock.wall() if now is None else now)
 
     def _judge(self, key: tuple[str, str], now: float) -> Standing:
         old = self._standings.get(key, Standing())
@@ -210,7 +209,7 @@ class ReputationBook:
         member_wide = self.standing(member, MEMBER_WIDE)
         worst = member_wide
         providers: dict[str, Any] = {}
-        for provider in sorted(self._providers_of(member)):
+        for provider in sorted(self._providers.get(member, ())):
             s = self.standing(member, provider)
             counts = self.counts(member, provider, now)
             providers[provider] = {
@@ -243,9 +242,10 @@ class ReputationBook:
             self._standings[(m, p)] = Standing(Reputation(state), since, until, left, reason)
         for m, p, slices in snapshot.get("windows", []):
             window = Window(self.window_length)
-            for k, row in slices.items():
-                window.slices[int(k)] = Counts(*row)
+            window.load({int(k): Counts(*row) for k, row in slices.items()})
             self._windows[(m, p)] = window
+            if p != MEMBER_WIDE:
+                self._providers.setdefault(m, set()).add(p)
 
 
 _ORDER = {

@@ -13,9 +13,10 @@ per delivered message — and :func:`next_standing` turns them into a state:
     quarantined ──(after `quarantine`)──▶ probation ──(`probation` attempts)──▶ ok
     probation ──(any threshold)──▶ quarantined
 
-No decision is taken on fewer than ``min_volume`` attempts. The counts of a
-(member, provider) start again when it leaves quarantine: probation judges the
-member on what it does after the cool-down, not on what sent it there.
+No decision is taken on fewer than ``min_volume`` attempts (a tenth of it on
+probation). The counts of a (member, provider) start again when it leaves
+quarantine: probation judges the member on what it does after the cool-down,
+not on what sent it there.
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ class Counts:
         for outcome in Outcome:
             self.add(outcome, getattr(other, outcome.value))
 
+    def subtract(self, other: Counts) -> None:
+        for outcome in Outcome:
+            self.add(outcome, -getattr(other, outcome.value))
+
     @property
     def attempts(self) -> int:
         return self.delivered + self.deferred + self.hard_bounce + self.policy_block + self.bounced
@@ -116,10 +121,14 @@ class Standing:
     reason: str = ""
 
 
-def breach(counts: Counts, t: Thresholds) -> tuple[Reputation, str] | None:
+def breach(
+    counts: Counts, t: Thresholds, *, on_probation: bool = False
+) -> tuple[Reputation, str] | None:
     """The worst threshold ``counts`` cross, with why; None below them all (or on too
-    little volume)."""
-    if counts.attempts < t.min_volume:
+    little volume: ``min_volume``, a tenth of it on probation, where a member sends
+    a tenth of its share and its counts started again)."""
+    volume = max(1, t.min_volume // 10) if on_probation else t.min_volume
+    if counts.attempts < volume:
         return None
     r = counts.rates()
     checks = (
@@ -141,7 +150,7 @@ def next_standing(s: Standing, counts: Counts, t: Thresholds, now: float) -> Sta
         if now >= s.until:
             return Standing(Reputation.PROBATION, now, 0.0, t.probation, "cool-down over")
         return s
-    found = breach(counts, t)
+    found = breach(counts, t, on_probation=s.state is Reputation.PROBATION)
     if s.state is Reputation.PROBATION:
         if found is not None:
             return Standing(Reputation.QUARANTINED, now, now + t.quarantine, 0, found[1])
@@ -178,11 +187,13 @@ SHARE: dict[Reputation, float] = {
 
 @dataclass(slots=True)
 class Window:
-    """Counts in ``buckets`` slices of ``length`` seconds; the oldest fall out."""
+    """Counts in ``buckets`` slices of ``length`` seconds; the oldest fall out. The
+    total is kept as slices come and go, so reading it costs no summing."""
 
     length: float
     buckets: int = 24
     slices: dict[int, Counts] = field(default_factory=dict)
+    running: Counts = field(default_factory=Counts)
 
     def _slice(self, now: float) -> int:
         return int(now // (self.length / self.buckets))
@@ -194,18 +205,24 @@ class Window:
             self._expire(key)
             counts = self.slices[key] = Counts()
         counts.add(outcome, n)
+        self.running.add(outcome, n)
 
     def _expire(self, current: int) -> None:
-        for key in [k for k in self.slices if k <= current - self.buckets]:
-            del self.slices[key]
+        oldest = current - self.buckets
+        for key in [k for k in self.slices if k <= oldest]:
+            self.running.subtract(self.slices.pop(key))
 
     def total(self, now: float) -> Counts:
-        current = self._slice(now)
-        total = Counts()
-        for key, counts in self.slices.items():
-            if key > current - self.buckets:
-                total.merge(counts)
-        return total
+        """The counts of the last ``length`` seconds at ``now`` (do not change them)."""
+        self._expire(self._slice(now))
+        return self.running
+
+    def load(self, slices: dict[int, Counts]) -> None:
+        self.slices = slices
+        self.running = Counts()
+        for counts in slices.values():
+            self.running.merge(counts)
 
     def clear(self) -> None:
         self.slices.clear()
+        self.running = Counts()
