@@ -45,8 +45,6 @@ MAX_MESSAGE_SIZE = Size(2 * 1024**3)
 # table by itself once its struct field exists; delete the entry with the feature.
 PLANNED = {
     "providers": "SPEC §3.4 [[providers]]: no per-provider limits or reply rules",
-    "reputation": "SPEC §3.4 [reputation]: members are not throttled or quarantined",
-    "suppression": "SPEC §3.4 [suppression]: no suppression list",
     "warmup": "SPEC §3.4 [warmup]: no warm-up schedule",
     "experiments": "SPEC §3.4 [[experiments]]: no A/B experiments",
     "cluster.node": "SPEC §3.4 [cluster] node: no cluster",
@@ -535,7 +533,7 @@ def _validate_reputation(cfg: Config) -> list[str]:
             problems.append(f"{key}: {message}")
 
     check(
-        cfg.suppression.on_intake in ("reject", "drop"),
+        cfg.suppression.on_intake in SUPPRESSION_ACTIONS,
         "suppression.on_intake",
         f'expected "reject" or "drop", got {cfg.suppression.on_intake!r}',
     )
