@@ -18,12 +18,12 @@ from pathlib import Path
 from smtplb.api import create_app
 from smtplb.api.server import HttpServer
 from smtplb.balancing.eligibility import EXCLUDE, Eligibility
-from smtplb.clock import SystemClock
+from smtplb.clock import Clock, SystemClock
 from smtplb.config import Config
 from smtplb.delivery.bounces import DsnWriter
 from smtplb.delivery.dispatcher import Dispatcher
 from smtplb.delivery.mx import MxResolver
-from smtplb.delivery.pools import PausedMembers, build_pools, retry_schedule
+from smtplb.delivery.pools import PausedMembers, Warmup, build_pools, retry_schedule
 from smtplb.intake.auth import AuthThrottle, make_authenticator
 from smtplb.intake.pipeline import IntakePipeline
 from smtplb.intake.server import ConnectionCap
@@ -39,6 +39,13 @@ from smtplb.reputation.book import ReputationBook
 from smtplb.reputation.embedded import SqliteState
 from smtplb.reputation.feedback import FeedbackHandler
 from smtplb.reputation.suppression import BounceSuppressor
+from smtplb.reputation.warmup_gate import (
+    WarmupGate,
+    decision_record,
+    policy_of,
+    warming_members,
+)
+from smtplb.reputation.warmup_store import SqliteWarmupState
 from smtplb.service import Service
 from smtplb.spool.base import Spool
 from smtplb.spool.shards import shard_path
@@ -76,7 +83,12 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     clock = SystemClock()  # the one clock of delivery, members, health and AUTH throttling
     paused = PausedMembers(data_dir / "paused-members")
     book = ReputationBook(config.reputation, clock)
-    eligibility = Eligibility(exclude=(*EXCLUDE, book.skip_reason), share=book.share)
+    warmup = build_warmup(config, data_dir, clock, delivery_log)
+    eligibility = Eligibility(
+        exclude=(*EXCLUDE, book.skip_reason, warmup.gate),
+        share=book.share,
+        reservers=(warmup.gate,),
+    )
     pools = build_pools(config, {}, paused.load(), config.workers, clock, eligibility)
     resolver = MxResolver(config.static_routes)
     dispatcher = Dispatcher(
@@ -115,6 +127,9 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     suppressor = BounceSuppressor(state, clock)
     if config.suppression.hard_bounces:
         dispatcher.on_hard_bounce = suppressor
+    dispatcher.on_outcome = lambda member, job, replies: warmup.gate.record(
+        member.name, job.request, replies
+    )
 
     smtp = config.smtp
     users = {u.name: u.password_hash for u in smtp.users}
@@ -151,8 +166,25 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         book=book,
         eligibility=eligibility,
         feedback=FeedbackHandler(state, book, delivery_log, lambda q: service.message(q), clock),
+        warmup=warmup,
     )
     intake.feedback = service.feedback_handler
     if worker == 0:
         service.http = HttpServer(create_app(service), config.http.listen)
     return service
+
+
+def build_warmup(config: Config, data_dir: Path, clock: Clock, delivery_log: DeliveryLog) -> Warmup:
+    """The warm-up caps: counts in ``data_dir/warmup.sqlite``, shared by the workers;
+    each step decision is written to the delivery log."""
+    state = SqliteWarmupState(
+        data_dir / "warmup.sqlite", policy_of(config), warming_members(config)
+    )
+    pool_of = {m.name: p.name for p in config.pools for m in p.members}
+    gate = WarmupGate(
+        state,
+        clock,
+        lambda d: delivery_log.write(decision_record(d, pool_of.get(d.member))),
+        state.starts,
+    )
+    return Warmup(state, gate)

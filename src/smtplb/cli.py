@@ -27,7 +27,8 @@ from smtplb.config import Config, ConfigError, load_config, parse_hostport
 from smtplb.mailauth.commands import auth, dkim
 from smtplb.mailauth.keys import load_keyring
 from smtplb.observability.analyze import DIMENSIONS, Analyzer, render_table
-from smtplb.observability.log_reader import chronological, read_lines
+from smtplb.observability.log_reader import chronological, parse_line, read_lines
+from smtplb.observability.record import DeliveryRecord
 
 CONFIG_OPTION = click.option(
     "-c",
@@ -424,6 +425,17 @@ def members_list(
                 f"hard {p['hard_bounce_rate']:.1%}  policy {p['policy_block_rate']:.1%}  "
                 f"complaints {p['complaint_rate']:.2%}  {p.get('reason', '')}"
             )
+        warmup = m.get("warmup") or {}
+        if warmup:
+            click.echo(
+                f"{'':<16}warm-up: " + "; ".join(_warmup_cell(p, w) for p, w in warmup.items())
+            )
+
+
+def _warmup_cell(provider: str, w: dict[str, Any]) -> str:
+    if w["cap"] is None:
+        return f"{provider} warm"
+    return f"{provider} day {w['day']} {w['sent']}/{w['cap']}"
 
 
 @members.command("pause")
@@ -556,6 +568,95 @@ def drain(off: bool, api_url: str | None, api_key: str | None, config_path: Path
     """Stop intake (SMTP 421, /readyz 503) while queued mail keeps going; --off undoes it."""
     _api(api_url, api_key, config_path).call("DELETE" if off else "POST", "/api/v1/drain")
     click.echo("taking mail again" if off else "draining: intake refused, queued mail delivered")
+
+
+@main.group()
+def warmup() -> None:
+    """IP warm-up: projected caps, and a replay of a delivery log against the schedule."""
+
+
+@warmup.command("plan")
+@click.argument("member")
+@click.option("--provider", default=None, help="One provider (default: those with progress).")
+@click.option("--days", type=int, default=None, help="Days to show (default: until warm).")
+@CONFIG_OPTION
+def warmup_plan(
+    member: str, provider: str | None, days: int | None, config_path: Path | None
+) -> None:
+    """Projected caps of MEMBER by date, from its progress in data_dir, while rates stay clean."""
+    from smtplb.reputation.warmup import day_index, plan
+    from smtplb.reputation.warmup_gate import calendar_date, policy_of, warming_members
+    from smtplb.reputation.warmup_store import SqliteWarmupState
+
+    config = _config(config_path)
+    starts = warming_members(config)
+    if member not in starts:
+        names = ", ".join(sorted(starts)) or "none"
+        click.echo(
+            f"smtplb warmup plan: {member!r} has no warmup = true (warming: {names})", err=True
+        )
+        sys.exit(1)
+    policy = policy_of(config)
+    path = Path(config.data_dir) / "warmup.sqlite"
+    now = time.time()
+    # No counts yet (never run): plan from day 1 (or warmup_start), creating nothing.
+    state = SqliteWarmupState(path if path.exists() else ":memory:", policy, starts)
+    try:
+        providers = [provider] if provider else state.providers(member) or ["other"]
+        for p in providers:
+            status = state.status(member, p, now)
+            click.echo(f"{member} × {p}: today day {status.day}, sent {status.sent}")
+            click.echo(f"  {'DATE':<12}{'DAY':>5}{'CAP':>9}{'PER HOUR':>10}")
+            for day, n, cap in plan(policy, status.day - 1, day_index(now), days):
+                per_hour = "-" if cap is None else str(policy.hourly_cap(cap))
+                click.echo(
+                    f"  {calendar_date(day):<12}{n:>5}{'warm' if cap is None else cap:>9}"
+                    f"{per_hour:>10}"
+                )
+    finally:
+        state.close()
+
+
+@warmup.command("simulate")
+@click.option("--log", "log_path", required=True, type=click.Path(path_type=Path))
+@click.option("--member", "members", multiple=True, help="Only these members (repeatable).")
+@CONFIG_OPTION
+def warmup_simulate(log_path: Path, members: tuple[str, ...], config_path: Path | None) -> None:
+    """Replay a delivery log as if each member had started warm-up at its first
+    message: what the schedule would have let through, held back (overflowed
+    to a warmed member or waited), and the day reached."""
+    from smtplb.reputation.warmup import provider_of, simulate
+    from smtplb.reputation.warmup_gate import policy_of
+
+    config = _config(config_path)
+    if not log_path.is_file():
+        click.echo(f"smtplb warmup simulate: {log_path}: no such file", err=True)
+        sys.exit(1)
+    events = []
+    with log_path.open("rb") as stream:
+        for line in read_lines(stream):
+            parsed = parse_line(line)[1]
+            if (
+                isinstance(parsed, DeliveryRecord)
+                and parsed.event in ("delivered", "deferred", "bounced")
+                and parsed.member
+                and parsed.code
+            ):
+                provider = provider_of(parsed.recipient_domain or "", parsed.provider or "")
+                events.append(
+                    (parsed.ts, parsed.member, provider, parsed.event, parsed.code,
+                     parsed.enhanced_code or "")
+                )  # fmt: skip
+    result = simulate(events, policy_of(config), members or None)
+    click.echo(f"{len(events):,} attempts replayed from {log_path}")
+    click.echo(f"{'MEMBER':<16}{'PROVIDER':<12}{'SENT':>8}{'HELD':>8}{'DAY':>6}")
+    for key in sorted(set(result.sent) | set(result.held)):
+        click.echo(
+            f"{key[0]:<16}{key[1]:<12}{result.sent.get(key, 0):>8}{result.held.get(key, 0):>8}"
+            f"{result.days.get(key, 1):>6}"
+        )
+    for d in result.decisions:
+        click.echo(f"  {d.event:<20} {d.member} {d.text()}")
 
 
 @main.group()

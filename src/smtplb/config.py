@@ -14,6 +14,7 @@ import ipaddress
 import re
 import socket
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,12 @@ MAX_MESSAGE_SIZE = Size(2 * 1024**3)
 # table by itself once its struct field exists; delete the entry with the feature.
 PLANNED = {
     "providers": "SPEC §3.4 [[providers]]: no per-provider limits or reply rules",
-    "warmup": "SPEC §3.4 [warmup]: no warm-up schedule",
     "experiments": "SPEC §3.4 [[experiments]]: no A/B experiments",
     "cluster.node": "SPEC §3.4 [cluster] node: no cluster",
-    "pools[].members[].warmup_start": "SPEC §3.4 warm-up: members send at full rate",
 }
 # Keys that parse but whose feature does nothing yet: a warning when set (true or a
 # value). Delete the entry when the feature is built.
 INERT = {
-    "pools[].members[].warmup": "warm-up is not built: the member sends at full rate",
     "cluster.redis": "clustering is not built: state stays on this node, caps are per node",
 }
 COMPLIANCE_MODES = ("off", "warn", "reject")
@@ -134,6 +132,7 @@ class MemberConfig(_Struct):
     username: str | None = None
     password: str | None = None
     warmup: bool = False
+    warmup_start: str | None = None  # "YYYY-MM-DD"; default: the first message sent
     check_target: str | None = None  # egress: host:port to probe from source_ip
 
     @property
@@ -219,6 +218,24 @@ class WebhookConfig(_Struct):
         return f"WebhookConfig({self.url!r}, events={self.events})"
 
 
+class WarmupConfig(_Struct):
+    # Messages per day per provider, day 1 first; empty: the built-in ×1.4 a day
+    # from 50 up to 100 000 (smtplb.reputation.warmup.DEFAULT_SCHEDULE).
+    schedule: list[int] = msgspec.field(default_factory=list)
+    max_hourly_share: float = 0.2
+    # The closed loop: a day's rate at or over *_hold keeps the step, at or
+    # over *_step_back moves one step back (defaults: the reputation thresholds).
+    deferral_hold: float = 0.02
+    deferral_step_back: float = 0.10
+    policy_block_hold: float = 0.01
+    policy_block_step_back: float = 0.05
+    bounce_hold: float = 0.05
+    bounce_step_back: float = 0.10
+    complaint_hold: float = 0.001
+    complaint_step_back: float = 0.003
+    idle_restart: Duration = Duration(30 * 86400)
+
+
 class ClusterConfig(_Struct):
     redis: str | None = None
 
@@ -274,6 +291,7 @@ class Config(_Struct):
     static_routes: dict[str, str] = msgspec.field(default_factory=dict)
     webhooks: list[WebhookConfig] = msgspec.field(default_factory=list)
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
+    warmup: WarmupConfig = msgspec.field(default_factory=WarmupConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     dkim: list[DkimConfig] = msgspec.field(default_factory=list)
     compliance: ComplianceConfig = msgspec.field(default_factory=ComplianceConfig)
@@ -488,6 +506,20 @@ def _validate(cfg: Config) -> list[str]:
         "log.level",
         "expected one of debug, info, warning, error",
     )
+    w = cfg.warmup
+    check(
+        all(c >= 1 for c in w.schedule),
+        "warmup.schedule",
+        "expected caps of at least 1 message a day, day 1 first (or leave it out)",
+    )
+    check(0 < w.max_hourly_share <= 1, "warmup.max_hourly_share", "expected a share in (0, 1]")
+    for kind in ("deferral", "policy_block", "bounce", "complaint"):
+        hold, back = getattr(w, f"{kind}_hold"), getattr(w, f"{kind}_step_back")
+        check(
+            0 < hold <= back <= 1,
+            f"warmup.{kind}_hold",
+            f"expected 0 < {kind}_hold <= {kind}_step_back <= 1, got {hold} and {back}",
+        )
     problems.extend(_validate_mail_auth(cfg))
     problems.extend(_validate_reputation(cfg))
     return problems
@@ -593,6 +625,13 @@ def _validate_member(member: MemberConfig, at: str, seen: set[str]) -> list[str]
         problems.append(
             f"{at}.tls: unknown mode {member.tls!r} (expected one of {', '.join(TLS_MODES)})"
         )
+    if member.warmup_start is not None:
+        try:
+            date.fromisoformat(member.warmup_start)
+        except ValueError:
+            problems.append(
+                f"{at}.warmup_start: expected a date YYYY-MM-DD, got {member.warmup_start!r}"
+            )
     if (member.username is None) != (member.password is None):
         problems.append(f"{at}.username: username and password go together")
     return problems

@@ -8,7 +8,9 @@ on a blocklist): those recipients go at once to the other members, and after
 20 attempts ``slow`` is quarantined; the block is lifted, and after the
 cool-down it comes back on probation. A third of the way in ``steady`` dies;
 at two thirds it comes back. Hard bounces (``nobody@``) put the address on
-the suppression list, so later mail to it is refused at RCPT. At the end
+the suppression list, so later mail to it is refused at RCPT. ``fresh`` is a
+new IP in warm-up (a day-1 cap of 20 messages per provider): once it reaches
+its cap the excess overflows to the other members. At the end
 every message sent is accounted for: delivered, bounced, or still queued for
 retry.
 """
@@ -75,6 +77,7 @@ def _profiles() -> dict[str, SinkProfile]:
             seed=2,
         ),
         "slow": SinkProfile(rules={"*": DomainRule(latency=0.25)}, seed=3),
+        "fresh": SinkProfile(seed=4),  # behind a member in warm-up
     }
 
 
@@ -138,12 +141,18 @@ async def run_demo(duration: float, rate: float, http_port: int, smtp_port: int)
                 "quarantine": f"{max(3, int(duration / 5))}s",
                 "probation": 20,
             },
+            "warmup": {"schedule": [20, 40, 80], "max_hourly_share": 1.0},
             "pools": [
                 {
                     "name": "demo",
                     "strategy": "latency",
                     "members": [
-                        {"name": name, "relay": f"127.0.0.1:{sink.port}", "max_connections": 5}
+                        {
+                            "name": name,
+                            "relay": f"127.0.0.1:{sink.port}",
+                            "max_connections": 5,
+                            "warmup": name == "fresh",
+                        }
                         for name, sink in sinks.items()
                     ],
                 }
@@ -154,7 +163,10 @@ async def run_demo(duration: float, rate: float, http_port: int, smtp_port: int)
     await service.start()
     url = f"http://127.0.0.1:{service.http_port}/"
     click.echo(f"smtplb demo: dashboard at {url}  (SMTP on 127.0.0.1:{smtp_port})")
-    click.echo(f"  upstreams: steady, flaky (15% 421 4.7.28), slow (+250 ms); {rate:g} msg/s")
+    click.echo(
+        "  upstreams: steady, flaky (15% 421 4.7.28), slow (+250 ms),"
+        f" fresh (a new IP in warm-up, 20 a day per provider); {rate:g} msg/s"
+    )
     traffic = Traffic()
     service.delivery_log.listeners.append(traffic.on_record)
     rng = random.Random(7)
@@ -262,6 +274,12 @@ async def _summary(service: Service, traffic: Traffic) -> int:
             f"  bounced {c.bounced:>3}  connection failures {c.failures:>3}"
             f"  reputation {service.book.view(m.name)['state']}"
         )
+    for m in service.members():
+        for provider, w in service.warmup.gate.views(m.name).items():
+            click.echo(
+                f"    {m.name:<8} warm-up {provider}: day {w['day']}, {w['sent']} of {w['cap']}"
+                " today; the rest overflowed to warmed members"
+            )
     total = delivered + bounced + expired + still_queued
     ok = total == traffic.sent == len(traffic.fate)
     click.echo(

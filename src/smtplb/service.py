@@ -34,6 +34,7 @@ from smtplb.delivery.mx import MxResolver
 from smtplb.delivery.pools import (
     PausedMembers,
     PoolRuntime,
+    Warmup,
     all_members,
     build_pools,
     retry_schedule,
@@ -97,6 +98,7 @@ class Service:
         book: ReputationBook,
         eligibility: Eligibility,
         feedback: FeedbackHandler,
+        warmup: Warmup,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -126,6 +128,7 @@ class Service:
         self.book = book  # reputation per member and member × provider
         self.eligibility = eligibility  # every pool's filters (reputation among them)
         self.feedback_handler = feedback
+        self.warmup = warmup
         self.http: HttpServer | None = None  # set by smtplb.app on worker 0
         self.listeners: list[Listener] = []
         self.started_at = time.time()
@@ -178,6 +181,8 @@ class Service:
                 member.weight,
             )
             self.metrics.set_reputation(member.name, self.book.view(member.name))
+            for provider, w in self.warmup.gate.views(member.name).items():
+                self.metrics.set_warmup(member.pool, member.name, provider, w["cap"], w["sent"])
         self.metrics.set_queue(await self.spool.stats(), await self.spool.oldest_age(time.time()))
         # (with several workers each reports its own shard; worker 0's /metrics adds them up)
         self.metrics.set_waiting((p.name, p.waiting()) for p in self.pools.values())
@@ -192,7 +197,12 @@ class Service:
 
     def _own_member_views(self) -> list[dict[str, Any]]:
         return [
-            {**m.snapshot(), **self.live.member_rates(m.name), "reputation": self.book.view(m.name)}
+            {
+                **m.snapshot(),
+                **self.live.member_rates(m.name),
+                "reputation": self.book.view(m.name),
+                "warmup": self.warmup.gate.views(m.name),
+            }
             for m in self.members()
         ]
 
@@ -452,6 +462,7 @@ class Service:
         self.intake.reconfigure(new)
         self.intake.signer.keyring = keyring
         self.pools.clear()
+        self.warmup.reconfigure(new)
         self.pools.update(
             build_pools(
                 new,
@@ -498,6 +509,7 @@ class Service:
         await self._save_book()
         await self.spool.close()
         self.reputation_state.close()
+        self.warmup.state.close()
         self.delivery_log.close()
 
     async def run_forever(self) -> None:

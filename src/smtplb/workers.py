@@ -37,6 +37,9 @@ _MAX_GAUGES = {
     "smtplb_member_health",
     "smtplb_member_effective_weight",
     "smtplb_queue_oldest_age_seconds",
+    # read from the counts the workers share: each reports the node's value
+    "smtplb_warmup_cap",
+    "smtplb_warmup_sent",
 }
 
 

@@ -35,3 +35,6 @@ def test_demo_runs_unattended_and_accounts_for_every_message() -> None:
     assert match and match.group(1) == match.group(2) and int(match.group(2)) > 200, out
     for member in ("steady", "flaky", "slow"):
         assert re.search(rf"{member}\s+\w+\s+delivered\s+[1-9]", out), out
+    # The member in warm-up reached its day-1 cap; the excess overflowed.
+    assert re.search(r"fresh\s+warm-up other: day 1, 20 of 20 today", out), out
+    assert re.search(r"fresh\s+\w+\s+delivered\s+20\s", out), out

@@ -233,10 +233,8 @@ def test_unknown_top_level_key_names_the_key() -> None:
     "data",
     [
         {"providers": [{"name": "gmail"}]},
-        {"warmup": {"schedule": [50, 70]}},
         {"experiments": [{"name": "e", "pool": "default"}]},
         {"cluster": {"node": "node-a"}},
-        {"pools": [pool(warmup_start="2026-11-01")]},
     ],
 )
 def test_spec_keys_not_built_yet_are_accepted_with_a_warning(data: dict[str, object]) -> None:
@@ -244,12 +242,7 @@ def test_spec_keys_not_built_yet_are_accepted_with_a_warning(data: dict[str, obj
     parse_config(data, warnings)
     assert len(warnings) == 1
     key = warnings[0].partition(":")[0]
-    assert key in {"dns", "providers", "warmup", "dkim"} | {
-        "compliance",
-        "experiments",
-        "cluster.node",
-        "pools[0].members[0].warmup_start",
-    }
+    assert key in {"providers", "experiments", "cluster.node"}
     assert "not implemented yet, ignored" in warnings[0]
 
 
@@ -268,14 +261,33 @@ def test_inert_keys_warn_when_set() -> None:
         {"cluster": {"redis": "redis://127.0.0.1:6379/0"}, "pools": [pool(warmup=True)]},
         warnings,
     )
-    assert [w.partition(":")[0] for w in warnings] == [
-        "cluster.redis",
-        "pools[0].members[0].warmup",
-    ]
+    assert [w.partition(":")[0] for w in warnings] == ["cluster.redis"]
     assert all("not implemented yet, has no effect" in w for w in warnings)
+
+
+def test_warmup_keys_are_built_and_checked() -> None:
     quiet: list[str] = []
-    parse_config({"pools": [pool(warmup=False)]}, quiet)
-    assert quiet == []
+    cfg = parse_config(
+        {
+            "warmup": {"schedule": [50, 70], "max_hourly_share": 0.5},
+            "pools": [pool(warmup=True, warmup_start="2026-11-01")],
+        },
+        quiet,
+    )
+    assert quiet == [] and cfg.warmup.schedule == [50, 70]
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            {
+                "warmup": {"schedule": [50, 0], "deferral_hold": 0.5, "deferral_step_back": 0.1},
+                "pools": [pool(warmup=True, warmup_start="1 Nov")],
+            }
+        )
+    assert err.value.problems == [
+        "pools[0].members[0].warmup_start: expected a date YYYY-MM-DD, got '1 Nov'",
+        "warmup.schedule: expected caps of at least 1 message a day, day 1 first (or leave it out)",
+        "warmup.deferral_hold: expected 0 < deferral_hold <= deferral_step_back <= 1,"
+        " got 0.5 and 0.1",
+    ]
 
 
 def test_warnings_are_given_even_when_there_are_problems() -> None:

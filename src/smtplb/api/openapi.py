@@ -113,6 +113,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         latency_p50_ms=_NUM_OR_NULL,
         latency_p95_ms=_NUM_OR_NULL,
         reputation=_ref("Reputation"),
+        warmup={
+            "type": "object",
+            "description": "Warm-up per provider (empty: not in warm-up); cap null: warm",
+            "additionalProperties": _obj(
+                ["day", "cap", "sent"], day=_INT, cap={"type": ["integer", "null"]}, sent=_INT
+            ),
+        },
     ),
     "Reputation": {
         **_obj(

@@ -20,6 +20,12 @@ There are two kinds of filter:
   a key on its member (hash, failover) may choose it, and the job then waits
   in its lane for that member.
 
+A limit that counts (the warm-up cap) also *reserves* its share once the
+strategy has chosen: a :class:`Reserver` takes the message atomically in state
+shared by the node's workers, and when it cannot (another worker took the last
+slot meanwhile) the member is excluded for this pick with that reason and the
+strategy chooses again. A reservation whose attempt does not happen is released.
+
 A new limit is one more function in one of these tuples (or an object with
 ``__call__``, when it reads shared state such as reputation); the dispatcher
 does not change. Filters take the member as a :class:`MemberView`, a read-only
@@ -73,6 +79,22 @@ SkipReason = Callable[[MemberView, PickRequest, float], "str | None"]
 # The share of its weight a member keeps for this job (reputation: throttled,
 # probation), from 0 to 1; a strategy sees weight × ramp × share.
 Share = Callable[[MemberView, PickRequest, float], float]
+
+
+class Reserver(Protocol):
+    """A limit that takes its share of a job at pick time (see the module doc)."""
+
+    def reserve(self, member: MemberView, request: PickRequest, n: int, now: float) -> str | None:
+        """Take ``n`` messages for ``member``; None: taken, else why not."""
+        ...
+
+    def release(self, member: MemberView, request: PickRequest, n: int, now: float) -> None:
+        """Give back a reservation whose attempt did not happen."""
+        ...
+
+    def frees_at(self, member: MemberView, request: PickRequest, reason: str) -> float | None:
+        """If ``reason`` is this limit's for ``member``: when it frees (wall time)."""
+        ...
 
 
 # -- the filters ---------------------------------------------------------------------
@@ -145,6 +167,11 @@ class Selection(Generic[M]):
     # could start the job now.
     verdicts: list[tuple[str, str | None]] = field(default_factory=list)
 
+    def refuse(self, name: str, reason: str) -> None:
+        """``name`` may not be chosen after all (a reservation failed): ``reason``."""
+        self.candidates = [c for c in self.candidates if c.name != name]
+        self.verdicts = [(n, reason if n == name else r) for n, r in self.verdicts]
+
     def reasons(self, chosen: M | None = None) -> tuple[tuple[str, str | None], ...]:
         """Every member but ``chosen`` with why it was not chosen, for the trace;
         None: it could have taken the job, the strategy preferred another."""
@@ -161,10 +188,48 @@ class Eligibility:
         exclude: Sequence[SkipReason] = EXCLUDE,
         wait: Sequence[SkipReason] = WAIT,
         share: Share | None = None,
+        reservers: Sequence[Reserver] = (),
     ) -> None:
         self.exclude = tuple(exclude)
         self.wait = tuple(wait)
         self.share = share
+        self.reservers = tuple(reservers)
+
+    def reserve(self, member: MemberView, request: PickRequest, n: int, now: float) -> str | None:
+        """Every reserver's share of ``n`` messages for ``member``, all or none:
+        None when taken, else the first reason (what was taken is released)."""
+        for i, r in enumerate(self.reservers):
+            reason = r.reserve(member, request, n, now)
+            if reason is not None:
+                for taken in self.reservers[:i]:
+                    taken.release(member, request, n, now)
+                return reason
+        return None
+
+    def release(self, member: MemberView, request: PickRequest, n: int, now: float) -> None:
+        for r in self.reservers:
+            r.release(member, request, n, now)
+
+    def frees_at(
+        self, members: Iterable[M], selection: Selection[M], request: PickRequest, now: float
+    ) -> float | None:
+        """With every member excluded by a reserver's limit that frees at a known
+        time, the earliest of those times; None when any member waits for
+        something else (paused, down…), whose end nobody knows."""
+        verdicts = dict(selection.verdicts)
+        earliest: float | None = None
+        for m in members:
+            reason = verdicts.get(m.name)
+            if reason is None:
+                return None
+            at = next(
+                (t for r in self.reservers if (t := r.frees_at(m, request, reason)) is not None),
+                None,
+            )
+            if at is None:
+                return None
+            earliest = at if earliest is None else min(earliest, at)
+        return earliest
 
     def excluded(self, member: MemberView, request: PickRequest, now: float) -> str | None:
         """The first ``EXCLUDE`` reason for ``member``; None: it may be chosen."""

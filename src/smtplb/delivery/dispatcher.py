@@ -103,6 +103,8 @@ class Dispatcher:
         self.on_hard_bounce: Callable[[str, str], None] | None = None
         # Outcomes per member × provider, thresholds, quarantine (set by app.py).
         self.reputation: ReputationBook | None = None
+        # The replies of each attempt, by member (the warm-up loop's rates; set by app.py).
+        self.on_outcome: Callable[[Member, Job, Sequence[Reply]], None] | None = None
         self.held = 0  # recipients in memory: in lanes or being delivered
         # True while the spool may hold due work that is not in memory (intake
         # overflowed to disk, or the last claim came back full): then freed room
@@ -164,7 +166,8 @@ class Dispatcher:
                 if choice.member is None:
                     reply = no_member_reply(choice.selection)
                     self.traces.add(job.message.queue_id, "deferred", pool.name, reply.text)
-                    self._defer(job, reply)
+                    # A cap that frees at a known time (warm-up): no retry before then.
+                    self._defer(job, reply, pool.frees_at(job, choice.selection, now))
                     continue
                 self.traces.add(
                     job.message.queue_id,
@@ -211,6 +214,8 @@ class Dispatcher:
             tr = delivered.result
             replies = transaction_outcomes(tr.mail, tr.rcpts, tr.data)
             states = self._settle(job, member, replies, delivered.upstream, delivered.latency)
+            if self.on_outcome is not None:
+                self.on_outcome(member, job, replies)
             accepted = tr.data is not None and tr.data.is_positive
             result = AttemptResult(states, True, None, delivered.latency, accepted)
         finally:
@@ -221,6 +226,8 @@ class Dispatcher:
         now = self.clock.monotonic()
         pool = self.pools.get(job.pool)
         if pool is not None:
+            if not result.answered:  # nothing sent: give back what the pick reserved
+                pool.release(member, job, now)
             transition = pool.record(member, result, now, self.max_ejection_percent)
         else:  # the pool was removed by a reload meanwhile
             transition = member.record(result, now)
@@ -250,8 +257,10 @@ class Dispatcher:
         replies: Sequence[Reply],
         upstream: str = "",
         latency: float = 0.0,
+        not_before: float | None = None,
     ) -> list[RecipientState]:
-        """Each recipient's fate from its reply; ``member`` None: no member was tried.
+        """Each recipient's fate from its reply; ``member`` None: no member was tried;
+        ``not_before``: a deferred recipient's next attempt is no earlier (wall time).
         Returns the recipients' new states, in order."""
         now = self.clock.wall()
         states: list[RecipientState] = []
@@ -275,6 +284,8 @@ class Dispatcher:
             state, next_attempt = next_state(
                 reply, attempt, now, job.message.expires_at, self.schedule, self._rng
             )
+            if not_before is not None and state is RecipientState.DEFERRED:
+                next_attempt = max(next_attempt, min(not_before, job.message.expires_at))
             states.append(state)
             results.append(
                 RecipientResult(
@@ -319,11 +330,12 @@ class Dispatcher:
         self._notify(job.message, expired, expired=True)
         return states
 
-    def _defer(self, job: Job, reply: Reply) -> None:
-        """No member took the job: every recipient waits (or expires) with ``reply``.
+    def _defer(self, job: Job, reply: Reply, not_before: float | None = None) -> None:
+        """No member took the job: every recipient waits (or expires) with ``reply``,
+        until ``not_before`` at least (wall time) when given.
 
         Waiting for a member is not the recipient's failure: no attempt is counted."""
-        self._settle(job, None, [reply] * len(job.recipients))
+        self._settle(job, None, [reply] * len(job.recipients), not_before=not_before)
 
     # -- results, DSNs, logs -------------------------------------------------------
 

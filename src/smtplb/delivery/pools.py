@@ -30,6 +30,8 @@ from smtplb.delivery.connection import ConnectionSettings
 from smtplb.delivery.member import AttemptResult, Member
 from smtplb.delivery.outcome import RetrySchedule
 from smtplb.model import domain_of
+from smtplb.reputation.warmup_gate import WarmupGate, policy_of, warming_members
+from smtplb.reputation.warmup_store import SqliteWarmupState
 from smtplb.smtp.reply import Reply
 from smtplb.spool.base import ClaimedMessage, ClaimedRecipient
 
@@ -98,12 +100,26 @@ class PoolRuntime:
     def choose(self, job: Job, now: float) -> Choice:
         """Eligible members for ``job`` at ``now``, then the strategy's pick among them."""
         selection = self.eligibility.select(self.members, job.request, now)
-        chosen: Eligible[Member] | None = None
-        if selection.candidates:
-            chosen = self.strategy.pick(selection.candidates, job.request)
-        if chosen is None or chosen.full:
-            return Choice(None, selection)
-        return Choice(chosen.member, selection)
+        while True:
+            chosen: Eligible[Member] | None = None
+            if selection.candidates:
+                chosen = self.strategy.pick(selection.candidates, job.request)
+            if chosen is None or chosen.full:
+                return Choice(None, selection)
+            n = len(job.recipients)
+            refused = self.eligibility.reserve(chosen.member, job.request, n, now)
+            if refused is None:
+                return Choice(chosen.member, selection)
+            selection.refuse(chosen.name, refused)  # e.g. another worker took the last slot
+
+    def frees_at(self, job: Job, selection: Selection[Member], now: float) -> float | None:
+        """When every member was excluded by a cap that frees at a known time (the
+        warm-up day or hour): the earliest such time (wall clock); else None."""
+        return self.eligibility.frees_at(self.members, selection, job.request, now)
+
+    def release(self, member: Member, job: Job, now: float) -> None:
+        """``member`` was chosen for ``job`` but sent nothing: give back its reservations."""
+        self.eligibility.release(member, job.request, len(job.recipients), now)
 
     def any_available(self, now: float) -> bool:
         """Could any member take a job (not counting busy connections)?"""
@@ -164,6 +180,24 @@ class PausedMembers:
 
     def __repr__(self) -> str:
         return f"PausedMembers({sorted(self.load())})"
+
+
+@dataclass(slots=True)
+class Warmup:
+    """The warm-up caps of a node: shared counts, and the gate every pool's
+    eligibility filters include (as an EXCLUDE filter and a reserver, app.py)."""
+
+    state: SqliteWarmupState
+    gate: WarmupGate
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: the schedule, thresholds and warming members may change."""
+        self.state.policy = policy_of(config)
+        self.state.starts = warming_members(config)
+        self.gate.members = set(self.state.starts)
+
+    def __repr__(self) -> str:
+        return f"Warmup({self.gate!r})"
 
 
 def retry_schedule(config: Config) -> RetrySchedule:

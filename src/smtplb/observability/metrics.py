@@ -7,6 +7,7 @@ time. Every name is prefixed ``smtplb_``; labels are ``pool`` and ``member``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -119,6 +120,19 @@ class Metrics:
             "smtplb_complaints", "Complaints received (ARF or JSON)", ["member"], registry=r
         )
 
+        self.warmup_cap = Gauge(
+            "smtplb_warmup_cap",
+            "Warm-up cap of the day per member and provider (absent: warm)",
+            ["pool", "member", "provider"],
+            registry=r,
+        )
+        self.warmup_sent = Gauge(
+            "smtplb_warmup_sent",
+            "Messages taken today under the warm-up cap per member and provider",
+            ["pool", "member", "provider"],
+            registry=r,
+        )
+
     def on_record(self, record: DeliveryRecord) -> None:
         event = record.event
         pool = record.pool or ""
@@ -163,6 +177,14 @@ class Metrics:
                 rate = p.get(f"{kind}_rate")
                 if rate is not None:
                     self.reputation_rate.labels(member, provider, kind).set(rate)
+
+    def set_warmup(self, pool: str, member: str, provider: str, cap: int | None, sent: int) -> None:
+        if cap is None:
+            with contextlib.suppress(KeyError):
+                self.warmup_cap.remove(pool, member, provider)
+        else:
+            self.warmup_cap.labels(pool, member, provider).set(cap)
+        self.warmup_sent.labels(pool, member, provider).set(sent)
 
     def set_queue(self, depth: dict[str, int], ages: dict[str, float]) -> None:
         for state, count in depth.items():

@@ -4,7 +4,8 @@ A :class:`DeliveryRecord` is one event about one recipient (``received``,
 ``delivered``, ``deferred``, ``bounced``, ``expired``, ``failover``,
 ``suppressed``, ``complaint``) or about one member (``member_up``,
 ``member_down``, ``member_ejected``, ``member_paused``, ``member_resumed``,
-``quarantined``, ``suspended``). Intake and delivery build it, the
+``quarantined``, ``suspended``, ``warmup_advanced``, ``warmup_held``,
+``warmup_stepped_back``). Intake and delivery build it, the
 :class:`~smtplb.observability.delivery_log.DeliveryLog` stamps ``ts`` and
 encodes it, the listeners (metrics, live view, webhooks) read its attributes,
 and ``logs analyze`` decodes log lines back into it.
@@ -41,6 +42,9 @@ MEMBER_EVENTS = (
     "probation",
     "reputation_ok",
     "suspended",
+    "warmup_advanced",  # warm-up step decisions, per member × provider (response: the rates)
+    "warmup_held",
+    "warmup_stepped_back",
 )
 EVENTS = RECIPIENT_EVENTS + MEMBER_EVENTS
 

@@ -213,7 +213,7 @@
     const cells = COLUMNS.map(([field, , cls]) => el("td", { "data-field": field, ...(cls ? { class: cls } : {}) }));
     const row = el("tr", { "data-member": m.name }, ...cells);
     $('[data-field="member"]', row).append(
-      el("div", { class: "m-name" }, m.name), el("div", { class: "m-sub" }));
+      el("div", { class: "m-name" }, m.name), el("div", { class: "m-sub" }), el("div", { class: "m-warmup" }));
     $('[data-field="health"]', row).append(el("span", { class: "pill" }));
     $('[data-field="reputation"]', row).append(
       el("span", { class: "rep-pill" }), el("div", { class: "rep-providers" }));
@@ -226,6 +226,7 @@
     const cell = (f) => $(`[data-field="${f}"]`, row);
     setAttr(row, "data-health", m.health);
     setText($(".m-sub", row), `${m.kind} · ${m.target ?? "—"}`);
+    updateWarmup($(".m-warmup", row), m.warmup ?? {});
     const pill = $(".pill", cell("health"));
     setAttr(pill, "data-health", m.health);
     setText(pill, label(m.health));
@@ -265,6 +266,26 @@
       setText(c, text);
       c.classList.toggle("zero", !value);
     }
+  }
+
+  // Warm-up: one progress bar per provider, today's messages against today's cap.
+  function updateWarmup(box, warmup) {
+    const seen = new Set();
+    for (const [provider, w] of Object.entries(warmup)) {
+      seen.add(provider);
+      let line = [...box.children].find((c) => c.dataset.provider === provider);
+      if (!line) {
+        box.append(line = el("div", { class: "wu", "data-provider": provider },
+          el("span", { class: "wu-text" }), el("div", { class: "bar" }, el("span"))));
+      }
+      const warm = w.cap === null || w.cap === undefined;
+      const share = warm ? 1 : Math.min(1, w.sent / Math.max(1, w.cap));
+      setAttr(line, "data-value", warm ? "warm" : `${w.sent}/${w.cap}`);
+      setAttr(line, "data-load", warm ? "warm" : share >= 1 ? "full" : share >= 0.8 ? "high" : "ok");
+      setText($(".wu-text", line), warm ? `${provider} · warm` : `${provider} · day ${w.day} · ${fmtNum(w.sent)} / ${fmtNum(w.cap)}`);
+      $(".bar > span", line).style.width = `${share * 100}%`;
+    }
+    [...box.children].forEach((c) => seen.has(c.dataset.provider) || c.remove());
   }
 
   function renderPools(pools) {
