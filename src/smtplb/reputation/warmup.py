@@ -28,6 +28,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from smtplb.reputation.book import provider_of as book_provider_of
+
 DAY = 86400.0
 HOUR = 3600.0
 OTHER = "other"
@@ -54,29 +56,12 @@ def hour_index(ts: float) -> int:
     return int(ts // HOUR)
 
 
-# A stand-in until provider recognition (routing/providers.py) fills
-# PickRequest.provider: the large providers' best-known domains.
-_DOMAINS = {
-    "gmail.com": "gmail",
-    "googlemail.com": "gmail",
-    "yahoo.com": "yahoo",
-    "ymail.com": "yahoo",
-    "aol.com": "yahoo",
-    "outlook.com": "outlook",
-    "hotmail.com": "outlook",
-    "live.com": "outlook",
-    "msn.com": "outlook",
-    "icloud.com": "icloud",
-    "me.com": "icloud",
-}
-
-
 def provider_of(domain: str, known: str = "") -> str:
     """The warm-up bucket of a recipient domain: the recognised provider
-    (``known``) when there is one, else by domain, else ``other``."""
-    if known:
-        return known
-    return _DOMAINS.get(domain.lower().rstrip("."), OTHER)
+    (``known``) when there is one, else reputation's stand-in by domain name
+    (:func:`smtplb.reputation.book.provider_of`, ``other`` when unknown): one
+    table for reputation and warm-up until recognition by MX lands."""
+    return known or book_provider_of(domain.rstrip("."))
 
 
 @dataclass(frozen=True, slots=True)
