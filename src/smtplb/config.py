@@ -20,6 +20,17 @@ from typing import Any
 
 import msgspec
 
+from smtplb.config_sections import (
+    ClusterConfig,
+    ComplianceConfig,
+    DkimConfig,
+    DnsConfig,
+    ReputationConfig,
+    Section,
+    SuppressionConfig,
+    WarmupConfig,
+    validate_reputation,
+)
 from smtplb.config_shape import Rules, check_shape, key_name, related
 from smtplb.units import Duration, Size
 
@@ -38,7 +49,6 @@ ROUTE_MATCH_KEYS = (
     "header",
     "class",
 )
-SUPPRESSION_ACTIONS = ("reject", "drop")
 MAX_MESSAGE_SIZE = Size(2 * 1024**3)
 
 # Keys SPEC §3.4 names for features that are not built yet: accepted with a warning
@@ -68,16 +78,12 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-class _Struct(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class UserConfig(_Struct):
+class UserConfig(Section):
     name: str
     password_hash: str
 
 
-class SmtpConfig(_Struct):
+class SmtpConfig(Section):
     listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:2525"])
     relay_networks: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     max_message_size: Size = Size(25_000_000)
@@ -109,7 +115,7 @@ class SmtpConfig(_Struct):
         return max(self.max_message_size, -(-total // workers))
 
 
-class HttpConfig(_Struct):
+class HttpConfig(Section):
     listen: str = "127.0.0.1:8025"
     api_keys: list[str] = msgspec.field(default_factory=list)
     public_read: bool = True
@@ -118,7 +124,7 @@ class HttpConfig(_Struct):
     allowed_hosts: list[str] = msgspec.field(default_factory=list)
 
 
-class MemberConfig(_Struct):
+class MemberConfig(Section):
     name: str
     relay: str | None = None
     source_ip: str | None = None
@@ -144,7 +150,7 @@ class MemberConfig(_Struct):
         return f"MemberConfig({self.name!r}, {target}, weight={self.weight})"
 
 
-class PoolConfig(_Struct):
+class PoolConfig(Section):
     name: str
     strategy: str = "round_robin"
     hash_key: str = "recipient_domain"
@@ -153,14 +159,14 @@ class PoolConfig(_Struct):
     members: list[MemberConfig] = msgspec.field(default_factory=list)
 
 
-class RouteConfig(_Struct):
+class RouteConfig(Section):
     pool: str
     match: dict[str, str | list[str]] = msgspec.field(default_factory=dict)
     priority: str | None = None
     content_class: str | None = msgspec.field(name="class", default=None)
 
 
-class HealthConfig(_Struct):
+class HealthConfig(Section):
     interval: Duration = Duration(2)
     timeout: Duration = Duration(5)
     rise: int = 2
@@ -172,7 +178,7 @@ class HealthConfig(_Struct):
     max_ejection_percent: int = 50
 
 
-class DeliveryConfig(_Struct):
+class DeliveryConfig(Section):
     retry_base: Duration = Duration(60)
     retry_max: Duration = Duration(3600)
     retry_jitter: float = 0.2
@@ -185,13 +191,13 @@ class DeliveryConfig(_Struct):
     keep_final: Duration = Duration(86400)  # finished messages stay for `queue show`
 
 
-class LogConfig(_Struct):
+class LogConfig(Section):
     delivery_log_max_size: Size = Size(100_000_000)
     delivery_log_keep: int = 5
     level: str = "info"
 
 
-class WebhookConfig(_Struct):
+class WebhookConfig(Section):
     url: str
     events: list[str] = msgspec.field(
         default_factory=lambda: [
@@ -218,67 +224,7 @@ class WebhookConfig(_Struct):
         return f"WebhookConfig({self.url!r}, events={self.events})"
 
 
-class WarmupConfig(_Struct):
-    # Messages per day per provider, day 1 first; empty: the built-in ×1.4 a day
-    # from 50 up to 100 000 (smtplb.reputation.warmup.DEFAULT_SCHEDULE).
-    schedule: list[int] = msgspec.field(default_factory=list)
-    max_hourly_share: float = 0.2
-    # The closed loop: a day's rate at or over *_hold keeps the step, at or
-    # over *_step_back moves one step back (defaults: the reputation thresholds).
-    deferral_hold: float = 0.02
-    deferral_step_back: float = 0.10
-    policy_block_hold: float = 0.01
-    policy_block_step_back: float = 0.05
-    bounce_hold: float = 0.05
-    bounce_step_back: float = 0.10
-    complaint_hold: float = 0.001
-    complaint_step_back: float = 0.003
-    idle_restart: Duration = Duration(30 * 86400)
-
-
-class ClusterConfig(_Struct):
-    redis: str | None = None
-
-
-class DkimConfig(_Struct):
-    """One selector of one signing domain (several entries per domain for a rotation:
-    every ``active`` one signs, so two active selectors dual-sign)."""
-
-    domain: str  # signs mail whose From domain is this or a subdomain of it
-    selector: str
-    key: str  # PEM: RSA ≥ 1024 bits (2048 advised) or Ed25519
-    active: bool = True  # false: loaded and checked (`auth check`), not signing
-
-
-class ComplianceConfig(_Struct):
-    list_unsubscribe: str = "off"  # off | warn | reject, for marketing and bulk mail
-    complaint_budget: bool = True  # needs the reputation counters (not wired yet)
-
-
-class DnsConfig(_Struct):
-    nameservers: list[str] = msgspec.field(default_factory=list)  # "host:port"; empty: system
-
-
-class SuppressionConfig(_Struct):
-    on_intake: str = "reject"  # reject: 550 5.7.1 at RCPT | drop: accept, log `suppressed`
-    hard_bounces: bool = True  # a hard bounce adds the recipient
-
-
-class ReputationConfig(_Struct):
-    window: Duration = Duration(86400)  # rolling window of the rates
-    min_volume: int = 50  # no automatic decision on fewer messages
-    hard_bounce_throttle: float = 0.05
-    hard_bounce_quarantine: float = 0.10
-    complaint_throttle: float = 0.001
-    complaint_quarantine: float = 0.003
-    policy_block_quarantine: float = 0.05
-    quarantine: Duration = Duration(6 * 3600)  # cool-down before probation
-    probation: int = 100  # messages at a reduced share before "ok"
-    # Mail to these addresses is an ARF report to consume (a feedback loop), not to relay.
-    feedback_addresses: list[str] = msgspec.field(default_factory=list)
-
-
-class Config(_Struct):
+class Config(Section):
     data_dir: str = "var"
     workers: int = 1  # processes on this node, each with its own spool shard
     hostname: str = msgspec.field(default_factory=socket.getfqdn)
@@ -521,7 +467,7 @@ def _validate(cfg: Config) -> list[str]:
             f"expected 0 < {kind}_hold <= {kind}_step_back <= 1, got {hold} and {back}",
         )
     problems.extend(_validate_mail_auth(cfg))
-    problems.extend(_validate_reputation(cfg))
+    problems.extend(validate_reputation(cfg.suppression, cfg.reputation))
     return problems
 
 
@@ -553,43 +499,6 @@ def _validate_mail_auth(cfg: Config) -> list[str]:
             ipaddress.ip_address(host)
         except ValueError:
             problems.append(f"dns.nameservers[{i}]: expected IP:port, got {server!r}")
-    return problems
-
-
-def _validate_reputation(cfg: Config) -> list[str]:
-    """[suppression] and [reputation]."""
-    problems: list[str] = []
-
-    def check(ok: bool, key: str, message: str) -> None:
-        if not ok:
-            problems.append(f"{key}: {message}")
-
-    check(
-        cfg.suppression.on_intake in SUPPRESSION_ACTIONS,
-        "suppression.on_intake",
-        f'expected "reject" or "drop", got {cfg.suppression.on_intake!r}',
-    )
-    rep = cfg.reputation
-    check(rep.window > 0, "reputation.window", "must be above 0s")
-    check(rep.min_volume >= 1, "reputation.min_volume", "must be at least 1")
-    check(rep.probation >= 0, "reputation.probation", "must be 0 or more")
-    for i, address in enumerate(rep.feedback_addresses):
-        check(
-            address.count("@") == 1 and all(address.split("@")),
-            f"reputation.feedback_addresses[{i}]",
-            f"expected a mail address like fbl@example.test, got {address!r}",
-        )
-    for key in (
-        "hard_bounce_throttle",
-        "hard_bounce_quarantine",
-        "complaint_throttle",
-        "complaint_quarantine",
-        "policy_block_quarantine",
-    ):
-        rate = getattr(rep, key)
-        check(
-            0 < rate <= 1, f"reputation.{key}", f"must be a rate above 0 and at most 1, got {rate}"
-        )
     return problems
 
 

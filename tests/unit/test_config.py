@@ -346,11 +346,11 @@ def test_a_key_with_a_line_break_is_quoted_so_each_problem_stays_one_line() -> N
 def test_run_and_check_print_the_warnings_at_start(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from smtplb.cli import _config
+    from smtplb.commands.common import config_or_exit
 
     path = tmp_path / "smtplb.toml"
     path.write_text('[cluster]\nredis = "redis://127.0.0.1:6379/0"\n')
-    _config(path)
+    config_or_exit(path)
     assert "config warning: cluster.redis: not implemented yet" in capsys.readouterr().err
-    _config(path, warn=False)  # a worker process: its supervisor warned already
+    config_or_exit(path, warn=False)  # a worker process: its supervisor warned already
     assert capsys.readouterr().err == ""

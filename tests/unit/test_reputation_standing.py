@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from smtplb.balancing import PickRequest
 from smtplb.clock import FakeClock
-from smtplb.config import ReputationConfig
+from smtplb.config_sections import ReputationConfig
 from smtplb.reputation.book import MEMBER_WIDE, Change, ReputationBook
 from smtplb.reputation.standing import (
     Counts,

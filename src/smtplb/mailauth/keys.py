@@ -14,7 +14,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from smtplb.config import ConfigError, DkimConfig
+from smtplb.config import ConfigError
+from smtplb.config_sections import DkimConfig
 from smtplb.mailauth.sign import KeyRing, PrivateKey, SigningKey
 
 MIN_RSA_BITS = 1024

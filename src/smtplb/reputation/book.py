@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from smtplb.clock import Clock
-from smtplb.config import ReputationConfig
+from smtplb.config_sections import ReputationConfig
 from smtplb.reputation.standing import (
     SHARE,
     Counts,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, replace
 
-from smtplb.config import ReputationConfig
+from smtplb.config_sections import ReputationConfig
 
 __all__ = [
     "Counts",

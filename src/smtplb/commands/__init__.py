@@ -1,0 +1,1 @@
+"""The ``smtplb`` command's verbs, by group; ``cli.py`` puts them together."""
