@@ -38,6 +38,7 @@ ROUTE_MATCH_KEYS = (
     "class",
 )
 SUPPRESSION_ACTIONS = ("reject", "drop")
+SPLITS = ("recipient", "message")
 MAX_MESSAGE_SIZE = Size(2 * 1024**3)
 
 # Keys SPEC §3.4 names for features that are not built yet: accepted with a warning
@@ -46,7 +47,6 @@ MAX_MESSAGE_SIZE = Size(2 * 1024**3)
 PLANNED = {
     "providers": "SPEC §3.4 [[providers]]: no per-provider limits or reply rules",
     "warmup": "SPEC §3.4 [warmup]: no warm-up schedule",
-    "experiments": "SPEC §3.4 [[experiments]]: no A/B experiments",
     "cluster.node": "SPEC §3.4 [cluster] node: no cluster",
     "pools[].members[].warmup_start": "SPEC §3.4 warm-up: members send at full rate",
 }
@@ -219,6 +219,21 @@ class WebhookConfig(_Struct):
         return f"WebhookConfig({self.url!r}, events={self.events})"
 
 
+class ExperimentVariantConfig(_Struct):
+    name: str
+    share: float
+    strategy: str | None = None  # default: the pool's
+    members: list[str] | None = None  # default: all of the pool's
+
+
+class ExperimentConfig(_Struct):
+    name: str
+    pool: str
+    split: str = "recipient"  # recipient | message
+    guardrail_bounce_margin: float = 0.02
+    variants: list[ExperimentVariantConfig] = msgspec.field(default_factory=list)
+
+
 class ClusterConfig(_Struct):
     redis: str | None = None
 
@@ -280,6 +295,7 @@ class Config(_Struct):
     dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
     suppression: SuppressionConfig = msgspec.field(default_factory=SuppressionConfig)
     reputation: ReputationConfig = msgspec.field(default_factory=ReputationConfig)
+    experiments: list[ExperimentConfig] = msgspec.field(default_factory=list)
 
     @property
     def members(self) -> list[MemberConfig]:
@@ -490,6 +506,7 @@ def _validate(cfg: Config) -> list[str]:
     )
     problems.extend(_validate_mail_auth(cfg))
     problems.extend(_validate_reputation(cfg))
+    problems.extend(_validate_experiments(cfg))
     return problems
 
 
@@ -521,6 +538,54 @@ def _validate_mail_auth(cfg: Config) -> list[str]:
             ipaddress.ip_address(host)
         except ValueError:
             problems.append(f"dns.nameservers[{i}]: expected IP:port, got {server!r}")
+    return problems
+
+
+def _validate_experiments(cfg: Config) -> list[str]:
+    problems: list[str] = []
+    pools = {p.name: p for p in cfg.pools}
+    names: set[str] = set()
+    experimented: set[str] = set()
+    for i, exp in enumerate(cfg.experiments):
+        at = f"experiments[{i}]"
+        if exp.name in names or not exp.name:
+            problems.append(f"{at}.name: duplicate or empty experiment name {exp.name!r}")
+        names.add(exp.name)
+        pool = pools.get(exp.pool)
+        if pool is None:
+            problems.append(f"{at}.pool: no pool named {exp.pool!r}")
+        elif exp.pool in experimented:
+            problems.append(f"{at}.pool: pool {exp.pool!r} already has an experiment")
+        experimented.add(exp.pool)
+        if exp.split not in SPLITS:
+            problems.append(f"{at}.split: expected one of {', '.join(SPLITS)}")
+        if not 0 <= exp.guardrail_bounce_margin < 1:
+            problems.append(f"{at}.guardrail_bounce_margin: must be from 0 to below 1")
+        if len(exp.variants) < 2:
+            problems.append(f"{at}.variants: an experiment needs at least two variants")
+        variant_names: set[str] = set()
+        for j, v in enumerate(exp.variants):
+            vat = f"{at}.variants[{j}]"
+            if v.name in variant_names or not v.name:
+                problems.append(f"{vat}.name: duplicate or empty variant name {v.name!r}")
+            variant_names.add(v.name)
+            if not 0 < v.share <= 100:
+                problems.append(f"{vat}.share: must be above 0 and at most 100 (percent)")
+            if v.strategy is not None and v.strategy not in STRATEGIES:
+                problems.append(
+                    f"{vat}.strategy: unknown strategy {v.strategy!r} "
+                    f"(expected one of {', '.join(STRATEGIES)})"
+                )
+            if v.members is not None and pool is not None:
+                known = {m.name for m in pool.members}
+                unknown = [m for m in v.members if m not in known]
+                if unknown or not v.members:
+                    problems.append(
+                        f"{vat}.members: {', '.join(map(repr, unknown)) or 'empty list'}: "
+                        f"not members of pool {exp.pool!r}"
+                    )
+        if exp.variants and abs(sum(v.share for v in exp.variants) - 100) > 1e-6:
+            problems.append(f"{at}.variants: shares must add up to 100 (percent)")
     return problems
 
 

@@ -1,0 +1,221 @@
+"""The experiments of a running node: assignment on the hot path, results
+buffered and written a batch at a time, the guardrail after every batch, and
+start/stop shared with the other workers through the store.
+
+The hot path (``variant_for``, ``observe``) does no I/O. ``flush`` writes
+the buffered observations from a thread, then reads the counts back (the sum
+of every worker's rows) for the guardrail, and picks up stops and starts made
+elsewhere (another worker's guardrail, ``smtplb experiment stop``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from smtplb.clock import Clock, SystemClock
+from smtplb.config import ExperimentConfig, PoolConfig
+from smtplb.experiments.assignment import Assignment, VariantShare
+from smtplb.experiments.counters import Event, ExperimentStore, Observation
+from smtplb.experiments.guardrail import Guardrail
+from smtplb.experiments.report import VariantInfo, build_report
+
+log = logging.getLogger("smtplb.experiments")
+
+EventHandler = Callable[[Event, str], None]  # (event, pool)
+
+
+@dataclass(slots=True)
+class RunningExperiment:
+    config: ExperimentConfig
+    assignment: Assignment
+    guardrail: Guardrail
+    running: bool = True
+    stopped: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        stopped = sorted(self.stopped)
+        return f"RunningExperiment({self.name!r} on {self.config.pool}, {state}, {stopped=})"
+
+
+def variant_pool(pool: PoolConfig, experiment: ExperimentConfig, variant: str) -> PoolConfig:
+    """The pool as ``variant`` sees it: its strategy and member subset."""
+    v = next(v for v in experiment.variants if v.name == variant)
+    members = pool.members
+    if v.members is not None:
+        wanted = set(v.members)
+        members = [m for m in pool.members if m.name in wanted]
+    return PoolConfig(
+        name=pool.name,
+        strategy=v.strategy or pool.strategy,
+        hash_key=pool.hash_key,
+        hash_balance_factor=pool.hash_balance_factor,
+        latency_decay=pool.latency_decay,
+        members=members,
+    )
+
+
+class Experiments:
+    def __init__(
+        self,
+        configs: Sequence[ExperimentConfig],
+        store: ExperimentStore,
+        *,
+        clock: Clock | None = None,
+        on_event: EventHandler | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.on_event = on_event
+        self.by_name: dict[str, RunningExperiment] = {}
+        self.by_pool: dict[str, RunningExperiment] = {}
+        self._pending: list[Observation] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._events_seen = 0
+        self.configure(configs)
+
+    def configure(self, configs: Sequence[ExperimentConfig]) -> None:
+        """(Re)build from the config; state (running, stops) comes from the store."""
+        self.by_name.clear()
+        self.by_pool.clear()
+        for c in configs:
+            variants = [VariantShare(v.name, v.share) for v in c.variants]
+            names = [v.name for v in c.variants]
+            exp = RunningExperiment(
+                c,
+                Assignment(c.name, variants),
+                Guardrail(names[0], names, c.guardrail_bounce_margin),
+                running=self.store.running(c.name),
+                stopped=self.store.stopped_variants(c.name),
+            )
+            self.by_name[c.name] = exp
+            self.by_pool[c.pool] = exp
+
+    # -- hot path ----------------------------------------------------------------
+
+    def variant_for(self, pool: str, recipient: str, queue_id: str) -> tuple[str, str] | None:
+        """(experiment, variant) of a recipient of ``pool``; None outside experiments."""
+        exp = self.by_pool.get(pool)
+        if exp is None or not exp.running:
+            return None
+        key = recipient.lower() if exp.config.split == "recipient" else queue_id
+        return exp.name, exp.assignment.assign(key, exp.stopped)
+
+    def observe(self, observation: Observation) -> None:
+        self._pending.append(observation)
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(0.05)  # gather a batch: one transaction for many results
+        await self.flush()
+
+    # -- batches -----------------------------------------------------------------
+
+    async def flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await asyncio.to_thread(self.store.add, batch)
+            except Exception:
+                log.exception("could not record %d experiment results", len(batch))
+                return
+            for name in {o.experiment for o in batch}:
+                await self._check_guardrail(name)
+
+    async def _check_guardrail(self, name: str) -> None:
+        exp = self.by_name.get(name)
+        if exp is None:
+            return
+        counts = await asyncio.to_thread(self.store.counts, name)
+        exp.stopped = await asyncio.to_thread(self.store.stopped_variants, name)
+        for variant, reason in exp.guardrail.check(counts, list(exp.stopped)):
+            now = self.clock.wall()
+            if await asyncio.to_thread(self.store.stop_variant, name, variant, now, reason):
+                log.warning("experiment %s: variant %s stopped: %s", name, variant, reason)
+                exp.stopped[variant] = (now, reason)
+                self._emit(Event(name, variant, "variant_stopped", reason, now), exp)
+
+    async def refresh(self) -> None:
+        """Pick up starts and stops made by other workers or the CLI."""
+        for exp in self.by_name.values():
+            exp.running = await asyncio.to_thread(self.store.running, exp.name)
+            exp.stopped = await asyncio.to_thread(self.store.stopped_variants, exp.name)
+
+    def _emit(self, event: Event, exp: RunningExperiment) -> None:
+        if self.on_event is not None:
+            self.on_event(event, exp.config.pool)
+
+    # -- operations ----------------------------------------------------------------
+
+    async def set_running(self, name: str, running: bool) -> dict[str, Any]:
+        exp = self.by_name[name]
+        now = self.clock.wall()
+        detail = "by operator"
+        await asyncio.to_thread(self.store.set_running, name, running, now, detail)
+        exp.running = running
+        if running:
+            exp.stopped = {}
+            exp.guardrail = Guardrail(
+                exp.assignment.control,
+                [v.name for v in exp.config.variants],
+                exp.config.guardrail_bounce_margin,
+            )
+        self._emit(Event(name, None, "started" if running else "stopped", detail, now), exp)
+        return await self.report(name)
+
+    async def report(self, name: str) -> dict[str, Any]:
+        exp = self.by_name[name]
+        await self.flush()
+        rows = await asyncio.to_thread(self.store.rows, name)
+        events = await asyncio.to_thread(self.store.events, name)
+        stopped = await asyncio.to_thread(self.store.stopped_variants, name)
+        running = await asyncio.to_thread(self.store.running, name)
+        c = exp.config
+        return await asyncio.to_thread(
+            lambda: build_report(
+                name=c.name,
+                pool=c.pool,
+                split=c.split,
+                running=running,
+                variants=[
+                    VariantInfo(
+                        v.name,
+                        v.share,
+                        v.strategy,
+                        tuple(v.members) if v.members is not None else None,
+                    )
+                    for v in c.variants
+                ],
+                rows=rows,
+                stopped=stopped,
+                events=events,
+                guardrail_bounce_margin=c.guardrail_bounce_margin,
+            )
+        )
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": e.name,
+                "pool": e.config.pool,
+                "split": e.config.split,
+                "state": "running" if e.running else "stopped",
+                "variants": [
+                    {"name": v.name, "share": v.share, "stopped": v.name in e.stopped}
+                    for v in e.config.variants
+                ],
+            }
+            for e in self.by_name.values()
+        ]
+
+    def __repr__(self) -> str:
+        return f"Experiments({list(self.by_name.values())})"
