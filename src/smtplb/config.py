@@ -206,6 +206,7 @@ class WebhookConfig(_Struct):
             "throttled",
             "probation",
             "reputation_ok",
+            "experiment_*",
         ]
     )
     secret: str | None = None

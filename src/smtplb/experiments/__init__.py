@@ -8,6 +8,6 @@ recipient belongs to and hands it each finished recipient as an
 from __future__ import annotations
 
 from smtplb.experiments.counters import Event, ExperimentStore, Observation
-from smtplb.experiments.runtime import Experiments, variant_pool
+from smtplb.experiments.runtime import Experiments, log_events, variant_pool
 
-__all__ = ["Event", "ExperimentStore", "Experiments", "Observation", "variant_pool"]
+__all__ = ["Event", "ExperimentStore", "Experiments", "Observation", "log_events", "variant_pool"]

@@ -22,10 +22,29 @@ from smtplb.experiments.assignment import Assignment, VariantShare
 from smtplb.experiments.counters import Event, ExperimentStore, Observation
 from smtplb.experiments.guardrail import Guardrail
 from smtplb.experiments.report import VariantInfo, build_report
+from smtplb.observability.delivery_log import DeliveryLog
+from smtplb.observability.record import DeliveryRecord
 
 log = logging.getLogger("smtplb.experiments")
 
 EventHandler = Callable[[Event, str], None]  # (event, pool)
+
+
+def log_events(delivery_log: DeliveryLog) -> EventHandler:
+    """Experiment events as delivery-log records (``experiment_variant_stopped``,
+    ``experiment_started``, ``experiment_stopped``): so also metrics and webhooks."""
+
+    def write(event: Event, pool: str) -> None:
+        delivery_log.write(
+            DeliveryRecord(
+                event=f"experiment_{event.event}",
+                pool=pool,
+                variant=event.variant,
+                response=f"experiment {event.experiment}: {event.detail}",
+            )
+        )
+
+    return write
 
 
 @dataclass(slots=True)

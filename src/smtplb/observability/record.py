@@ -4,7 +4,9 @@ A :class:`DeliveryRecord` is one event about one recipient (``received``,
 ``delivered``, ``deferred``, ``bounced``, ``expired``, ``failover``,
 ``suppressed``, ``complaint``) or about one member (``member_up``,
 ``member_down``, ``member_ejected``, ``member_paused``, ``member_resumed``,
-``quarantined``, ``suspended``). Intake and delivery build it, the
+``quarantined``, ``suspended``) or about an experiment (``experiment_started``,
+``experiment_stopped``, ``experiment_variant_stopped``: ``variant`` and the
+reason in ``response``). Intake and delivery build it, the
 :class:`~smtplb.observability.delivery_log.DeliveryLog` stamps ``ts`` and
 encodes it, the listeners (metrics, live view, webhooks) read its attributes,
 and ``logs analyze`` decodes log lines back into it.
@@ -42,7 +44,8 @@ MEMBER_EVENTS = (
     "reputation_ok",
     "suspended",
 )
-EVENTS = RECIPIENT_EVENTS + MEMBER_EVENTS
+EXPERIMENT_EVENTS = ("experiment_started", "experiment_stopped", "experiment_variant_stopped")
+EVENTS = RECIPIENT_EVENTS + MEMBER_EVENTS + EXPERIMENT_EVENTS
 
 
 class DeliveryRecord(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
