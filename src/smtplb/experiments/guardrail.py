@@ -65,7 +65,7 @@ class Guardrail:
                         variant,
                         f"guardrail: {metric} rate {kv}/{nv} = {kv / nv:.1%} exceeds control's "
                         f"{kc}/{nc} = {kc / nc:.1%} by more than {self.margin:.1%} "
-                        f"(always-valid p = {p:.3g} < {self.alpha})",
+                        f"(always-valid p = {p:.4f} < {self.alpha})",
                     )
                 )
         return out
