@@ -693,13 +693,20 @@ def sink(args: tuple[str, ...]) -> None:
 @click.option("--rate", default=40.0, show_default=True, help="Messages per second.")
 @click.option("--http-port", default=8025, show_default=True, help="0: any free port.")
 @click.option("--smtp-port", default=2525, show_default=True, help="0: any free port.")
-def demo(duration: float, rate: float, http_port: int, smtp_port: int) -> None:
+@click.option(
+    "--experiment",
+    is_flag=True,
+    help="Instead: an A/B experiment, round robin against latency-aware balancing "
+    "over a fast and a slow (+300 ms) upstream, and its report.",
+)
+def demo(duration: float, rate: float, http_port: int, smtp_port: int, experiment: bool) -> None:
     """Run smtplb with sandbox upstreams and traffic: balancing, failover, dashboard."""
-    from smtplb.demo import run_demo
+    from smtplb.demo import run_demo, run_experiment_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _install_uvloop()
-    sys.exit(asyncio.run(run_demo(duration, rate, http_port, smtp_port)))
+    run = run_experiment_demo if experiment else run_demo
+    sys.exit(asyncio.run(run(duration, rate, http_port, smtp_port)))
 
 
 if __name__ == "__main__":

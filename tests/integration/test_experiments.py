@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -95,6 +96,14 @@ def test_latency_beats_round_robin_with_significance(
     records = delivered_records(node)
     assert len(records) == 600
     assert Counter(r["variant"] for r in records) == Counter(counts)
+    with urllib.request.urlopen(node.api_url + "/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    for variant, n in counts.items():
+        line = (
+            f'smtplb_experiment_messages_total{{outcome="delivered",pool="main",'
+            f'variant="{variant}"}} {float(n)}'
+        )
+        assert line in metrics, line
     # the same recipient keeps its variant (stable hash): a second round agrees
     first = {r["recipient"]: r["variant"] for r in records}
     send_all(node.smtp_port, [f"user{i}@example.org" for i in range(60)], clients=2, tag="again")
@@ -208,3 +217,21 @@ def test_guardrail_stops_a_variant_over_a_blocking_sink(
     listed = json.loads(cli(node, "list", "--json"))["experiments"]
     assert listed[0]["state"] == "running"
     assert not any(v["stopped"] for v in listed[0]["variants"])
+
+
+DEMO = ["demo", "--experiment", "--duration", "8", "--rate", "30", "--http-port", "0"]  # fmt: skip
+
+
+def test_demo_experiment_shows_the_difference_with_its_significance() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "smtplb", *DEMO, "--smtp-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    print(out)
+    assert "sample ratio:" in out
+    ttd = next(line for line in out.splitlines() if line.startswith("latency      time_to"))
+    assert ttd.endswith("better"), ttd
