@@ -4,6 +4,7 @@ project's sinks, the CLI and the HTTP API)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -12,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -20,6 +21,10 @@ from smtplb.model import Reply
 from smtplb.sink.server import DomainRule, SinkProfile, ThreadedSink
 from tests.integration.conftest import Smtplb, relay_config, toml_value, wait_until
 from tests.integration.test_balancing_acceptance import send_all
+from tests.integration.test_dashboard_browser import page  # noqa: F401  (the fixture)
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 
 def experiment_toml(name: str, variants: list[dict[str, Any]], **options: Any) -> str:
@@ -235,3 +240,42 @@ def test_demo_experiment_shows_the_difference_with_its_significance() -> None:
     assert "sample ratio:" in out
     ttd = next(line for line in out.splitlines() if line.startswith("latency      time_to"))
     assert ttd.endswith("better"), ttd
+
+
+def test_dashboard_panel_shows_the_running_experiment(
+    tmp_path: Path,
+    sinks: Callable[..., ThreadedSink],
+    smtplb: Callable[..., Smtplb],
+    page: Page,  # noqa: F811  (the imported fixture)
+) -> None:
+    fast = sinks()
+    slow = sinks(SinkProfile(rules={"*": DomainRule(latency=0.3)}))
+    config, smtp_port, http_port = relay_config(
+        tmp_path / "var",
+        [fast.port, slow.port],
+        member={"max_connections": 50},
+        health={"slow_start": "0s"},
+    )
+    config += experiment_toml(
+        "latency-vs-rr",
+        [
+            {"name": "control", "share": 50, "strategy": "round_robin"},
+            {"name": "latency", "share": 50, "strategy": "latency"},
+        ],
+    )
+    node = smtplb(config, smtp_port, http_port).start()
+    send_all(node.smtp_port, [f"u{i}@example.org" for i in range(160)], clients=4, tag="d")
+    wait_until(lambda: len(delivered_records(node)) >= 160, 60, "160 deliveries")
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(node.api_url + "/")
+    panel = page.locator('[data-experiment="latency-vs-rr"]')
+    panel.wait_for(timeout=15_000)
+    row = panel.locator('[data-metric="latency:time_to_deliver"]')
+    assert row.get_attribute("data-verdict") == "better"
+    assert panel.locator('[data-srm="ok"]').count() == 1
+    assert panel.locator("polyline").count() == 2  # one curve per variant
+    assert panel.locator('[data-variant="control"]').inner_text().startswith("control (control):")
+    if os.environ.get("SMTPLB_SCREENSHOT"):
+        panel.screenshot(path=str(tmp_path.parent / "experiments-panel.png"))
+    assert not errors, errors

@@ -87,6 +87,7 @@ class Row:
     deferred_ever: bool
     time_to_deliver: float | None
     latency: float | None
+    at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +151,11 @@ class ExperimentStore:
         """Every result of ``experiment`` in arrival order."""
         with self._lock:
             cur = self._db.execute(
-                "SELECT variant, provider, outcome, deferred_ever, time_to_deliver, latency"
+                "SELECT variant, provider, outcome, deferred_ever, time_to_deliver, latency, at"
                 " FROM experiment_results WHERE experiment = ? ORDER BY id",
                 (experiment,),
             )
-            return [Row(v, p, o, bool(d), t, lat) for v, p, o, d, t, lat in cur]
+            return [Row(v, p, o, bool(d), t, lat, at) for v, p, o, d, t, lat, at in cur]
 
     def counts(self, experiment: str) -> dict[tuple[str, str], int]:
         """(variant, outcome) → rows; cheap enough for the guardrail after every batch."""

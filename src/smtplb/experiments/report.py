@@ -163,6 +163,7 @@ def build_report(
         },
         "metrics": metrics,
         "providers": _providers(by_variant, [v.name for v in variants]),
+        "series": _series(rows, [v.name for v in variants]),
         "events": [
             {"event": e.event, "variant": e.variant, "detail": e.detail, "at": e.at} for e in events
         ],
@@ -234,6 +235,37 @@ def _variant_metrics(
         e["adjusted_p"] = adjusted
         e["verdict"] = _verdict(e["difference"], adjusted, e.pop("higher_is_better"), e["enough"])
     return out
+
+
+def _series(rows: Sequence[Row], order: list[str], buckets: int = 40) -> dict[str, Any]:
+    """The dashboard's curves: per variant and time bucket, messages and the median
+    time to deliver."""
+    times = [r.at for r in rows if r.outcome != "complaint"]
+    if not times:
+        return {"start": None, "step": None, "variants": {}}
+    start, end = min(times), max(times)
+    step = max((end - start) / buckets, 1.0)
+    n = int((end - start) // step) + 1
+    cells: dict[str, list[list[float]]] = {v: [[] for _ in range(n)] for v in order}
+    counts: dict[str, list[int]] = {v: [0] * n for v in order}
+    for r in rows:
+        if r.outcome == "complaint" or r.variant not in cells:
+            continue
+        i = min(int((r.at - start) // step), n - 1)
+        counts[r.variant][i] += 1
+        if r.time_to_deliver is not None:
+            cells[r.variant][i].append(r.time_to_deliver)
+    return {
+        "start": start,
+        "step": step,
+        "variants": {
+            v: {
+                "messages": counts[v],
+                "time_to_deliver_median": [float(np.median(c)) if c else None for c in cells[v]],
+            }
+            for v in order
+        },
+    }
 
 
 def _providers(by_variant: dict[str, list[Row]], order: list[str]) -> list[dict[str, Any]]:
