@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,15 @@ CREATE TABLE IF NOT EXISTS experiment_results (
 );
 CREATE INDEX IF NOT EXISTS experiment_results_by_experiment
     ON experiment_results (experiment, variant, id);
+-- running totals kept in the same transaction: the guardrail reads them after
+-- every batch without scanning the results
+CREATE TABLE IF NOT EXISTS experiment_counts (
+    experiment TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (experiment, variant, outcome)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS experiment_runs (
     experiment TEXT PRIMARY KEY,
     running INTEGER NOT NULL,
@@ -133,6 +143,7 @@ class ExperimentStore:
         ]
         if not rows:
             return 0
+        totals = Counter((r[0], r[1], r[3]) for r in rows)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -140,6 +151,12 @@ class ExperimentStore:
                     "INSERT INTO experiment_results (experiment, variant, provider, outcome,"
                     " deferred_ever, time_to_deliver, latency, at) VALUES (?,?,?,?,?,?,?,?)",
                     rows,
+                )
+                self._db.executemany(
+                    "INSERT INTO experiment_counts (experiment, variant, outcome, n)"
+                    " VALUES (?,?,?,?) ON CONFLICT (experiment, variant, outcome)"
+                    " DO UPDATE SET n = n + excluded.n",
+                    [(*key, n) for key, n in totals.items()],
                 )
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -158,11 +175,10 @@ class ExperimentStore:
             return [Row(v, p, o, bool(d), t, lat, at) for v, p, o, d, t, lat, at in cur]
 
     def counts(self, experiment: str) -> dict[tuple[str, str], int]:
-        """(variant, outcome) → rows; cheap enough for the guardrail after every batch."""
+        """(variant, outcome) → rows, from the running totals (no scan)."""
         with self._lock:
             cur = self._db.execute(
-                "SELECT variant, outcome, count(*) FROM experiment_results"
-                " WHERE experiment = ? GROUP BY variant, outcome",
+                "SELECT variant, outcome, n FROM experiment_counts WHERE experiment = ?",
                 (experiment,),
             )
             return {(v, o): n for v, o, n in cur}

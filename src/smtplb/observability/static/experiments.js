@@ -1,11 +1,11 @@
 // smtplb dashboard, experiments panel: polls /api/v1/experiments and each experiment's
-// report every 5 s; shows per variant the messages, the curve of the median time to
+// report every 10 s; shows per variant the messages, the curve of the median time to
 // deliver, and the metrics with their verdicts. Test hooks: data-experiment,
 // data-variant, data-metric (with data-verdict), data-srm.
 "use strict";
 
 (() => {
-  const POLL_MS = 5000;
+  const POLL_MS = 10000; // a report reads every result: not every second
   const SVG_NS = "http://www.w3.org/2000/svg";
   const TONES = 5; // .exp-c0 … .exp-c4 in dashboard.css (no inline styles: CSP)
   const root = document.querySelector("#experiments");
