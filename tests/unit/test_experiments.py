@@ -233,5 +233,9 @@ def test_report_verdicts_and_text() -> None:
     assert verdicts["time_to_deliver"] == "better"
     assert verdicts["complaint"] == "no significant difference"
     assert report["srm"]["mismatch"] is False
+    gmail = next(p for p in report["providers"] if p["variant"] == "variant")
+    assert gmail["bounced"]["p_value"] < 0.001  # 20 % against 0 % for that provider
+    assert gmail["time_to_deliver_p_value"] < 0.001
+    assert "p_value" not in report["providers"][0]["bounced"]  # control: nothing to compare
     text = render_text(report)
     assert "sample ratio:" in text and "gmail" in text and "worse" in text

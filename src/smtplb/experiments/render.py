@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+RATES = ("delivered", "deferred_ever", "bounced", "policy_block", "complaint")
+
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.2f}%"
@@ -69,14 +71,17 @@ def render_text(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"{'provider':<24} {'variant':<12} {'n':>6} {'delivered':>10} "
-            f"{'deferred':>9} {'bounced':>8} {'blocked':>8} {'ttd p50':>9}",
+            f"{'deferred':>9} {'bounced':>8} {'blocked':>8} {'ttd p50':>9} {'min p':>8}",
         ]
         for p in report["providers"]:
+            tests = [p[m]["p_value"] for m in RATES if "p_value" in p[m]]
+            if "time_to_deliver_p_value" in p:
+                tests.append(p["time_to_deliver_p_value"])
             lines.append(
                 f"{p['provider']:<24} {p['variant']:<12} {p['delivered']['n']:>6} "
                 f"{_pct(p['delivered']['value']):>10} {_pct(p['deferred_ever']['value']):>9} "
                 f"{_pct(p['bounced']['value']):>8} {_pct(p['policy_block']['value']):>8} "
-                f"{_secs(p['time_to_deliver_median']):>9}"
+                f"{_secs(p['time_to_deliver_median']):>9} {_p(min(tests)) if tests else '':>8}"
             )
     if report["events"]:
         lines += ["", "events:"]
@@ -84,6 +89,8 @@ def render_text(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         "seq p: always-valid (mSPRT) p-value, safe to read at any time; adj p: Holm-corrected "
-        "across the variant's metrics; times: median, Mann–Whitney p."
+        "across the variant's metrics; times: median, Mann–Whitney p. Per provider, min p: "
+        "the smallest uncorrected p-value against control for that provider (a pointer, "
+        "not a verdict)."
     )
     return "\n".join(lines)

@@ -274,15 +274,24 @@ def _providers(by_variant: dict[str, list[Row]], order: list[str]) -> list[dict[
         for r in by_variant.get(variant, []):
             cells.setdefault((r.provider, variant), []).append(r)
     out = []
+    control = order[0]
     for (provider, variant), rs in sorted(
         cells.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))
     ):
         entry: dict[str, Any] = {"provider": provider, "variant": variant}
+        base = cells.get((provider, control), [])
         for metric, _ in RATE_METRICS:
             k, n = _counts(rs, metric)
             ci = wilson(k, n)
             entry[metric] = {"value": k / n if n else None, "interval": [ci.low, ci.high], "n": n}
+            if variant != control:  # against control for the same provider (fixed horizon)
+                kc, nc = _counts(base, metric)
+                test = two_proportion(kc, nc, k, n)
+                entry[metric].update(difference=test.difference, p_value=test.p_value)
         ttd = [r.time_to_deliver for r in rs if r.time_to_deliver is not None]
         entry["time_to_deliver_median"] = float(np.median(ttd)) if ttd else None
+        if variant != control:
+            base_ttd = [r.time_to_deliver for r in base if r.time_to_deliver is not None]
+            entry["time_to_deliver_p_value"] = mann_whitney(base_ttd, ttd).p_value
         out.append(entry)
     return out
