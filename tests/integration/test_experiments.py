@@ -3,8 +3,10 @@ project's sinks, the CLI and the HTTP API)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -279,3 +281,42 @@ def test_dashboard_panel_shows_the_running_experiment(
     if os.environ.get("SMTPLB_SCREENSHOT"):
         panel.screenshot(path=str(tmp_path.parent / "experiments-panel.png"))
     assert not errors, errors
+
+
+def test_counts_are_exact_across_two_workers(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    ups = [sinks(), sinks()]
+    config, smtp_port, http_port = relay_config(tmp_path / "var", [u.port for u in ups])
+    config += experiment_toml(
+        "two-workers",
+        [
+            {"name": "control", "share": 50, "members": ["relay-1"]},
+            {"name": "other", "share": 50, "members": ["relay-2"]},
+        ],
+        split="message",
+    )
+    node = smtplb("workers = 2\n" + config, smtp_port, http_port).start()
+    wait_until(
+        lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
+    )
+    send_all(node.smtp_port, [f"w{i}@example.com" for i in range(300)], clients=6, tag="w")
+    wait_until(lambda: len(delivered_records(node)) >= 300, 90, "300 deliveries")
+    wait_until(
+        lambda: json.loads(cli(node, "report", "two-workers", "--json"))["messages"] == 300,
+        30,
+        "both workers' counts in the report",
+    )
+    report = json.loads(cli(node, "report", "two-workers", "--json"))
+    counts = {v["name"]: v["messages"] for v in report["variants"]}
+    assert counts == {"control": len(ups[0].received), "other": len(ups[1].received)}
+    per_shard = []  # both workers took mail: the one file summed both
+    for shard in ("spool.db", "spool-1.db"):
+        uri = f"file:{tmp_path / 'var' / shard}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            per_shard.append(db.execute("SELECT count(*) FROM recipients").fetchone()[0])
+    print(
+        f"\ntwo workers: report {counts}, sinks {[len(u.received) for u in ups]}, "
+        f"recipients per worker's spool {per_shard}"
+    )
+    assert sum(per_shard) == 300 and all(n > 0 for n in per_shard), per_shard
