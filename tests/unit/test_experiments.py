@@ -239,3 +239,35 @@ def test_report_verdicts_and_text() -> None:
     assert "p_value" not in report["providers"][0]["bounced"]  # control: nothing to compare
     text = render_text(report)
     assert "sample ratio:" in text and "gmail" in text and "worse" in text
+
+
+def test_a_restart_judges_from_the_restart_on(tmp_path: Path) -> None:
+    cfg = parse_config(with_experiment())
+    events = []
+
+    async def scenario() -> tuple[bool, bool]:
+        exps = Experiments(
+            cfg.experiments,
+            ExperimentStore(tmp_path / "x.sqlite"),
+            clock=FakeClock(),
+            on_event=lambda e, pool: events.append(e.event),
+        )
+
+        def feed(blocked: bool) -> None:
+            for i in range(60):
+                for variant in ("control", "latency"):
+                    bad = blocked and variant == "latency"
+                    outcome = "policy_block" if bad else "delivered"
+                    exps.observe(Observation("e", variant, "x.test", outcome, at=float(i)))
+
+        feed(blocked=True)
+        await exps.flush()
+        stopped = "latency" in exps.by_name["e"].stopped
+        await exps.set_running("e", True)  # the operator fixed the IP and restarts
+        feed(blocked=False)
+        await exps.flush()
+        return stopped, "latency" in exps.by_name["e"].stopped
+
+    stopped_before, stopped_after = asyncio.run(scenario())
+    assert stopped_before and not stopped_after
+    assert events == ["variant_stopped", "started"]

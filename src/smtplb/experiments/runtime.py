@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord
 
 log = logging.getLogger("smtplb.experiments")
+
+MAX_PENDING = 100_000  # results held in memory while the store cannot be written
 
 EventHandler = Callable[[Event, str], None]  # (event, pool)
 
@@ -54,6 +57,13 @@ class RunningExperiment:
     guardrail: Guardrail
     running: bool = True
     stopped: dict[str, tuple[float, str]] = field(default_factory=dict)
+    # counts at the last (re)start: the guardrail judges what came after it
+    baseline: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def restart_guardrail(self, counts: dict[tuple[str, str], int]) -> None:
+        names = [v.name for v in self.config.variants]
+        self.guardrail = Guardrail(names[0], names, self.config.guardrail_bounce_margin)
+        self.baseline = dict(counts)
 
     @property
     def name(self) -> str:
@@ -98,7 +108,7 @@ class Experiments:
         self.by_pool: dict[str, RunningExperiment] = {}
         self._pending: list[Observation] = []
         self._flush_task: asyncio.Task[None] | None = None
-        self._events_seen = 0
+        self.dropped = 0  # results lost while the store could not be written
         self.configure(configs)
 
     def configure(self, configs: Sequence[ExperimentConfig]) -> None:
@@ -112,9 +122,12 @@ class Experiments:
                 c,
                 Assignment(c.name, variants),
                 Guardrail(names[0], names, c.guardrail_bounce_margin),
-                running=self.store.running(c.name),
-                stopped=self.store.stopped_variants(c.name),
             )
+            try:
+                exp.running = self.store.running(c.name)
+                exp.stopped = self.store.stopped_variants(c.name)
+            except sqlite3.Error as exc:  # e.g. a full disk: refresh() reads it again
+                log.error("experiment %s: cannot read its state (%s); running", c.name, exc)
             self.by_name[c.name] = exp
             self.by_pool[c.pool] = exp
 
@@ -144,11 +157,24 @@ class Experiments:
             batch, self._pending = self._pending, []
             try:
                 await asyncio.to_thread(self.store.add, batch)
-            except Exception:
-                log.exception("could not record %d experiment results", len(batch))
+            except sqlite3.Error as exc:  # kept (bounded) and retried by refresh()
+                self._pending[:0] = batch
+                excess = len(self._pending) - MAX_PENDING
+                if excess > 0:
+                    del self._pending[:excess]
+                    self.dropped += excess
+                log.error(
+                    "cannot record %d experiment results yet (%s); %d dropped so far",
+                    len(self._pending),
+                    exc,
+                    self.dropped,
+                )
                 return
             for name in {o.experiment for o in batch}:
-                await self._check_guardrail(name)
+                try:
+                    await self._check_guardrail(name)
+                except sqlite3.Error as exc:
+                    log.error("experiment %s: guardrail not checked: %s", name, exc)
 
     async def _check_guardrail(self, name: str) -> None:
         exp = self.by_name.get(name)
@@ -156,7 +182,8 @@ class Experiments:
             return
         counts = await asyncio.to_thread(self.store.counts, name)
         exp.stopped = await asyncio.to_thread(self.store.stopped_variants, name)
-        for variant, reason in exp.guardrail.check(counts, list(exp.stopped)):
+        since = {k: n - exp.baseline.get(k, 0) for k, n in counts.items()}
+        for variant, reason in exp.guardrail.check(since, list(exp.stopped)):
             now = self.clock.wall()
             if await asyncio.to_thread(self.store.stop_variant, name, variant, now, reason):
                 log.warning("experiment %s: variant %s stopped: %s", name, variant, reason)
@@ -164,10 +191,21 @@ class Experiments:
                 self._emit(Event(name, variant, "variant_stopped", reason, now), exp)
 
     async def refresh(self) -> None:
-        """Pick up starts and stops made by other workers or the CLI."""
+        """Pick up starts and stops made by other workers or the CLI; retry results
+        that could not be written."""
         for exp in self.by_name.values():
-            exp.running = await asyncio.to_thread(self.store.running, exp.name)
-            exp.stopped = await asyncio.to_thread(self.store.stopped_variants, exp.name)
+            try:
+                running = await asyncio.to_thread(self.store.running, exp.name)
+                stopped = await asyncio.to_thread(self.store.stopped_variants, exp.name)
+                if (running and not exp.running) or set(exp.stopped) - set(stopped):
+                    # restarted elsewhere: judge from here on, as the restarting worker does
+                    exp.restart_guardrail(await asyncio.to_thread(self.store.counts, exp.name))
+            except sqlite3.Error as exc:
+                log.error("experiment %s: cannot read its state: %s", exp.name, exc)
+                continue
+            exp.running, exp.stopped = running, stopped
+        if self._pending and (self._flush_task is None or self._flush_task.done()):
+            await self.flush()
 
     def _emit(self, event: Event, exp: RunningExperiment) -> None:
         if self.on_event is not None:
@@ -183,11 +221,7 @@ class Experiments:
         exp.running = running
         if running:
             exp.stopped = {}
-            exp.guardrail = Guardrail(
-                exp.assignment.control,
-                [v.name for v in exp.config.variants],
-                exp.config.guardrail_bounce_margin,
-            )
+            exp.restart_guardrail(await asyncio.to_thread(self.store.counts, name))
         self._emit(Event(name, None, "started" if running else "stopped", detail, now), exp)
         return await self.report(name)
 
