@@ -222,7 +222,7 @@ class WebhookConfig(_Struct):
 
 class ExperimentVariantConfig(_Struct):
     name: str
-    share: float
+    share: float = 0.0  # percent; checked with the others (a default keeps one problem per key)
     strategy: str | None = None  # default: the pool's
     members: list[str] | None = None  # default: all of the pool's
 
@@ -571,7 +571,7 @@ def _validate_experiments(cfg: Config) -> list[str]:
                 problems.append(f"{vat}.name: duplicate or empty variant name {v.name!r}")
             variant_names.add(v.name)
             if not 0 < v.share <= 100:
-                problems.append(f"{vat}.share: must be above 0 and at most 100 (percent)")
+                problems.append(f"{vat}.share: must be set, above 0 and at most 100 (percent)")
             if v.strategy is not None and v.strategy not in STRATEGIES:
                 problems.append(
                     f"{vat}.strategy: unknown strategy {v.strategy!r} "

@@ -234,7 +234,6 @@ def test_unknown_top_level_key_names_the_key() -> None:
     [
         {"providers": [{"name": "gmail"}]},
         {"warmup": {"schedule": [50, 70]}},
-        {"experiments": [{"name": "e", "pool": "default"}]},
         {"cluster": {"node": "node-a"}},
         {"pools": [pool(warmup_start="2026-11-01")]},
     ],
@@ -246,7 +245,6 @@ def test_spec_keys_not_built_yet_are_accepted_with_a_warning(data: dict[str, obj
     key = warnings[0].partition(":")[0]
     assert key in {"dns", "providers", "warmup", "dkim"} | {
         "compliance",
-        "experiments",
         "cluster.node",
         "pools[0].members[0].warmup_start",
     }

@@ -85,7 +85,9 @@ def with_experiment(**exp: object) -> dict[str, object]:
 
 
 def test_config_accepts_the_spec_example() -> None:
-    cfg = parse_config(with_experiment(split="recipient", guardrail_bounce_margin=0.02))
+    warnings: list[str] = []  # [[experiments]] is built: no "not implemented yet"
+    cfg = parse_config(with_experiment(split="recipient", guardrail_bounce_margin=0.02), warnings)
+    assert warnings == []
     exp = cfg.experiments[0]
     assert [v.name for v in exp.variants] == ["control", "latency"]
     pool = variant_pool(cfg.pools[0], exp, "latency")
@@ -125,12 +127,25 @@ def test_config_accepts_the_spec_example() -> None:
             {"variants": [{"name": "a", "share": 50}, {"name": "a", "share": 50}]},
             "experiments[0].variants[1].name: duplicate",
         ),
+        (
+            {"variants": [{"name": "a", "share": 100}, {"name": "b"}]},
+            "experiments[0].variants[1].share: must be set",
+        ),
     ],
 )
 def test_config_errors_name_the_key(exp: dict[str, object], problem: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(with_experiment(**exp))
     assert any(line.startswith(problem) for line in err.value.problems), err.value.problems
+
+
+def test_a_wrong_type_is_one_problem() -> None:
+    bad = {"variants": [{"name": "a", "share": "half"}, {"name": "b", "share": 50}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(with_experiment(**bad))
+    assert err.value.problems == [
+        "experiments[0].variants[0].share: expected `float`, got `str`"
+    ], err.value.problems
 
 
 def test_guardrail_stops_a_blocked_variant_early_and_spares_a_fair_one() -> None:
