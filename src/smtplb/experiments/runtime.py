@@ -22,7 +22,6 @@ from smtplb.config import ExperimentConfig, PoolConfig
 from smtplb.experiments.assignment import Assignment, VariantShare
 from smtplb.experiments.counters import Event, ExperimentStore, Observation
 from smtplb.experiments.guardrail import Guardrail
-from smtplb.experiments.report import VariantInfo, build_report
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord
 
@@ -226,6 +225,9 @@ class Experiments:
         return await self.report(name)
 
     async def report(self, name: str) -> dict[str, Any]:
+        # numpy and scipy load on the first report, not at every worker's start
+        from smtplb.experiments.report import VariantInfo, build_report
+
         exp = self.by_name[name]
         await self.flush()
         rows = await asyncio.to_thread(self.store.rows, name)

@@ -23,7 +23,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy import special, stats
+# scipy is imported where it is used: it costs seconds at start on a busy machine,
+# and a node's hot path (assignment, the guardrail's mSPRT) never needs it.
+
 
 Z95 = 1.959963984540054  # the 97.5 % normal quantile
 SRM_ALPHA = 0.001  # GrowthBook's and Eppo's default for a sample-ratio mismatch
@@ -67,6 +69,8 @@ def two_proportion(k_control: int, n_control: int, k_variant: int, n_variant: in
     interval = Interval(diff - Z95 * se, diff + Z95 * se)
     if se0 == 0.0:
         return TwoProportion(diff, interval, 0.0, 1.0)
+    from scipy import special
+
     z = diff / se0
     return TwoProportion(diff, interval, z, float(2 * special.ndtr(-abs(z))))  # 2·Φ(−|z|)
 
@@ -183,6 +187,8 @@ def mann_whitney(control: Sequence[float], variant: Sequence[float]) -> RankTest
     pc, pv = quantile(control, 0.95), quantile(variant, 0.95)
     if len(control) < 2 or len(variant) < 2 or len(set(control) | set(variant)) < 2:
         return RankTest(mc, mv, pc, pv, 0.0, 1.0)
+    from scipy import stats
+
     res = stats.mannwhitneyu(variant, control, alternative="two-sided")
     return RankTest(mc, mv, pc, pv, float(res.statistic), float(res.pvalue))
 
@@ -206,6 +212,8 @@ def sample_ratio(counts: Sequence[int], shares: Sequence[float]) -> SampleRatio:
     expected = tuple(total * s / weight for s in shares) if weight > 0 else ()
     if total == 0 or len(counts) < 2 or any(e <= 0 for e in expected):
         return SampleRatio(tuple(counts), expected, 0.0, 1.0)
+    from scipy import stats
+
     res = stats.chisquare(list(counts), list(expected))
     return SampleRatio(tuple(counts), expected, float(res.statistic), float(res.pvalue))
 
