@@ -24,6 +24,7 @@ from smtplb.delivery.bounces import DsnWriter
 from smtplb.delivery.dispatcher import Dispatcher
 from smtplb.delivery.mx import MxResolver
 from smtplb.delivery.pools import PausedMembers, Warmup, build_pools, retry_schedule
+from smtplb.experiments import Experiments, ExperimentStore, log_events
 from smtplb.intake.auth import AuthThrottle, make_authenticator
 from smtplb.intake.pipeline import IntakePipeline
 from smtplb.intake.server import ConnectionCap
@@ -79,6 +80,11 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     traces = TraceBook(persist=spool.note_trace)  # stored with the spool's next commit
     # Reputation state lives in the node's first spool database, shared by the workers.
     state = SqliteState(shard_path(data_dir, 0))
+    experiments = Experiments(
+        config.experiments,
+        ExperimentStore(data_dir / "experiments.sqlite"),  # one for all workers
+        on_event=log_events(delivery_log),
+    )
 
     clock = SystemClock()  # the one clock of delivery, members, health and AUTH throttling
     paused = PausedMembers(data_dir / "paused-members")
@@ -101,6 +107,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         max_ejection_percent=config.health.max_ejection_percent,
         traces=traces,
         clock=clock,
+        experiments=experiments,
     )
 
     service: Service  # bound below; the pipeline asks only once the service runs
@@ -155,6 +162,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         pools=pools,
         resolver=resolver,
         dispatcher=dispatcher,
+        experiments=experiments,
         intake=intake,
         dsn=dsn,
         authenticate=make_authenticator(users) if users else None,

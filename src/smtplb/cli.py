@@ -17,6 +17,7 @@ import click
 
 from smtplb.commands.admin import drain, members, queue, suppress
 from smtplb.commands.common import CONFIG_OPTION, config_or_exit
+from smtplb.commands.experiment import experiment
 from smtplb.commands.logs import logs
 from smtplb.commands.warmup import warmup
 from smtplb.config import parse_hostport
@@ -156,6 +157,7 @@ main.add_command(suppress)
 main.add_command(drain)
 main.add_command(warmup)
 main.add_command(logs)
+main.add_command(experiment)
 main.add_command(dkim)
 main.add_command(auth)
 
@@ -175,13 +177,20 @@ def sink(args: tuple[str, ...]) -> None:
 @click.option("--rate", default=40.0, show_default=True, help="Messages per second.")
 @click.option("--http-port", default=8025, show_default=True, help="0: any free port.")
 @click.option("--smtp-port", default=2525, show_default=True, help="0: any free port.")
-def demo(duration: float, rate: float, http_port: int, smtp_port: int) -> None:
+@click.option(
+    "--experiment",
+    is_flag=True,
+    help="Instead: an A/B experiment, round robin against latency-aware balancing "
+    "over a fast and a slow (+300 ms) upstream, and its report.",
+)
+def demo(duration: float, rate: float, http_port: int, smtp_port: int, experiment: bool) -> None:
     """Run smtplb with sandbox upstreams and traffic: balancing, failover, dashboard."""
-    from smtplb.demo import run_demo
+    from smtplb.demo import run_demo, run_experiment_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _install_uvloop()
-    sys.exit(asyncio.run(run_demo(duration, rate, http_port, smtp_port)))
+    run = run_experiment_demo if experiment else run_demo
+    sys.exit(asyncio.run(run(duration, rate, http_port, smtp_port)))
 
 
 if __name__ == "__main__":

@@ -25,10 +25,12 @@ from smtplb.config_sections import (
     ComplianceConfig,
     DkimConfig,
     DnsConfig,
+    ExperimentConfig,
     ReputationConfig,
     Section,
     SuppressionConfig,
     WarmupConfig,
+    validate_experiments,
     validate_reputation,
 )
 from smtplb.config_shape import Rules, check_shape, key_name, related
@@ -56,7 +58,6 @@ MAX_MESSAGE_SIZE = Size(2 * 1024**3)
 # table by itself once its struct field exists; delete the entry with the feature.
 PLANNED = {
     "providers": "SPEC §3.4 [[providers]]: no per-provider limits or reply rules",
-    "experiments": "SPEC §3.4 [[experiments]]: no A/B experiments",
     "cluster.node": "SPEC §3.4 [cluster] node: no cluster",
 }
 # Keys that parse but whose feature does nothing yet: a warning when set (true or a
@@ -211,6 +212,7 @@ class WebhookConfig(Section):
             "throttled",
             "probation",
             "reputation_ok",
+            "experiment_*",
         ]
     )
     secret: str | None = None
@@ -244,6 +246,7 @@ class Config(Section):
     dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
     suppression: SuppressionConfig = msgspec.field(default_factory=SuppressionConfig)
     reputation: ReputationConfig = msgspec.field(default_factory=ReputationConfig)
+    experiments: list[ExperimentConfig] = msgspec.field(default_factory=list)
 
     @property
     def members(self) -> list[MemberConfig]:
@@ -468,6 +471,11 @@ def _validate(cfg: Config) -> list[str]:
         )
     problems.extend(_validate_mail_auth(cfg))
     problems.extend(validate_reputation(cfg.suppression, cfg.reputation))
+    problems.extend(
+        validate_experiments(
+            cfg.experiments, {p.name: {m.name for m in p.members} for p in cfg.pools}, STRATEGIES
+        )
+    )
     return problems
 
 

@@ -1,6 +1,6 @@
-"""The config sections of SPEC §3.4 (warm-up, cluster, DKIM, compliance, DNS, suppression,
-reputation) as structs, and the checks of the reputation sections; ``config.py`` puts them
-into the whole :class:`~smtplb.config.Config`."""
+"""The config sections of SPEC §3.4 (experiments, warm-up, cluster, DKIM, compliance,
+DNS, suppression, reputation) as structs, with the checks of the reputation and experiment
+sections; ``config.py`` puts them into the whole :class:`~smtplb.config.Config`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import msgspec
 from smtplb.units import Duration
 
 SUPPRESSION_ACTIONS = ("reject", "drop")
+SPLITS = ("recipient", "message")
 
 
 class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -31,6 +32,21 @@ class WarmupConfig(Section):
     complaint_hold: float = 0.001
     complaint_step_back: float = 0.003
     idle_restart: Duration = Duration(30 * 86400)
+
+
+class ExperimentVariantConfig(Section):
+    name: str
+    share: float = 0.0  # percent; checked with the others (a default keeps one problem per key)
+    strategy: str | None = None  # default: the pool's
+    members: list[str] | None = None  # default: all of the pool's
+
+
+class ExperimentConfig(Section):
+    name: str
+    pool: str
+    split: str = "recipient"  # recipient | message
+    guardrail_bounce_margin: float = 0.02
+    variants: list[ExperimentVariantConfig] = msgspec.field(default_factory=list)
 
 
 class ClusterConfig(Section):
@@ -108,4 +124,56 @@ def validate_reputation(suppression: SuppressionConfig, rep: ReputationConfig) -
         check(
             0 < rate <= 1, f"reputation.{key}", f"must be a rate above 0 and at most 1, got {rate}"
         )
+    return problems
+
+
+def validate_experiments(
+    experiments: list[ExperimentConfig],
+    pool_members: dict[str, set[str]],
+    strategies: tuple[str, ...],
+) -> list[str]:
+    """[[experiments]]: pools and members named, shares, strategies."""
+    problems: list[str] = []
+    names: set[str] = set()
+    experimented: set[str] = set()
+    for i, exp in enumerate(experiments):
+        at = f"experiments[{i}]"
+        if exp.name in names or not exp.name:
+            problems.append(f"{at}.name: duplicate or empty experiment name {exp.name!r}")
+        names.add(exp.name)
+        pool = pool_members.get(exp.pool)
+        if pool is None:
+            problems.append(f"{at}.pool: no pool named {exp.pool!r}")
+        elif exp.pool in experimented:
+            problems.append(f"{at}.pool: pool {exp.pool!r} already has an experiment")
+        experimented.add(exp.pool)
+        if exp.split not in SPLITS:
+            problems.append(f"{at}.split: expected one of {', '.join(SPLITS)}")
+        if not 0 <= exp.guardrail_bounce_margin < 1:
+            problems.append(f"{at}.guardrail_bounce_margin: must be from 0 to below 1")
+        if len(exp.variants) < 2:
+            problems.append(f"{at}.variants: an experiment needs at least two variants")
+        variant_names: set[str] = set()
+        for j, v in enumerate(exp.variants):
+            vat = f"{at}.variants[{j}]"
+            if v.name in variant_names or not v.name:
+                problems.append(f"{vat}.name: duplicate or empty variant name {v.name!r}")
+            variant_names.add(v.name)
+            if not 0 < v.share <= 100:
+                problems.append(f"{vat}.share: must be set, above 0 and at most 100 (percent)")
+            if v.strategy is not None and v.strategy not in strategies:
+                problems.append(
+                    f"{vat}.strategy: unknown strategy {v.strategy!r} "
+                    f"(expected one of {', '.join(strategies)})"
+                )
+            if v.members is not None and pool is not None:
+                known = pool
+                unknown = [m for m in v.members if m not in known]
+                if unknown or not v.members:
+                    problems.append(
+                        f"{vat}.members: {', '.join(map(repr, unknown)) or 'empty list'}: "
+                        f"not members of pool {exp.pool!r}"
+                    )
+        if exp.variants and abs(sum(v.share for v in exp.variants) - 100) > 1e-6:
+            problems.append(f"{at}.variants: shares must add up to 100 (percent)")
     return problems

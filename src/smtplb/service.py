@@ -39,6 +39,7 @@ from smtplb.delivery.pools import (
     build_pools,
     retry_schedule,
 )
+from smtplb.experiments import Experiments
 from smtplb.intake.auth import AuthThrottle
 from smtplb.intake.pipeline import IntakePipeline
 from smtplb.intake.server import ConnectionCap, Listener
@@ -88,6 +89,7 @@ class Service:
         pools: dict[str, PoolRuntime],
         resolver: MxResolver,
         dispatcher: Dispatcher,
+        experiments: Experiments,
         intake: IntakePipeline,
         dsn: DsnWriter,
         authenticate: Callable[[str, str], bool] | None,
@@ -118,6 +120,7 @@ class Service:
         self.pools = pools
         self.resolver = resolver
         self.dispatcher = dispatcher
+        self.experiments = experiments
         self.intake = intake
         self.dsn = dsn
         self.authenticate = authenticate
@@ -409,6 +412,8 @@ class Service:
             for member in self.members():
                 member.close_idle(idle_after)
             await self._save_book()
+            if self.config.experiments:
+                await self.experiments.refresh()  # stops made by other workers or the CLI
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + 600
                 keep = self.config.delivery.keep_final
@@ -463,6 +468,7 @@ class Service:
         self.intake.signer.keyring = keyring
         self.pools.clear()
         self.warmup.reconfigure(new)
+        self.experiments.configure(new.experiments)
         self.pools.update(
             build_pools(
                 new,
@@ -480,6 +486,21 @@ class Service:
         log.info("configuration reloaded from %s", self.config_path)
         self.dispatcher.wake()
 
+    # -- experiments (Operations) -------------------------------------------------------
+
+    def experiment_views(self) -> list[dict[str, Any]]:
+        return self.experiments.summary()
+
+    async def experiment_report(self, name: str) -> dict[str, Any] | None:
+        if name not in self.experiments.by_name:
+            return None
+        return await self.experiments.report(name)
+
+    async def set_experiment_running(self, name: str, running: bool) -> dict[str, Any] | None:
+        if name not in self.experiments.by_name:
+            return None
+        return await self.experiments.set_running(name, running)
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a one-off task, holding a reference until it ends (the loop keeps
         only a weak one: an unreferenced task may be collected mid-way)."""
@@ -493,6 +514,8 @@ class Service:
         for listener in self.listeners:
             await listener.stop()
         await self.dispatcher.stop()
+        await self.experiments.flush()
+        self.experiments.store.close()
         for task in [*self._tasks, *self._background]:
             task.cancel()
         for task in [*self._tasks, *self._background]:

@@ -109,6 +109,16 @@ class StandIn:
     async def delete(self, queue_id: str) -> bool:
         return queue_id == "Q1"
 
+    def experiment_views(self) -> list[dict[str, Any]]:
+        return [{"name": "m1", "pool": "main", "state": "running", "variants": []}]
+
+    async def experiment_report(self, name: str) -> dict[str, Any] | None:
+        return {"name": name, "state": "running"} if name == "m1" else None
+
+    async def set_experiment_running(self, name: str, running: bool) -> dict[str, Any] | None:
+        state = "running" if running else "stopped"
+        return {"name": name, "state": state} if name == "m1" else None
+
 
 def _view() -> MessageView:
     rcpt = RecipientView(
@@ -241,6 +251,13 @@ CASES = [
     ("post", "/api/v1/suppressions", {"addresses": ["not an address"]}, 422),
     ("post", "/api/v1/suppressions", [1], 400),
     ("delete", "/api/v1/suppressions/nope", None, 404),
+    ("get", "/api/v1/experiments", None, 200),
+    ("get", "/api/v1/experiments/m1", None, 200),
+    ("get", "/api/v1/experiments/nope", None, 404),
+    ("post", "/api/v1/experiments/m1/start", None, 200),
+    ("post", "/api/v1/experiments/nope/start", None, 404),
+    ("post", "/api/v1/experiments/m1/stop", None, 200),
+    ("post", "/api/v1/experiments/nope/stop", None, 404),
 ]
 
 

@@ -233,7 +233,6 @@ def test_unknown_top_level_key_names_the_key() -> None:
     "data",
     [
         {"providers": [{"name": "gmail"}]},
-        {"experiments": [{"name": "e", "pool": "default"}]},
         {"cluster": {"node": "node-a"}},
     ],
 )
@@ -242,7 +241,7 @@ def test_spec_keys_not_built_yet_are_accepted_with_a_warning(data: dict[str, obj
     parse_config(data, warnings)
     assert len(warnings) == 1
     key = warnings[0].partition(":")[0]
-    assert key in {"providers", "experiments", "cluster.node"}
+    assert key in {"providers", "cluster.node"}
     assert "not implemented yet, ignored" in warnings[0]
 
 

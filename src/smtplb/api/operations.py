@@ -114,3 +114,17 @@ class Operations(Protocol):
     async def delete(self, queue_id: str) -> bool:
         """Remove a message; False when there is none."""
         ...
+
+    # -- experiments -----------------------------------------------------------------
+
+    def experiment_views(self) -> list[dict[str, Any]]:
+        """Every configured experiment: pool, split, state, variants."""
+        ...
+
+    async def experiment_report(self, name: str) -> dict[str, Any] | None:
+        """An experiment's report; None when there is no such experiment."""
+        ...
+
+    async def set_experiment_running(self, name: str, running: bool) -> dict[str, Any] | None:
+        """Start (restart) or stop an experiment; its report, or None if there is none."""
+        ...

@@ -262,6 +262,48 @@ async def member_resume(request: Request) -> Response:
     return JSONResponse(member)
 
 
+# -- experiments -----------------------------------------------------------------
+
+
+@public
+@documented((200, "ExperimentList", "Every configured experiment"))
+async def experiments_list(request: Request) -> Response:
+    """The configured experiments and their state (aggregates: no addresses)."""
+    return JSONResponse({"experiments": _ops(request).experiment_views()})
+
+
+def _no_experiment(request: Request, name: str) -> JSONResponse:
+    names = ", ".join(e["name"] for e in _ops(request).experiment_views()) or "none configured"
+    return problem(404, "No such experiment", f"{name!r} (experiments: {names})")
+
+
+@public
+@documented((200, "ExperimentReport", "The report"), fails=[404])
+async def experiment_report(request: Request) -> Response:
+    """An experiment's report: per variant and metric, intervals, p-values, verdicts."""
+    name = request.path_params["name"]
+    report = await _ops(request).experiment_report(name)
+    return _no_experiment(request, name) if report is None else JSONResponse(report)
+
+
+@protected
+@documented((200, "ExperimentReport", "The report, now running"), fails=[404])
+async def experiment_start(request: Request) -> Response:
+    """Start (or restart) an experiment; stopped variants get their traffic back."""
+    name = request.path_params["name"]
+    report = await _ops(request).set_experiment_running(name, True)
+    return _no_experiment(request, name) if report is None else JSONResponse(report)
+
+
+@protected
+@documented((200, "ExperimentReport", "The report, now stopped"), fails=[404])
+async def experiment_stop(request: Request) -> Response:
+    """Stop an experiment: its pool's traffic goes the pool's own way; counts are kept."""
+    name = request.path_params["name"]
+    report = await _ops(request).set_experiment_running(name, False)
+    return _no_experiment(request, name) if report is None else JSONResponse(report)
+
+
 @protected
 @documented((200, "Member", "The member, now quarantined"), fails=[404])
 async def member_quarantine(request: Request) -> Response:
@@ -471,6 +513,10 @@ ROUTES = [
     Route("/api/v1/suppressions/{address}", suppressions_remove, methods=["DELETE"]),
     Route("/api/v1/drain", drain, methods=["POST"]),
     Route("/api/v1/drain", undrain, methods=["DELETE"]),
+    Route("/api/v1/experiments", experiments_list),
+    Route("/api/v1/experiments/{name}", experiment_report),
+    Route("/api/v1/experiments/{name}/start", experiment_start, methods=["POST"]),
+    Route("/api/v1/experiments/{name}/stop", experiment_stop, methods=["POST"]),
 ]
 
 

@@ -36,6 +36,7 @@ from smtplb.delivery.member import AttemptResult, Member
 from smtplb.delivery.mx import MxResolver, ResolveError
 from smtplb.delivery.outcome import RetrySchedule, next_state, transaction_outcomes
 from smtplb.delivery.pools import LANES, Job, PoolRuntime, no_member_reply
+from smtplb.experiments import Experiments, Observation
 from smtplb.model import RecipientState, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord, member_record
@@ -44,6 +45,7 @@ from smtplb.reputation.book import MEMBER_WIDE, Change, ReputationBook
 from smtplb.reputation.standing import Outcome, Reputation
 from smtplb.smtp.bounce import Classification, classify_bounce
 from smtplb.smtp.reply import Reply
+from smtplb.smtp.status import BounceKind, classify_reply
 from smtplb.spool.base import (
     ClaimedMessage,
     ClaimedRecipient,
@@ -87,7 +89,9 @@ class Dispatcher:
         traces: TraceBook | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        experiments: Experiments | None = None,
     ) -> None:
+        self.experiments = experiments
         self.clock = clock if clock is not None else SystemClock()
         self.traces = traces if traces is not None else TraceBook()
         self.max_ejection_percent = max_ejection_percent
@@ -128,13 +132,24 @@ class Dispatcher:
 
     def submit(self, message: ClaimedMessage) -> None:
         """Queue a claimed message's recipients (all INFLIGHT in the spool) for delivery."""
-        groups: dict[tuple[str, int, str], list[ClaimedRecipient]] = {}
+        groups: dict[tuple[str, int, str, tuple[str, str] | None], list[ClaimedRecipient]] = {}
+        experiments = self.experiments if not message.is_dsn else None  # DSNs stay out
         for rcpt in message.recipients:
-            key = (rcpt.pool, min(max(rcpt.priority, 0), LANES - 1), domain_of(rcpt.address))
+            experiment = (
+                experiments.variant_for(rcpt.pool, rcpt.address, message.queue_id)
+                if experiments is not None
+                else None
+            )
+            key = (
+                rcpt.pool,
+                min(max(rcpt.priority, 0), LANES - 1),
+                domain_of(rcpt.address),
+                experiment,
+            )
             groups.setdefault(key, []).append(rcpt)
-        for (pool_name, priority, domain), rcpts in groups.items():
+        for (pool_name, priority, domain, experiment), rcpts in groups.items():
             self.held += len(rcpts)
-            job = Job(message, rcpts, pool_name, priority, domain)
+            job = Job(message, rcpts, pool_name, priority, domain, experiment=experiment)
             pool = self.pools.get(pool_name)
             if pool is None:  # the pool was removed by a reload: defer, never drop
                 self._defer(job, Reply(451, "4.3.5", f"no pool named {pool_name!r}"))
@@ -176,7 +191,7 @@ class Dispatcher:
                     pool.name,
                     job.priority,
                     choice.member.name,
-                    pool.config.strategy,
+                    pool.strategy_label(job),
                     choice.selection.reasons(choice.member),
                 )
                 self._start(job, choice.member, now)
@@ -228,7 +243,7 @@ class Dispatcher:
         if pool is not None:
             if not result.answered:  # nothing sent: give back what the pick reserved
                 pool.release(member, job, now)
-            transition = pool.record(member, result, now, self.max_ejection_percent)
+            transition = pool.record(member, result, now, self.max_ejection_percent, job)
         else:  # the pool was removed by a reload meanwhile
             transition = member.record(result, now)
         if transition is not None:
@@ -280,6 +295,12 @@ class Dispatcher:
                 elsewhere.append(rcpt)
                 states.append(RecipientState.DEFERRED)
                 self._log_rcpt(job, rcpt, "failover", reply, member=member, upstream=upstream)
+                if job.experiment is not None and self.experiments is not None:
+                    # The variant's path was blocked: that is its outcome for this recipient
+                    # (its guardrail must see it); the retry goes to the whole pool, outside
+                    # the experiment, so the recipient is not counted twice.
+                    blocked = RecipientState.BOUNCED
+                    self.experiments.observe(_observation(job, rcpt, blocked, reply, now, latency))
                 continue
             state, next_attempt = next_state(
                 reply, attempt, now, job.message.expires_at, self.schedule, self._rng
@@ -310,6 +331,10 @@ class Dispatcher:
                     self.on_hard_bounce(rcpt.address, str(reply))
             elif state is RecipientState.EXPIRED:
                 expired.append(_failed(rcpt.address, reply, upstream, expired=True))
+            if job.experiment is not None and self.experiments is not None and state.is_final:
+                self.experiments.observe(
+                    _observation(job, rcpt, state, reply, now, latency if member else None)
+                )
             self._log_rcpt(
                 job,
                 rcpt,
@@ -398,6 +423,7 @@ class Dispatcher:
                 delay_ms=round((self.clock.wall() - msg.received_at) * 1000, 1),
                 attempt=attempt,
                 klass=msg.content_class,
+                variant=job.variant,
             )
         )
 
@@ -417,6 +443,7 @@ class Dispatcher:
                     response=response,
                     attempt=rcpt.attempts + 1,
                     klass=job.message.content_class,
+                    variant=job.variant,
                 )
             )
 
@@ -621,4 +648,33 @@ def _failed(address: str, reply: Reply, upstream: str, *, expired: bool = False)
         status,
         diagnostic(reply.code, reply.enhanced_code, reply.text),
         upstream.rpartition(":")[0],
+    )
+
+
+def _observation(
+    job: Job,
+    rcpt: ClaimedRecipient,
+    state: RecipientState,
+    reply: Reply,
+    now: float,
+    latency: float | None,
+) -> Observation:
+    """A finished recipient of an experiment's message, for its counters."""
+    experiment, variant = job.experiment or ("", "")
+    if state is RecipientState.DELIVERED:
+        outcome = "delivered"
+    elif state is RecipientState.BOUNCED:
+        policy = classify_reply(reply) is BounceKind.POLICY  # 5.7.x: the sender was blocked
+        outcome = "policy_block" if policy else "bounced"
+    else:
+        outcome = "expired"
+    return Observation(
+        experiment,
+        variant,
+        job.domain,  # the provider, once routing recognises providers
+        outcome,
+        deferred_ever=rcpt.attempts > 0,
+        time_to_deliver=now - job.message.received_at if outcome == "delivered" else None,
+        latency=latency,
+        at=now,
     )

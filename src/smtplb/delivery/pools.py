@@ -29,6 +29,7 @@ from smtplb.config import Config, MemberConfig, PoolConfig
 from smtplb.delivery.connection import ConnectionSettings
 from smtplb.delivery.member import AttemptResult, Member
 from smtplb.delivery.outcome import RetrySchedule
+from smtplb.experiments import variant_pool
 from smtplb.model import domain_of
 from smtplb.reputation.warmup_gate import WarmupGate, policy_of, warming_members
 from smtplb.reputation.warmup_store import SqliteWarmupState
@@ -47,6 +48,7 @@ class Job:
     priority: int
     domain: str
     tried: set[str] = field(default_factory=set)
+    experiment: tuple[str, str] | None = None  # (experiment, variant)
     request: PickRequest = field(init=False)
 
     def __post_init__(self) -> None:
@@ -60,10 +62,15 @@ class Job:
             tried=self.tried,
         )
 
+    @property
+    def variant(self) -> str | None:
+        return self.experiment[1] if self.experiment is not None else None
+
     def __repr__(self) -> str:
+        variant = f", variant={self.variant}" if self.experiment else ""
         return (
             f"Job({self.message.queue_id}, {len(self.recipients)} rcpt @{self.domain}, "
-            f"pool={self.pool}, tried={sorted(self.tried)})"
+            f"pool={self.pool}{variant}, tried={sorted(self.tried)})"
         )
 
 
@@ -89,6 +96,8 @@ class PoolRuntime:
     lanes: tuple[deque[Job], ...] = field(
         default_factory=lambda: tuple(deque() for _ in range(LANES))
     )
+    # an experiment's variants: each its own strategy over its member subset
+    variants: dict[str, tuple[list[Member], Strategy]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -99,11 +108,12 @@ class PoolRuntime:
 
     def choose(self, job: Job, now: float) -> Choice:
         """Eligible members for ``job`` at ``now``, then the strategy's pick among them."""
-        selection = self.eligibility.select(self.members, job.request, now)
+        members, strategy = self.for_job(job)
+        selection = self.eligibility.select(members, job.request, now)
         while True:
             chosen: Eligible[Member] | None = None
             if selection.candidates:
-                chosen = self.strategy.pick(selection.candidates, job.request)
+                chosen = strategy.pick(selection.candidates, job.request)
             if chosen is None or chosen.full:
                 return Choice(None, selection)
             n = len(job.recipients)
@@ -121,12 +131,31 @@ class PoolRuntime:
         """``member`` was chosen for ``job`` but sent nothing: give back its reservations."""
         self.eligibility.release(member, job.request, len(job.recipients), now)
 
+    def for_job(self, job: Job | None) -> tuple[list[Member], Strategy]:
+        """The members and the strategy that pick for ``job`` (its variant's, if any)."""
+        variant = job.variant if job is not None else None
+        if variant is not None and variant in self.variants:
+            return self.variants[variant]
+        return self.members, self.strategy
+
+    def strategy_label(self, job: Job) -> str:
+        """The strategy's name for the trace: the variant's, with the experiment."""
+        if job.experiment is None:
+            return self.config.strategy
+        experiment, variant = job.experiment
+        return f"{self.for_job(job)[1].name} (experiment {experiment}, variant {variant})"
+
     def any_available(self, now: float) -> bool:
         """Could any member take a job (not counting busy connections)?"""
         return any(self.eligibility.excluded(m, _NO_JOB, now) is None for m in self.members)
 
     def record(
-        self, member: Member, result: AttemptResult, now: float, max_ejection_percent: int
+        self,
+        member: Member,
+        result: AttemptResult,
+        now: float,
+        max_ejection_percent: int,
+        job: Job | None = None,
     ) -> Transition | None:
         """A finished attempt on ``member``: its health and counters, the strategy's latency."""
         allowed = True
@@ -136,7 +165,7 @@ class PoolRuntime:
         transition = member.record(result, now, may_eject=allowed)
         if result.answered or result.failure is not None:
             ok = result.answered and result.accepted
-            self.strategy.observe(member.name, result.seconds, ok, now)
+            self.for_job(job)[1].observe(member.name, result.seconds, ok, now)
         return transition
 
     def __repr__(self) -> str:
@@ -238,6 +267,13 @@ def build_pools(
     for pc in config.pools:
         members = [_member(config, pc, mc, existing, paused, workers, clock) for mc in pc.members]
         pools[pc.name] = PoolRuntime(pc, members, make_strategy(pc), eligibility or Eligibility())
+    for exp in config.experiments:  # each variant: its strategy over its member subset
+        pool = pools[exp.pool]
+        for v in exp.variants:
+            vpc = variant_pool(pool.config, exp, v.name)
+            subset = {m.name for m in vpc.members}
+            vmembers = [m for m in pool.members if m.name in subset]
+            pool.variants[v.name] = (vmembers, make_strategy(vpc))
     return pools
 
 

@@ -40,6 +40,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.variant_messages = Counter(
+            "smtplb_experiment_messages",
+            "Recipient delivery events of an experiment's messages, by variant and outcome",
+            ["pool", "variant", "outcome"],
+            registry=r,
+        )
         self.received = Counter(
             "smtplb_received_recipients",
             "Recipients accepted into the spool",
@@ -139,6 +145,9 @@ class Metrics:
         member = record.member or ""
         if event in OUTCOMES:
             self._child(self.messages, pool, member, event).inc()
+            variant = record.variant
+            if variant is not None:
+                self._child(self.variant_messages, pool, variant, event).inc()
             latency = record.latency_ms
             if event != "failover" and member and latency is not None:
                 self._child(self.latency, pool, member).observe(latency / 1000)

@@ -5,7 +5,9 @@ A :class:`DeliveryRecord` is one event about one recipient (``received``,
 ``suppressed``, ``complaint``) or about one member (``member_up``,
 ``member_down``, ``member_ejected``, ``member_paused``, ``member_resumed``,
 ``quarantined``, ``suspended``, ``warmup_advanced``, ``warmup_held``,
-``warmup_stepped_back``). Intake and delivery build it, the
+``warmup_stepped_back``) or about an experiment (``experiment_started``,
+``experiment_stopped``, ``experiment_variant_stopped``: ``variant`` and the
+reason in ``response``). Intake and delivery build it, the
 :class:`~smtplb.observability.delivery_log.DeliveryLog` stamps ``ts`` and
 encodes it, the listeners (metrics, live view, webhooks) read its attributes,
 and ``logs analyze`` decodes log lines back into it.
@@ -46,7 +48,8 @@ MEMBER_EVENTS = (
     "warmup_held",
     "warmup_stepped_back",
 )
-EVENTS = RECIPIENT_EVENTS + MEMBER_EVENTS
+EXPERIMENT_EVENTS = ("experiment_started", "experiment_stopped", "experiment_variant_stopped")
+EVENTS = RECIPIENT_EVENTS + MEMBER_EVENTS + EXPERIMENT_EVENTS
 
 
 class DeliveryRecord(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
