@@ -36,16 +36,22 @@ from smtplb.delivery.member import AttemptResult, Member
 from smtplb.delivery.mx import MxResolver, ResolveError
 from smtplb.delivery.outcome import RetrySchedule, next_state, transaction_outcomes
 from smtplb.delivery.pools import LANES, Job, PoolRuntime, no_member_reply
-from smtplb.experiments import Experiments, Observation
+from smtplb.delivery.records import (
+    failed_recipient,
+    job_records,
+    observation,
+    rcpt_record,
+    reputation_record,
+)
+from smtplb.experiments import Experiments
 from smtplb.model import RecipientState, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord, member_record
 from smtplb.observability.trace import TraceBook
-from smtplb.reputation.book import MEMBER_WIDE, Change, ReputationBook
+from smtplb.reputation.book import Change, ReputationBook
 from smtplb.reputation.standing import Outcome, Reputation
 from smtplb.smtp.bounce import Classification, classify_bounce
 from smtplb.smtp.reply import Reply
-from smtplb.smtp.status import BounceKind, classify_reply
 from smtplb.spool.base import (
     ClaimedMessage,
     ClaimedRecipient,
@@ -300,7 +306,7 @@ class Dispatcher:
                     # (its guardrail must see it); the retry goes to the whole pool, outside
                     # the experiment, so the recipient is not counted twice.
                     blocked = RecipientState.BOUNCED
-                    self.experiments.observe(_observation(job, rcpt, blocked, reply, now, latency))
+                    self.experiments.observe(observation(job, rcpt, blocked, reply, now, latency))
                 continue
             state, next_attempt = next_state(
                 reply, attempt, now, job.message.expires_at, self.schedule, self._rng
@@ -321,7 +327,7 @@ class Dispatcher:
                 )
             )
             if state is RecipientState.BOUNCED:
-                bounced.append(_failed(rcpt.address, reply, upstream))
+                bounced.append(failed_recipient(rcpt.address, reply, upstream))
                 if (
                     self.on_hard_bounce is not None
                     and member is not None
@@ -330,10 +336,10 @@ class Dispatcher:
                 ):
                     self.on_hard_bounce(rcpt.address, str(reply))
             elif state is RecipientState.EXPIRED:
-                expired.append(_failed(rcpt.address, reply, upstream, expired=True))
+                expired.append(failed_recipient(rcpt.address, reply, upstream, expired=True))
             if job.experiment is not None and self.experiments is not None and state.is_final:
                 self.experiments.observe(
-                    _observation(job, rcpt, state, reply, now, latency if member else None)
+                    observation(job, rcpt, state, reply, now, latency if member else None)
                 )
             self._log_rcpt(
                 job,
@@ -403,49 +409,13 @@ class Dispatcher:
         latency: float = 0.0,
         attempt: int = 0,
     ) -> None:
-        msg = job.message
         self.log.write(
-            DeliveryRecord(
-                event=event,
-                queue_id=msg.queue_id,
-                message_id=msg.message_id,
-                sender=msg.sender,
-                recipient=rcpt.address,
-                recipient_domain=job.domain,
-                pool=job.pool,
-                member=member.name if member else None,
-                source_ip=member.source_ip if member else None,
-                upstream=upstream or None,
-                code=reply.code,
-                enhanced_code=reply.enhanced_code,
-                response=reply.text,
-                latency_ms=round(latency * 1000, 1) if member else None,
-                delay_ms=round((self.clock.wall() - msg.received_at) * 1000, 1),
-                attempt=attempt,
-                klass=msg.content_class,
-                variant=job.variant,
-            )
+            rcpt_record(job, rcpt, event, reply, member, upstream, latency, attempt, self.clock)
         )
 
     def _log_job(self, job: Job, event: str, *, member: Member, response: str) -> None:
-        for rcpt in job.recipients:
-            self.log.write(
-                DeliveryRecord(
-                    event=event,
-                    queue_id=job.message.queue_id,
-                    message_id=job.message.message_id,
-                    sender=job.message.sender,
-                    recipient=rcpt.address,
-                    recipient_domain=job.domain,
-                    pool=job.pool,
-                    member=member.name,
-                    source_ip=member.source_ip,
-                    response=response,
-                    attempt=rcpt.attempts + 1,
-                    klass=job.message.content_class,
-                    variant=job.variant,
-                )
-            )
+        for record in job_records(job, event, member, response):
+            self.log.write(record)
 
     def _judge(self, job: Job, member: Member, reply: Reply, kind: Classification | None) -> bool:
         """Count the reply (of class ``kind``) in the member's reputation; True when it is
@@ -485,17 +455,7 @@ class Dispatcher:
             None,
         )
         log.warning("member %s (%s): %s (%s)", change.member, change.provider, event, new.reason)
-        self.log.write(
-            DeliveryRecord(
-                event=event,
-                pool=pool,
-                member=change.member,
-                provider=None if change.provider == MEMBER_WIDE else change.provider,
-                response=new.reason,
-                rule=new.reason,
-                until=new.until if new.state is Reputation.QUARANTINED else None,
-            )
-        )
+        self.log.write(reputation_record(change, event, pool))
         if new.state is not Reputation.QUARANTINED:
             self.wake()
 
@@ -636,45 +596,3 @@ class Dispatcher:
 
 def _ascii(msg: ClaimedMessage, rcpts: list[str]) -> bool:
     return msg.sender.isascii() and all(r.isascii() for r in rcpts)
-
-
-def _failed(address: str, reply: Reply, upstream: str, *, expired: bool = False) -> FailedRecipient:
-    status = reply.enhanced_code or ("4.4.7" if expired else f"{reply.code // 100}.0.0")
-    if expired and status.startswith("4"):
-        status = "4.4.7"
-    return FailedRecipient(
-        address,
-        "failed",
-        status,
-        diagnostic(reply.code, reply.enhanced_code, reply.text),
-        upstream.rpartition(":")[0],
-    )
-
-
-def _observation(
-    job: Job,
-    rcpt: ClaimedRecipient,
-    state: RecipientState,
-    reply: Reply,
-    now: float,
-    latency: float | None,
-) -> Observation:
-    """A finished recipient of an experiment's message, for its counters."""
-    experiment, variant = job.experiment or ("", "")
-    if state is RecipientState.DELIVERED:
-        outcome = "delivered"
-    elif state is RecipientState.BOUNCED:
-        policy = classify_reply(reply) is BounceKind.POLICY  # 5.7.x: the sender was blocked
-        outcome = "policy_block" if policy else "bounced"
-    else:
-        outcome = "expired"
-    return Observation(
-        experiment,
-        variant,
-        job.domain,  # the provider, once routing recognises providers
-        outcome,
-        deferred_ever=rcpt.attempts > 0,
-        time_to_deliver=now - job.message.received_at if outcome == "delivered" else None,
-        latency=latency,
-        at=now,
-    )
