@@ -30,6 +30,9 @@ from smtplb.observability.live import LiveStats
 from smtplb.observability.metrics import Metrics
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
+from smtplb.reputation.rules import RuleBook
+from smtplb.reputation.shaping import Shaping
+from smtplb.routing.providers import ProviderTable
 from smtplb.service import Service
 from smtplb.spool.base import Spool
 from smtplb.spool.shards import shard_path
@@ -64,8 +67,14 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
 
     clock = SystemClock()  # the one clock of delivery, members, health and AUTH throttling
     paused = PausedMembers(data_dir / "paused-members")
-    pools = build_pools(config, {}, paused.load(), config.workers, clock)
-    resolver = MxResolver(config.static_routes)
+    shaping = Shaping(ProviderTable.build(config.providers), RuleBook(config.providers), clock)
+    pools = build_pools(config, {}, paused.load(), config.workers, clock, shaping)
+    resolver = MxResolver(
+        config.static_routes,
+        nameservers=config.dns.nameservers,
+        mx_port=config.delivery.mx_port,
+        clock=clock,
+    )
     dispatcher = Dispatcher(
         spool=spool,
         pools=pools,
@@ -76,6 +85,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         max_ejection_percent=config.health.max_ejection_percent,
         traces=traces,
         clock=clock,
+        shaping=shaping,
     )
 
     service: Service  # bound below; the pipeline asks only once the service runs

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from smtplb.units import Duration, Size
+from smtplb.units import Duration, Size, parse_rate
 
 STRATEGIES = ("round_robin", "weighted", "least_connections", "latency", "hash", "failover")
 HASH_KEYS = ("recipient_domain", "sender_domain", "client_ip", "sender")
@@ -34,6 +34,9 @@ ROUTE_MATCH_KEYS = (
     "class",
 )
 SUPPRESSION_ACTIONS = ("reject", "drop")
+# Response-rule actions (SPEC §3.4); reduce_connections halves the member's
+# adaptive connection window for the provider (the built-in "too many connections").
+RULE_ACTIONS = ("suspend", "throttle", "suspend_provider", "defer", "bounce", "reduce_connections")
 
 
 class ConfigError(Exception):
@@ -150,6 +153,7 @@ class DeliveryConfig(_Struct):
     connection_idle: Duration = Duration(10)
     max_in_flight: int = 2000
     keep_final: Duration = Duration(86400)  # finished messages stay for `queue show`
+    mx_port: int = 25  # the port of MX hosts (tests point it at a sink)
 
 
 class LogConfig(_Struct):
@@ -185,6 +189,29 @@ class ClusterConfig(_Struct):
     redis: str | None = None
 
 
+class DnsConfig(_Struct):
+    nameservers: list[str] = msgspec.field(default_factory=list)  # "host:port"; empty: system
+
+
+class ProviderRuleConfig(_Struct):
+    match: str  # regex on "code enhanced text" of a reply
+    action: str
+    duration: Duration = Duration(3600)
+    name: str = ""  # default: "<provider>-<index>"
+
+
+class ProviderConfig(_Struct):
+    """One mailbox provider; an entry with a built-in name replaces that one."""
+
+    name: str
+    domains: list[str] = msgspec.field(default_factory=list)
+    mx_suffixes: list[str] = msgspec.field(default_factory=list)
+    max_connections: int | None = None  # per member, for this provider
+    max_messages_per_connection: int | None = None
+    rate: str | None = None  # per member: "N/s", "N/m", "N/h", "N/d"
+    rules: list[ProviderRuleConfig] = msgspec.field(default_factory=list)
+
+
 class Config(_Struct):
     data_dir: str = "var"
     workers: int = 1  # processes on this node, each with its own spool shard
@@ -199,6 +226,8 @@ class Config(_Struct):
     webhooks: list[WebhookConfig] = msgspec.field(default_factory=list)
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
+    providers: list[ProviderConfig] = msgspec.field(default_factory=list)
 
     @property
     def members(self) -> list[MemberConfig]:
@@ -396,6 +425,47 @@ def _validate(cfg: Config) -> list[str]:
         "log.level",
         "expected one of debug, info, warning, error",
     )
+    check(0 < d.mx_port < 65536, "delivery.mx_port", "must be a port from 1 to 65535")
+    for i, server in enumerate(cfg.dns.nameservers):
+        try:
+            host, _ = parse_hostport(server)
+            ipaddress.ip_address(host)
+        except ValueError:
+            problems.append(f"dns.nameservers[{i}]: expected IP:port, got {server!r}")
+    problems.extend(_validate_providers(cfg.providers))
+    return problems
+
+
+def _validate_providers(providers: list[ProviderConfig]) -> list[str]:
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, p in enumerate(providers):
+        at = f"providers[{i}]"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", p.name):
+            problems.append(f"{at}.name: expected a lower-case name like 'gmail', got {p.name!r}")
+        if p.name in seen:
+            problems.append(f"{at}.name: provider {p.name!r} is defined twice")
+        seen.add(p.name)
+        for key in ("max_connections", "max_messages_per_connection"):
+            value = getattr(p, key)
+            if value is not None and value < 1:
+                problems.append(f"{at}.{key}: must be at least 1")
+        if p.rate is not None:
+            try:
+                parse_rate(p.rate)
+            except ValueError as exc:
+                problems.append(f"{at}.rate: {exc}")
+        for j, rule in enumerate(p.rules):
+            rat = f"{at}.rules[{j}]"
+            try:
+                re.compile(rule.match)
+            except re.error as exc:
+                problems.append(f"{rat}.match: not a valid regular expression: {exc}")
+            if rule.action not in RULE_ACTIONS:
+                problems.append(
+                    f"{rat}.action: unknown action {rule.action!r} "
+                    f"(expected one of {', '.join(RULE_ACTIONS)})"
+                )
     return problems
 
 

@@ -46,6 +46,8 @@ from smtplb.observability.metrics import Metrics
 from smtplb.observability.record import member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
+from smtplb.reputation.rules import RuleBook
+from smtplb.routing.providers import ProviderTable
 from smtplb.spool.base import MessageView, Spool
 from smtplb.spool.shards import ShardedQueue, adopt_orphans
 from smtplb.workers import (
@@ -401,8 +403,17 @@ class Service:
         self.intake.reconfigure(new)
         self.pools.clear()
         self.pools.update(
-            build_pools(new, existing, self.paused.load(), self.workers, self.dispatcher.clock)
+            build_pools(
+                new,
+                existing,
+                self.paused.load(),
+                self.workers,
+                self.dispatcher.clock,
+                self.dispatcher.desk.shaping,
+            )
         )
+        self.dispatcher.desk.shaping.providers = ProviderTable.build(new.providers)
+        self.dispatcher.desk.shaping.rules = RuleBook(new.providers)
         self.resolver.static = MxResolver(new.static_routes).static
         self.dispatcher.schedule = retry_schedule(new)
         self.dsn.reporting_mta = new.hostname

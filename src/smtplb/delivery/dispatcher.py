@@ -36,10 +36,14 @@ from smtplb.delivery.member import AttemptResult, Member
 from smtplb.delivery.mx import MxResolver, ResolveError
 from smtplb.delivery.outcome import RetrySchedule, next_state, transaction_outcomes
 from smtplb.delivery.pools import LANES, Job, PoolRuntime, no_member_reply
+from smtplb.delivery.provider_desk import ProviderDesk
 from smtplb.model import RecipientState, Reply, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord, member_record
 from smtplb.observability.trace import TraceBook
+from smtplb.reputation.rules import RuleBook
+from smtplb.reputation.shaping import Shaping
+from smtplb.routing.providers import OTHER, ProviderTable
 from smtplb.spool.base import (
     ClaimedMessage,
     ClaimedRecipient,
@@ -83,9 +87,15 @@ class Dispatcher:
         traces: TraceBook | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        shaping: Shaping | None = None,
     ) -> None:
         self.clock = clock if clock is not None else SystemClock()
         self.traces = traces if traces is not None else TraceBook()
+        if shaping is None:
+            shaping = Shaping(ProviderTable.build(), RuleBook(), self.clock)
+        self.desk = ProviderDesk(shaping, resolver, delivery_log, self.traces, self.clock)
+        self._wake_handle: asyncio.TimerHandle | None = None
+        self._wake_at = 0.0
         self.max_ejection_percent = max_ejection_percent
         self.spool = spool
         self.pools = pools
@@ -126,11 +136,32 @@ class Dispatcher:
             self.held += len(rcpts)
             job = Job(message, rcpts, pool_name, priority, domain)
             pool = self.pools.get(pool_name)
+            known = self.desk.recognise_now(job, pool)
             if pool is None:  # the pool was removed by a reload: defer, never drop
                 self._defer(job, Reply(451, "4.3.5", f"no pool named {pool_name!r}"))
                 continue
-            pool.lanes[priority].append(job)
+            if known:
+                pool.lanes[priority].append(job)
+            else:
+                self._spawn(self._recognise(job))
         self._schedule_pump()
+
+    async def _recognise(self, job: Job) -> None:
+        """The job's provider from its domain's MX hosts, then into its lane."""
+        try:
+            await self.desk.recognise(job)
+        finally:
+            pool = self.pools.get(job.pool)
+            if pool is None:
+                self._defer(job, Reply(451, "4.3.5", f"no pool named {job.pool!r}"))
+            else:
+                pool.lanes[job.priority].append(job)
+                self._schedule_pump()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- the pump ------------------------------------------------------------------
 
@@ -144,6 +175,19 @@ class Dispatcher:
         now = self.clock.monotonic()
         for pool in self.pools.values():
             self._pump_pool(pool, now)
+        wake = self.desk.shaping.take_wake()
+        if wake is not None and (self._wake_handle is None or wake < self._wake_at):
+            # A member over its rate gets a token then: look at the lanes again.
+            if self._wake_handle is not None:
+                self._wake_handle.cancel()
+            self._wake_at = wake
+            self._wake_handle = asyncio.get_running_loop().call_later(
+                max(0.0, wake - now), self._woken
+            )
+
+    def _woken(self) -> None:
+        self._wake_handle = None
+        self._schedule_pump()
 
     def _pump_pool(self, pool: PoolRuntime, now: float) -> None:
         for lane in pool.lanes:
@@ -172,6 +216,7 @@ class Dispatcher:
 
     def _start(self, job: Job, member: Member, now: float) -> None:
         member.start(now)
+        self.desk.started(job, member, now)
         self.active += 1
         self._idle.clear()
         task = asyncio.get_running_loop().create_task(self._deliver(job, member))
@@ -185,32 +230,49 @@ class Dispatcher:
         rcpts = [r.address for r in job.recipients]
         started = self.clock.monotonic()
         result = AttemptResult()  # nothing sent
+        overloaded = False
         try:
             destinations = await member.destinations(job.domain, self.resolver)
             delivered = await member.deliver(
-                destinations, msg.sender, rcpts, msg.content, smtputf8=not _ascii(msg, rcpts)
+                destinations,
+                msg.sender,
+                rcpts,
+                msg.content,
+                smtputf8=not _ascii(msg, rcpts),
+                max_messages=self.desk.max_messages(job),
             )
         except ResolveError as exc:
             reply = Reply(550 if exc.permanent else 451, exc.enhanced, str(exc))
             result = AttemptResult(self._settle(job, member, [reply] * len(rcpts)))
         except ConnectError as exc:
-            result = AttemptResult(failure=exc.reason, seconds=self.clock.monotonic() - started)
+            seconds = self.clock.monotonic() - started
+            ruled, overloaded = self.desk.judge_failure(job, member, exc, self.clock.monotonic())
+            if ruled:  # the provider limits this member: not a health failure
+                result = AttemptResult(answered=True, seconds=seconds)
+            else:
+                result = AttemptResult(failure=exc.reason, seconds=seconds)
             self._failover(job, member, exc)
         except Exception as exc:  # a bug must not lose the job: defer it
             log.exception("delivery of %r on %r failed unexpectedly", job, member)
             self._defer(job, Reply(451, "4.3.0", f"internal error: {type(exc).__name__}"))
         else:
             tr = delivered.result
-            replies = transaction_outcomes(tr.mail, tr.rcpts, tr.data)
+            replies, overloaded = self.desk.judge(
+                job,
+                member,
+                transaction_outcomes(tr.mail, tr.rcpts, tr.data),
+                self.clock.monotonic(),
+            )
             states = self._settle(job, member, replies, delivered.upstream, delivered.latency)
             accepted = tr.data is not None and tr.data.is_positive
             result = AttemptResult(states, True, None, delivered.latency, accepted)
         finally:
-            self._finish(job, member, result)
+            self._finish(job, member, result, overloaded)
 
-    def _finish(self, job: Job, member: Member, result: AttemptResult) -> None:
+    def _finish(self, job: Job, member: Member, result: AttemptResult, overloaded: bool) -> None:
         """The attempt goes back to its member (health, counters) in one call."""
         now = self.clock.monotonic()
+        self.desk.finished(job, member, now, overloaded=overloaded)
         pool = self.pools.get(job.pool)
         if pool is not None:
             transition = pool.record(member, result, now, self.max_ejection_percent)
@@ -346,6 +408,7 @@ class Dispatcher:
                 sender=msg.sender,
                 recipient=rcpt.address,
                 recipient_domain=job.domain,
+                provider=job.provider or None,
                 pool=job.pool,
                 member=member.name if member else None,
                 source_ip=member.source_ip if member else None,
@@ -370,6 +433,7 @@ class Dispatcher:
                     sender=job.message.sender,
                     recipient=rcpt.address,
                     recipient_domain=job.domain,
+                    provider=job.provider or None,
                     pool=job.pool,
                     member=member.name,
                     source_ip=member.source_ip,
@@ -457,6 +521,7 @@ class Dispatcher:
                     sender=rcpt.sender,
                     recipient=rcpt.address,
                     recipient_domain=domain_of(rcpt.address),
+                    provider=self.desk.table.by_domain(domain_of(rcpt.address)) or OTHER,
                     code=rcpt.last_code,
                     enhanced_code=rcpt.last_enhanced,
                     response=rcpt.last_response or "maximum queue lifetime exceeded",

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smtplb.balancing import PickRequest, Strategy, make_strategy
-from smtplb.balancing.eligibility import Eligibility, Eligible, Selection
+from smtplb.balancing.eligibility import (
+    Eligibility,
+    Eligible,
+    Selection,
+    ShapingView,
+    with_shaping,
+)
 from smtplb.balancing.health import ActiveHealth, PassiveHealth, Transition, may_eject
 from smtplb.clock import Clock
 from smtplb.config import Config, MemberConfig, PoolConfig
@@ -44,10 +50,15 @@ class Job:
     priority: int
     domain: str
     tried: set[str] = field(default_factory=set)
+    provider: str = ""  # the recipient domain's mailbox provider; "" until recognised
     request: PickRequest = field(init=False)
 
     def __post_init__(self) -> None:
+        self.set_provider(self.provider)
+
+    def set_provider(self, provider: str) -> None:
         # One request for every pick of this job: `tried` is the job's own set.
+        self.provider = provider
         sender = self.message.sender
         self.request = PickRequest(
             recipient_domain=self.domain,
@@ -55,6 +66,7 @@ class Job:
             client_ip=self.message.client_ip,
             sender=sender.lower(),
             tried=self.tried,
+            provider=provider,
         )
 
     def __repr__(self) -> str:
@@ -191,16 +203,19 @@ def build_pools(
     paused: set[str],
     workers: int,
     clock: Clock,
+    shaping: ShapingView | None = None,
 ) -> dict[str, PoolRuntime]:
     """Every pool of ``config``; members in ``existing`` (by name) are reused.
 
     ``workers`` is the number of worker processes running (each member takes
     its share of ``max_connections``); a reload does not change it. ``clock``
-    times the new members' health and slow start."""
+    times the new members' health and slow start. ``shaping``: per-provider limits
+    and suspensions, as eligibility filters."""
     pools: dict[str, PoolRuntime] = {}
     for pc in config.pools:
         members = [_member(config, pc, mc, existing, paused, workers, clock) for mc in pc.members]
-        pools[pc.name] = PoolRuntime(pc, members, make_strategy(pc))
+        eligibility = Eligibility() if shaping is None else with_shaping(shaping)
+        pools[pc.name] = PoolRuntime(pc, members, make_strategy(pc), eligibility)
     return pools
 
 
