@@ -193,6 +193,10 @@ class Service:
             for p in self.pools.values()
         ]
 
+    def provider_views(self) -> list[dict[str, Any]]:
+        # This worker's shaping state (each worker shapes its own share of the traffic).
+        return self.dispatcher.desk.shaping.snapshot(m.name for m in self.members())
+
     async def overview(self) -> dict[str, Any]:
         peers = self._peer_snapshots()
         members = merge_members(self._own_member_views(), peers)
