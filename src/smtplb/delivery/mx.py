@@ -115,6 +115,13 @@ class MxResolver:
         has no MX, RFC 5321 §5.1)."""
         return await self._cached(self._mx, domain.lower().rstrip("."), self._lookup_mx)
 
+    def cached_mx_hosts(self, domain: str) -> list[str] | None:
+        """The MX hosts of ``domain`` if a lookup is cached, without looking up."""
+        hit = self._mx.get(domain.lower().rstrip("."))
+        if hit is None or hit[0] <= self.clock.monotonic() or isinstance(hit[1], ResolveError):
+            return None
+        return hit[1]
+
     async def addresses(self, host: str) -> list[str]:
         """A then AAAA addresses of an MX host (an IP literal stands for itself)."""
         return await self._cached(self._addr, host.lower().rstrip("."), self._lookup_addresses)

@@ -69,6 +69,15 @@ class ProviderDesk:
             return True
         return not any(m.kind == "egress" for m in pool.members)
 
+    def provider_hint(self, domain: str) -> str:
+        """The provider as known without waiting: by the domain, else by MX hosts
+        already in the resolver's cache, else ``other`` (intake's `received` record)."""
+        by_domain = self.table.by_domain(domain)
+        if by_domain is not None:
+            return by_domain
+        hosts = self.resolver.cached_mx_hosts(domain)
+        return (self.table.by_mx(hosts) if hosts else None) or OTHER
+
     async def recognise(self, job: Job) -> None:
         """By the domain's MX hosts (cached); a failed lookup leaves it ``other``
         (the delivery meets the same cached error and defers or bounces)."""

@@ -72,7 +72,11 @@ class IntakePipeline:
         metrics: Metrics,
         traces: TraceBook,
         is_draining: Callable[[], bool],
+        provider_of: Callable[[str], str | None] | None = None,
     ) -> None:
+        # The recipient domain's provider as far as it is known at intake (by the
+        # domain, or its MX hosts already looked up), for the `received` record.
+        self.provider_of = provider_of
         self.spool = spool
         self.handoff = handoff
         self.delivery_log = delivery_log
@@ -215,6 +219,7 @@ class IntakePipeline:
                     sender=envelope.mail_from,
                     recipient=r.address,
                     recipient_domain=domain_of(r.address),
+                    provider=self.provider_of(domain_of(r.address)) if self.provider_of else None,
                     pool=r.pool,
                     klass=content_class,
                     client_ip=envelope.client_ip,

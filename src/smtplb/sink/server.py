@@ -31,6 +31,7 @@ provider that limits senders: ``[clients."IP"]`` (or ``"*"`` for every IP)::
     [clients."127.0.0.2"]
     rate = "20/m"                 # messages accepted per minute (sliding window);
     throttle_reply = "421 4.7.28 ... rate limited"   # ... over it, at RCPT
+    throttle = true               # every RCPT gets throttle_reply
     max_connections = 3           # concurrent sessions; more get connection_reply
     connection_reply = "421 4.7.0 Too many concurrent connections from this IP"
     block = true                  # every RCPT gets block_reply
@@ -147,6 +148,7 @@ class ClientRule:
     """How the sink treats one client IP: a rate, a connection limit, a block."""
 
     rate: tuple[int, float] | None = None  # (messages, per seconds)
+    throttle: bool = False  # every RCPT gets throttle_reply (a rate of zero)
     throttle_reply: Reply = _GMAIL_RATE
     max_connections: int | None = None
     connection_reply: Reply = _TOO_MANY
@@ -176,9 +178,9 @@ def _parse_client(table: Mapping[str, Any]) -> ClientRule:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError("max_connections must be an integer")
             kwargs[key] = value
-        elif key == "block":
+        elif key in ("block", "throttle"):
             if not isinstance(value, bool):
-                raise ValueError("block must be true or false")
+                raise ValueError(f"{key} must be true or false")
             kwargs[key] = value
         else:
             raise ValueError(f"unknown key {key!r}; known: {sorted(_CLIENT_KEYS)}")
@@ -187,6 +189,7 @@ def _parse_client(table: Mapping[str, Any]) -> ClientRule:
 
 _CLIENT_KEYS = {
     "rate",
+    "throttle",
     "throttle_reply",
     "max_connections",
     "connection_reply",
@@ -430,6 +433,9 @@ class SinkServer:
         if rule.block:
             self._counts["blocked"] += 1
             return rule.block_reply
+        if rule.throttle:
+            self._counts["throttled"] += 1
+            return rule.throttle_reply
         if rule.rate is not None:
             count, per = rule.rate
             now = self._clock.monotonic()
