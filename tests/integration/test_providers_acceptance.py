@@ -247,6 +247,9 @@ def test_aimd_settles_under_a_three_connection_limit(tmp_path: Path) -> None:
           f"({refused} connections refused, concurrency samples {samples}); "
           f"{fixed:.1f} s with max_connections = 3 ({refused_fixed} refused)")  # fmt: skip
     assert refused_fixed == 0
+    # Settled at 3: an occasional probe of a 4th connection (rarer after each
+    # refusal) may show in a sample, nothing beyond.
     settled = samples[len(samples) // 2 :]
-    assert settled and max(settled) <= 3
+    assert settled and max(settled) <= 4
+    assert sum(1 for x in settled if x <= 3) >= 0.75 * len(settled)
     assert adaptive <= fixed * 1.2

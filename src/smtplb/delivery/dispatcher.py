@@ -246,12 +246,13 @@ class Dispatcher:
             result = AttemptResult(self._settle(job, member, [reply] * len(rcpts)))
         except ConnectError as exc:
             seconds = self.clock.monotonic() - started
-            ruled, overloaded = self.desk.judge_failure(job, member, exc, self.clock.monotonic())
+            now = self.clock.monotonic()
+            ruled, overloaded, wait = self.desk.judge_failure(job, member, exc, now)
             if ruled:  # the provider limits this member: not a health failure
                 result = AttemptResult(answered=True, seconds=seconds)
             else:
                 result = AttemptResult(failure=exc.reason, seconds=seconds)
-            self._failover(job, member, exc)
+            self._failover(job, member, exc, wait=wait)
         except Exception as exc:  # a bug must not lose the job: defer it
             log.exception("delivery of %r on %r failed unexpectedly", job, member)
             self._defer(job, Reply(451, "4.3.0", f"internal error: {type(exc).__name__}"))
@@ -287,10 +288,16 @@ class Dispatcher:
             self._idle.set()
         self._schedule_pump()
 
-    def _failover(self, job: Job, member: Member, exc: ConnectError) -> None:
-        self._log_job(job, "failover", member=member, response=f"{exc.reason}: {exc}")
-        self.traces.add(job.message.queue_id, "failover", member.name, f"{exc.reason}: {exc}")
-        job.tried.add(member.name)
+    def _failover(self, job: Job, member: Member, exc: ConnectError, *, wait: bool = False) -> None:
+        """Back to the front of the lane without counting an attempt: for the next
+        member, or (``wait``) for this one once it has a free connection."""
+        if wait:
+            why = f"{exc.reason}: {exc}; waits for a connection to {job.provider}"
+            self.traces.add(job.message.queue_id, "failover", member.name, why)
+        else:
+            self._log_job(job, "failover", member=member, response=f"{exc.reason}: {exc}")
+            self.traces.add(job.message.queue_id, "failover", member.name, f"{exc.reason}: {exc}")
+            job.tried.add(member.name)
         pool = self.pools.get(job.pool)
         if pool is not None:
             pool.lanes[job.priority].appendleft(job)  # no attempt counted: try the next member

@@ -122,16 +122,23 @@ class ProviderDesk:
 
     def judge_failure(
         self, job: Job, member: Member, exc: ConnectError, now: float
-    ) -> tuple[bool, bool]:
+    ) -> tuple[bool, bool, bool]:
         """A connection-level failure: whether a response rule took it (a provider
-        limiting this member is not the member being unhealthy), and whether it asks
-        for fewer connections."""
+        limiting this member is not the member being unhealthy), whether it asks for
+        fewer connections, and whether the job should simply wait for this member
+        (a connection limit met while others of its connections are busy: the
+        window has shrunk, a slot frees soon; failing over would be for nothing)."""
         overloaded = exc.reason in _OVERLOAD_REASONS and (
             exc.reply is None or is_overload(exc.reply)
         )
         if exc.reply is None:
-            return False, overloaded
-        return self._fire(job, member, exc.reply, now) is not None, overloaded
+            return False, overloaded, False
+        fired = self._fire(job, member, exc.reply, now)
+        if fired is None:
+            return False, overloaded, False
+        busy = self.shaping.lane(member.name, job.provider, now).active > 1
+        wait = fired.rule.action == "reduce_connections" and busy
+        return True, overloaded, wait
 
     def finished(self, job: Job, member: Member, now: float, *, overloaded: bool) -> None:
         if self.shaping.finished(member.name, job.provider, now, overloaded=overloaded):

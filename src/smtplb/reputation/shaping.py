@@ -8,7 +8,7 @@ Theory of operation. For each (member, provider) pair a :class:`Lane` holds
   and by an adaptive window (AIMD, as Postfix's destination concurrency
   feedback): +1 per window's worth of successes, halved on a ``421`` or a
   refused connection; the level that failed becomes a ceiling, probed again
-  after a run of successes;
+  after a run of successes (twice as long a run after each failed probe);
 - a suspension by a response rule (member × provider).
 
 A provider may also be suspended for every member (``suspend_provider``).
@@ -36,6 +36,7 @@ from smtplb.routing.providers import OTHER, ProviderTable
 
 INITIAL_WINDOW = 5.0  # Postfix's initial_destination_concurrency
 PROBE_AFTER = 50  # successes at the ceiling before one more connection is tried
+MAX_PROBE_AFTER = 6400  # a probe that fails doubles the wait before the next one
 RESTORE_STEPS = 4  # a throttle comes back in this many steps after it ends
 MAX_BURST = 5.0
 
@@ -50,6 +51,7 @@ class Lane:
     window: float = INITIAL_WINDOW
     ceiling: int | None = None  # the level a 421 was seen at, minus one
     streak: int = 0  # successes since the last decrease or probe
+    probe_after: int = PROBE_AFTER
     suspended_until: float = 0.0
     suspended_rule: str = ""
     throttle_until: float = 0.0
@@ -184,15 +186,18 @@ class Shaping:
         if cap is not None:
             lane.window = min(lane.window, float(cap))
         lane.streak += 1
-        if lane.ceiling is not None and lane.streak >= PROBE_AFTER:
+        if lane.ceiling is not None and lane.streak >= lane.probe_after:
             lane.ceiling += 1
             lane.streak = 0
             if cap is not None and lane.ceiling >= cap:
                 lane.ceiling = None
+                lane.probe_after = PROBE_AFTER
         return False
 
     @staticmethod
     def _decrease(lane: Lane, level: int) -> None:
+        if lane.ceiling is not None:  # a limit met again: probe it less often
+            lane.probe_after = min(lane.probe_after * 2, MAX_PROBE_AFTER)
         lane.window = max(1.0, lane.window / 2)
         lane.ceiling = max(1, min(level - 1, lane.ceiling or level))
         lane.streak = 0
