@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -24,6 +25,8 @@ import msgspec
 from smtplb.config import Config, ConfigError, load_config, parse_hostport
 from smtplb.observability.analyze import DIMENSIONS, Analyzer, render_table
 from smtplb.observability.log_reader import chronological, read_lines
+from smtplb.observability.record import DeliveryRecord
+from smtplb.routing.providers import OTHER, ProviderTable
 
 CONFIG_OPTION = click.option(
     "-c",
@@ -472,6 +475,20 @@ def logs() -> None:
     """Read delivery logs (smtplb's JSON Lines or Postfix's mail log)."""
 
 
+def _provider_of(table: ProviderTable) -> Callable[[DeliveryRecord], str | None]:
+    """A record's provider from its recipient domain, else its relay host's name
+    (Postfix's ``relay=alt1.gmail-smtp-in.l.google.com[…]:25``), else ``other``."""
+
+    def provider_of(record: DeliveryRecord) -> str | None:
+        by_domain = table.by_domain(record.recipient_domain or "")
+        if by_domain is not None:
+            return by_domain
+        host = (record.member or "").rpartition(":")[0] or record.member or ""
+        return (table.by_mx([host]) if host else None) or OTHER
+
+    return provider_of
+
+
 @logs.command("analyze")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -494,7 +511,7 @@ def logs_analyze(files: tuple[Path, ...], by: str, as_json: bool) -> None:
     """
     dims = [d.strip() for d in by.split(",") if d.strip()]
     try:
-        analyzer = Analyzer(dims)
+        analyzer = Analyzer(dims, provider_of=_provider_of(ProviderTable.build()))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--by") from None
     missing = [p for p in files if str(p) != "-" and not p.is_file()]

@@ -165,6 +165,7 @@ class Service:
         self.metrics.set_queue(await self.spool.stats(), await self.spool.oldest_age(time.time()))
         # (with several workers each reports its own shard; worker 0's /metrics adds them up)
         self.metrics.set_waiting((p.name, p.waiting()) for p in self.pools.values())
+        self.metrics.set_providers(self.provider_views())
 
     async def metrics_text(self) -> bytes:
         await self.refresh_gauges()

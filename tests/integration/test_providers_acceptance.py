@@ -9,6 +9,7 @@ import smtplib
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -150,6 +151,14 @@ def test_a_421_4_7_28_suspends_one_member_for_gmail_only(tmp_path: Path) -> None
             assert held["rule"] == "gmail-4.7.28" and held["until"] == suspended["until"]
             assert lanes["ip-3"]["suspended"] is None
             print("smtplb providers --json, gmail/ip-2:", json.dumps(lanes["ip-2"]))
+            with urllib.request.urlopen(node.api_url + "/metrics", timeout=10) as resp:
+                metrics = resp.read().decode()
+            assert (
+                'smtplb_provider_suspensions_total{member="ip-2",provider="gmail",'
+                'rule="gmail-4.7.28"} 1.0' in metrics
+            )
+            assert 'smtplb_provider_suspended{member="ip-2",provider="gmail"} 1.0' in metrics
+            assert 'smtplb_provider_concurrency{member="ip-3",provider="gmail"}' in metrics
         finally:
             node.stop()
 
