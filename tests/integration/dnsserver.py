@@ -70,8 +70,9 @@ class Zone:
 class DnsServer:
     """dnsmasq on 127.0.0.1:PORT (UDP and TCP) serving a :class:`Zone`."""
 
-    def __init__(self, zone: Zone, workdir: Path | None = None) -> None:
+    def __init__(self, zone: Zone, workdir: Path | None = None, ttl: int = 0) -> None:
         self.zone = zone
+        self.ttl = ttl  # of the zone's answers (dnsmasq's --local-ttl; 0: not to be cached)
         self.port = free_port()
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
@@ -97,6 +98,7 @@ class DnsServer:
             "--user=root",
             "--log-facility=-",
             "--cache-size=0",
+            f"--local-ttl={self.ttl}",
             *locals_,
             *self.zone.options,
         ]

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import smtplib
 import subprocess
 import sys
@@ -144,6 +145,13 @@ def test_a_421_4_7_28_suspends_one_member_for_gmail_only(tmp_path: Path) -> None
             (suspended,) = [r for r in log if r["event"] == "suspended"]
             assert suspended["rule"] == "gmail-4.7.28" and suspended["member"] == "ip-2"
             assert suspended["provider"] == "gmail" and suspended["until"] > time.time() + 3000
+
+            # The trace of a later Gmail message says why ip-2 was passed over.
+            status, shown = node.api(f"/api/v1/queue/{by_rcpt['u19@workspace.test']['queue_id']}")
+            assert status == 200
+            text = json.dumps(shown)
+            assert re.search(r"suspended for gmail until \d\d:\d\d by rule gmail-4\.7\.28", text)
+            assert '"provider": "gmail", "recognised_by": "MX aspmx.l.google.com"' in text
 
             view = providers_json(node)
             lanes = {m["member"]: m for m in view["gmail"]["members"]}
