@@ -172,6 +172,7 @@ class WebhookConfig(_Struct):
             "expired",
             "complaint",
             "member_*",
+            "suspended",
         ]
     )
     secret: str | None = None

@@ -14,11 +14,15 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtplb.sink.server import ClientRule, DomainRule, SinkProfile, ThreadedSink
 from tests.integration.conftest import Smtplb, free_port, wait_until
 from tests.integration.dnsserver import DnsServer, Zone
+from tests.integration.test_dashboard_browser import page  # noqa: F401  (fixture)
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 GMAIL_IP, YAHOO_IP = "127.0.0.10", "127.0.0.11"
 
@@ -102,7 +106,10 @@ def providers_json(node: Smtplb) -> dict[str, Any]:
     return {p["name"]: p for p in json.loads(out.stdout)["providers"]}
 
 
-def test_a_421_4_7_28_suspends_one_member_for_gmail_only(tmp_path: Path) -> None:
+def test_a_421_4_7_28_suspends_one_member_for_gmail_only(
+    tmp_path: Path,
+    page: Page,  # noqa: F811
+) -> None:
     gmail = SinkProfile(clients={"127.0.0.2": ClientRule(throttle=True)})
     with DnsServer(zone()) as dns, provider_sinks(gmail) as (g, y, port):
         node = start(tmp_path, *config(tmp_path, dns, port))
@@ -167,6 +174,15 @@ def test_a_421_4_7_28_suspends_one_member_for_gmail_only(tmp_path: Path) -> None
             )
             assert 'smtplb_provider_suspended{member="ip-2",provider="gmail"} 1.0' in metrics
             assert 'smtplb_provider_concurrency{member="ip-3",provider="gmail"}' in metrics
+
+            # The dashboard's providers panel, in a real browser.
+            page.goto(node.api_url + "/")
+            row = page.locator('#providers tr[data-provider="gmail"][data-member="ip-2"]')
+            row.wait_for(timeout=15_000)
+            assert row.get_attribute("data-suspended") == "true"
+            assert re.search(r"\d+m \d+s left · rule gmail-4\.7\.28", row.inner_text())
+            other = page.locator('#providers tr[data-provider="gmail"][data-member="ip-3"]')
+            assert other.get_attribute("data-suspended") == "false"
         finally:
             node.stop()
 
