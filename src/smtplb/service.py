@@ -222,9 +222,7 @@ class Service:
                 for p in self.pools.values()
             ],
             # Providers this worker has sent to, or that are suspended (the panel).
-            "providers": [
-                p for p in self.provider_views() if p["members"] or p.get("suspended")
-            ],
+            "providers": [p for p in self.provider_views() if p["members"] or p.get("suspended")],
             "queue": await self.queue.stats(),
             "queue_oldest_age": await self.queue.oldest_age(time.time()),
             "totals": totals,
