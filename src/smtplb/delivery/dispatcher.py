@@ -95,6 +95,7 @@ class Dispatcher:
             shaping = Shaping(ProviderTable.build(), RuleBook(), self.clock)
         self.desk = ProviderDesk(shaping, resolver, delivery_log, self.traces, self.clock)
         self._wake_handle: asyncio.TimerHandle | None = None
+        self._recognising: set[asyncio.Task[None]] = set()  # jobs waiting for an MX lookup
         self._wake_at = 0.0
         self.max_ejection_percent = max_ejection_percent
         self.spool = spool
@@ -143,7 +144,9 @@ class Dispatcher:
             if known:
                 pool.lanes[priority].append(job)
             else:
-                self._spawn(self._recognise(job))
+                task = asyncio.get_running_loop().create_task(self._recognise(job))
+                self._recognising.add(task)
+                task.add_done_callback(self._recognising.discard)
         self._schedule_pump()
 
     async def _recognise(self, job: Job) -> None:
@@ -157,11 +160,6 @@ class Dispatcher:
             else:
                 pool.lanes[job.priority].append(job)
                 self._schedule_pump()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- the pump ------------------------------------------------------------------
 
@@ -564,6 +562,13 @@ class Dispatcher:
         self._feed.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
+        # Jobs still waiting for an MX lookup go back to their lanes (and so to the spool).
+        for task in list(self._recognising):
+            task.cancel()
+        if self._recognising:
+            await asyncio.wait(list(self._recognising))
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
         give_back: list[RecipientResult] = []
         for pool in self.pools.values():
             for lane in pool.lanes:

@@ -35,6 +35,9 @@ from smtplb.reputation.rules import ResponseRule, RuleBook, reply_line
 from smtplb.routing.providers import OTHER, ProviderTable
 
 INITIAL_WINDOW = 5.0  # Postfix's initial_destination_concurrency
+# A provider without max_connections (and "other"): no slow start, the member's own
+# max_connections rules; the window matters once a 421 has set a ceiling.
+OPEN_WINDOW = 100.0
 PROBE_AFTER = 50  # successes at the ceiling before one more connection is tried
 MAX_PROBE_AFTER = 6400  # a probe that fails doubles the wait before the next one
 RESTORE_STEPS = 4  # a throttle comes back in this many steps after it ends
@@ -104,7 +107,7 @@ class Shaping:
             p = self.providers.get(provider)
             rate = p.rate if p is not None else None
             limit = p.max_connections if p is not None else None
-            window = min(INITIAL_WINDOW, float(limit)) if limit else INITIAL_WINDOW
+            window = min(INITIAL_WINDOW, float(limit)) if limit else OPEN_WINDOW
             lane = Lane(tokens=burst(rate) if rate else 0.0, stamp=now, window=window)
             self.lanes[(member, provider)] = lane
         return lane
@@ -182,14 +185,12 @@ class Shaping:
             return True
         p = self.providers.get(provider)
         cap = p.max_connections if p is not None and p.max_connections else None
-        lane.window += 1.0 / max(lane.window, 1.0)
-        if cap is not None:
-            lane.window = min(lane.window, float(cap))
+        lane.window = min(lane.window + 1.0 / max(lane.window, 1.0), float(cap or OPEN_WINDOW))
         lane.streak += 1
         if lane.ceiling is not None and lane.streak >= lane.probe_after:
             lane.ceiling += 1
             lane.streak = 0
-            if cap is not None and lane.ceiling >= cap:
+            if lane.ceiling >= (cap or OPEN_WINDOW):
                 lane.ceiling = None
                 lane.probe_after = PROBE_AFTER
         return False
