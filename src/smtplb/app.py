@@ -97,7 +97,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         metrics=metrics,
         traces=traces,
         is_draining=lambda: service.draining,
-        provider_of=dispatcher.desk.provider_hint,
+        provider_of=dispatcher.provider_hint,
     )
     dsn = DsnWriter(config.hostname, intake.submit)
     dispatcher.on_bounce = dsn

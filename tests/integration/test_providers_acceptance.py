@@ -111,7 +111,7 @@ def test_a_421_4_7_28_suspends_one_member_for_gmail_only(
     page: Page,  # noqa: F811
 ) -> None:
     gmail = SinkProfile(clients={"127.0.0.2": ClientRule(throttle=True)})
-    with DnsServer(zone()) as dns, provider_sinks(gmail) as (g, y, port):
+    with DnsServer(zone(), ttl=300) as dns, provider_sinks(gmail) as (g, y, port):
         node = start(tmp_path, *config(tmp_path, dns, port))
         try:
             with smtplib.SMTP("127.0.0.1", node.smtp_port) as c:
@@ -129,7 +129,7 @@ def test_a_421_4_7_28_suspends_one_member_for_gmail_only(
             assert g.wait_for(20, 30), g.counts
             assert y.wait_for(20, 30), y.counts
 
-            throttled = g.counts["throttled"]
+            throttled = g.client_counts["throttled"]
             print(f"gmail sink: {g.counts}; attempts from 127.0.0.2 after the first 421: "
                   f"{throttled - 1}")  # fmt: skip
             assert 1 <= throttled <= 3  # the first 421, then at most 2 more
@@ -141,9 +141,14 @@ def test_a_421_4_7_28_suspends_one_member_for_gmail_only(
 
             wait_until(lambda: len(final()) >= 42, 20, "42 final records")
             log = node.delivery_log()
-            assert all(r.get("provider") for r in log if r.get("recipient")), [
-                r for r in log if not r.get("provider")
-            ]
+            # Every record from delivery on names the provider; intake's `received`
+            # names it once known (by domain, or the MX hosts already looked up).
+            assert all(
+                r.get("provider") for r in log if r.get("recipient") and r["event"] != "received"
+            ), [r for r in log if not r.get("provider")]
+            unnamed = [r for r in log if r["event"] == "received" and not r.get("provider")]
+            assert len(unnamed) <= 4, unnamed  # the first to each MX-recognised domain
+            assert all(r.get("provider") != "other" for r in log if "workspace" in str(r))
             by_rcpt = {r["recipient"]: r for r in final()}
             assert by_rcpt["u0@workspace.test"]["provider"] == "gmail"  # by MX suffix
             assert by_rcpt["v0@mail.yahoo-like.test"]["provider"] == "yahoo"
@@ -205,7 +210,7 @@ domains = ["workspace.test"]
 mx_suffixes = ["google.com"]
 rate = "120/m"
 """
-    with DnsServer(zone()) as dns, provider_sinks(SinkProfile()) as (g, _, port):
+    with DnsServer(zone(), ttl=300) as dns, provider_sinks(SinkProfile()) as (g, y, port):
         node = start(tmp_path, *config(tmp_path, dns, port, extra))
         try:
             with smtplib.SMTP("127.0.0.1", node.smtp_port) as c:
@@ -213,7 +218,13 @@ rate = "120/m"
                     c.sendmail(
                         "app@shop.test", [f"u{i}@workspace.test"], f"Subject: {i}\r\n\r\nx\r\n"
                     )
+                # Mail for another provider, queued behind them, does not wait for Gmail.
+                for i in range(20):
+                    c.sendmail(
+                        "app@shop.test", [f"v{i}@mail.yahoo-like.test"], "Subject: y\r\n\r\nx\r\n"
+                    )
             started = time.monotonic()
+            assert y.wait_for(20, 10), y.counts
             wait_until(lambda: time.monotonic() - started > 60, 75, "a minute")
             received = g.received
             per_ip: dict[str, list[float]] = {}
@@ -224,11 +235,14 @@ rate = "120/m"
                   f"most in any 10 s window per source IP: {worst}")  # fmt: skip
             assert set(worst) == {"127.0.0.2", "127.0.0.3"}
             assert max(worst.values()) <= 25
-            assert len(received) >= 200  # both members near their rate, not starved
+            assert len(received) >= 200, "".join(node.output[-60:])  # both near their rate
             lanes = {m["member"]: m for m in providers_json(node)["gmail"]["members"]}
             assert all(lane["rate_limited"] > 0 for lane in lanes.values())
             log = node.delivery_log()
-            assert all(r.get("provider") == "gmail" for r in log if r.get("recipient"))
+            named = {
+                r.get("provider") for r in log if r.get("recipient") and r["event"] != "received"
+            }
+            assert named == {"gmail", "yahoo"}
             assert not [r for r in log if r["event"] in ("deferred", "failover")]  # waits only
         finally:
             node.stop()
@@ -250,7 +264,7 @@ max_connections = {max_connections}
     )
     work = tmp_path / f"max{max_connections}"
     work.mkdir()
-    with DnsServer(zone()) as dns, provider_sinks(profile) as (g, _, port):
+    with DnsServer(zone(), ttl=300) as dns, provider_sinks(profile) as (g, _, port):
         text, smtp_port, http_port = config(work, dns, port, extra, members=1)
         node = start(work, text, smtp_port, http_port)
         try:
@@ -262,12 +276,13 @@ max_connections = {max_connections}
             started = time.monotonic()
             samples: list[int] = []
             while len(g.received) < n and time.monotonic() - started < 120:
-                lanes = providers_json(node)["gmail"]["members"]
-                samples.append(lanes[0]["concurrency"] if lanes else 0)
-                g.wait_for(n, 0.5)
+                _, body = node.api("/api/v1/providers")
+                gmail = next(p for p in body["providers"] if p["name"] == "gmail")
+                samples.append(gmail["members"][0]["concurrency"] if gmail["members"] else 0)
+                g.wait_for(n, 0.2)
             assert g.wait_for(n, 1), g.counts
             first, last = min(m.ts for m in g.received), max(m.ts for m in g.received)
-            return last - first, samples, g.counts["connections_refused"]
+            return last - first, samples, g.client_counts["connections_refused"]
         finally:
             node.stop()
 

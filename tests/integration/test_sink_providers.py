@@ -28,7 +28,7 @@ def test_rate_limit_per_client_ip_with_the_providers_words() -> None:
         assert codes == [250, 250, 250] and code == 421
         assert text.startswith(b"4.7.28 Our system has detected an unusual rate")
         assert _send(sink, "127.0.0.3")[0] == 250  # another IP is not limited
-        assert sink.counts["throttled"] == 1
+        assert sink.client_counts["throttled"] == 1
 
 
 def test_block_and_connection_limit_per_client_ip() -> None:
@@ -49,7 +49,7 @@ def test_block_and_connection_limit_per_client_ip() -> None:
         finally:
             for c in open_:
                 c.quit()
-        assert sink.counts["connections_refused"] == 1
+        assert sink.client_counts["connections_refused"] == 1
 
 
 @pytest.mark.parametrize(

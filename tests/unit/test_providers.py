@@ -14,7 +14,7 @@ from smtplb.clock import FakeClock
 from smtplb.config import ConfigError, ProviderConfig, ProviderRuleConfig, parse_config
 from smtplb.model import Reply
 from smtplb.reputation.rules import BUILTIN_RULES, RuleBook, reply_line
-from smtplb.reputation.shaping import Shaping, burst, throttle_factor
+from smtplb.reputation.shaping import Shaping, burst, throttle_factor, waits_for_provider
 from smtplb.routing.providers import BUILTIN, ProviderTable
 from smtplb.sink.server import parse_reply
 from smtplb.units import Duration, parse_rate
@@ -294,3 +294,14 @@ def test_snapshot_shows_limits_and_suspensions() -> None:
     (lane,) = gmail["members"]
     assert lane["member"] == "a" and lane["suspended"]["rule"] == "gmail-4.7.28"
     assert lane["suspended"]["seconds_left"] == 3600
+
+
+def test_waits_for_provider_tells_provider_limits_from_busy_members() -> None:
+    class C:
+        def __init__(self, reason: str | None) -> None:
+            self.wait_reason = reason
+
+    assert waits_for_provider([C("over rate for gmail"), C("over connections for gmail (3 of 3)")])
+    assert waits_for_provider([C(None), C("over rate for gmail")])
+    assert not waits_for_provider([C("busy (all 10 connections in use)"), C("over rate for gmail")])
+    assert not waits_for_provider([C(None)])

@@ -42,7 +42,7 @@ from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord, member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.reputation.rules import RuleBook
-from smtplb.reputation.shaping import Shaping
+from smtplb.reputation.shaping import Shaping, waits_for_provider
 from smtplb.routing.providers import OTHER, ProviderTable
 from smtplb.spool.base import (
     ClaimedMessage,
@@ -54,6 +54,7 @@ from smtplb.spool.base import (
 )
 
 log = logging.getLogger("smtplb.delivery")
+SCAN_LIMIT = 256  # jobs looked at per lane and pump, past those waiting for their provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +150,10 @@ class Dispatcher:
                 task.add_done_callback(self._recognising.discard)
         self._schedule_pump()
 
+    def provider_hint(self, domain: str, pool: str) -> str | None:
+        """The recipient's provider as far as it is known now (for intake's record)."""
+        return self.desk.provider_hint(domain, self.pools.get(pool))
+
     async def _recognise(self, job: Job) -> None:
         """The job's provider from its domain's MX hosts, then into its lane."""
         try:
@@ -188,13 +193,25 @@ class Dispatcher:
         self._schedule_pump()
 
     def _pump_pool(self, pool: PoolRuntime, now: float) -> None:
+        # Providers whose every eligible member is at its limit for them: their jobs
+        # wait in place, and jobs for other providers behind them go on (no head-of-
+        # line blocking across providers). Busy members make everything wait.
+        blocked: set[str] = set()
         for lane in pool.lanes:
-            while lane:
-                job = lane[0]
+            i = 0
+            while i < len(lane) and i < SCAN_LIMIT:
+                job = lane[i]
+                if job.provider in blocked:
+                    i += 1
+                    continue
                 choice = pool.choose(job, now)
                 if choice.waits:
-                    return  # busy: this lane and the lower ones wait for a free slot
-                lane.popleft()
+                    if not waits_for_provider(choice.selection.candidates):
+                        return  # busy: this lane and the lower ones wait for a free slot
+                    blocked.add(job.provider)
+                    i += 1
+                    continue
+                del lane[i]
                 if choice.member is None:
                     reply = no_member_reply(choice.selection)
                     self.traces.add(job.message.queue_id, "deferred", pool.name, reply.text)

@@ -65,18 +65,33 @@ class ProviderDesk:
             self._set(job, by_domain, "recipient domain")
             return True
         job.set_provider(OTHER)
-        if pool is None or self.resolver.static_route(job.domain) is not None:
+        if not self._by_mx(job.domain, pool):
             return True
-        return not any(m.kind == "egress" for m in pool.members)
+        hosts = self.resolver.cached_mx_hosts(job.domain)
+        if hosts is None:
+            return False  # look it up first
+        by_mx = self.table.by_mx(hosts)
+        if by_mx is not None:
+            self._set(job, by_mx, f"MX {hosts[0]}")
+        return True
 
-    def provider_hint(self, domain: str) -> str:
-        """The provider as known without waiting: by the domain, else by MX hosts
-        already in the resolver's cache, else ``other`` (intake's `received` record)."""
+    def provider_hint(self, domain: str, pool: PoolRuntime | None) -> str | None:
+        """The provider as known without waiting (intake's `received` record): by the
+        domain, else by MX hosts already in the resolver's cache; None while an MX
+        lookup that has not happened yet may still tell (delivery will know)."""
         by_domain = self.table.by_domain(domain)
         if by_domain is not None:
             return by_domain
         hosts = self.resolver.cached_mx_hosts(domain)
-        return (self.table.by_mx(hosts) if hosts else None) or OTHER
+        if hosts:
+            return self.table.by_mx(hosts) or OTHER
+        return None if self._by_mx(domain, pool) else OTHER
+
+    def _by_mx(self, domain: str, pool: PoolRuntime | None) -> bool:
+        """Whether an MX lookup may name the provider: the pool delivers by MX."""
+        if pool is None or self.resolver.static_route(domain) is not None:
+            return False
+        return any(m.kind == "egress" for m in pool.members)
 
     async def recognise(self, job: Job) -> None:
         """By the domain's MX hosts (cached); a failed lookup leaves it ``other``

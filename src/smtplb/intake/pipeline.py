@@ -72,10 +72,10 @@ class IntakePipeline:
         metrics: Metrics,
         traces: TraceBook,
         is_draining: Callable[[], bool],
-        provider_of: Callable[[str], str | None] | None = None,
+        provider_of: Callable[[str, str], str | None] | None = None,
     ) -> None:
-        # The recipient domain's provider as far as it is known at intake (by the
-        # domain, or its MX hosts already looked up), for the `received` record.
+        # (recipient domain, pool) -> its provider as far as it is known at intake (by
+        # the domain, or its MX hosts already looked up), for the `received` record.
         self.provider_of = provider_of
         self.spool = spool
         self.handoff = handoff
@@ -219,7 +219,9 @@ class IntakePipeline:
                     sender=envelope.mail_from,
                     recipient=r.address,
                     recipient_domain=domain_of(r.address),
-                    provider=self.provider_of(domain_of(r.address)) if self.provider_of else None,
+                    provider=self.provider_of(domain_of(r.address), r.pool)
+                    if self.provider_of
+                    else None,
                     pool=r.pool,
                     klass=content_class,
                     client_ip=envelope.client_ip,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from smtplb.clock import Clock
 from smtplb.model import Reply
@@ -179,10 +179,15 @@ class Shaping:
         """A delivery ended; ``overloaded``: a 421 or a refused connection (the window
         shrinks), else a success (it grows). True when the window shrank."""
         lane = self.lane(member, provider, now)
+        saturated = lane.active >= self.connection_limit(lane, provider)
         lane.active = max(0, lane.active - 1)
         if overloaded:
             self._decrease(lane, lane.active + 1)
             return True
+        if not saturated:
+            # Only a window in full use learns from a success (TCP's congestion
+            # window validation): light traffic neither grows it nor probes.
+            return False
         p = self.providers.get(provider)
         cap = p.max_connections if p is not None and p.max_connections else None
         lane.window = min(lane.window + 1.0 / max(lane.window, 1.0), float(cap or OPEN_WINDOW))
@@ -306,6 +311,21 @@ class Shaping:
         now = self.clock.monotonic()
         held = sum(1 for lane in self.lanes.values() if lane.suspended_until > now)
         return f"Shaping({len(self.lanes)} lanes, {held} suspended)"
+
+
+_PROVIDER_WAITS = ("over rate for ", "over connections for ")
+
+
+class _Waiting(Protocol):
+    @property
+    def wait_reason(self) -> str | None: ...
+
+
+def waits_for_provider(candidates: Iterable[_Waiting]) -> bool:
+    """The members that could take a job wait only for the job's provider (its rate or
+    connections, reasons from :meth:`Shaping.over_limit`), not for being busy."""
+    reasons = [c.wait_reason for c in candidates if c.wait_reason is not None]
+    return bool(reasons) and all(r.startswith(_PROVIDER_WAITS) for r in reasons)
 
 
 def is_overload(reply: Reply | None) -> bool:

@@ -352,18 +352,10 @@ class SinkServer:
         self.record_path = record_path
         self.received: list[ReceivedMessage] = []
         self._counts = dict.fromkeys(
-            (
-                "accepted",
-                "deferred",
-                "rejected",
-                "rcpt_deferred",
-                "rcpt_rejected",
-                "throttled",
-                "blocked",
-                "connections_refused",
-            ),
-            0,
+            ("accepted", "deferred", "rejected", "rcpt_deferred", "rcpt_rejected"), 0
         )
+        # What the per-client rules ([clients."IP"]) refused.
+        self._client_counts = dict.fromkeys(("throttled", "blocked", "connections_refused"), 0)
         self._accepted_at: dict[str, deque[float]] = {}  # per client IP, for its rate
         self._keep = keep_messages
         self._on_message = on_message
@@ -390,6 +382,11 @@ class SinkServer:
     @property
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
+
+    @property
+    def client_counts(self) -> dict[str, int]:
+        """Refusals by the per-client rules: throttled, blocked, connections_refused."""
+        return dict(self._client_counts)
 
     async def start(self) -> None:
         self._rng = random.Random(self.profile.seed)
@@ -421,7 +418,7 @@ class SinkServer:
         rule = self.profile.client_rule(ip)
         limit = None if rule is None else rule.max_connections
         if rule is not None and limit is not None and open_now >= limit:
-            self._counts["connections_refused"] += 1
+            self._client_counts["connections_refused"] += 1
             return rule.connection_reply
         return None
 
@@ -431,10 +428,10 @@ class SinkServer:
         if rule is None:
             return None
         if rule.block:
-            self._counts["blocked"] += 1
+            self._client_counts["blocked"] += 1
             return rule.block_reply
         if rule.throttle:
-            self._counts["throttled"] += 1
+            self._client_counts["throttled"] += 1
             return rule.throttle_reply
         if rule.rate is not None:
             count, per = rule.rate
@@ -443,7 +440,7 @@ class SinkServer:
             while times and times[0] <= now - per:
                 times.popleft()
             if len(times) >= count:
-                self._counts["throttled"] += 1
+                self._client_counts["throttled"] += 1
                 return rule.throttle_reply
         return None
 
@@ -611,6 +608,11 @@ class ThreadedSink:
     def counts(self) -> dict[str, int]:
         server = self._server
         return self._in_loop(lambda: server.counts) if server is not None else {}
+
+    @property
+    def client_counts(self) -> dict[str, int]:
+        server = self._server
+        return self._in_loop(lambda: server.client_counts) if server is not None else {}
 
     @property
     def received(self) -> list[ReceivedMessage]:
