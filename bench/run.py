@@ -57,6 +57,8 @@ from procs import (
 
 SERVERS = ("smtplb", "Postfix", "HAProxy")
 BASELINE = "smtplb-base"  # another build of smtplb (--baseline), for a before/after figure
+# --dkim: smtplb again, signing every message (smtp-source's From is bench@example.com)
+DKIM_SERVERS = {"smtplb-dkim-rsa": ("rsa", "RSA-2048"), "smtplb-dkim-ed": ("ed25519", "Ed25519")}
 SETTLE = 1.0  # seconds after the last sink count before the final CPU reading
 
 
@@ -281,6 +283,45 @@ def baseline_lines(results: list[RunResult], label: str) -> list[str]:
     ]
 
 
+def dkim_lines(results: list[RunResult]) -> list[str]:
+    """DKIM signing on against off, where --dkim ran (the same runs, so the same load)."""
+
+    def med(name: str, metric: Callable[[RunResult], float | None]) -> float | None:
+        return median([metric(r) for r in results if r.server == name])
+
+    off = med("smtplb", lambda r: r.e2e_rate)
+    if off is None or not any(r.server in DKIM_SERVERS for r in results):
+        return []
+    cpu_off = med("smtplb", lambda r: 1000 * r.cpu_ms_per_msg)
+    out = [
+        "DKIM signing cost (`--dkim`, same runs): signing off"
+        f" {fmt(off)} msg/s end to end at {fmt(cpu_off)} µs CPU per message;"
+    ]
+    for name, (_, label) in DKIM_SERVERS.items():
+        rate = med(name, lambda r: r.e2e_rate)
+        cpu = med(name, lambda r: 1000 * r.cpu_ms_per_msg)
+        if rate is not None:
+            out.append(f" {label} {fmt(rate)} msg/s at {fmt(cpu)} µs ({ratio(rate, off)} of off);")
+    return ["".join(out).rstrip(";") + ".", ""]
+
+
+def dkim_server(work: Path, relays: Sequence[str], workers: int, name: str) -> SmtplbServer:
+    """smtplb signing all mail From example.com with a new key of the given algorithm."""
+    algorithm = DKIM_SERVERS[name][0]
+    server = SmtplbServer(work / name, relays, workers=workers, name=name)
+    server.work.mkdir(parents=True, exist_ok=True)
+    key = server.work / "keys" / "example.com.bench.pem"
+    if not key.exists():
+        subprocess.run(
+            [*server.command, "dkim", "keygen", "example.com", "bench", "-a", algorithm],
+            cwd=server.work,
+            check=True,
+            capture_output=True,
+        )
+    server.config_text += f'\n[[dkim]]\ndomain = "example.com"\nselector = "bench"\nkey = "{key}"\n'
+    return server
+
+
 def observations(results: list[RunResult], cases: list[Case], args_workers: int = 1) -> list[str]:
     """What the tables say, computed from them (the numbers are medians of runs)."""
 
@@ -395,6 +436,7 @@ def report(
             "",
             *reference_lines(case_results),
             *baseline_lines(case_results, args.baseline_label),
+            *dkim_lines(case_results),
         ]
         incomplete = [r for r in case_results if not r.complete]
         for r in incomplete:
@@ -497,6 +539,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--baseline-label", default="baseline", help="what to call --baseline in the report"
     )
+    parser.add_argument(
+        "--dkim",
+        action="store_true",
+        help="case a: also run smtplb signing with RSA-2048 and with Ed25519 (same runs)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.messages, args.runs = 2_000, 2
@@ -528,11 +575,16 @@ def main(argv: list[str] | None = None) -> int:
                 work / "smtplb-base",
                 sinks.relays,
                 workers=args.smtplb_workers,
-                command=[args.baseline],
+                command=[str(Path(args.baseline).absolute())],
                 name=BASELINE,
             )
             if args.baseline
             else None
+        )
+        signing = (
+            [dkim_server(work, sinks.relays, args.smtplb_workers, n) for n in DKIM_SERVERS]
+            if args.dkim
+            else []
         )
         haproxy_bin = None if args.no_haproxy else find_haproxy(not args.no_install)
         haproxy = (
@@ -552,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
                         order = (baseline, *order) if run % 2 else (*order, baseline)
                     if haproxy is not None and case.key == "a":
                         order += (haproxy,)  # the reference, in the issue's case only
+                    if case.key == "a":
+                        order += tuple(signing if run % 2 else reversed(signing))
                     for server in order:
                         result = one_run(
                             tools,
@@ -585,6 +639,8 @@ def main(argv: list[str] | None = None) -> int:
             smtplb.stop()
             if baseline is not None:
                 baseline.stop()
+            for server in signing:
+                server.stop()
             postfix.stop()
             if haproxy is not None:
                 haproxy.stop()

@@ -6,7 +6,7 @@ a part does is in its own package, and the order below is only the order in
 which parts need each other:
 
     spool shards → delivery log (+ metrics, live stats, webhooks) → traces →
-    pools (with the operator's pauses) → dispatcher → intake pipeline →
+    pools (with the operator's pauses) → dispatcher → DKIM keys → intake pipeline →
     DSN writer (the dispatcher's on_bounce) → service → HTTP API (worker 0)
 """
 
@@ -25,6 +25,9 @@ from smtplb.delivery.pools import PausedMembers, build_pools, retry_schedule
 from smtplb.intake.auth import AuthThrottle, make_authenticator
 from smtplb.intake.pipeline import IntakePipeline
 from smtplb.intake.server import ConnectionCap
+from smtplb.mailauth.dmarc_watch import DmarcWatch, dns_lookup
+from smtplb.mailauth.keys import load_keyring
+from smtplb.mailauth.sign import DkimSigner
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.live import LiveStats
 from smtplb.observability.metrics import Metrics
@@ -98,6 +101,12 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         traces=traces,
         is_draining=lambda: service.draining,
         provider_of=dispatcher.provider_hint,
+        signer=DkimSigner(load_keyring(config.dkim)),  # ConfigError names a bad key file
+        dmarc_watch=DmarcWatch(
+            dns_lookup(config.dns.nameservers),
+            SystemClock(),
+            on_missing=lambda _: metrics.compliance.labels("dmarc_missing", "warn").inc(),
+        ),
     )
     dsn = DsnWriter(config.hostname, intake.submit)
     dispatcher.on_bounce = dsn

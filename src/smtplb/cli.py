@@ -23,6 +23,8 @@ import click
 import msgspec
 
 from smtplb.config import Config, ConfigError, load_config, parse_hostport
+from smtplb.mailauth.commands import auth, dkim
+from smtplb.mailauth.keys import load_keyring
 from smtplb.observability.analyze import DIMENSIONS, Analyzer, render_table
 from smtplb.observability.log_reader import chronological, read_lines
 from smtplb.observability.record import DeliveryRecord
@@ -38,15 +40,25 @@ CONFIG_OPTION = click.option(
 )
 
 
-def _config(config_path: Path | None) -> Config:
+def _config(config_path: Path | None, *, warn: bool = True, keys: bool = False) -> Config:
+    """The config, its warnings on stderr (keys accepted that do nothing yet);
+    exit 1 listing every problem when it cannot be used. ``keys``: also load the DKIM
+    keys (for commands that sign or vouch for the config)."""
     if config_path is None and Path("smtplb.toml").is_file():
         config_path = Path("smtplb.toml")
+    warnings: list[str] = []
     try:
-        return load_config(config_path)
+        config = load_config(config_path, warnings)
+        if keys:
+            load_keyring(config.dkim)
     except ConfigError as exc:
         for line in exc.problems:
             click.echo(f"config error: {line}", err=True)
         sys.exit(1)
+    finally:
+        for line in warnings if warn else ():
+            click.echo(f"config warning: {line}", err=True)
+    return config
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,7 +75,7 @@ def run(config_path: Path | None, worker: int | None) -> None:
     from smtplb.app import build_service
     from smtplb.workers import Supervisor, set_drain_flag
 
-    config = _config(config_path)
+    config = _config(config_path, warn=worker is None, keys=True)  # the supervisor warns once
     logging.basicConfig(
         level=getattr(logging, config.log.level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -105,9 +117,13 @@ def _install_uvloop() -> None:
 @CONFIG_OPTION
 def check(config_path: Path | None) -> None:
     """Validate a config: exit 0 when usable, else 1 naming each key and problem."""
-    config = _config(config_path)
+    config = _config(config_path, keys=True)
     pools = ", ".join(f"{p.name} ({p.strategy}, {len(p.members)} members)" for p in config.pools)
-    click.echo(f"config ok: pools {pools}; {len(config.routes)} routes")
+    dkim_domains = len({d.domain for d in config.dkim})
+    click.echo(
+        f"config ok: pools {pools}; {len(config.routes)} routes; "
+        f"DKIM: {len(config.dkim)} keys for {dkim_domains} domains"
+    )
 
 
 @main.command()
@@ -293,9 +309,8 @@ def queue_show(
         if r["member"]:
             click.echo(f"    last member: {r['member']}")
         if r["last_code"]:
-            click.echo(
-                f"    last reply: {r['last_code']} {r['last_enhanced'] or ''} {r['last_response']}"
-            )
+            enhanced_code = r["last_enhanced_code"] or ""
+            click.echo(f"    last reply: {r['last_code']} {enhanced_code} {r['last_response']}")
         if r["state"] == "deferred":
             click.echo(f"    next attempt: {time.ctime(r['next_attempt'])}")
     if m.get("trace"):
@@ -540,13 +555,18 @@ def logs_analyze(files: tuple[Path, ...], by: str, as_json: bool) -> None:
         click.echo(render_table(report))
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+main.add_command(dkim)
+main.add_command(auth)
+
+
+@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def sink(args: tuple[str, ...]) -> None:
     """A smart sink for tests and demos: `smtplb sink --listen ADDR [--profile FILE]`."""
     from smtplb.sink.server import main as sink_main
 
-    sys.exit(sink_main(list(args)))
+    # The sink parses its own options (and --help), as `python -m smtplb.sink` does.
+    sys.exit(sink_main(list(args), prog="smtplb sink"))
 
 
 @main.command()

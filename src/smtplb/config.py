@@ -2,7 +2,10 @@
 
 Every user error becomes a :class:`ConfigError` whose lines each name the key
 path and the problem, e.g. ``pools[0].strategy: unknown strategy 'x'
-(expected one of round_robin, weighted, …)``. Never a traceback.
+(expected one of round_robin, weighted, …)``; all of them in one run (the
+shape of the data is checked by :mod:`smtplb.config_shape`, which does not
+stop at the first mistake). Never a traceback. Keys that SPEC names but that
+are not built yet are accepted with a warning, never silently.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from smtplb.config_shape import Rules, check_shape, key_name, related
 from smtplb.units import Duration, Size, parse_rate
 
 STRATEGIES = ("round_robin", "weighted", "least_connections", "latency", "hash", "failover")
@@ -37,6 +41,29 @@ SUPPRESSION_ACTIONS = ("reject", "drop")
 # Response-rule actions (SPEC §3.4); reduce_connections halves the member's
 # adaptive connection window for the provider (the built-in "too many connections").
 RULE_ACTIONS = ("suspend", "throttle", "suspend_provider", "defer", "bounce", "reduce_connections")
+MAX_MESSAGE_SIZE = Size(2 * 1024**3)
+
+# Keys SPEC §3.4 names for features that are not built yet: accepted with a warning
+# ("not implemented yet, ignored") rather than refused as unknown. A key leaves this
+# table by itself once its struct field exists; delete the entry with the feature.
+PLANNED = {
+    "reputation": "SPEC §3.4 [reputation]: members are not throttled or quarantined",
+    "suppression": "SPEC §3.4 [suppression]: no suppression list",
+    "warmup": "SPEC §3.4 [warmup]: no warm-up schedule",
+    "experiments": "SPEC §3.4 [[experiments]]: no A/B experiments",
+    "cluster.node": "SPEC §3.4 [cluster] node: no cluster",
+    "pools[].members[].warmup_start": "SPEC §3.4 warm-up: members send at full rate",
+}
+# Keys that parse but whose feature does nothing yet: a warning when set (true or a
+# value). Delete the entry when the feature is built.
+INERT = {
+    "pools[].members[].warmup": "warm-up is not built: the member sends at full rate",
+    "cluster.redis": "clustering is not built: state stays on this node, caps are per node",
+}
+COMPLIANCE_MODES = ("off", "warn", "reject")
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$"
+)
 
 
 class ConfigError(Exception):
@@ -60,6 +87,9 @@ class SmtpConfig(_Struct):
     listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:2525"])
     relay_networks: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     max_message_size: Size = Size(25_000_000)
+    # Message content held in memory at once on the node (all workers); over it
+    # DATA gets 452 4.3.1. Unset: four messages of max_message_size.
+    max_pending_bytes: Size | None = None
     max_recipients: int = 100
     max_line_length: int = 1000
     max_errors: int = 10
@@ -78,6 +108,11 @@ class SmtpConfig(_Struct):
     auth_lockout: Duration = Duration(900)  # also how long failures are remembered
     auth_delay: Duration = Duration(1)  # wait before answering after one failure; doubles
     auth_max_delay: Duration = Duration(15)
+
+    def pending_bytes_share(self, workers: int) -> int:
+        """One worker's share of ``max_pending_bytes`` (room for one largest message at least)."""
+        total = self.max_pending_bytes or 4 * self.max_message_size
+        return max(self.max_message_size, -(-total // workers))
 
 
 class HttpConfig(_Struct):
@@ -190,6 +225,21 @@ class ClusterConfig(_Struct):
     redis: str | None = None
 
 
+class DkimConfig(_Struct):
+    """One selector of one signing domain (several entries per domain for a rotation:
+    every ``active`` one signs, so two active selectors dual-sign)."""
+
+    domain: str  # signs mail whose From domain is this or a subdomain of it
+    selector: str
+    key: str  # PEM: RSA ≥ 1024 bits (2048 advised) or Ed25519
+    active: bool = True  # false: loaded and checked (`auth check`), not signing
+
+
+class ComplianceConfig(_Struct):
+    list_unsubscribe: str = "off"  # off | warn | reject, for marketing and bulk mail
+    complaint_budget: bool = True  # needs the reputation counters (not wired yet)
+
+
 class DnsConfig(_Struct):
     nameservers: list[str] = msgspec.field(default_factory=list)  # "host:port"; empty: system
 
@@ -227,6 +277,8 @@ class Config(_Struct):
     webhooks: list[WebhookConfig] = msgspec.field(default_factory=list)
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    dkim: list[DkimConfig] = msgspec.field(default_factory=list)
+    compliance: ComplianceConfig = msgspec.field(default_factory=ComplianceConfig)
     dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
     providers: list[ProviderConfig] = msgspec.field(default_factory=list)
 
@@ -323,6 +375,17 @@ def _validate(cfg: Config) -> list[str]:
         "must be at least auth_delay",
     )
     check(
+        cfg.smtp.max_pending_bytes is None
+        or cfg.smtp.max_pending_bytes >= cfg.smtp.max_message_size,
+        "smtp.max_pending_bytes",
+        "must be at least smtp.max_message_size",
+    )
+    check(
+        cfg.smtp.max_message_size <= MAX_MESSAGE_SIZE,
+        "smtp.max_message_size",
+        "must be at most 2GiB",
+    )
+    check(
         (cfg.smtp.tls_cert is None) == (cfg.smtp.tls_key is None),
         "smtp.tls_cert",
         "tls_cert and tls_key go together",
@@ -381,7 +444,7 @@ def _validate(cfg: Config) -> list[str]:
         for key in route.match:
             check(
                 key in ROUTE_MATCH_KEYS,
-                f"{at}.match.{key}",
+                f"{at}.match.{key_name(key)}",
                 f"unknown match key (expected one of {', '.join(ROUTE_MATCH_KEYS)})",
             )
         check(
@@ -412,7 +475,7 @@ def _validate(cfg: Config) -> list[str]:
         try:
             parse_hostport(target)
         except ValueError as exc:
-            problems.append(f"static_routes.{domain}: {exc}")
+            problems.append(f"static_routes.{key_name(domain)}: {exc}")
     for i, hook in enumerate(cfg.webhooks):
         check(
             hook.url.startswith(("http://", "https://")),
@@ -426,13 +489,8 @@ def _validate(cfg: Config) -> list[str]:
         "log.level",
         "expected one of debug, info, warning, error",
     )
-    check(0 < d.mx_port < 65536, "delivery.mx_port", "must be a port from 1 to 65535")
-    for i, server in enumerate(cfg.dns.nameservers):
-        try:
-            host, _ = parse_hostport(server)
-            ipaddress.ip_address(host)
-        except ValueError:
-            problems.append(f"dns.nameservers[{i}]: expected IP:port, got {server!r}")
+    check(0 < cfg.delivery.mx_port < 65536, "delivery.mx_port", "must be a port from 1 to 65535")
+    problems.extend(_validate_mail_auth(cfg))
     problems.extend(_validate_providers(cfg.providers))
     return problems
 
@@ -467,6 +525,37 @@ def _validate_providers(providers: list[ProviderConfig]) -> list[str]:
                     f"{rat}.action: unknown action {rule.action!r} "
                     f"(expected one of {', '.join(RULE_ACTIONS)})"
                 )
+    return problems
+
+
+def _validate_mail_auth(cfg: Config) -> list[str]:
+    """[[dkim]], [compliance], [dns]; the key files themselves are loaded (and their
+    problems named) by ``smtplb.mailauth.keys.load_keyring``."""
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for i, entry in enumerate(cfg.dkim):
+        at = f"dkim[{i}]"
+        domain = entry.domain.lower().rstrip(".")
+        if not _DNS_NAME.match(domain) or "." not in domain:
+            problems.append(f"{at}.domain: not a domain name: {entry.domain!r}")
+        if not _DNS_NAME.match(entry.selector.lower()):
+            problems.append(f"{at}.selector: not a DNS label: {entry.selector!r}")
+        if (domain, entry.selector.lower()) in seen:
+            problems.append(f"{at}.selector: {entry.selector!r} of {domain} is already configured")
+        seen.add((domain, entry.selector.lower()))
+        if not entry.key:
+            problems.append(f"{at}.key: the path of the PEM private key is required")
+    if cfg.compliance.list_unsubscribe not in COMPLIANCE_MODES:
+        problems.append(
+            f"compliance.list_unsubscribe: unknown mode {cfg.compliance.list_unsubscribe!r} "
+            f"(expected one of {', '.join(COMPLIANCE_MODES)})"
+        )
+    for i, server in enumerate(cfg.dns.nameservers):
+        try:
+            host, _ = parse_hostport(server)
+            ipaddress.ip_address(host)
+        except ValueError:
+            problems.append(f"dns.nameservers[{i}]: expected IP:port, got {server!r}")
     return problems
 
 
@@ -508,31 +597,43 @@ def _validate_member(member: MemberConfig, at: str, seen: set[str]) -> list[str]
 
 
 def _is_loopback(listen: str) -> bool:
+    """Whether a listen address is loopback; a malformed one is not (smtp.listen
+    reports it)."""
     try:
         host, _ = parse_hostport(listen)
+    except ValueError:
+        return False
+    try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
 
 
-def parse_config(data: dict[str, Any]) -> Config:
-    """Build a validated :class:`Config` from TOML data; raise :class:`ConfigError`."""
+def parse_config(data: dict[str, Any], warnings: list[str] | None = None) -> Config:
+    """Build a validated :class:`Config` from TOML data; raise :class:`ConfigError`
+    with every problem found. ``warnings`` (when given) receives a ``key: text``
+    line per key that is accepted but does nothing yet."""
+    shape = check_shape(data, Config, _dec_hook, Rules(PLANNED, INERT))
+    problems = shape.problems
     try:
-        cfg = msgspec.convert(data, Config, dec_hook=_dec_hook)
-    except msgspec.ValidationError as exc:
-        raise ConfigError([_format_msgspec_error(exc)]) from None
+        cfg = msgspec.convert(shape.data, Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:  # the shape check should have caught it
+        raise ConfigError([*problems, _format_msgspec_error(exc)]) from None
     if not cfg.pools and "pools" not in data:
         cfg.pools = default_pools()
-    problems = _validate(cfg)
+    problems += [p for p in _validate(cfg) if not related(p.partition(": ")[0], shape.bad)]
+    if warnings is not None:
+        warnings.extend(shape.warnings)
     if problems:
         raise ConfigError(problems)
     return cfg
 
 
-def load_config(path: str | Path | None) -> Config:
-    """Read ``path`` (or built-in defaults when None); raise :class:`ConfigError`."""
+def load_config(path: str | Path | None, warnings: list[str] | None = None) -> Config:
+    """Read ``path`` (or built-in defaults when None); raise :class:`ConfigError`.
+    ``warnings``: see :func:`parse_config`."""
     if path is None:
-        return parse_config({})
+        return parse_config({}, warnings)
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -544,4 +645,4 @@ def load_config(path: str | Path | None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{p}: not valid TOML: {exc}"]) from None
-    return parse_config(data)
+    return parse_config(data, warnings)

@@ -2,7 +2,7 @@
 
 :mod:`smtplb.app` builds a :class:`Service` from the config; here it starts
 (spool, SMTP listeners, HTTP API, dispatcher, housekeeping, peering), reloads
-(SIGHUP: pools, routes, static routes, retry settings, SMTP limits) and stops
+(SIGHUP: pools, routes, static routes, retry settings, SMTP limits, DKIM keys) and stops
 (SIGTERM: intake answers 421, deliveries in progress finish, the rest stays in
 the spool). It also implements :class:`smtplb.api.operations.Operations`, the
 narrow interface the HTTP API is written against: each operation is a few
@@ -39,6 +39,7 @@ from smtplb.delivery.pools import (
 from smtplb.intake.auth import AuthThrottle
 from smtplb.intake.pipeline import IntakePipeline
 from smtplb.intake.server import ConnectionCap, Listener
+from smtplb.mailauth.keys import load_keyring
 from smtplb.model import Envelope, RecipientState
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.live import LiveStats
@@ -402,12 +403,14 @@ class Service:
             return
         try:
             new = load_config(self.config_path)
+            keyring = load_keyring(new.dkim)  # a bad key keeps the old config and keys
         except Exception as exc:
             log.error("reload failed, keeping the running config: %s", exc)
             return
         existing = {m.name: m for m in self.members()}
         self.config = new
         self.intake.reconfigure(new)
+        self.intake.signer.keyring = keyring
         self.pools.clear()
         self.pools.update(
             build_pools(
@@ -449,6 +452,7 @@ class Service:
             await self.http.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
+        await self.intake.close()
         for peer in self.peer_spools:
             await peer.close()
         await self.spool.close()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+# Beyond these a value is a typo, not a setting (and would overflow SQLite's integers).
+MAX_DURATION = 100 * 365 * 86400.0  # 100 years
+MAX_SIZE = 2**50  # 1 PiB
 
 
 class Duration(float):
@@ -18,14 +22,21 @@ class Duration(float):
         if isinstance(value, bool):
             raise ValueError(f'expected a duration like "30s", got {value!r}')
         if isinstance(value, int | float):
-            if value < 0:
-                raise ValueError(f"a duration cannot be negative, got {value!r}")
-            return cls(value)
+            return cls._checked(float(value), value)
         if isinstance(value, str):
             m = _DURATION.match(value)
             if m:
-                return cls(float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"])
+                seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+                return cls._checked(seconds, value)
         raise ValueError(f'expected a duration like "30s", "5m", "2h" or "1d", got {value!r}')
+
+    @classmethod
+    def _checked(cls, seconds: float, value: object) -> Duration:
+        if math.isnan(seconds) or seconds < 0:
+            raise ValueError(f"a duration cannot be negative, got {value!r}")
+        if seconds > MAX_DURATION:
+            raise ValueError(f"a duration must be at most 100 years, got {value!r}")
+        return cls(seconds)
 
 
 class Size(int):
@@ -36,9 +47,7 @@ class Size(int):
         if isinstance(value, bool):
             raise ValueError(f'expected a size like "25MB", got {value!r}')
         if isinstance(value, int):
-            if value < 0:
-                raise ValueError(f"a size cannot be negative, got {value!r}")
-            return cls(value)
+            return cls._checked(value, value)
         if isinstance(value, str):
             m = _SIZE.match(value)
             if m:
@@ -48,8 +57,16 @@ class Size(int):
                 factor = 1024 ** "kmgt".index(prefix) * 1024 if binary and prefix else 0
                 if not factor:
                     factor = _SIZE_UNITS[prefix]
-                return cls(int(float(m.group(1)) * factor))
+                return cls._checked(float(m.group(1)) * factor, value)
         raise ValueError(f'expected a size like "25MB" or a number of bytes, got {value!r}')
+
+    @classmethod
+    def _checked(cls, size: float, value: object) -> Size:
+        if size < 0:
+            raise ValueError(f"a size cannot be negative, got {value!r}")
+        if size > MAX_SIZE:
+            raise ValueError(f"a size must be at most 1PiB, got {value!r}")
+        return cls(int(size))
 
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h|d)\s*$")

@@ -67,6 +67,25 @@ class Zone:
         return self
 
 
+def dnsmasq_argv(zone: Zone, port: int) -> list[str]:
+    """dnsmasq serving ``zone`` on 127.0.0.1:``port``, forwarding nothing."""
+    return [
+        tool("dnsmasq"),
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--except-interface=nonexistent",  # no DHCP, no other interface
+        f"--port={port}",
+        "--user=root",
+        "--log-facility=-",
+        "--cache-size=0",
+        *(f"--local=/{d}/" for d in sorted(zone.domains)),
+        *zone.options,
+    ]
+
+
 class DnsServer:
     """dnsmasq on 127.0.0.1:PORT (UDP and TCP) serving a :class:`Zone`."""
 
@@ -83,24 +102,11 @@ class DnsServer:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        locals_ = [f"--local=/{d}/" for d in sorted(self.zone.domains)]
         argv = [
-            tool("dnsmasq"),
+            *dnsmasq_argv(self.zone, self.port),
             "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--except-interface=nonexistent",  # no DHCP, no other interface
-            f"--port={self.port}",
             "--pid-file=",
-            "--user=root",
-            "--log-facility=-",
-            "--cache-size=0",
             f"--local-ttl={self.ttl}",
-            *locals_,
-            *self.zone.options,
         ]
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

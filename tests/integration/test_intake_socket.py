@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import smtplib
 import socket
@@ -21,7 +20,7 @@ import pytest
 from smtplb.intake.auth import hash_password, make_authenticator
 from smtplb.intake.server import HANDLER_FAILED, Listener
 from smtplb.intake.session import SessionPolicy
-from smtplb.model import Envelope, Reply
+from smtplb.model import Envelope
 from smtplb.sink.server import (
     DomainRule,
     SinkProfile,
@@ -30,6 +29,8 @@ from smtplb.sink.server import (
     load_profile,
     parse_reply,
 )
+from smtplb.smtp.reply import Reply
+from tests.integration.conftest import tool
 
 pytestmark = pytest.mark.integration
 
@@ -274,9 +275,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     try:
         _certificate_with_cryptography(cert, key)
     except ImportError:
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            pytest.skip("needs the cryptography package or the openssl command")
+        openssl = tool("openssl")  # fails, never skips, when missing
         subprocess.run(
             [
                 openssl, "req", "-x509", "-nodes",

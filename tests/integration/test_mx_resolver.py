@@ -43,15 +43,15 @@ def test_mx_then_addresses_cached_for_their_ttl_and_failures_cached_too() -> Non
             ]  # no MX: the domain itself (RFC 5321 §5.1)
             with pytest.raises(ResolveError) as nx:
                 await resolver.resolve("a.gone.test")
-            assert nx.value.permanent and nx.value.enhanced == "5.1.2"
+            assert nx.value.permanent and nx.value.enhanced_code == "5.1.2"
             with pytest.raises(ResolveError) as null:
                 await resolver.resolve("nomail.test")
-            assert null.value.permanent and null.value.enhanced == "5.1.10"
+            assert null.value.permanent and null.value.enhanced_code == "5.1.10"
         # The server is gone: answers come from the cache until their TTL runs out.
         assert (await resolver.resolve("workspace.test"))[0].address == "127.0.0.10"
         with pytest.raises(ResolveError) as cached_nx:
             await resolver.resolve("a.gone.test")
-        assert cached_nx.value.enhanced == "5.1.2"  # negative caching
+        assert cached_nx.value.enhanced_code == "5.1.2"  # negative caching
         assert resolver.cached_mx_hosts("workspace.test") == [
             "aspmx.l.google.com",
             "alt1.aspmx.l.google.com",
@@ -61,7 +61,7 @@ def test_mx_then_addresses_cached_for_their_ttl_and_failures_cached_too() -> Non
         resolver.timeout = 0.5
         with pytest.raises(ResolveError) as gone:
             await resolver.resolve("workspace.test")
-        assert not gone.value.permanent and gone.value.enhanced == "4.4.3"  # defer
+        assert not gone.value.permanent and gone.value.enhanced_code == "4.4.3"  # defer
 
     asyncio.run(main())
 
@@ -72,14 +72,14 @@ def test_servfail_and_timeouts_defer() -> None:
         dead = MxResolver({}, nameservers=[f"127.0.0.1:{free_port()}"], timeout=0.3)
         with pytest.raises(ResolveError) as err:
             await dead.resolve("workspace.test")
-        assert not err.value.permanent and err.value.enhanced == "4.4.3"
+        assert not err.value.permanent and err.value.enhanced_code == "4.4.3"
         assert "timed out" in str(err.value)
         # A domain the server does not serve and cannot forward: REFUSED/SERVFAIL.
         with DnsServer(_zone()) as dns:
             resolver = MxResolver({}, nameservers=[dns.address], timeout=2)
             with pytest.raises(ResolveError) as servfail:
                 await resolver.resolve("example.invalid")
-            assert not servfail.value.permanent and servfail.value.enhanced == "4.4.3"
+            assert not servfail.value.permanent and servfail.value.enhanced_code == "4.4.3"
             with pytest.raises(ResolveError) as noaddr:
                 await resolver.resolve("noaddr.test")
             assert not noaddr.value.permanent

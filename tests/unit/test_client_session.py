@@ -10,26 +10,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smtplb.delivery.client import (
-    NEED_DATA,
-    AuthDone,
     ClientSession,
+    ExtensionNotOffered,
+    IllegalCommand,
+    ProtocolError,
+    parse_extensions,
+)
+from smtplb.delivery.client_events import (
+    AuthDone,
     EhloDone,
     Event,
-    ExtensionNotOffered,
     Greeting,
-    IllegalCommand,
     NoopDone,
-    ProtocolError,
     QuitDone,
     ResetDone,
     ServerClosing,
     StartTlsReady,
     StartTlsRefused,
-    State,
     TransactionDone,
-    parse_extensions,
 )
-from smtplb.model import Reply
+from smtplb.delivery.client_state import State
+from smtplb.smtp.framing import NEED_DATA
+from smtplb.smtp.reply import Reply
 
 EHLO_PIPELINING = (
     b"250-mx.example Hello\r\n"
@@ -415,7 +417,7 @@ def test_bare_lf_replies_are_tolerated() -> None:
 
 @given(
     code=st.sampled_from([211, 220, 250, 354, 421, 451, 550, 554]),
-    enhanced=st.one_of(st.none(), st.from_regex(r"\A[0-9]{1,3}\.[0-9]{1,3}\Z")),
+    enhanced_code=st.one_of(st.none(), st.from_regex(r"\A[0-9]{1,3}\.[0-9]{1,3}\Z")),
     lines=st.lists(
         st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=20)
         .map(str.strip)
@@ -425,13 +427,13 @@ def test_bare_lf_replies_are_tolerated() -> None:
     ),
 )
 def test_reply_round_trips_through_the_wire(
-    code: int, enhanced: str | None, lines: list[str]
+    code: int, enhanced_code: str | None, lines: list[str]
 ) -> None:
-    if enhanced is not None and code // 100 in (2, 4, 5):
-        enhanced = f"{code // 100}.{enhanced}"
+    if enhanced_code is not None and code // 100 in (2, 4, 5):
+        enhanced_code = f"{code // 100}.{enhanced_code}"
     else:
-        enhanced = None
-    reply = Reply(code, enhanced, "\n".join(lines))
+        enhanced_code = None
+    reply = Reply(code, enhanced_code, "\n".join(lines))
     session = greeted()
     session.noop()
     assert feed(session, reply.to_bytes()) == [NoopDone(reply)]

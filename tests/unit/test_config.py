@@ -134,3 +134,195 @@ def test_units() -> None:
     for bad in ("", "5 parsecs", "-1s", True):
         with pytest.raises(ValueError):
             Duration.parse(bad)
+
+
+# -- every problem in one run (issue 10, item 9) ---------------------------------------
+
+
+def test_every_type_error_is_reported_in_one_run() -> None:
+    problems = problems_of(
+        {
+            "workers": "two",
+            "smtp": {"max_recipients": "many", "idle_timeout": "soon"},
+            "http": {"public_read": "yes"},
+            "health": {"rise": "x"},
+        }
+    )
+    assert [p.partition(":")[0] for p in problems] == [
+        "workers",
+        "smtp.max_recipients",
+        "smtp.idle_timeout",
+        "http.public_read",
+        "health.rise",
+    ]
+
+
+def test_type_and_semantic_problems_come_together() -> None:
+    problems = problems_of(
+        {
+            "smtp": {"max_recipients": "many"},
+            "pools": [pool(weight=0), {"name": "q", "members": [{"name": "b", "relay": 7}]}],
+            "routes": [{"pool": "nope"}],
+        }
+    )
+    assert problems == [
+        "smtp.max_recipients: expected `int`, got `str`",
+        "pools[1].members[0].relay: expected `str | null`, got `int`",
+        "pools[0].members[0].weight: must be at least 1",
+        "routes[0].pool: no pool named 'nope'",
+    ]
+
+
+def test_a_refused_value_does_not_bring_follow_up_problems() -> None:
+    # The relay was refused; "set exactly one of relay or source_ip" would only mislead.
+    problems = problems_of({"pools": [pool(relay=["x"])]})
+    assert len(problems) == 1
+    assert problems[0].startswith("pools[0].members[0].relay: expected")
+
+
+def test_missing_required_keys_are_each_named() -> None:
+    problems = problems_of({"pools": [{"members": [{"relay": "127.0.0.1:25"}, {}]}]})
+    assert problems == [
+        "pools[0].name: required key is missing",
+        "pools[0].members[0].name: required key is missing",
+        "pools[0].members[1].name: required key is missing",
+        "pools[0].members[1]: set exactly one of relay (host:port) or source_ip",
+    ]
+
+
+def test_entries_of_a_table_of_strings_are_named_by_key() -> None:
+    problems = problems_of({"static_routes": {"a.test": 5, "b.test": "nohost"}})
+    assert problems[0] == "static_routes.a.test: expected `str`, got `int`"
+    assert problems[1].startswith("static_routes.b.test: expected host:port")
+
+
+def test_wrong_shape_of_a_table_or_array() -> None:
+    assert problems_of({"smtp": "fast"}) == ["smtp: expected a table, got a string"]
+    assert problems_of({"pools": {"name": "p"}}) == [
+        "pools: expected an array of tables ([[pools]]), got a table"
+    ]
+    assert problems_of({"pools": ["p"]}) == ["pools[0]: expected a table, got a string"]
+
+
+def test_garbage_listen_with_auth_without_tls_is_a_problem_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    problems = problems_of({"smtp": {"listen": ["garbage"], "auth_without_tls": True}})
+    assert problems == [
+        "smtp.listen[0]: expected host:port, got 'garbage'",
+        "smtp.auth_without_tls: allowed only when every smtp.listen address is loopback",
+    ]
+
+
+def test_unknown_top_level_key_names_the_key() -> None:
+    assert problems_of({"dkimm": {"domain": "x"}}) == ["dkimm: unknown key"]
+    assert problems_of({"pools": [pool(colour="red")]}) == [
+        "pools[0].members[0].colour: unknown key"
+    ]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"reputation": {"window": "24h"}},
+        {"suppression": {"on_intake": "reject"}},
+        {"warmup": {"schedule": [50, 70]}},
+        {"experiments": [{"name": "e", "pool": "default"}]},
+        {"cluster": {"node": "node-a"}},
+        {"pools": [pool(warmup_start="2026-11-01")]},
+    ],
+)
+def test_spec_keys_not_built_yet_are_accepted_with_a_warning(data: dict[str, object]) -> None:
+    warnings: list[str] = []
+    parse_config(data, warnings)
+    assert len(warnings) == 1
+    key = warnings[0].partition(":")[0]
+    assert key in {"dns", "providers", "reputation", "suppression", "warmup", "dkim"} | {
+        "compliance",
+        "experiments",
+        "cluster.node",
+        "pools[0].members[0].warmup_start",
+    }
+    assert "not implemented yet, ignored" in warnings[0]
+
+
+def test_inert_keys_warn_when_set() -> None:
+    warnings: list[str] = []
+    parse_config(
+        {"cluster": {"redis": "redis://127.0.0.1:6379/0"}, "pools": [pool(warmup=True)]},
+        warnings,
+    )
+    assert [w.partition(":")[0] for w in warnings] == [
+        "cluster.redis",
+        "pools[0].members[0].warmup",
+    ]
+    assert all("not implemented yet, has no effect" in w for w in warnings)
+    quiet: list[str] = []
+    parse_config({"pools": [pool(warmup=False)]}, quiet)
+    assert quiet == []
+
+
+def test_warnings_are_given_even_when_there_are_problems() -> None:
+    warnings: list[str] = []
+    with pytest.raises(ConfigError):
+        parse_config({"warmup": {}, "workers": "x"}, warnings)
+    assert [w.partition(":")[0] for w in warnings] == ["warmup"]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"smtp": {"max_message_size": "999999999999999999999999TB"}},
+            "smtp.max_message_size: a size must be at most 1PiB",
+        ),
+        ({"smtp": {"max_message_size": "3GB"}}, "smtp.max_message_size: must be at most 2GiB"),
+        ({"health": {"interval": "99999999d"}}, "health.interval: a duration must be at most"),
+        ({"health": {"interval": float("inf")}}, "health.interval: a duration must be at most"),
+        ({"health": {"interval": float("nan")}}, "health.interval: a duration cannot be"),
+        ({"delivery": {"max_lifetime": "1e400s"}}, "delivery.max_lifetime: expected a duration"),
+    ],
+)
+def test_absurd_sizes_and_durations_are_refused(data: dict[str, object], expected: str) -> None:
+    problems = problems_of(data)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_check_prints_every_problem_and_warning(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from smtplb.cli import main
+
+    path = tmp_path / "smtplb.toml"
+    path.write_text(
+        'workers = "two"\n[smtp]\nmax_recipients = "many"\n'
+        '[warmup]\nschedule = [50]\n[cluster]\nredis = "redis://127.0.0.1:6379/0"\n'
+    )
+    result = CliRunner().invoke(main, ["check", "-c", str(path)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert "config error: workers: expected `int`, got `str`" in lines
+    assert "config error: smtp.max_recipients: expected `int`, got `str`" in lines
+    assert any(line.startswith("config warning: warmup: not implemented yet") for line in lines)
+    assert any(line.startswith("config warning: cluster.redis: not implemented") for line in lines)
+
+
+def test_a_key_with_a_line_break_is_quoted_so_each_problem_stays_one_line() -> None:
+    # Found by tests/fuzz/test_fuzz_config.py: '"key\nwith newline" = 1' gave two lines.
+    assert problems_of({"key\nwith newline": 1}) == ['"key\\nwith newline": unknown key']
+    assert problems_of({"static_routes": {"a b": "x"}})[0].startswith(
+        'static_routes."a b": expected host:port'
+    )
+
+
+def test_run_and_check_print_the_warnings_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from smtplb.cli import _config
+
+    path = tmp_path / "smtplb.toml"
+    path.write_text('[cluster]\nredis = "redis://127.0.0.1:6379/0"\n')
+    _config(path)
+    assert "config warning: cluster.redis: not implemented yet" in capsys.readouterr().err
+    _config(path, warn=False)  # a worker process: its supervisor warned already
+    assert capsys.readouterr().err == ""

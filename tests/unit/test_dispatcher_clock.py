@@ -58,7 +58,7 @@ async def _defer_when_every_member_is_excluded(tmp: Path) -> None:
     assert r.attempts == 0  # waiting for a member is not the recipient's failed attempt
     assert r.next_attempt == T0 + 5 + 60  # the clock's now + the first retry delay
     reason = "no member available (a: paused; b: down (health checks: refused))"
-    assert (r.last_code, r.last_enhanced, r.last_response) == (451, "4.4.1", reason)
+    assert (r.last_code, r.last_enhanced_code, r.last_response) == (451, "4.4.1", reason)
     (step,) = traces.get("Q1")
     assert step["step"] == "deferred" and step["reason"] == reason
     (record,) = [json.loads(line) for line in (tmp / "delivery.jsonl").read_text().splitlines()]

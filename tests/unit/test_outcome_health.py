@@ -11,7 +11,9 @@ from smtplb.delivery.outcome import (
     next_state,
     transaction_outcomes,
 )
-from smtplb.model import BounceKind, RecipientState, Reply, classify_reply
+from smtplb.model import RecipientState
+from smtplb.smtp.reply import Reply
+from smtplb.smtp.status import BounceKind, classify_reply
 
 
 def test_classify_reply() -> None:

@@ -10,20 +10,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from smtplb.intake.session import (
-    _TRANSITIONS,
-    NEED_DATA,
-    AuthRequest,
-    Close,
-    Event,
-    MessageReceived,
-    ServerSession,
-    SessionPolicy,
-    SessionStateError,
-    StartTLS,
-    State,
-)
-from smtplb.model import Reply
+from smtplb.intake.session import ServerSession, SessionPolicy, SessionStateError
+from smtplb.intake.session_events import AuthRequest, Close, Event, MessageReceived, StartTLS
+from smtplb.intake.session_state import TRANSITIONS, State
+from smtplb.smtp.framing import NEED_DATA, PIECE, BodyBudget
+from smtplb.smtp.reply import Reply
 
 POLICY = SessionPolicy(
     hostname="mx.test", max_message_size=10_000, max_recipients=3, relay_allowed=True
@@ -143,8 +134,14 @@ def test_helo_and_missing_hostname() -> None:
 
 def test_noop_help_vrfy_rset_work_before_and_after_ehlo() -> None:
     result = drive(new(), b"NOOP\r\nHELP\r\nVRFY bob\r\nRSET\r\nEHLO c\r\nRSET x\r\nnoop hi\r\n")
-    expected = ["250 2.0.0", "214 2.0.0", "252 2.0.0", "250 2.0.0", "250", "501 5.5.4", "250 2.0.0"]
+    expected = ["250 2.0.0", "214 2.0.0", "502 5.5.1", "250 2.0.0", "250", "501 5.5.4", "250 2.0.0"]
     assert result.codes == expected
+
+
+def test_vrfy_is_disabled_as_postfix_says_it() -> None:
+    """SPEC §2.1: VRFY disabled; Postfix's disable_vrfy_command wording."""
+    result = drive(new(), b"EHLO c\r\nVRFY postmaster\r\nVRFY\r\n")
+    assert result.replies[1:] == ["502 5.5.1 VRFY command is disabled"] * 2
 
 
 def test_quit_closes_and_ignores_what_follows() -> None:
@@ -532,6 +529,76 @@ def test_bare_newlines_in_data_are_refused(content: bytes) -> None:
     assert result.codes[-2:] == ["550 5.6.0", "250 2.0.0"]
 
 
+@pytest.mark.parametrize("content", [b"a\0b\r\n", b"\0\r\n", b"line\r\n" * 3 + b"\0"])
+def test_a_nul_byte_in_data_is_refused_after_the_final_dot(content: bytes) -> None:
+    """No BINARYMIME: NUL is not text (RFC 5321 §4.5.2); Postfix would pass it on."""
+    if not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    result = drive(new(), HEAD + content + b".\r\nNOOP\r\n")
+    assert result.messages == []
+    assert result.replies[-2:] == [
+        "554 5.6.0 Error: NUL byte in message content; BINARYMIME is not supported",
+        "250 2.0.0 Ok",
+    ]
+
+
+# -- the node-wide memory budget for message bodies -----------------------------------------
+
+
+def budget_policy(limit: int) -> tuple[SessionPolicy, BodyBudget]:
+    budget = BodyBudget(limit)
+    return dataclasses.replace(POLICY, max_message_size=10**9, body_budget=budget), budget
+
+
+def test_data_without_room_in_the_budget_gets_452_and_the_transaction_stays() -> None:
+    policy, budget = budget_policy(1000)
+    first = new(policy)
+    held = drive(first, HEAD + b"x" * 998 + b"\r\n.\r\n", answer=None)
+    assert len(held.messages) == 1 and budget.used == 1000
+    second = new(policy)
+    result = drive(second, HEAD)
+    assert result.replies[-1] == "452 4.3.1 Insufficient system storage, try again later"
+    assert second.state is State.RCPT  # the client may try DATA again later
+    first.answer_message(OK)  # the message is stored: its room comes back
+    assert budget.used == 0
+    after = drive(second, b"DATA\r\nsmall\r\n.\r\n")
+    assert after.codes == ["354", "250 2.0.0"] and len(after.messages) == 1
+    assert budget.used == 0
+
+
+def test_data_with_a_declared_size_over_the_room_gets_452() -> None:
+    policy, _ = budget_policy(1000)
+    result = drive(
+        new(policy),
+        b"EHLO c\r\nMAIL FROM:<a@example.com> SIZE=2000\r\nRCPT TO:<b@example.net>\r\nDATA\r\n",
+    )
+    assert result.codes[-1] == "452 4.3.1"
+
+
+def test_a_body_that_outgrows_the_budget_is_read_to_the_end_and_refused_452() -> None:
+    policy, budget = budget_policy(PIECE)
+    session = new(policy)
+    drive(session, HEAD)
+    for _ in range(4):
+        drive(session, (b"y" * 998 + b"\r\n") * (PIECE // 1000))
+    assert session.buffered < 2 * PIECE and budget.used <= PIECE
+    result = drive(session, b".\r\nNOOP\r\n")
+    assert result.messages == [] and result.codes == ["452 4.3.1", "250 2.0.0"]
+    assert budget.used == 0
+
+
+def test_a_lost_connection_gives_the_room_back() -> None:
+    policy, budget = budget_policy(10**6)
+    session = new(policy)
+    drive(session, HEAD + b"z" * 100_000 + b"\r\n")  # in the middle of DATA
+    waiting = new(policy)
+    drive(waiting, HEAD + b"w\r\n.\r\n", answer=None)  # a message in the handler
+    assert budget.used > 100_000
+    session.close()
+    waiting.close()
+    assert budget.used == 0
+
+
 # -- EOF, timeout, refusal -----------------------------------------------------------------
 
 
@@ -700,7 +767,7 @@ def test_require_auth_before_mail() -> None:
 
 
 def test_every_state_is_reachable_in_the_table() -> None:
-    reachable = {State.CONNECTED} | set(_TRANSITIONS.values())
+    reachable = {State.CONNECTED} | set(TRANSITIONS.values())
     assert reachable == set(State)
 
 

@@ -290,14 +290,19 @@ async def test_record_sets_states_and_last_reply(spool: Spool, clock: FakeClock)
     view = await spool.get("q1")
     assert view is not None
     a, b, c, d = view.recipients
-    assert (a.state, a.last_code, a.last_enhanced, a.member) == (
+    assert (a.state, a.last_code, a.last_enhanced_code, a.member) == (
         S.DELIVERED,
         250,
         "2.0.0",
         "relay-1",
     )
     assert a.last_response == "ok queued as X"
-    assert (b.state, b.last_code, b.last_enhanced, b.member) == (S.BOUNCED, 550, "5.1.1", "relay-2")
+    assert (b.state, b.last_code, b.last_enhanced_code, b.member) == (
+        S.BOUNCED,
+        550,
+        "5.1.1",
+        "relay-2",
+    )
     assert (c.state, c.next_attempt, c.last_code) == (S.DEFERRED, T0 + 300, 421)
     assert (d.state, d.attempts) == (S.SUPPRESSED, 0)
     assert [a.attempts, b.attempts, c.attempts] == [1, 1, 1]
@@ -388,7 +393,7 @@ async def test_expire_due_takes_only_expired_waiting_recipients(
         "d@x.test",
         "<old@example.com>",
     )
-    assert (e.last_code, e.last_enhanced, e.last_response) == (451, "4.4.1", "timeout")
+    assert (e.last_code, e.last_enhanced_code, e.last_response) == (451, "4.4.1", "timeout")
     assert by_rid[q].msg_pk == e.msg_pk
     assert await states(spool, "old") == [S.EXPIRED, S.EXPIRED, S.INFLIGHT, S.DELIVERED]
     assert await spool.expire_due(exp) == []

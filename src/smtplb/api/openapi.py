@@ -62,7 +62,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         attempts=_INT,
         next_attempt=_NUM,
         last_code={"type": ["integer", "null"]},
-        last_enhanced={"type": ["string", "null"]},
+        last_enhanced_code={"type": ["string", "null"]},
         last_response=_STR,
         member=_STR,
         updated_at=_NUM,
@@ -174,7 +174,7 @@ FAILURES = {
     413: "Message larger than smtp.max_message_size, or a body over twice that",
     415: "A body that is not application/json",
     421: "A Host that is not a name of this node (see http.allowed_hosts)",
-    422: "Invalid field (sender, recipients, headers, content)",
+    422: "Invalid field (sender, recipients, headers, content), or refused by compliance",
     503: "Not now: draining, or the spool is unavailable; retry later or elsewhere",
 }
 

@@ -8,8 +8,8 @@ can give the app a small stand-in.
 Views are plain JSON-ready dicts (members, pools, the dashboard overview) or
 the spool's own view types (messages). Errors the API must tell apart are
 answers, not exceptions: ``None`` for "no such member/message"; the one
-exception is ``SpoolError`` from :meth:`Operations.inject` (the spool refused
-the write: 503, retry later).
+exceptions are ``SpoolError`` from :meth:`Operations.inject` (the spool refused
+the write: 503, retry later) and ``MessageRefused`` (a compliance check: 422).
 """
 
 from __future__ import annotations

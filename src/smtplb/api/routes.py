@@ -33,6 +33,7 @@ from smtplb.api.operations import Operations
 from smtplb.api.problem import problem
 from smtplb.api.security import guard
 from smtplb.intake.address import valid_address
+from smtplb.intake.compliance import MessageRefused
 from smtplb.model import Envelope, RecipientState
 from smtplb.observability.live import redacted
 from smtplb.spool.base import MessageView, SpoolError
@@ -332,6 +333,8 @@ async def inject(request: Request) -> Response:
         queue_id = await ops.inject(envelope, content)
     except SpoolError:
         return problem(503, "Spool unavailable", "the message was not accepted; retry later")
+    except MessageRefused as exc:  # a compliance check: the same text as SMTP's 5.7.1
+        return problem(422, "Message refused", f"{exc.reply.enhanced_code} {exc.reply.text}")
     return JSONResponse({"queue_id": queue_id}, status_code=202)
 
 

@@ -20,28 +20,48 @@ command: with PIPELINING (RFC 2920) MAIL, every RCPT and DATA go out in one
 write; without it they go one at a time. Either way the caller gets one
 :class:`TransactionDone`.
 
-The legal moves are the table ``_TRANSITIONS``: ``(state, trigger) -> state``,
-where an upper-case trigger is a command the caller issued and a lower-case
-one is what a reply meant. A ``421`` in any state means the server is closing
-the channel: the pending command ends with that reply and the session is
-``CLOSED``. Anything that is not an SMTP reply raises :class:`ProtocolError`
-and leaves the session ``ERROR`` for good.
+The legal moves are the table in ``client_state.py``. A ``421`` in any state
+means the server is closing the channel: the pending command ends with that
+reply and the session is ``CLOSED``. Anything that is not an SMTP reply raises
+:class:`ProtocolError` and leaves the session ``ERROR`` for good.
 """
 
 from __future__ import annotations
 
 import base64
-import enum
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
-from smtplb.model import Reply
+from smtplb.delivery.client_events import (
+    AuthDone,
+    EhloDone,
+    Event,
+    Greeting,
+    NoopDone,
+    QuitDone,
+    ResetDone,
+    ServerClosing,
+    StartTlsReady,
+    StartTlsRefused,
+    TransactionDone,
+)
+from smtplb.delivery.client_state import TRANSITIONS, Outcome, State, Trigger
+from smtplb.smtp.framing import CRLF, NEED_DATA, TOO_LONG, LineBuffer, NeedData, dot_stuff
+from smtplb.smtp.reply import Reply, parse_reply
+from smtplb.smtp.verbs import Verb
+
+# Hot-path aliases: an Enum class attribute goes through the metaclass's
+# __getattr__ hook (Python 3.11), several times slower than a module global.
+_CLOSED: Final = State.CLOSED
+_MAIL: Final = Verb.MAIL
+_NEXT: Final = Outcome.NEXT
+_TO_DATA: Final = Outcome.TO_DATA
+_GO_AHEAD: Final = Outcome.GO_AHEAD
+_REPLIED: Final = Outcome.REPLIED
 
 MAX_LINE: Final = 4096  # RFC 5321 says 512; real servers send longer texts
 MAX_REPLY_LINES: Final = 500
-CRLF: Final = b"\r\n"
 
 
 class ProtocolError(Exception):
@@ -60,186 +80,11 @@ class ExtensionNotOffered(ValueError):
         self.extension = extension
 
 
-class State(enum.Enum):
-    GREETING = "awaiting greeting"
-    IDLE = "idle"
-    EHLO = "awaiting EHLO reply"
-    HELO = "awaiting HELO reply"
-    STARTTLS = "awaiting STARTTLS reply"
-    TLS_HANDSHAKE = "awaiting TLS handshake"
-    AUTH = "awaiting AUTH reply"
-    MAIL = "awaiting MAIL reply"
-    RCPT = "awaiting RCPT reply"
-    DATA = "awaiting DATA reply"
-    BODY = "awaiting end-of-data reply"
-    RSET = "awaiting RSET reply"
-    NOOP = "awaiting NOOP reply"
-    QUIT = "awaiting QUIT reply"
-    CLOSED = "closed"
-    ERROR = "broken by a protocol error"
-
-
-Trigger: TypeAlias = str
-
-_CLOSABLE = [s for s in State if s not in (State.CLOSED, State.ERROR, State.TLS_HANDSHAKE)]
-
-_TRANSITIONS: Final[dict[tuple[State, Trigger], State]] = {
-    (State.GREETING, "replied"): State.IDLE,  # even a 554 banner: the caller QUITs
-    (State.IDLE, "EHLO"): State.EHLO,
-    (State.IDLE, "HELO"): State.HELO,
-    (State.IDLE, "STARTTLS"): State.STARTTLS,
-    (State.IDLE, "AUTH"): State.AUTH,
-    (State.IDLE, "MAIL"): State.MAIL,
-    (State.IDLE, "RSET"): State.RSET,
-    (State.IDLE, "NOOP"): State.NOOP,
-    (State.IDLE, "QUIT"): State.QUIT,
-    (State.EHLO, "accepted"): State.IDLE,
-    (State.EHLO, "fallback"): State.HELO,  # 5xx: the server may speak only RFC 821
-    (State.EHLO, "refused"): State.IDLE,  # 4xx: tell the caller
-    (State.HELO, "replied"): State.IDLE,
-    (State.STARTTLS, "ready"): State.TLS_HANDSHAKE,
-    (State.STARTTLS, "refused"): State.IDLE,
-    (State.TLS_HANDSHAKE, "TLS_ESTABLISHED"): State.IDLE,  # the caller did the handshake
-    (State.AUTH, "challenge"): State.AUTH,  # 334: one more response
-    (State.AUTH, "replied"): State.IDLE,
-    (State.MAIL, "accepted"): State.RCPT,
-    (State.MAIL, "refused"): State.IDLE,  # lock-step: nothing else was sent
-    (State.MAIL, "next"): State.RCPT,  # pipelined: the RCPT replies follow anyway
-    (State.RCPT, "next"): State.RCPT,
-    (State.RCPT, "to_data"): State.DATA,
-    (State.RCPT, "to_rset"): State.RSET,  # lock-step, no recipient accepted
-    (State.DATA, "go_ahead"): State.BODY,  # 354
-    (State.DATA, "refused"): State.RSET,
-    (State.BODY, "replied"): State.IDLE,
-    (State.RSET, "replied"): State.IDLE,
-    (State.NOOP, "replied"): State.IDLE,
-    (State.QUIT, "replied"): State.CLOSED,
-    **{(s, "closing"): State.CLOSED for s in _CLOSABLE},  # 421 anywhere
-}
-
-
-# -- events -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _ReplyEvent:
-    reply: Reply
-
-
-class Greeting(_ReplyEvent):
-    __slots__ = ()
-
-
-class StartTlsReady(_ReplyEvent):
-    __slots__ = ()
-
-
-class StartTlsRefused(_ReplyEvent):
-    __slots__ = ()
-
-
-class AuthDone(_ReplyEvent):
-    __slots__ = ()
-
-
-class ResetDone(_ReplyEvent):
-    __slots__ = ()
-
-
-class NoopDone(_ReplyEvent):
-    __slots__ = ()
-
-
-class QuitDone(_ReplyEvent):
-    __slots__ = ()
-
-
-class ServerClosing(_ReplyEvent):
-    """An unsolicited ``421`` while idle: the server is closing the connection."""
-
-    __slots__ = ()
-
-
-@dataclass(frozen=True, slots=True)
-class EhloDone:
-    """The EHLO reply, or the HELO reply after a refused EHLO (``extensions`` empty)."""
-
-    reply: Reply
-    extensions: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class TransactionDone:
-    """The replies of one transaction.
-
-    ``rcpts`` has one reply per recipient, in order. When the server never
-    answered a recipient (MAIL refused, or a ``421`` cut the transaction short)
-    the reply that ended the transaction stands in for it. ``data`` is the
-    reply to DATA or to the end of data when at least one recipient was
-    accepted, else ``None`` (the message was not sent).
-    """
-
-    mail: Reply
-    rcpts: list[Reply]
-    data: Reply | None
-
-    def outcome(self, index: int) -> Reply:
-        """The reply that decides the fate of recipient ``index``."""
-        rcpt = self.rcpts[index]
-        if not _ok(self.mail):
-            return self.mail
-        if not _ok(rcpt) or self.data is None:
-            return rcpt
-        return self.data
-
-
-Event: TypeAlias = (
-    Greeting
-    | EhloDone
-    | StartTlsReady
-    | StartTlsRefused
-    | AuthDone
-    | TransactionDone
-    | ResetDone
-    | NoopDone
-    | QuitDone
-    | ServerClosing
-)
-
-
-class NeedData(enum.Enum):
-    NEED_DATA = "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData.NEED_DATA
-
-
 # -- parsing ------------------------------------------------------------------
-
-_ENHANCED = re.compile(r"([245])\.(?:[0-9]{1,3})\.(?:[0-9]{1,3})(?= |$)")
-
-
-def _ok(reply: Reply) -> bool:
-    return 200 <= reply.code < 300
 
 
 def _show(line: bytes) -> str:
     return repr(line[:80]) + ("..." if len(line) > 80 else "")
-
-
-def parse_reply(lines: list[bytes]) -> Reply:
-    """One reply from its lines (without line endings), already checked for codes."""
-    code = int(lines[0][:3])
-    texts = [line[4:].decode("utf-8", "replace") for line in lines]
-    enhanced = None
-    match = _ENHANCED.match(texts[0])
-    if match is not None and match.group(1) == chr(lines[0][0]):
-        enhanced = match.group(0)
-        prefix = enhanced + " "
-        texts = [
-            t[len(prefix) :] if t.startswith(prefix) else "" if t == enhanced else t for t in texts
-        ]
-    return Reply(code, enhanced, "\n".join(texts))
 
 
 def parse_extensions(ehlo_text: str) -> dict[str, str]:
@@ -280,7 +125,7 @@ class _Transaction:
     def done(self, standin: Reply) -> TransactionDone:
         """The event; ``standin`` answers for recipients the server never answered."""
         mail = self.mail or standin
-        if not _ok(mail):
+        if not mail.is_success:
             return TransactionDone(mail, [mail] * len(self.rcpt_lines), None)
         missing = len(self.rcpt_lines) - len(self.rcpts)
         return TransactionDone(mail, self.rcpts + [standin] * missing, self.data_reply)
@@ -294,8 +139,7 @@ class ClientSession:
 
     def __init__(self) -> None:
         self._state = State.GREETING
-        self._buf = bytearray()
-        self._pos = 0
+        self._in = LineBuffer(MAX_LINE + 2)  # the limit leaves out the CRLF
         self._lines: list[bytes] = []
         self._out: list[bytes] = []
         self._extensions: dict[str, str] = {}
@@ -352,7 +196,7 @@ class ClientSession:
     # -- bytes in, events out -------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        self._buf += data
+        self._in.feed(data)
 
     def data_to_send(self) -> bytes:
         out = self._out
@@ -367,7 +211,7 @@ class ClientSession:
             raise ProtocolError(self._error)
         try:
             while True:
-                if self._state is State.CLOSED:
+                if self._state is _CLOSED:
                     self._discard_input()  # whatever a closing server still says
                     return NEED_DATA
                 reply = self._read_reply()
@@ -382,28 +226,18 @@ class ClientSession:
             raise
 
     def _discard_input(self) -> None:
-        self._buf.clear()
-        self._pos = 0
+        self._in.clear()
         self._lines = []
 
     def _read_reply(self) -> Reply | None:
-        buf = self._buf
         while True:
-            end = buf.find(b"\n", self._pos)
-            if end < 0:
-                if len(buf) - self._pos > MAX_LINE:
-                    raise ProtocolError(
-                        f"reply line longer than {MAX_LINE} bytes: {_show(bytes(buf[self._pos :]))}"
-                    )
-                if self._pos == len(buf):
-                    buf.clear()
-                else:
-                    del buf[: self._pos]
-                self._pos = 0
+            raw = self._in.read_line()
+            if raw is None:
                 return None
-            stop = end - 1 if end > self._pos and buf[end - 1] == 0x0D else end
-            line = bytes(buf[self._pos : stop])
-            self._pos = end + 1
+            if raw is TOO_LONG:
+                head = _show(self._in.head(81))
+                raise ProtocolError(f"reply line longer than {MAX_LINE} bytes: {head}")
+            line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
             self._check_line(line)
             self._lines.append(line)
             if len(line) == 3 or line[3] == 0x20:
@@ -427,7 +261,7 @@ class ClientSession:
         if reply.code == 421 and self._state in _CLOSING_EVENTS:
             event = _CLOSING_EVENTS[self._state](self, reply)
             self._closed_by = (self._state, reply)
-            self._move("closing")
+            self._move(Outcome.CLOSING)
             return event
         return _HANDLERS[self._state](self, reply)
 
@@ -436,10 +270,11 @@ class ClientSession:
 
     def _next_state(self, trigger: Trigger) -> State:
         try:
-            return _TRANSITIONS[self._state, trigger]
+            return TRANSITIONS[self._state, trigger]
         except KeyError:
-            if trigger.isupper():
-                raise IllegalCommand(f"cannot {trigger} while {self._state.value}") from None
+            if isinstance(trigger, Verb) or trigger is Outcome.TLS_ESTABLISHED:
+                what = trigger.value
+                raise IllegalCommand(f"cannot {what} while {self._state.value}") from None
             raise AssertionError(f"no transition for {trigger!r} in {self._state}") from None
 
     def _write(self, data: bytes) -> None:
@@ -449,27 +284,27 @@ class ClientSession:
 
     def ehlo(self, name: str) -> None:
         self._helo_name = _encode_name(name)
-        self._move("EHLO")
+        self._move(Verb.EHLO)
         self._write(b"EHLO " + self._helo_name + CRLF)
 
     def helo(self, name: str) -> None:
         self._helo_name = _encode_name(name)
-        self._move("HELO")
+        self._move(Verb.HELO)
         self._write(b"HELO " + self._helo_name + CRLF)
 
     def starttls(self) -> None:
-        self._move("STARTTLS")
+        self._move(Verb.STARTTLS)
         self._write(b"STARTTLS\r\n")
 
     def tls_established(self) -> None:
         """The caller finished the TLS handshake; what EHLO said before is void (RFC 3207)."""
-        self._move("TLS_ESTABLISHED")
+        self._move(Outcome.TLS_ESTABLISHED)
         self._extensions = {}
         self._esmtp = False
 
     def auth(self, mechanism: Literal["PLAIN", "LOGIN"], username: str, password: str) -> None:
         user, secret = username.encode(), password.encode()
-        self._next_state("AUTH")
+        self._next_state(Verb.AUTH)
         if mechanism == "PLAIN":
             line = b"AUTH PLAIN " + base64.b64encode(b"\0" + user + b"\0" + secret)
             responses: list[bytes] = []
@@ -478,7 +313,7 @@ class ClientSession:
             responses = [base64.b64encode(user), base64.b64encode(secret)]
         else:
             raise ValueError(f"unsupported AUTH mechanism {mechanism!r}")
-        self._move("AUTH")
+        self._move(Verb.AUTH)
         self._auth_responses = responses
         self._write(line + CRLF)
 
@@ -492,7 +327,7 @@ class ClientSession:
         body_8bit: bool = False,
     ) -> None:
         """Start one mail transaction; ``data`` uses CRLF and is not yet dot-stuffed."""
-        self._next_state("MAIL")
+        self._next_state(_MAIL)
         if not rcpts:
             raise ValueError("a transaction needs at least one recipient")
         if data.count(b"\n") != data.count(b"\r\n"):
@@ -510,7 +345,7 @@ class ClientSession:
         mail = b"MAIL FROM:<" + _encode_address(mail_from, smtputf8) + b">" + params + CRLF
         rcpt_lines = [b"RCPT TO:<" + _encode_address(r, smtputf8) + b">\r\n" for r in rcpts]
         pipelined = "PIPELINING" in self._extensions
-        self._move("MAIL")
+        self._move(_MAIL)
         self._tx = _Transaction(rcpt_lines, data, pipelined)
         if pipelined:
             self._write(b"".join([mail, *rcpt_lines, b"DATA\r\n"]))
@@ -518,53 +353,53 @@ class ClientSession:
             self._write(mail)
 
     def rset(self) -> None:
-        self._move("RSET")
+        self._move(Verb.RSET)
         self._write(b"RSET\r\n")
 
     def noop(self) -> None:
-        self._move("NOOP")
+        self._move(Verb.NOOP)
         self._write(b"NOOP\r\n")
 
     def quit(self) -> None:
-        self._move("QUIT")
+        self._move(Verb.QUIT)
         self._write(b"QUIT\r\n")
 
     # -- reply handlers, one per state ----------------------------------------
 
     def _on_greeting(self, reply: Reply) -> Event | None:
-        self._move("replied")
+        self._move(_REPLIED)
         return Greeting(reply)
 
     def _on_unsolicited(self, reply: Reply) -> Event | None:
         raise ProtocolError(f"server sent a reply with no command pending: {reply}")
 
     def _on_ehlo(self, reply: Reply) -> Event | None:
-        if _ok(reply):
+        if reply.is_success:
             self._extensions = parse_extensions(reply.text)
             self._esmtp = True
-            self._move("accepted")
+            self._move(Outcome.ACCEPTED)
             return EhloDone(reply, dict(self._extensions))
         if reply.is_permanent:
-            self._move("fallback")
+            self._move(Outcome.FALLBACK)
             self._write(b"HELO " + self._helo_name + CRLF)
             return None
-        self._move("refused")
+        self._move(Outcome.REFUSED)
         return EhloDone(reply, {})
 
     def _on_helo(self, reply: Reply) -> Event | None:
         self._extensions = {}
         self._esmtp = False
-        self._move("replied")
+        self._move(_REPLIED)
         return EhloDone(reply, {})
 
     def _on_starttls(self, reply: Reply) -> Event | None:
         if reply.code != 220:
-            self._move("refused")
+            self._move(Outcome.REFUSED)
             return StartTlsRefused(reply)
-        if self._pos < len(self._buf) or self._lines:
+        if len(self._in) or self._lines:
             # Bytes sent before the handshake would be read as if they came over TLS.
             raise ProtocolError("server sent more data after its STARTTLS 220 reply")
-        self._move("ready")
+        self._move(Outcome.READY)
         return StartTlsReady(reply)
 
     def _on_tls_handshake(self, reply: Reply) -> Event | None:
@@ -575,81 +410,81 @@ class ClientSession:
             # Out of answers: "*" cancels the exchange (RFC 4954), the server says 501.
             response = self._auth_responses.pop(0) if self._auth_responses else b"*"
             self._write(response + CRLF)
-            self._move("challenge")
+            self._move(Outcome.CHALLENGE)
             return None
         self._auth_responses = []
-        self._move("replied")
+        self._move(_REPLIED)
         return AuthDone(reply)
 
     def _on_mail(self, reply: Reply) -> Event | None:
         tx = self._current_tx()
         tx.mail = reply
         if tx.pipelined:
-            self._move("next")
-        elif _ok(reply):
+            self._move(_NEXT)
+        elif reply.is_success:
             self._write(tx.rcpt_lines[0])
-            self._move("accepted")
+            self._move(Outcome.ACCEPTED)
         else:
-            self._move("refused")
+            self._move(Outcome.REFUSED)
             return self._finish(reply)
         return None
 
     def _on_rcpt(self, reply: Reply) -> Event | None:
         tx = self._current_tx()
         assert tx.mail is not None
-        tx.rcpts.append(reply if _ok(tx.mail) else tx.mail)  # pipelined 503s say nothing new
-        if _ok(reply) and _ok(tx.mail):
+        tx.rcpts.append(reply if tx.mail.is_success else tx.mail)  # pipelined 503s say nothing new
+        if reply.is_success and tx.mail.is_success:
             tx.accepted += 1
         seen = len(tx.rcpts)
         if seen < len(tx.rcpt_lines):
             if not tx.pipelined:
                 self._write(tx.rcpt_lines[seen])
-            self._move("next")
+            self._move(_NEXT)
         elif tx.pipelined:
-            self._move("to_data")
+            self._move(_TO_DATA)
         elif tx.accepted:
             self._write(b"DATA\r\n")
-            self._move("to_data")
+            self._move(_TO_DATA)
         else:
             self._write(b"RSET\r\n")
-            self._move("to_rset")
+            self._move(Outcome.TO_RSET)
         return None
 
     def _on_data(self, reply: Reply) -> Event | None:
         tx = self._current_tx()
         if reply.code == 354:
             if tx.accepted:
-                self._write_message(tx.data)
+                self._out.extend(dot_stuff(tx.data))
             else:
                 # RFC 2920 §3.1: DATA accepted with no recipient; end it with a lone dot.
                 self._write(b".\r\n")
-            self._move("go_ahead")
+            self._move(_GO_AHEAD)
             return None
         if tx.accepted:
             tx.data_reply = reply
         self._write(b"RSET\r\n")
-        self._move("refused")
+        self._move(Outcome.REFUSED)
         return None
 
     def _on_body(self, reply: Reply) -> Event | None:
         tx = self._current_tx()
         if tx.accepted:
             tx.data_reply = reply
-        self._move("replied")
+        self._move(_REPLIED)
         return self._finish(reply)
 
     def _on_rset(self, reply: Reply) -> Event | None:
-        self._move("replied")
+        self._move(_REPLIED)
         if self._tx is not None:
             return self._finish(reply)
         return ResetDone(reply)
 
     def _on_noop(self, reply: Reply) -> Event | None:
-        self._move("replied")
+        self._move(_REPLIED)
         return NoopDone(reply)
 
     def _on_quit(self, reply: Reply) -> Event | None:
-        self._move("replied")
+        self._move(_REPLIED)
         return QuitDone(reply)
 
     def _on_closing_tx(self, reply: Reply) -> Event:
@@ -666,13 +501,6 @@ class ClientSession:
         done = self._current_tx().done(standin)
         self._tx = None
         return done
-
-    def _write_message(self, data: bytes) -> None:
-        stuffed = data.replace(b"\r\n.", b"\r\n..")  # no copy when there is nothing to stuff
-        if stuffed.startswith(b"."):
-            self._write(b".")
-        self._write(stuffed)
-        self._write(b".\r\n" if stuffed.endswith(CRLF) or not stuffed else b"\r\n.\r\n")
 
 
 def _encode_name(name: str) -> bytes:

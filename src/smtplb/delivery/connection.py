@@ -23,23 +23,25 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeVar, cast
 
 from smtplb.delivery.client import (
-    NEED_DATA,
-    AuthDone,
     ClientSession,
+    ExtensionNotOffered,
+    ProtocolError,
+)
+from smtplb.delivery.client_events import (
+    AuthDone,
     EhloDone,
     Event,
-    ExtensionNotOffered,
     Greeting,
     NoopDone,
-    ProtocolError,
     QuitDone,
     ResetDone,
     StartTlsReady,
     StartTlsRefused,
-    State,
     TransactionDone,
 )
-from smtplb.model import Reply
+from smtplb.delivery.client_state import State
+from smtplb.smtp.framing import NEED_DATA
+from smtplb.smtp.reply import Reply
 
 Reason = Literal["refused", "timeout", "tls", "banner", "protocol", "dropped", "auth"]
 
@@ -84,10 +86,6 @@ class ConnectionSettings:
 
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _ok(reply: Reply) -> bool:
-    return 200 <= reply.code < 300
 
 
 def _is_loopback(host: str) -> bool:
@@ -392,7 +390,7 @@ class SmtpClientConnection:
         self._session.rset()
         link.flush()
         done = await self._expect(ResetDone)
-        if not _ok(done.reply):
+        if not done.reply.is_success:
             self.abort()
             raise ConnectError("protocol", f"{self.peer} refused RSET: {done.reply}", done.reply)
 
@@ -468,7 +466,7 @@ class SmtpClientConnection:
         )
         self._tls = context is not None
         greeting = await self._expect(Greeting)
-        if not _ok(greeting.reply):
+        if not greeting.reply.is_success:
             await self.quit()
             message = f"{self.peer} refused the session: {greeting.reply}"
             raise ConnectError("banner", message, greeting.reply)
@@ -488,7 +486,7 @@ class SmtpClientConnection:
     async def _hello(self) -> None:
         self._session.ehlo(self.settings.ehlo_name)
         done = await self._command(EhloDone)
-        if not _ok(done.reply):
+        if not done.reply.is_success:
             message = f"{self.peer} refused EHLO/HELO {self.settings.ehlo_name}: {done.reply}"
             raise ConnectError("banner", message, done.reply)
 
@@ -529,6 +527,6 @@ class SmtpClientConnection:
             raise ConnectError("auth", message)
         self._session.auth(mechanism, username, password)
         done = await self._command(AuthDone)
-        if not _ok(done.reply):
+        if not done.reply.is_success:
             message = f"{self.peer} refused AUTH {mechanism} for {username!r}: {done.reply}"
             raise ConnectError("auth", message, done.reply)

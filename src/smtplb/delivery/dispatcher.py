@@ -37,13 +37,14 @@ from smtplb.delivery.mx import MxResolver, ResolveError
 from smtplb.delivery.outcome import RetrySchedule, next_state, transaction_outcomes
 from smtplb.delivery.pools import LANES, Job, PoolRuntime, no_member_reply
 from smtplb.delivery.provider_desk import ProviderDesk
-from smtplb.model import RecipientState, Reply, domain_of
+from smtplb.model import RecipientState, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord, member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.reputation.rules import RuleBook
 from smtplb.reputation.shaping import Shaping, waits_for_provider
 from smtplb.routing.providers import OTHER, ProviderTable
+from smtplb.smtp.reply import Reply
 from smtplb.spool.base import (
     ClaimedMessage,
     ClaimedRecipient,
@@ -257,7 +258,7 @@ class Dispatcher:
                 max_messages=self.desk.max_messages(job),
             )
         except ResolveError as exc:
-            reply = Reply(550 if exc.permanent else 451, exc.enhanced, str(exc))
+            reply = Reply(550 if exc.permanent else 451, exc.enhanced_code, str(exc))
             result = AttemptResult(self._settle(job, member, [reply] * len(rcpts)))
         except ConnectError as exc:
             seconds = self.clock.monotonic() - started
@@ -347,7 +348,7 @@ class Dispatcher:
                     next_attempt,
                     member is not None,
                     reply.code,
-                    reply.enhanced,
+                    reply.enhanced_code,
                     reply.text,
                     member.name if member else "",
                 )
@@ -436,7 +437,7 @@ class Dispatcher:
                 source_ip=member.source_ip if member else None,
                 upstream=upstream or None,
                 code=reply.code,
-                enhanced_code=reply.enhanced,
+                enhanced_code=reply.enhanced_code,
                 response=reply.text,
                 latency_ms=round(latency * 1000, 1) if member else None,
                 delay_ms=round((self.clock.wall() - msg.received_at) * 1000, 1),
@@ -545,7 +546,7 @@ class Dispatcher:
                     recipient_domain=domain_of(rcpt.address),
                     provider=self.desk.table.by_domain(domain_of(rcpt.address)) or OTHER,
                     code=rcpt.last_code,
-                    enhanced_code=rcpt.last_enhanced,
+                    enhanced_code=rcpt.last_enhanced_code,
                     response=rcpt.last_response or "maximum queue lifetime exceeded",
                 )
             )
@@ -562,7 +563,7 @@ class Dispatcher:
                     r.address,
                     "failed",
                     "4.4.7",
-                    diagnostic(r.last_code, r.last_enhanced, r.last_response)
+                    diagnostic(r.last_code, r.last_enhanced_code, r.last_response)
                     if r.last_code
                     else "x-smtplb; maximum queue lifetime exceeded",
                 )
@@ -613,13 +614,13 @@ def _ascii(msg: ClaimedMessage, rcpts: list[str]) -> bool:
 
 
 def _failed(address: str, reply: Reply, upstream: str, *, expired: bool = False) -> FailedRecipient:
-    status = reply.enhanced or ("4.4.7" if expired else f"{reply.code // 100}.0.0")
+    status = reply.enhanced_code or ("4.4.7" if expired else f"{reply.code // 100}.0.0")
     if expired and status.startswith("4"):
         status = "4.4.7"
     return FailedRecipient(
         address,
         "failed",
         status,
-        diagnostic(reply.code, reply.enhanced, reply.text),
+        diagnostic(reply.code, reply.enhanced_code, reply.text),
         upstream.rpartition(":")[0],
     )

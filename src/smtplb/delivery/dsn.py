@@ -14,7 +14,7 @@ from smtplb.intake.headers import split_message
 class FailedRecipient:
     address: str
     action: str  # "failed" (bounced or expired)
-    status: str  # enhanced code, e.g. "5.1.1" or "4.4.7"
+    status: str  # enhanced_code, e.g. "5.1.1" or "4.4.7"
     diagnostic: str  # "smtp; 550 5.1.1 User unknown" or a reason
     remote_mta: str = ""
 
@@ -96,7 +96,7 @@ def build_dsn(
     return head + headers + tail.encode()
 
 
-def diagnostic(code: int | None, enhanced: str | None, response: str) -> str:
+def diagnostic(code: int | None, enhanced_code: str | None, response: str) -> str:
     if code is None:
         return f"x-smtplb; {response or 'delivery failed'}"
-    return f"smtp; {code} {enhanced + ' ' if enhanced else ''}{response}".rstrip()
+    return f"smtp; {code} {enhanced_code + ' ' if enhanced_code else ''}{response}".rstrip()

@@ -41,10 +41,10 @@ class Destination:
 class ResolveError(Exception):
     """No destination. ``permanent`` means the domain cannot take mail (bounce)."""
 
-    def __init__(self, message: str, *, permanent: bool, enhanced: str) -> None:
+    def __init__(self, message: str, *, permanent: bool, enhanced_code: str) -> None:
         super().__init__(message)
         self.permanent = permanent
-        self.enhanced = enhanced
+        self.enhanced_code = enhanced_code
 
 
 _Entry = tuple[float, "list[str] | ResolveError"]
@@ -106,7 +106,7 @@ class MxResolver:
             raise ResolveError(
                 f"no address for the MX hosts of {domain}: {last}",
                 permanent=False,
-                enhanced="4.4.3",
+                enhanced_code="4.4.3",
             )
         return out
 
@@ -156,7 +156,7 @@ class MxResolver:
                 except dns.resolver.NoResolverConfiguration as exc:
                     raise _Negative(
                         ResolveError(
-                            "no DNS resolver configured", permanent=False, enhanced="4.4.3"
+                            "no DNS resolver configured", permanent=False, enhanced_code="4.4.3"
                         ),
                         TRANSIENT_TTL,
                     ) from exc
@@ -171,7 +171,9 @@ class MxResolver:
             return await resolver.resolve(name, rdtype, lifetime=self.timeout, search=False)
         except dns.resolver.NXDOMAIN as exc:
             raise _Negative(
-                ResolveError(f"domain {name} does not exist", permanent=True, enhanced="5.1.2"),
+                ResolveError(
+                    f"domain {name} does not exist", permanent=True, enhanced_code="5.1.2"
+                ),
                 _soa_minimum(exc) or self.negative_ttl,
             ) from None
         except dns.resolver.NoAnswer:
@@ -180,7 +182,7 @@ class MxResolver:
             kind = "timed out" if isinstance(exc, dns.exception.Timeout) else "failed (SERVFAIL)"
             raise _Negative(
                 ResolveError(
-                    f"DNS lookup of {name} {rdtype} {kind}", permanent=False, enhanced="4.4.3"
+                    f"DNS lookup of {name} {rdtype} {kind}", permanent=False, enhanced_code="4.4.3"
                 ),
                 TRANSIENT_TTL,
             ) from None
@@ -193,7 +195,7 @@ class MxResolver:
         hosts = [str(r.exchange).rstrip(".") for r in records]
         if hosts == [""]:  # RFC 7505 null MX
             error = ResolveError(
-                f"domain {domain} accepts no mail (null MX)", permanent=True, enhanced="5.1.10"
+                f"domain {domain} accepts no mail (null MX)", permanent=True, enhanced_code="5.1.10"
             )
             raise _Negative(error, float(answer.rrset.ttl))
         return [h for h in hosts if h], float(answer.rrset.ttl)
@@ -215,7 +217,7 @@ class MxResolver:
                 ttl = min(ttl, float(answer.rrset.ttl))
         if not found:
             error = ResolveError(
-                f"MX host {host} has no address", permanent=False, enhanced="4.4.3"
+                f"MX host {host} has no address", permanent=False, enhanced_code="4.4.3"
             )
             raise _Negative(error, self.negative_ttl)
         return found, ttl

@@ -12,7 +12,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from smtplb.model import RecipientState, Reply
+from smtplb.model import RecipientState
+from smtplb.smtp.reply import Reply
 
 
 def transaction_outcomes(mail: Reply, rcpts: list[Reply], data: Reply | None) -> list[Reply]:

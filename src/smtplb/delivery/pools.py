@@ -35,7 +35,8 @@ from smtplb.config import Config, MemberConfig, PoolConfig
 from smtplb.delivery.connection import ConnectionSettings
 from smtplb.delivery.member import AttemptResult, Member
 from smtplb.delivery.outcome import RetrySchedule
-from smtplb.model import Reply, domain_of
+from smtplb.model import domain_of
+from smtplb.smtp.reply import Reply
 from smtplb.spool.base import ClaimedMessage, ClaimedRecipient
 
 LANES = 3  # 0 high, 1 normal, 2 low

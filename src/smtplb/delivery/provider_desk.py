@@ -24,12 +24,12 @@ from smtplb.delivery.connection import ConnectError
 from smtplb.delivery.member import Member
 from smtplb.delivery.mx import MxResolver, ResolveError
 from smtplb.delivery.pools import Job, PoolRuntime
-from smtplb.model import Reply
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord
 from smtplb.observability.trace import TraceBook
 from smtplb.reputation.shaping import Fired, Shaping, is_overload
 from smtplb.routing.providers import OTHER, ProviderTable
+from smtplb.smtp.reply import Reply
 
 log = logging.getLogger("smtplb.delivery")
 
@@ -182,7 +182,7 @@ class ProviderDesk:
                 member=None if action == "suspend_provider" else member.name,
                 source_ip=member.source_ip,
                 code=reply.code,
-                enhanced_code=reply.enhanced,
+                enhanced_code=reply.enhanced_code,
                 response=f"{action}: {fired.line}",
                 rule=fired.rule.name,
                 until=round(self.shaping.wall(fired.until), 3),

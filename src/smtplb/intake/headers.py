@@ -13,14 +13,18 @@ import time
 from smtplb.model import Envelope
 
 
-def split_message(data: bytes) -> tuple[bytes, bytes]:
-    """(header block incl. its final CRLF, rest incl. the blank line)."""
+def split_message(data: bytes) -> tuple[bytes, memoryview]:
+    """(header block incl. its final CRLF, rest incl. the blank line).
+
+    ``rest`` is a view into ``data``: the body of a large message is not copied.
+    """
+    view = memoryview(data)
     if data.startswith(b"\r\n"):
-        return b"", data
+        return b"", view
     end = data.find(b"\r\n\r\n")
     if end < 0:
-        return data, b""
-    return data[: end + 2], data[end + 2 :]
+        return data, view[len(data) :]
+    return data[: end + 2], view[end + 2 :]
 
 
 def parse_headers(block: bytes) -> list[tuple[str, str]]:
@@ -74,7 +78,7 @@ def prepare_message(
 
     Returns the new content, the parsed headers, and the Message-ID.
     """
-    block, rest = split_message(data)
+    block, rest = split_message(data)  # the body is copied once, by the join below
     headers = parse_headers(block)
     added = [received_header(envelope, hostname, queue_id, now)]
     message_id = header_value(headers, "message-id")
@@ -87,5 +91,6 @@ def prepare_message(
         added.append(f"Date: {date}\r\n".encode())
         headers.append(("date", date))
     if not rest:  # a message with no blank line: everything was header
-        rest = b"\r\n" if block.endswith(b"\r\n") or not block else b"\r\n\r\n"
-    return b"".join(added) + block + rest, headers, message_id
+        end = b"\r\n" if block.endswith(b"\r\n") or not block else b"\r\n\r\n"
+        return b"".join([*added, block, end]), headers, message_id
+    return b"".join([*added, block, rest]), headers, message_id

@@ -20,14 +20,25 @@ from collections.abc import Callable
 from typing import Protocol
 
 from smtplb.config import Config
+from smtplb.intake.compliance import (
+    GUARDED_CLASSES,
+    MessageRefused,
+    from_domain,
+    refusal,
+    unsubscribe_problem,
+)
 from smtplb.intake.headers import prepare_message
 from smtplb.intake.session import SessionPolicy
-from smtplb.model import Envelope, Reply, domain_of
+from smtplb.mailauth.dmarc_watch import DmarcWatch
+from smtplb.mailauth.sign import DkimSigner, KeyRing
+from smtplb.model import Envelope, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.metrics import Metrics
 from smtplb.observability.record import DeliveryRecord
 from smtplb.observability.trace import TraceBook
 from smtplb.routing.routes import RoutingInput, classify_content, decide_route
+from smtplb.smtp.framing import BodyBudget
+from smtplb.smtp.reply import Reply
 from smtplb.spool.base import (
     ClaimedMessage,
     NewMessage,
@@ -73,17 +84,23 @@ class IntakePipeline:
         traces: TraceBook,
         is_draining: Callable[[], bool],
         provider_of: Callable[[str, str], str | None] | None = None,
+        signer: DkimSigner | None = None,
+        dmarc_watch: DmarcWatch | None = None,
     ) -> None:
         # (recipient domain, pool) -> its provider as far as it is known at intake (by
         # the domain, or its MX hosts already looked up), for the `received` record.
         self.provider_of = provider_of
         self.spool = spool
+        self.signer = signer or DkimSigner(KeyRing())
+        self.dmarc_watch = dmarc_watch
         self.handoff = handoff
         self.delivery_log = delivery_log
         self.metrics = metrics
         self.traces = traces
         self.is_draining = is_draining
         self._policies: dict[str, SessionPolicy] = {}
+        # Message bodies held in memory at once by every session of this process.
+        self.body_budget = BodyBudget(0)
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -93,6 +110,7 @@ class IntakePipeline:
             ipaddress.ip_network(n, strict=False) for n in config.smtp.relay_networks
         ]
         self._policies.clear()
+        self.body_budget.limit = config.smtp.pending_bytes_share(config.workers)
 
     # -- the SMTP door ---------------------------------------------------------------
 
@@ -123,6 +141,7 @@ class IntakePipeline:
             auth_without_tls=smtp.auth_without_tls,
             require_auth=smtp.require_auth,
             relay_allowed=relay_ok and not smtp.require_auth,
+            body_budget=self.body_budget,
         )
 
     def refuse(self) -> Reply | None:
@@ -137,6 +156,9 @@ class IntakePipeline:
             return Reply(421, "4.3.2", "service draining, try again later")
         try:
             queue_id = await self.submit(envelope, data)
+        except MessageRefused as exc:
+            self.metrics.intake.labels("smtp", "5xx").inc()
+            return exc.reply
         except SpoolError as exc:
             log.error("spool write failed: %s", exc)
             self.metrics.intake.labels("smtp", "4xx").inc()
@@ -147,9 +169,13 @@ class IntakePipeline:
     # -- the HTTP door -----------------------------------------------------------------
 
     async def inject(self, envelope: Envelope, content: bytes) -> str:
-        """:meth:`submit`, counted as an HTTP injection. Raises SpoolError."""
+        """:meth:`submit`, counted as an HTTP injection. Raises SpoolError or
+        MessageRefused."""
         try:
             queue_id = await self.submit(envelope, content)
+        except MessageRefused:
+            self.metrics.intake.labels("http", "4xx").inc()
+            raise
         except SpoolError:
             self.metrics.intake.labels("http", "5xx").inc()
             raise
@@ -159,7 +185,8 @@ class IntakePipeline:
     # -- both --------------------------------------------------------------------------
 
     async def submit(self, envelope: Envelope, data: bytes, *, is_dsn: bool = False) -> str:
-        """Route, store durably (fsync) and hand to delivery. Raises SpoolError."""
+        """Route, check, sign (DKIM), store durably (fsync) and hand to delivery.
+        Raises SpoolError, or MessageRefused when a compliance check refuses it."""
         now = time.time()
         queue_id = new_queue_id()
         content, headers, message_id = prepare_message(
@@ -193,6 +220,11 @@ class IntakePipeline:
                     decision.content_class,
                 )
             )
+        if not is_dsn:
+            self._check_compliance(queue_id, envelope, headers, content_class)
+        # Signed once, here, on the bytes that will be sent: nothing after this point
+        # changes the content (the delivery client only dot-stuffs on the wire).
+        content = await self.signer.sign(content)
         message = NewMessage(
             queue_id=queue_id,
             sender=envelope.mail_from,
@@ -233,6 +265,34 @@ class IntakePipeline:
         else:
             self.handoff.submit(stored)
         return queue_id
+
+    async def close(self) -> None:
+        """At stop, after the listeners: no signing or DMARC lookup is left running."""
+        if self.dmarc_watch is not None:
+            await self.dmarc_watch.close()
+        self.signer.close()
+
+    def _check_compliance(
+        self,
+        queue_id: str,
+        envelope: Envelope,
+        headers: list[tuple[str, str]],
+        content_class: str,
+    ) -> None:
+        mode = self.config.compliance.list_unsubscribe
+        if mode == "off" or content_class not in GUARDED_CLASSES:
+            return
+        domain = from_domain(headers)
+        if self.dmarc_watch is not None and domain:
+            self.dmarc_watch.note(domain)  # a lookup in the background, once a day
+        problem = unsubscribe_problem(headers, content_class)
+        if problem is None:
+            return
+        self.metrics.compliance.labels("list_unsubscribe", mode).inc()
+        if mode == "reject":
+            log.info("compliance: refused %s from <%s>: %s", queue_id, envelope.mail_from, problem)
+            raise MessageRefused(refusal(problem))
+        log.warning("compliance: %s from <%s>: %s", queue_id, envelope.mail_from, problem)
 
     def __repr__(self) -> str:
         state = "draining" if self.is_draining() else "accepting"

@@ -25,17 +25,12 @@ from collections.abc import Callable, Coroutine
 from typing import Protocol, cast
 
 from smtplb.intake.auth import AuthThrottle
-from smtplb.intake.session import (
-    NEED_DATA,
-    AuthRequest,
-    Close,
-    MessageReceived,
-    ServerSession,
-    SessionPolicy,
-    StartTLS,
-    State,
-)
-from smtplb.model import Envelope, Reply
+from smtplb.intake.session import ServerSession, SessionPolicy
+from smtplb.intake.session_events import AuthRequest, Close, MessageReceived, StartTLS
+from smtplb.intake.session_state import State
+from smtplb.model import Envelope
+from smtplb.smtp.framing import NEED_DATA
+from smtplb.smtp.reply import Reply
 
 __all__ = ["ConnectionCap", "Listener", "MessageHandler", "SmtpServerProtocol"]
 
@@ -154,6 +149,8 @@ class SmtpServerProtocol(asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
+        if self._session is not None:
+            self._session.close()  # gives back the memory of a message in hand
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -13,7 +13,7 @@ What is counted, per group and overall:
 * *attempted* — distinct recipients (queue id, address) with a delivery
   outcome; *final* — delivered + bounced + expired events; *deliverability*
   is delivered / final.
-* bounces are split by :func:`smtplb.model.classify_reply`: HARD is a hard
+* bounces are split by :func:`smtplb.smtp.status.classify_reply`: HARD is a hard
   bounce, anything else permanent (policy included) a soft one.
 * *deferrals* count events; *ever deferred* counts recipients.
 * a recipient's ``expired`` record inherits pool/member/… from its last
@@ -34,9 +34,11 @@ from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
 
-from smtplb.model import BounceKind, Reply, classify_reply, domain_of
+from smtplb.model import domain_of
 from smtplb.observability.log_reader import QueueEvent, Verdict, parse_line
 from smtplb.observability.record import DeliveryRecord
+from smtplb.smtp.reply import Reply
+from smtplb.smtp.status import BounceKind, classify_reply
 
 DIMENSIONS = ("pool", "member", "provider", "class", "variant", "domain")
 SAMPLE_CAP = 200_000
@@ -82,12 +84,12 @@ _NOISE = (
 )
 
 
-def normalise_reason(code: int | None, enhanced: str | None, text: str) -> str:
+def normalise_reason(code: int | None, enhanced_code: str | None, text: str) -> str:
     """A reply reduced to what is the same across recipients: ``450 4.2.1 mailbox busy``."""
     text = text.lower()
     for pattern, repl in _NOISE:
         text = pattern.sub(repl, text)
-    parts = [str(code) if code else "", enhanced or "", text.strip()[:100]]
+    parts = [str(code) if code else "", enhanced_code or "", text.strip()[:100]]
     return " ".join(p for p in parts if p) or "(no reply)"
 
 
@@ -363,11 +365,11 @@ class Analyzer:
         key = hash((record.queue_id, record.recipient))
         tally, reason = record.event, None
         if tally in ("deferred", "bounced"):
-            enhanced, text = record.enhanced_code, record.response or ""
-            reason = normalise_reason(record.code, enhanced, text)
+            enhanced_code, text = record.enhanced_code, record.response or ""
+            reason = normalise_reason(record.code, enhanced_code, text)
             if tally == "bounced":
-                code = record.code or (450 if (enhanced or "").startswith("4") else 550)
-                kind = classify_reply(Reply(code, enhanced, text))
+                code = record.code or (450 if (enhanced_code or "").startswith("4") else 550)
+                kind = classify_reply(Reply(code, enhanced_code, text))
                 tally = "hard" if kind is BounceKind.HARD else "soft"
         self._overall.add(record, key, tally, reason, received)
         if self._dimensions:

@@ -49,6 +49,12 @@ class Metrics:
             ["listener", "reply_class"],
             registry=r,
         )
+        self.compliance = Counter(
+            "smtplb_compliance_problems",
+            "Messages failing a compliance check, by check and action (warn | reject)",
+            ["check", "action"],
+            registry=r,
+        )
         self.member_events = Counter(
             "smtplb_member_state_changes",
             "Member state changes",

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from smtplb.config import ProviderConfig
-from smtplb.model import Reply
+from smtplb.smtp.reply import Reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +40,8 @@ class ResponseRule:
 def reply_line(reply: Reply) -> str:
     """What a rule's regex sees: ``"code enhanced text"`` (no enhanced code: ``"code text"``)."""
     parts = [str(reply.code)]
-    if reply.enhanced:
-        parts.append(reply.enhanced)
+    if reply.enhanced_code:
+        parts.append(reply.enhanced_code)
     if reply.text:
         parts.append(" ".join(reply.text.split()))  # a multi-line reply as one line
     return " ".join(parts)

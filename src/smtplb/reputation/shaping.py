@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from smtplb.clock import Clock
-from smtplb.model import Reply
 from smtplb.reputation.rules import ResponseRule, RuleBook, reply_line
 from smtplb.routing.providers import OTHER, ProviderTable
+from smtplb.smtp.reply import Reply
 
 INITIAL_WINDOW = 5.0  # Postfix's initial_destination_concurrency
 # A provider without max_connections (and "other"): no slow start, the member's own

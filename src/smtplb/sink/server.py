@@ -62,7 +62,8 @@ from smtplb.clock import Clock, SystemClock
 from smtplb.intake.headers import header_value, parse_headers, split_message
 from smtplb.intake.server import Listener
 from smtplb.intake.session import SessionPolicy
-from smtplb.model import Envelope, Reply, domain_of
+from smtplb.model import Envelope, domain_of
+from smtplb.smtp.reply import Reply
 
 __all__ = [
     "ClientRule",
@@ -647,15 +648,48 @@ def _parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m smtplb.sink --listen HOST:PORT [--profile FILE] [--record FILE]``."""
+_PROFILE_HELP = """\
+a profile (TOML), e.g.:
+  seed = 7                                # the random choices repeat with a seed
+  unknown_users = ["nobody@example.test"] # answered 550 5.1.1 at RCPT
+  [domains."*"]                           # any other recipient domain
+  accept = 1.0
+  [domains."gmail.test"]
+  accept = 0.8                            # accept, defer, reject: relative weights
+  defer = 0.15
+  reject = 0.05
+  latency = 0.2                           # seconds before answering
+  stage = "data"                          # or "rcpt": decide per recipient
+  defer_reply = "421 4.7.28 Try again later"
+  reject_reply = "550 5.7.1 Message rejected as spam"
+also: hostname, max_message_size, max_recipients. Without --profile every
+message is accepted."""
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m smtplb.sink") -> int:
+    """``smtplb sink --listen HOST:PORT [--profile FILE] [--record FILE]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m smtplb.sink",
-        description="A smart SMTP sink that accepts, defers, rejects or stalls per domain.",
+        prog=prog,
+        description="A smart SMTP sink that accepts, defers, rejects or stalls per\n"
+        "recipient domain, the way real providers do. Runs until SIGTERM or Ctrl-C.",
+        epilog=_PROFILE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--listen", default="127.0.0.1:2526", help="HOST:PORT (port 0: any)")
-    parser.add_argument("--profile", type=Path, help="TOML profile (see smtplb.sink.server)")
-    parser.add_argument("--record", type=Path, help="append one JSON line per accepted message")
+    parser.add_argument(
+        "--listen",
+        default="127.0.0.1:2526",
+        metavar="HOST:PORT",
+        help="address to listen on (default: %(default)s; port 0: any free port)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, metavar="FILE", help="how to answer, per domain (see below)"
+    )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help="append one JSON line per accepted message (envelope, size, Message-ID, sha256)",
+    )
     args = parser.parse_args(argv)
     try:
         host, port = _parse_listen(args.listen)

@@ -88,7 +88,7 @@ class RecipientView:
     attempts: int
     next_attempt: float
     last_code: int | None
-    last_enhanced: str | None
+    last_enhanced_code: str | None
     last_response: str
     member: str
     updated_at: float
@@ -117,7 +117,7 @@ class ExpiredRecipient:
     address: str
     message_id: str
     last_code: int | None
-    last_enhanced: str | None
+    last_enhanced_code: str | None
     last_response: str
     received_at: float = 0.0
     is_dsn: bool = False

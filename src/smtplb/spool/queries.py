@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from smtplb.model import RecipientState, domain_of
 from smtplb.spool.base import (
@@ -52,6 +52,9 @@ def _bucket(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
+_BLOB_IN_PLACE: Final = 1_000_000  # bytes of content above which store() uses blobopen
+
+
 def _qmarks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -60,15 +63,22 @@ def _qmarks(n: int) -> str:
 
 
 def store(conn: sqlite3.Connection, m: NewMessage, inflight: bool, now: float) -> ClaimedMessage:
+    # A large message goes in through incremental blob I/O: binding it would make
+    # SQLite copy it twice more (the bound value, then the record).
+    large = len(m.content) > _BLOB_IN_PLACE
     cur = conn.execute(
         "INSERT INTO messages(queue_id, sender, message_id, size, received_at, expires_at,"
         " client_ip, auth_user, content_class, is_dsn, content)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        f" VALUES (?,?,?,?,?,?,?,?,?,?,{'zeroblob(?)' if large else '?'})",
         (m.queue_id, m.sender, m.message_id, len(m.content), m.received_at, m.expires_at,
-         m.client_ip, m.auth_user, m.content_class, int(m.is_dsn), m.content),
+         m.client_ip, m.auth_user, m.content_class, int(m.is_dsn),
+         len(m.content) if large else m.content),
     )  # fmt: skip
     msg_pk = cur.lastrowid
     assert msg_pk is not None
+    if large:
+        with conn.blobopen("messages", "content", msg_pk) as blob:
+            blob.write(m.content)
     stored = ClaimedMessage(
         msg_pk, m.queue_id, m.sender, m.message_id, m.content, m.received_at, m.expires_at,
         m.content_class, m.is_dsn, client_ip=m.client_ip,
@@ -203,8 +213,10 @@ def expire(
     # The content stays until purge: the delay DSN quotes the original headers.
     finalize(conn, list(dict.fromkeys(row[1] for row in rows)), stamp, release=False)
     return [
-        ExpiredRecipient(rid, pk, qid, sender, addr, mid, code, enh, resp, recv, bool(dsn))
-        for rid, pk, qid, sender, addr, mid, code, enh, resp, recv, dsn in rows
+        ExpiredRecipient(
+            rid, pk, qid, sender, addr, mid, code, enhanced_code, resp, recv, bool(dsn)
+        )
+        for rid, pk, qid, sender, addr, mid, code, enhanced_code, resp, recv, dsn in rows
     ]
 
 

@@ -1,0 +1,1 @@
+"""Sender authentication: DKIM signing and keys, SPF and DMARC checks."""

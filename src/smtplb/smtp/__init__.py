@@ -1,0 +1,13 @@
+"""What both SMTP sides share, with no I/O.
+
+* ``reply``: the :class:`~smtplb.smtp.reply.Reply` type and reading replies
+  off the wire (enhanced status codes included);
+* ``replies``: the replies the server side says, by name;
+* ``status``: what a negative reply means for a recipient (bounce kinds);
+* ``framing``: ``NEED_DATA``, command lines, DATA dot-stuffing and the DATA
+  body reader with its memory budget;
+* ``verbs``: the SMTP commands as an enum, the triggers both state tables share.
+
+The server session (``intake/session.py``) and the client session
+(``delivery/client.py``) build on these; nothing here imports them.
+"""

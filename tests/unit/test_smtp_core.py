@@ -1,0 +1,195 @@
+"""The shared SMTP core (smtplb.smtp): replies, status classes, framing, the body reader."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smtplb.config import SmtpConfig
+from smtplb.delivery.client_state import TRANSITIONS as CLIENT_TRANSITIONS
+from smtplb.delivery.client_state import State as ClientState
+from smtplb.intake.session_state import TRANSITIONS as SERVER_TRANSITIONS
+from smtplb.smtp.framing import (
+    PIECE,
+    TOO_LONG,
+    BodyBudget,
+    BodyProblem,
+    BodyReader,
+    LineBuffer,
+    dot_stuff,
+)
+from smtplb.smtp.reply import Reply, parse_reply, split_enhanced_code
+from smtplb.smtp.status import BounceKind, classify_reply
+from smtplb.smtp.verbs import VERBS, Verb
+from smtplb.units import Size
+
+# -- replies and status -------------------------------------------------------------------
+
+
+def test_reply_wire_form_and_classes() -> None:
+    reply = Reply(250, "2.0.0", "first\nsecond")
+    assert reply.to_bytes() == b"250-2.0.0 first\r\n250 2.0.0 second\r\n"
+    assert str(reply) == "250 2.0.0 first\nsecond"
+    assert reply.is_success and reply.is_positive and not reply.is_transient
+    assert Reply(354).is_positive and not Reply(354).is_success
+    assert Reply(452, "4.3.1").is_transient and Reply(502, "5.5.1").is_permanent
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "expected"),
+    [
+        (250, "2.1.5 Ok", ("2.1.5", "Ok")),
+        (550, "5.1.10 no such domain", ("5.1.10", "no such domain")),
+        (550, "4.1.1 class does not match the code", (None, "4.1.1 class does not match the code")),
+        (250, "2.0 not an enhanced code", (None, "2.0 not an enhanced code")),
+        (250, "2.0.0", ("2.0.0", "")),
+    ],
+)
+def test_split_enhanced_code(code: int, text: str, expected: tuple[str | None, str]) -> None:
+    assert split_enhanced_code(code, text) == expected
+
+
+def test_parse_reply_strips_the_enhanced_code_of_every_line() -> None:
+    reply = parse_reply([b"550-5.7.1 blocked", b"550-5.7.1", b"550 5.7.1 see url"])
+    assert reply == Reply(550, "5.7.1", "blocked\n\nsee url")
+
+
+def test_classify_reply() -> None:
+    assert classify_reply(Reply(250, "2.0.0", "ok")) is None
+    assert classify_reply(Reply(550, "5.1.1", "User unknown")) is BounceKind.HARD
+    assert classify_reply(Reply(550, "5.7.1", "blocked by policy")) is BounceKind.POLICY
+    assert classify_reply(Reply(552, "5.2.2", "mailbox full")) is BounceKind.SOFT
+    assert classify_reply(Reply(421, "4.7.28", "rate limited")) is BounceKind.TRANSIENT
+    assert classify_reply(Reply(550, None, "No such user here")) is BounceKind.HARD
+
+
+# -- verbs and the two tables -------------------------------------------------------------
+
+
+def test_verbs_by_name() -> None:
+    assert VERBS["EHLO"] is Verb.EHLO and VERBS["STARTTLS"] is Verb.STARTTLS
+    assert "XCLIENT" not in VERBS and len(VERBS) == len(Verb) == 12
+
+
+def test_both_tables_use_typed_triggers() -> None:
+    for table in (SERVER_TRANSITIONS, CLIENT_TRANSITIONS):
+        assert all(not isinstance(trigger, str) for _, trigger in table)
+
+
+def test_every_client_state_is_reachable() -> None:
+    reachable = {ClientState.GREETING, ClientState.ERROR, *CLIENT_TRANSITIONS.values()}
+    assert reachable == set(ClientState)
+
+
+# -- line framing -------------------------------------------------------------------------
+
+
+def test_line_buffer_hands_out_lines_and_reports_a_long_one_once() -> None:
+    lines = LineBuffer(max_length=10)
+    lines.feed(b"NOOP\r\nRS")
+    assert lines.read_line() == b"NOOP\r\n"
+    assert lines.read_line() is None
+    lines.feed(b"ET\r\n" + b"x" * 20)
+    assert lines.read_line() == b"RSET\r\n"
+    assert lines.read_line() is TOO_LONG
+    assert lines.head(5) == b"xxxxx"  # still there for the error message
+    assert lines.read_line() is None  # the rest of the long line is dropped
+    lines.feed(b"yyy\nQUIT\r\n")
+    assert lines.read_line() == b"QUIT\r\n"
+    assert len(lines) == 0
+
+
+# -- DATA: dot-stuffing and the body reader -------------------------------------------------
+
+
+def read_body(wire: bytes, step: int, reader: BodyReader | None = None) -> tuple[bytes, bytes]:
+    """Feed ``wire`` ``step`` bytes at a time; (content, what is left after the dot)."""
+    reader = reader or BodyReader(max_size=10**9)
+    reader.start()
+    buf = bytearray()
+    for i in range(0, len(wire), step):
+        buf += wire[i : i + step]
+        content = reader.read(buf)
+        if content is not None:
+            return content, bytes(buf) + wire[i + step :]
+    raise AssertionError("no final dot found")
+
+
+_LINE = st.binary(max_size=40).map(lambda b: bytes(c for c in b if c not in b"\r\n\0"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.one_of(_LINE, st.sampled_from([b".", b"..", b".x", b""])), max_size=30),
+    step=st.integers(1, 50),
+)
+def test_dot_stuffing_round_trips_whatever_the_reads(lines: list[bytes], step: int) -> None:
+    content = b"".join(line + b"\r\n" for line in lines)
+    wire = b"".join(dot_stuff(content)) + b"QUIT\r\n"
+    body = BodyReader(max_size=10**9)
+    assert read_body(wire, step, body) == (content, b"QUIT\r\n")
+    assert body.problem is None
+
+
+def test_a_large_body_leaves_the_buffer_in_pieces_and_is_joined_once() -> None:
+    line = b".starts with a dot and is stuffed on the wire\r\n"
+    content = line * (5 * PIECE // len(line))
+    wire = b"".join(dot_stuff(content))
+    budget = BodyBudget(limit=10 * PIECE)
+    reader = BodyReader(max_size=10**9, budget=budget)
+    reader.start()
+    buf = bytearray()
+    peak = 0
+    result = None
+    for i in range(0, len(wire), 16384):
+        buf += wire[i : i + 16384]
+        result = reader.read(buf)
+        peak = max(peak, len(buf))
+    assert result == content
+    assert peak < PIECE + 16384  # the receive buffer never holds the message
+    assert budget.used == reader.held == len(content)  # held until answered
+    reader.release()
+    assert budget.used == 0
+
+
+def test_a_long_line_without_crlf_is_cut_without_splitting_a_crlf() -> None:
+    content = b"x" * (3 * PIECE) + b"\r\n" + b"y" * 10 + b"\r\n"
+    assert read_body(content + b".\r\n", 1000) == (content, b"")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"a\nb\r\n", BodyProblem.BARE_NEWLINE),
+        (b"a\rb\r\n", BodyProblem.BARE_NEWLINE),
+        (b"nul \0 here\r\n", BodyProblem.NUL),
+        (b"x" * 101 + b"\r\n", BodyProblem.TOO_BIG),
+    ],
+)
+def test_a_bad_body_is_dropped_with_its_problem(content: bytes, problem: BodyProblem) -> None:
+    reader = BodyReader(max_size=100)
+    assert read_body(content + b".\r\nNOOP\r\n", 7, reader) == (b"", b"NOOP\r\n")
+    assert reader.problem is problem
+    assert read_body(b"fine\r\n.\r\n", 7, reader) == (b"fine\r\n", b"")  # next one is fresh
+    assert reader.problem is None
+
+
+def test_a_body_over_the_budget_is_dropped_and_its_room_given_back() -> None:
+    budget = BodyBudget(limit=2 * PIECE)
+    other = BodyReader(max_size=10**9, budget=budget)
+    assert read_body(b"z" * PIECE + b"\r\n.\r\n", 4096, other)[0]  # holds PIECE + 2
+    reader = BodyReader(max_size=10**9, budget=budget)
+    assert read_body(b"w" * (2 * PIECE) + b"\r\n.\r\n", 4096, reader) == (b"", b"")
+    assert reader.problem is BodyProblem.NO_ROOM
+    assert budget.used == PIECE + 2 and reader.held == 0
+    other.release()
+    assert budget.used == 0 and budget.has_room(2 * PIECE) and not budget.has_room(2 * PIECE + 1)
+
+
+def test_the_node_budget_is_shared_by_the_workers() -> None:
+    smtp = SmtpConfig(max_message_size=Size(25_000_000))
+    assert smtp.pending_bytes_share(1) == 100_000_000  # four largest messages
+    assert smtp.pending_bytes_share(8) == 25_000_000  # never less than one
+    smtp = SmtpConfig(max_message_size=Size(1_000_000), max_pending_bytes=Size(10_000_000))
+    assert smtp.pending_bytes_share(4) == 2_500_000
