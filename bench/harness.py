@@ -489,6 +489,23 @@ def smtplb_config(
     return "\n".join(lines) + "\n"
 
 
+def suppression_db(path: Path, entries: int) -> Path:
+    """A spool database holding ``entries`` suppressed addresses (none of them a
+    bench recipient), made once and copied at each fresh start."""
+    import sqlite3
+
+    from smtplb.reputation.embedded import SqliteState
+
+    SqliteState(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO suppression (address, reason, source, created_at)"
+            " VALUES (?, '', 'import', 0)",
+            ((f"suppressed{i}@list.bench.test",) for i in range(entries)),
+        )
+    return path
+
+
 class SmtplbServer(Server):
     """``smtplb run -c FILE`` with a generated config; its data_dir under ``work``."""
 
@@ -502,8 +519,10 @@ class SmtplbServer(Server):
         workers: int = 1,
         command: Sequence[str] | None = None,
         name: str = "smtplb",
+        prefill: Path | None = None,
     ) -> None:
         self.name = name
+        self.prefill = prefill  # a spool.db to start from (e.g. a full suppression list)
         self.command = list(command) if command else smtplb_command()
         self.work = work
         self.port, self.http_port = free_port(), free_port()
@@ -518,6 +537,9 @@ class SmtplbServer(Server):
     def start(self, fresh: bool = True, wait: bool = True) -> None:
         if fresh:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+            if self.prefill is not None:
+                self.data_dir.mkdir(parents=True)
+                shutil.copyfile(self.prefill, self.data_dir / "spool.db")
         self.work.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text)
         self.launched_at = time.perf_counter()

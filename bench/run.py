@@ -39,6 +39,7 @@ from harness import (
     shown,
     shown_argv,
     source_command,
+    suppression_db,
     update_results,
 )
 from procs import (
@@ -544,6 +545,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="case a: also run smtplb signing with RSA-2048 and with Ed25519 (same runs)",
     )
+    parser.add_argument(
+        "--suppressions",
+        type=int,
+        default=0,
+        help="start this build with N suppressed addresses (the --baseline with none): the"
+        " intake cost of the list, e.g. --baseline .venv/bin/smtplb --suppressions 1000000",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.messages, args.runs = 2_000, 2
@@ -569,7 +577,12 @@ def main(argv: list[str] | None = None) -> int:
         sink_port = free_port_on_all(SINK_HOSTS)
         sinks = SinkSet(tools, sink_port)
         postfix = PostfixRelay(tools, work / "postfix", free_port(), sinks.relays)
-        smtplb = SmtplbServer(work / "smtplb", sinks.relays, workers=args.smtplb_workers)
+        prefill = (
+            suppression_db(work / "suppressed.db", args.suppressions) if args.suppressions else None
+        )
+        smtplb = SmtplbServer(
+            work / "smtplb", sinks.relays, workers=args.smtplb_workers, prefill=prefill
+        )
         baseline = (
             SmtplbServer(
                 work / "smtplb-base",

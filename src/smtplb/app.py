@@ -7,7 +7,8 @@ which parts need each other:
 
     spool shards → delivery log (+ metrics, live stats, webhooks) → traces →
     pools (with the operator's pauses) → dispatcher → DKIM keys → intake pipeline →
-    DSN writer (the dispatcher's on_bounce) → service → HTTP API (worker 0)
+    DSN writer (the dispatcher's on_bounce) → suppressor (its on_hard_bounce) →
+    service → HTTP API (worker 0)
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from pathlib import Path
 
 from smtplb.api import create_app
 from smtplb.api.server import HttpServer
+from smtplb.balancing.eligibility import (
+    EXCLUDE,
+    WAIT,
+    Eligibility,
+    OverProviderLimit,
+    SuspendedForProvider,
+)
 from smtplb.clock import SystemClock
 from smtplb.config import Config
 from smtplb.delivery.bounces import DsnWriter
@@ -33,8 +41,12 @@ from smtplb.observability.live import LiveStats
 from smtplb.observability.metrics import Metrics
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
+from smtplb.reputation.book import ReputationBook
+from smtplb.reputation.embedded import SqliteState
+from smtplb.reputation.feedback import FeedbackHandler
 from smtplb.reputation.rules import RuleBook
 from smtplb.reputation.shaping import Shaping
+from smtplb.reputation.suppression import BounceSuppressor
 from smtplb.routing.providers import ProviderTable
 from smtplb.service import Service
 from smtplb.spool.base import Spool
@@ -67,11 +79,21 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     if webhooks is not None:
         delivery_log.listeners.append(webhooks.on_record)
     traces = TraceBook(persist=spool.note_trace)  # stored with the spool's next commit
+    # Reputation state lives in the node's first spool database, shared by the workers.
+    state = SqliteState(shard_path(data_dir, 0))
 
     clock = SystemClock()  # the one clock of delivery, members, health and AUTH throttling
     paused = PausedMembers(data_dir / "paused-members")
+    book = ReputationBook(config.reputation, clock)
     shaping = Shaping(ProviderTable.build(config.providers), RuleBook(config.providers), clock)
-    pools = build_pools(config, {}, paused.load(), config.workers, clock, shaping)
+    # Member-wide reputation, then suspensions for the job's provider, exclude; the
+    # provider's rate and connections make a member wait.
+    eligibility = Eligibility(
+        exclude=(*EXCLUDE, book.skip_reason, SuspendedForProvider(shaping)),
+        wait=(*WAIT, OverProviderLimit(shaping)),
+        share=book.share,
+    )
+    pools = build_pools(config, {}, paused.load(), config.workers, clock, eligibility)
     resolver = MxResolver(
         config.static_routes,
         nameservers=config.dns.nameservers,
@@ -107,9 +129,15 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
             SystemClock(),
             on_missing=lambda _: metrics.compliance.labels("dmarc_missing", "warn").inc(),
         ),
+        state=state,
     )
     dsn = DsnWriter(config.hostname, intake.submit)
+    dispatcher.reputation = book
+    book.on_change = dispatcher.reputation_event
     dispatcher.on_bounce = dsn
+    suppressor = BounceSuppressor(state, clock)
+    if config.suppression.hard_bounces:
+        dispatcher.on_hard_bounce = suppressor
 
     smtp = config.smtp
     users = {u.name: u.password_hash for u in smtp.users}
@@ -141,7 +169,13 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         auth_throttle=auth_throttle,
         # smtp.max_connections is for the node: each worker takes its share.
         connection_cap=ConnectionCap(max(1, -(-smtp.max_connections // config.workers))),
+        state=state,
+        suppressor=suppressor,
+        book=book,
+        eligibility=eligibility,
+        feedback=FeedbackHandler(state, book, delivery_log, lambda q: service.message(q), clock),
     )
+    intake.feedback = service.feedback_handler
     if worker == 0:
         service.http = HttpServer(create_app(service), config.http.listen)
     return service

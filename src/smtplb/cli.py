@@ -4,6 +4,7 @@ use its HTTP API (``--api URL``, default from the config's ``[http] listen``).""
 from __future__ import annotations
 
 import asyncio
+import csv
 import gc
 import json
 import logging
@@ -12,12 +13,13 @@ import smtplib
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 import msgspec
@@ -409,15 +411,22 @@ def members_list(
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(
-        f"{'MEMBER':<16}{'POOL':<12}{'HEALTH':<11}{'ACTIVE':>7}{'DELIVERED':>11}"
+        f"{'MEMBER':<16}{'POOL':<12}{'HEALTH':<11}{'REPUTATION':<12}{'ACTIVE':>7}{'DELIVERED':>11}"
         f"{'DEFERRED':>10}{'BOUNCED':>9}{'FAILURES':>10}  TARGET"
     )
     for m in data["members"]:
+        reputation = m.get("reputation", {}).get("state", "ok")
         click.echo(
-            f"{m['name']:<16}{m['pool']:<12}{m['health']:<11}{m['active']:>7}"
+            f"{m['name']:<16}{m['pool']:<12}{m['health']:<11}{reputation:<12}{m['active']:>7}"
             f"{m['delivered']:>11}{m['deferred']:>10}{m['bounced']:>9}"
             f"{m['failures']:>10}  {m['target']}"
         )
+        for provider, p in m.get("reputation", {}).get("providers", {}).items():
+            click.echo(
+                f"  {provider:<14}{p['state']:<12}{p['attempts']:>6} attempts  "
+                f"hard {p['hard_bounce_rate']:.1%}  policy {p['policy_block_rate']:.1%}  "
+                f"complaints {p['complaint_rate']:.2%}  {p.get('reason', '')}"
+            )
 
 
 @members.command("pause")
@@ -440,6 +449,107 @@ def members_resume(
     """Let NAME take traffic again."""
     _api(api_url, api_key, config_path).call("POST", f"/api/v1/members/{name}/resume")
     click.echo(f"{name} resumed")
+
+
+@members.command("quarantine")
+@click.argument("name")
+@api_options
+def members_quarantine(
+    name: str, api_url: str | None, api_key: str | None, config_path: Path | None
+) -> None:
+    """Quarantine NAME: no traffic for [reputation] quarantine, then probation."""
+    _api(api_url, api_key, config_path).call("POST", f"/api/v1/members/{name}/quarantine")
+    click.echo(f"{name} quarantined")
+
+
+@members.command("release")
+@click.argument("name")
+@api_options
+def members_release(
+    name: str, api_url: str | None, api_key: str | None, config_path: Path | None
+) -> None:
+    """Release NAME from quarantine, throttling or probation."""
+    _api(api_url, api_key, config_path).call("POST", f"/api/v1/members/{name}/release")
+    click.echo(f"{name} released")
+
+
+@main.group()
+def suppress() -> None:
+    """The suppression list: add, remove, list (import with add --file, export with list --csv)."""
+
+
+def _addresses_from(file: IO[str]) -> list[str]:
+    """One address a line, or CSV whose first column is the address (a header is skipped)."""
+    out = []
+    for row in csv.reader(file):
+        if row and row[0].strip() and "@" in row[0] and not row[0].lstrip().startswith("#"):
+            out.append(row[0].strip())
+    return out
+
+
+@suppress.command("add")
+@click.argument("addresses", nargs=-1)
+@click.option("--reason", default="", help="Why (kept with each entry).")
+@click.option("--file", "file", type=click.File("r"), default=None, help="Import: - for stdin.")
+@api_options
+def suppress_add(
+    addresses: tuple[str, ...],
+    reason: str,
+    file: IO[str] | None,
+    api_url: str | None,
+    api_key: str | None,
+    config_path: Path | None,
+) -> None:
+    """Suppress ADDRESS… (and/or every address in --file)."""
+    wanted = list(addresses) + (_addresses_from(file) if file is not None else [])
+    if not wanted:
+        raise click.UsageError("give addresses, or --file with one address a line")
+    api = _api(api_url, api_key, config_path)
+    added = 0
+    for i in range(0, len(wanted), 5000):
+        body = {"addresses": wanted[i : i + 5000], "reason": reason}
+        added += api.call("POST", "/api/v1/suppressions", body)["added"]
+    click.echo(f"{added} added, {len(wanted) - added} already suppressed")
+
+
+@suppress.command("remove")
+@click.argument("addresses", nargs=-1, required=True)
+@api_options
+def suppress_remove(
+    addresses: tuple[str, ...], api_url: str | None, api_key: str | None, config_path: Path | None
+) -> None:
+    """Take ADDRESS… off the suppression list."""
+    api = _api(api_url, api_key, config_path)
+    for address in addresses:
+        quoted = urllib.parse.quote(address, safe="@")
+        click.echo(f"{api.call('DELETE', f'/api/v1/suppressions/{quoted}')['removed']} removed")
+
+
+@suppress.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="address,reason,source,created_at (export).")
+@api_options
+def suppress_list(
+    as_json: bool, as_csv: bool, api_url: str | None, api_key: str | None, config_path: Path | None
+) -> None:
+    """Every suppressed address, by address."""
+    api = _api(api_url, api_key, config_path)
+    entries: list[dict[str, Any]] = []
+    while True:
+        page = api.call("GET", f"/api/v1/suppressions?limit=10000&offset={len(entries)}")
+        entries += page["suppressions"]
+        if len(page["suppressions"]) < 10000:
+            break
+    if as_json:
+        click.echo(json.dumps({"total": len(entries), "suppressions": entries}, indent=2))
+    elif as_csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["address", "reason", "source", "created_at"])
+        for e in entries:
+            out.writerow([e["address"], e["reason"], e["source"], e["created_at"]])
+    else:
+        for e in entries:
+            click.echo(f"{e['address']:<40}{e['source']:<10}{e['reason']}")
 
 
 @main.command()

@@ -47,8 +47,6 @@ MAX_MESSAGE_SIZE = Size(2 * 1024**3)
 # ("not implemented yet, ignored") rather than refused as unknown. A key leaves this
 # table by itself once its struct field exists; delete the entry with the feature.
 PLANNED = {
-    "reputation": "SPEC §3.4 [reputation]: members are not throttled or quarantined",
-    "suppression": "SPEC §3.4 [suppression]: no suppression list",
     "warmup": "SPEC §3.4 [warmup]: no warm-up schedule",
     "experiments": "SPEC §3.4 [[experiments]]: no A/B experiments",
     "cluster.node": "SPEC §3.4 [cluster] node: no cluster",
@@ -208,6 +206,10 @@ class WebhookConfig(_Struct):
             "complaint",
             "member_*",
             "suspended",
+            "quarantined",
+            "throttled",
+            "probation",
+            "reputation_ok",
         ]
     )
     secret: str | None = None
@@ -263,6 +265,25 @@ class ProviderConfig(_Struct):
     rules: list[ProviderRuleConfig] = msgspec.field(default_factory=list)
 
 
+class SuppressionConfig(_Struct):
+    on_intake: str = "reject"  # reject: 550 5.7.1 at RCPT | drop: accept, log `suppressed`
+    hard_bounces: bool = True  # a hard bounce adds the recipient
+
+
+class ReputationConfig(_Struct):
+    window: Duration = Duration(86400)  # rolling window of the rates
+    min_volume: int = 50  # no automatic decision on fewer messages
+    hard_bounce_throttle: float = 0.05
+    hard_bounce_quarantine: float = 0.10
+    complaint_throttle: float = 0.001
+    complaint_quarantine: float = 0.003
+    policy_block_quarantine: float = 0.05
+    quarantine: Duration = Duration(6 * 3600)  # cool-down before probation
+    probation: int = 100  # messages at a reduced share before "ok"
+    # Mail to these addresses is an ARF report to consume (a feedback loop), not to relay.
+    feedback_addresses: list[str] = msgspec.field(default_factory=list)
+
+
 class Config(_Struct):
     data_dir: str = "var"
     workers: int = 1  # processes on this node, each with its own spool shard
@@ -281,6 +302,9 @@ class Config(_Struct):
     compliance: ComplianceConfig = msgspec.field(default_factory=ComplianceConfig)
     dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
     providers: list[ProviderConfig] = msgspec.field(default_factory=list)
+
+    suppression: SuppressionConfig = msgspec.field(default_factory=SuppressionConfig)
+    reputation: ReputationConfig = msgspec.field(default_factory=ReputationConfig)
 
     @property
     def members(self) -> list[MemberConfig]:
@@ -492,6 +516,7 @@ def _validate(cfg: Config) -> list[str]:
     check(0 < cfg.delivery.mx_port < 65536, "delivery.mx_port", "must be a port from 1 to 65535")
     problems.extend(_validate_mail_auth(cfg))
     problems.extend(_validate_providers(cfg.providers))
+    problems.extend(_validate_reputation(cfg))
     return problems
 
 
@@ -556,6 +581,43 @@ def _validate_mail_auth(cfg: Config) -> list[str]:
             ipaddress.ip_address(host)
         except ValueError:
             problems.append(f"dns.nameservers[{i}]: expected IP:port, got {server!r}")
+    return problems
+
+
+def _validate_reputation(cfg: Config) -> list[str]:
+    """[suppression] and [reputation]."""
+    problems: list[str] = []
+
+    def check(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            problems.append(f"{key}: {message}")
+
+    check(
+        cfg.suppression.on_intake in SUPPRESSION_ACTIONS,
+        "suppression.on_intake",
+        f'expected "reject" or "drop", got {cfg.suppression.on_intake!r}',
+    )
+    rep = cfg.reputation
+    check(rep.window > 0, "reputation.window", "must be above 0s")
+    check(rep.min_volume >= 1, "reputation.min_volume", "must be at least 1")
+    check(rep.probation >= 0, "reputation.probation", "must be 0 or more")
+    for i, address in enumerate(rep.feedback_addresses):
+        check(
+            address.count("@") == 1 and all(address.split("@")),
+            f"reputation.feedback_addresses[{i}]",
+            f"expected a mail address like fbl@example.test, got {address!r}",
+        )
+    for key in (
+        "hard_bounce_throttle",
+        "hard_bounce_quarantine",
+        "complaint_throttle",
+        "complaint_quarantine",
+        "policy_block_quarantine",
+    ):
+        rate = getattr(rep, key)
+        check(
+            0 < rate <= 1, f"reputation.{key}", f"must be a rate above 0 and at most 1, got {rate}"
+        )
     return problems
 
 

@@ -6,9 +6,14 @@ defers some mail the way Gmail rate-limits (421 4.7.28) and knows no
 latency. ``flaky`` also plays Gmail throttling it: for ``gmail.test`` it
 answers 421 4.7.28 more often, a response rule suspends ``flaky`` for Gmail
 for 20 s at a time, and Gmail's mail goes through the other two meanwhile.
-A third of the way in ``steady`` dies; at two thirds it comes back.
-At the end every message sent is accounted for: delivered, bounced, or still
-queued for retry.
+Early on ``slow`` starts refusing mail with ``550 5.7.1`` (its IP is
+on a blocklist): those recipients go at once to the other members, and after
+20 attempts ``slow`` is quarantined; the block is lifted, and after the
+cool-down it comes back on probation. A third of the way in ``steady`` dies;
+at two thirds it comes back. Hard bounces (``nobody@``) put the address on
+the suppression list, so later mail to it is refused at RCPT. At the end
+every message sent is accounted for: delivered, bounced, or still queued for
+retry.
 """
 
 from __future__ import annotations
@@ -51,11 +56,23 @@ class Traffic:
                 f"for {left:.0f}s by rule {record.rule}: {record.response}"[:160]
             )
             return
+        if record.event in ("quarantined", "probation", "reputation_ok", "throttled"):
+            click.echo(f"        member {record.member!r} {record.event}: {record.response}")
         if record.sender != "app@shop.test" or not record.queue_id or not record.recipient:
             return
         event = record.event
         if event in ("received", "delivered", "deferred", "bounced", "expired"):
             self.fate[(record.queue_id, record.recipient)] = event
+
+
+_BLOCKED = DomainRule(
+    accept=0,
+    reject=1,
+    latency=0.25,
+    reject_reply=parse_reply(
+        "550 5.7.1 Service unavailable; client host blocked using zen.example"
+    ),
+)
 
 
 def _profiles() -> dict[str, SinkProfile]:
@@ -154,6 +171,11 @@ async def run_demo(duration: float, rate: float, http_port: int, smtp_port: int)
                     ],
                 }
             ],
+            "reputation": {
+                "min_volume": 20,
+                "quarantine": f"{max(3, int(duration / 5))}s",
+                "probation": 20,
+            },
             "pools": [
                 {
                     "name": "demo",
@@ -210,13 +232,25 @@ async def _script(
     traffic: Traffic,
 ) -> None:
     steady = sinks["steady"]
-    events = [(duration / 3, "kill"), (2 * duration / 3, "revive")]
+    slow = sinks["slow"]
+    events = [
+        (duration / 10, "block"),
+        (duration / 4, "unblock"),
+        (duration / 3, "kill"),
+        (2 * duration / 3, "revive"),
+    ]
     next_report = start + 5
     while time.monotonic() - start < duration:
         elapsed = time.monotonic() - start
         if events and elapsed >= events[0][0]:
             _, what = events.pop(0)
-            if what == "kill":
+            if what == "block":
+                slow.profile = SinkProfile(rules={"*": _BLOCKED}, seed=3)
+                click.echo(f"[{elapsed:5.1f}s] upstream 'slow' blocks us (550 5.7.1): watch it")
+            elif what == "unblock":
+                slow.profile = _profiles()["slow"]
+                click.echo(f"[{elapsed:5.1f}s] upstream 'slow' lifts the block")
+            elif what == "kill":
                 await steady.stop()
                 click.echo(f"[{elapsed:5.1f}s] upstream 'steady' killed: watch failover")
             else:  # a new server on the same port, as a restarted MTA would be
@@ -226,7 +260,10 @@ async def _script(
                 click.echo(f"[{elapsed:5.1f}s] upstream 'steady' revived: watch it ramp up")
         if time.monotonic() >= next_report:
             next_report += 5
-            states = ", ".join(f"{m.name}={m.state}" for m in service.members())
+            states = ", ".join(
+                f"{m.name}={m.state}/{service.book.view(m.name)['state']}"
+                for m in service.members()
+            )
             click.echo(f"[{elapsed:5.1f}s] sent {traffic.sent}; members: {states}")
         await asyncio.sleep(0.2)
 
@@ -265,6 +302,7 @@ async def _summary(service: Service, traffic: Traffic) -> int:
         click.echo(
             f"    {m.name:<8} {m.state:<9} delivered {c.delivered:>5}  deferred {c.deferred:>4}"
             f"  bounced {c.bounced:>3}  connection failures {c.failures:>3}"
+            f"  reputation {service.book.view(m.name)['state']}"
         )
     total = delivered + bounced + expired + still_queued
     ok = total == traffic.sent == len(traffic.fate)

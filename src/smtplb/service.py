@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import ssl
@@ -23,6 +24,7 @@ from typing import Any
 
 from smtplb import __version__
 from smtplb.api.server import HttpServer
+from smtplb.balancing.eligibility import Eligibility
 from smtplb.config import Config, load_config, parse_hostport
 from smtplb.delivery.bounces import DsnWriter
 from smtplb.delivery.dispatcher import Dispatcher
@@ -47,7 +49,11 @@ from smtplb.observability.metrics import Metrics
 from smtplb.observability.record import member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
+from smtplb.reputation.book import ReputationBook
+from smtplb.reputation.feedback import Feedback, FeedbackHandler
 from smtplb.reputation.rules import RuleBook
+from smtplb.reputation.state import State
+from smtplb.reputation.suppression import BounceSuppressor
 from smtplb.routing.providers import ProviderTable
 from smtplb.spool.base import MessageView, Spool
 from smtplb.spool.shards import ShardedQueue, adopt_orphans
@@ -88,6 +94,11 @@ class Service:
         authenticate: Callable[[str, str], bool] | None,
         auth_throttle: AuthThrottle,
         connection_cap: ConnectionCap,
+        state: State,
+        suppressor: BounceSuppressor,
+        book: ReputationBook,
+        eligibility: Eligibility,
+        feedback: FeedbackHandler,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -112,6 +123,11 @@ class Service:
         self.authenticate = authenticate
         self.auth_throttle = auth_throttle
         self.connection_cap = connection_cap
+        self.reputation_state = state  # the suppression list (and counters)
+        self.suppressor = suppressor
+        self.book = book  # reputation per member and member × provider
+        self.eligibility = eligibility  # every pool's filters (reputation among them)
+        self.feedback_handler = feedback
         self.http: HttpServer | None = None  # set by smtplb.app on worker 0
         self.listeners: list[Listener] = []
         self.started_at = time.time()
@@ -163,6 +179,7 @@ class Service:
                 member.idle_connections,
                 member.weight,
             )
+            self.metrics.set_reputation(member.name, self.book.view(member.name))
         self.metrics.set_queue(await self.spool.stats(), await self.spool.oldest_age(time.time()))
         # (with several workers each reports its own shard; worker 0's /metrics adds them up)
         self.metrics.set_waiting((p.name, p.waiting()) for p in self.pools.values())
@@ -177,7 +194,10 @@ class Service:
         return body
 
     def _own_member_views(self) -> list[dict[str, Any]]:
-        return [{**m.snapshot(), **self.live.member_rates(m.name)} for m in self.members()]
+        return [
+            {**m.snapshot(), **self.live.member_rates(m.name), "reputation": self.book.view(m.name)}
+            for m in self.members()
+        ]
 
     def member_views(self) -> list[dict[str, Any]]:
         """Every member as the node sees it: this worker's view, plus the counters of
@@ -262,6 +282,31 @@ class Service:
         self.dispatcher.wake()
         return next(m for m in self.member_views() if m["name"] == name)
 
+    def quarantine(self, member: str) -> dict[str, Any] | None:
+        if self.member(member) is None:
+            return None
+        self.book.quarantine(member)
+        return next(m for m in self.member_views() if m["name"] == member)
+
+    def release(self, member: str) -> dict[str, Any] | None:
+        if self.member(member) is None:
+            return None
+        self.book.release(member)
+        self.dispatcher.wake()
+        return next(m for m in self.member_views() if m["name"] == member)
+
+    async def feedback(self, report: Feedback) -> dict[str, Any]:
+        return await self.feedback_handler.handle(report)
+
+    async def _save_book(self) -> None:
+        if self.book.dirty:
+            self.book.dirty = False
+            try:
+                snapshot = json.dumps(self.book.snapshot()).encode()
+                await self.reputation_state.save_book(self.worker, snapshot)
+            except Exception:
+                log.exception("could not save the reputation book")
+
     # -- Operations: queue ---------------------------------------------------------------
 
     async def queue_stats(self) -> tuple[dict[str, int], dict[str, float]]:
@@ -302,6 +347,9 @@ class Service:
 
     async def start(self) -> None:
         await self.spool.open()
+        saved = await self.reputation_state.load_book(self.worker)
+        if saved is not None:
+            self.book.load(json.loads(saved))
         if self.worker == 0:
             for peer in self.peer_spools:
                 await peer.open()
@@ -359,6 +407,7 @@ class Service:
             self.delivery_log.flush()
             for member in self.members():
                 member.close_idle(idle_after)
+            await self._save_book()
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + 600
                 keep = self.config.delivery.keep_final
@@ -419,9 +468,10 @@ class Service:
                 self.paused.load(),
                 self.workers,
                 self.dispatcher.clock,
-                self.dispatcher.desk.shaping,
+                self.eligibility,
             )
         )
+        self.book.reconfigure(new.reputation)
         self.dispatcher.desk.shaping.providers = ProviderTable.build(new.providers)
         self.dispatcher.desk.shaping.rules = RuleBook(new.providers)
         self.resolver.static = MxResolver(new.static_routes).static
@@ -455,7 +505,10 @@ class Service:
         await self.intake.close()
         for peer in self.peer_spools:
             await peer.close()
+        await self.suppressor.settle()
+        await self._save_book()
         await self.spool.close()
+        self.reputation_state.close()
         self.delivery_log.close()
 
     async def run_forever(self) -> None:

@@ -105,7 +105,16 @@ def merge_members(
                 for key in _ADDITIVE:
                     member[key] = (member.get(key) or 0) + (peer.get(key) or 0)
                 member["max_connections"] += peer["max_connections"]
+                # Each worker judges its own traffic: the node shows the worst judgement.
+                theirs = peer.get("reputation")
+                if theirs and _REPUTATION_ORDER.get(theirs["state"], 0) > _REPUTATION_ORDER.get(
+                    member.get("reputation", {}).get("state", "ok"), 0
+                ):
+                    member["reputation"] = theirs
     return mine
+
+
+_REPUTATION_ORDER = {"ok": 0, "probation": 1, "throttled": 2, "quarantined": 3}
 
 
 def merge_live(

@@ -29,6 +29,7 @@ def test_demo_runs_unattended_and_accounts_for_every_message() -> None:
     assert result.returncode == 0, out + result.stderr
     assert "dashboard at http://127.0.0.1:" in out
     assert "upstream 'steady' killed" in out and "upstream 'steady' revived" in out
+    assert "upstream 'slow' blocks us" in out and "member 'slow' quarantined" in out
     print(out[out.index("summary") :])
     match = re.search(r"accounted for: (\d+) of (\d+) sent  ✓", out)
     assert match and match.group(1) == match.group(2) and int(match.group(2)) > 200, out

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +20,9 @@ from smtplb.api import Operations, create_app
 from smtplb.api.routes import protected, public
 from smtplb.config import Config, parse_config
 from smtplb.model import Envelope, RecipientState
+from smtplb.reputation.embedded import SqliteState
+from smtplb.reputation.feedback import Feedback
+from smtplb.reputation.state import State
 from smtplb.spool.base import MessageView, RecipientView, SpoolError
 
 MEMBER = {"name": "m1", "pool": "main", "health": "up", "paused": False, "max_connections": 5}
@@ -31,6 +36,11 @@ class StandIn:
         self.drained = False
         self.spool_fails = False
         self.injected: list[tuple[Envelope, bytes]] = []
+        self.state = SqliteState(Path(tempfile.mkdtemp()) / "spool.db")
+
+    @property
+    def reputation_state(self) -> State:
+        return self.state
 
     @property
     def config(self) -> Config:
@@ -72,6 +82,15 @@ class StandIn:
         return {**MEMBER, "paused": True} if member == "m1" else None
 
     def resume(self, member: str) -> dict[str, Any] | None:
+        return MEMBER if member == "m1" else None
+
+    async def feedback(self, report: Feedback) -> dict[str, Any]:
+        return {"recipient": report.recipient, "matched": False, "suppressed": True}
+
+    def quarantine(self, member: str) -> dict[str, Any] | None:
+        return MEMBER if member == "m1" else None
+
+    def release(self, member: str) -> dict[str, Any] | None:
         return MEMBER if member == "m1" else None
 
     async def queue_stats(self) -> tuple[dict[str, int], dict[str, float]]:
@@ -212,8 +231,21 @@ CASES = [
     ("post", "/api/v1/members/nope/pause", None, 404),
     ("post", "/api/v1/members/m1/resume", None, 200),
     ("post", "/api/v1/members/nope/resume", None, 404),
+    ("post", "/api/v1/members/m1/quarantine", None, 200),
+    ("post", "/api/v1/members/nope/quarantine", None, 404),
+    ("post", "/api/v1/members/m1/release", None, 200),
+    ("post", "/api/v1/members/nope/release", None, 404),
     ("post", "/api/v1/drain", None, 200),
     ("delete", "/api/v1/drain", None, 200),
+    ("post", "/api/v1/feedback", {"type": "complaint", "recipient": "b@example.org"}, 200),
+    ("post", "/api/v1/feedback", {"type": "complaint"}, 422),
+    ("post", "/api/v1/feedback", [1], 400),
+    ("get", "/api/v1/suppressions", None, 200),
+    ("get", "/api/v1/suppressions?limit=x", None, 400),
+    ("post", "/api/v1/suppressions", {"addresses": ["b@example.org"], "reason": "r"}, 200),
+    ("post", "/api/v1/suppressions", {"addresses": ["not an address"]}, 422),
+    ("post", "/api/v1/suppressions", [1], 400),
+    ("delete", "/api/v1/suppressions/nope", None, 404),
 ]
 
 

@@ -105,6 +105,14 @@ def test_unknown_strategy_names_the_key() -> None:
         ),
         ({"static_routes": {"a.test": "x"}}, "static_routes.a.test: expected host:port"),
         ({"smtp": {"max_recipients": "many"}}, "smtp.max_recipients: expected `int`"),
+        ({"suppression": {"on_intake": "bounce"}}, 'suppression.on_intake: expected "reject"'),
+        ({"reputation": {"complaint_quarantine": 3}}, "reputation.complaint_quarantine: must be"),
+        ({"reputation": {"min_volume": 0}}, "reputation.min_volume: must be at least 1"),
+        ({"reputation": {"quarantine": "later"}}, "reputation.quarantine: expected a duration"),
+        (
+            {"reputation": {"feedback_addresses": ["fbl"]}},
+            "reputation.feedback_addresses[0]: expected a mail address",
+        ),
     ],
 )
 def test_errors_name_key_and_problem(data: dict[str, object], expected: str) -> None:
@@ -224,8 +232,6 @@ def test_unknown_top_level_key_names_the_key() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        {"reputation": {"window": "24h"}},
-        {"suppression": {"on_intake": "reject"}},
         {"warmup": {"schedule": [50, 70]}},
         {"experiments": [{"name": "e", "pool": "default"}]},
         {"cluster": {"node": "node-a"}},
@@ -237,13 +243,22 @@ def test_spec_keys_not_built_yet_are_accepted_with_a_warning(data: dict[str, obj
     parse_config(data, warnings)
     assert len(warnings) == 1
     key = warnings[0].partition(":")[0]
-    assert key in {"dns", "providers", "reputation", "suppression", "warmup", "dkim"} | {
+    assert key in {"dns", "providers", "warmup", "dkim"} | {
         "compliance",
         "experiments",
         "cluster.node",
         "pools[0].members[0].warmup_start",
     }
     assert "not implemented yet, ignored" in warnings[0]
+
+
+def test_reputation_and_suppression_are_built_and_parse_without_a_warning() -> None:
+    warnings: list[str] = []
+    config = parse_config(
+        {"reputation": {"window": "1h"}, "suppression": {"on_intake": "drop"}}, warnings
+    )
+    assert warnings == []
+    assert (config.reputation.window, config.suppression.on_intake) == (3600, "drop")
 
 
 def test_inert_keys_warn_when_set() -> None:
@@ -265,8 +280,8 @@ def test_inert_keys_warn_when_set() -> None:
 def test_warnings_are_given_even_when_there_are_problems() -> None:
     warnings: list[str] = []
     with pytest.raises(ConfigError):
-        parse_config({"warmup": {}, "workers": "x"}, warnings)
-    assert [w.partition(":")[0] for w in warnings] == ["warmup"]
+        parse_config({"cluster": {"node": "a"}, "workers": "x"}, warnings)
+    assert [w.partition(":")[0] for w in warnings] == ["cluster.node"]
 
 
 @pytest.mark.parametrize(
@@ -296,14 +311,14 @@ def test_check_prints_every_problem_and_warning(tmp_path: Path) -> None:
     path = tmp_path / "smtplb.toml"
     path.write_text(
         'workers = "two"\n[smtp]\nmax_recipients = "many"\n'
-        '[warmup]\nschedule = [50]\n[cluster]\nredis = "redis://127.0.0.1:6379/0"\n'
+        '[cluster]\nnode = "a"\nredis = "redis://127.0.0.1:6379/0"\n'
     )
     result = CliRunner().invoke(main, ["check", "-c", str(path)])
     assert result.exit_code == 1
     lines = result.output.splitlines()
     assert "config error: workers: expected `int`, got `str`" in lines
     assert "config error: smtp.max_recipients: expected `int`, got `str`" in lines
-    assert any(line.startswith("config warning: warmup: not implemented yet") for line in lines)
+    assert any(line.startswith("config warning: cluster.node: not implemented") for line in lines)
     assert any(line.startswith("config warning: cluster.redis: not implemented") for line in lines)
 
 

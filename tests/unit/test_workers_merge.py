@@ -68,3 +68,14 @@ def test_a_peer_follows_drain_and_its_undo_and_pause_changes(tmp_path: Path) -> 
     assert drains == [True, False]
     assert pause_changes == [-1.0, 42.0]
     assert (tmp_path / "run" / "worker-1.json").exists()
+
+
+def test_the_node_shows_the_worst_reputation_any_worker_holds() -> None:
+    from smtplb.workers import merge_members
+
+    mine = [{"name": "a", "max_connections": 1, "reputation": {"state": "ok", "providers": {}}}]
+    peer = {"state": "quarantined", "reason": "policy_block rate", "providers": {}}
+    merged = merge_members(
+        mine, [{"members": [{"name": "a", "max_connections": 1, "reputation": peer}]}]
+    )
+    assert merged[0]["reputation"] == peer

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 from smtplb.config import Config
 from smtplb.model import Envelope, RecipientState
+from smtplb.reputation.feedback import Feedback
+from smtplb.reputation.state import State
 from smtplb.spool.base import MessageView
 
 
@@ -25,6 +27,11 @@ class Operations(Protocol):
     @property
     def config(self) -> Config:
         """The running configuration (replaced by a reload)."""
+        ...
+
+    @property
+    def reputation_state(self) -> State:
+        """The suppression list (and reputation counters) of the node."""
         ...
 
     # -- intake ------------------------------------------------------------------
@@ -73,6 +80,19 @@ class Operations(Protocol):
 
     def resume(self, member: str) -> dict[str, Any] | None:
         """Resume a paused member; its view, or None if there is none."""
+        ...
+
+    def quarantine(self, member: str) -> dict[str, Any] | None:
+        """Quarantine a member by hand (no traffic for ``[reputation] quarantine``,
+        then probation); its view, or None if there is none."""
+        ...
+
+    def release(self, member: str) -> dict[str, Any] | None:
+        """Every reputation state of a member back to ok; its view, or None."""
+        ...
+
+    async def feedback(self, report: Feedback) -> dict[str, Any]:
+        """A complaint: matched to its message and member, logged, counted, suppressed."""
         ...
 
     # -- queue -----------------------------------------------------------------------

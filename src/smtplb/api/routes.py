@@ -14,11 +14,13 @@ from __future__ import annotations
 import functools
 import hmac
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,6 +38,8 @@ from smtplb.intake.address import valid_address
 from smtplb.intake.compliance import MessageRefused
 from smtplb.model import Envelope, RecipientState
 from smtplb.observability.live import redacted
+from smtplb.reputation.feedback import FeedbackError, parse_arf, parse_event
+from smtplb.reputation.state import Suppression, normalize
 from smtplb.spool.base import MessageView, SpoolError
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -266,6 +270,117 @@ async def member_resume(request: Request) -> Response:
 
 
 @protected
+@documented((200, "Member", "The member, now quarantined"), fails=[404])
+async def member_quarantine(request: Request) -> Response:
+    """Quarantine a member: no traffic for ``[reputation] quarantine``, then probation."""
+    name = request.path_params["name"]
+    member = _ops(request).quarantine(name)
+    if member is None:
+        return problem(404, "No such member", name)
+    return JSONResponse(member)
+
+
+@protected
+@documented((200, "Member", "The member, its reputation ok again"), fails=[404])
+async def member_release(request: Request) -> Response:
+    """Release a member from quarantine, throttling or probation (its counts start again)."""
+    name = request.path_params["name"]
+    member = _ops(request).release(name)
+    if member is None:
+        return problem(404, "No such member", name)
+    return JSONResponse(member)
+
+
+@protected
+@documented(
+    (200, "FeedbackResult", "The complaint, matched, counted and suppressed"),
+    fails=[400, 422],
+    request="FeedbackEvent",
+)
+async def feedback(request: Request) -> Response:
+    """A complaint: an ARF report (RFC 5965, posted as ``multipart/report``) or a JSON
+    event ``{"type": "complaint", "recipient", "queue_id"?, "message_id"?}``."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    try:
+        if media in ("multipart/report", "message/rfc822"):
+            report = parse_arf(await request.body())
+        else:
+            body = await _json_body(request)
+            if isinstance(body, JSONResponse):
+                return body
+            report = parse_event(body)
+    except FeedbackError as exc:
+        return problem(422, "Unusable feedback", str(exc))
+    return JSONResponse(await _ops(request).feedback(report))
+
+
+# -- suppression list --------------------------------------------------------------
+
+
+@protected
+@documented(
+    (200, "SuppressionList", "Suppressed addresses, by address"),
+    fails=[400],
+    query=[("address", "string"), ("limit", "integer"), ("offset", "integer")],
+)
+async def suppressions_list(request: Request) -> Response:
+    """The suppression list (``?limit=100&offset=0``, or ``?address=`` for one)."""
+    state = _ops(request).reputation_state
+    try:
+        limit = min(10_000, int(request.query_params.get("limit", "100")))
+        offset = int(request.query_params.get("offset", "0"))
+    except ValueError:
+        return problem(400, "Malformed request", "limit and offset must be integers")
+    entries = await state.suppressions(
+        limit=limit, offset=offset, address=request.query_params.get("address")
+    )
+    return JSONResponse(
+        {
+            "total": await state.suppression_count(),
+            "suppressions": [msgspec.to_builtins(e) for e in entries],
+        }
+    )
+
+
+@protected
+@documented(
+    (200, "Suppressed", "How many addresses were added"),
+    fails=[400, 422],
+    request="SuppressRequest",
+)
+async def suppressions_add(request: Request) -> Response:
+    """Suppress addresses: ``{"addresses": [...], "reason": "..."}`` (or ``"address"``)."""
+    body = await _json_body(request)
+    if isinstance(body, JSONResponse):
+        return body
+    addresses = body.get("addresses", [body["address"]] if "address" in body else None)
+    reason = body.get("reason", "")
+    if (
+        not isinstance(addresses, list)
+        or not addresses
+        or not all(isinstance(a, str) and valid_address(normalize(a)) for a in addresses)
+    ):
+        return problem(422, "Invalid field", "addresses: a non-empty list of mail addresses")
+    if not isinstance(reason, str):
+        return problem(422, "Invalid field", "reason: must be a string")
+    now = time.time()
+    added = await _ops(request).reputation_state.suppress(
+        [Suppression(a, reason, "operator", now) for a in addresses]
+    )
+    return JSONResponse({"added": added, "requested": len(addresses)})
+
+
+@protected
+@documented((200, "Unsuppressed", "The address is no longer suppressed"), fails=[404])
+async def suppressions_remove(request: Request) -> Response:
+    """Take an address off the suppression list."""
+    address = request.path_params["address"]
+    if not await _ops(request).reputation_state.unsuppress([address]):
+        return problem(404, "Not suppressed", address)
+    return JSONResponse({"removed": normalize(address)})
+
+
+@protected
 @documented((200, "Draining", "The node is draining"))
 async def drain(request: Request) -> Response:
     """Stop intake (421, /readyz 503); queued mail keeps being delivered."""
@@ -356,6 +471,12 @@ ROUTES = [
     Route("/api/v1/providers", providers_list),
     Route("/api/v1/members/{name}/pause", member_pause, methods=["POST"]),
     Route("/api/v1/members/{name}/resume", member_resume, methods=["POST"]),
+    Route("/api/v1/members/{name}/quarantine", member_quarantine, methods=["POST"]),
+    Route("/api/v1/members/{name}/release", member_release, methods=["POST"]),
+    Route("/api/v1/feedback", feedback, methods=["POST"]),
+    Route("/api/v1/suppressions", suppressions_list),
+    Route("/api/v1/suppressions", suppressions_add, methods=["POST"]),
+    Route("/api/v1/suppressions/{address}", suppressions_remove, methods=["DELETE"]),
     Route("/api/v1/drain", drain, methods=["POST"]),
     Route("/api/v1/drain", undrain, methods=["DELETE"]),
 ]

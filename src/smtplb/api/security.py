@@ -187,10 +187,17 @@ def cross_site_refusal(
     )
 
 
+# Types a page cannot send without a CORS preflight, like JSON: ARF reports
+# (RFC 5965) are posted as they are to /api/v1/feedback.
+_REPORT_TYPES = ("multipart/report", "message/rfc822")
+
+
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
+    return (
+        media == "application/json"
+        or (media.startswith("application/") and media.endswith("+json"))
+        or media in _REPORT_TYPES
     )
 
 

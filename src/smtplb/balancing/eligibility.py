@@ -70,6 +70,9 @@ class MemberView(Protocol):
 
 
 SkipReason = Callable[[MemberView, PickRequest, float], "str | None"]
+# The share of its weight a member keeps for this job (reputation: throttled,
+# probation), from 0 to 1; a strategy sees weight × ramp × share.
+Share = Callable[[MemberView, PickRequest, float], float]
 
 
 # -- the filters ---------------------------------------------------------------------
@@ -199,10 +202,14 @@ class Eligibility:
     :data:`EXCLUDE` and :data:`WAIT`."""
 
     def __init__(
-        self, exclude: Sequence[SkipReason] = EXCLUDE, wait: Sequence[SkipReason] = WAIT
+        self,
+        exclude: Sequence[SkipReason] = EXCLUDE,
+        wait: Sequence[SkipReason] = WAIT,
+        share: Share | None = None,
     ) -> None:
         self.exclude = tuple(exclude)
         self.wait = tuple(wait)
+        self.share = share
 
     def excluded(self, member: MemberView, request: PickRequest, now: float) -> str | None:
         """The first ``EXCLUDE`` reason for ``member``; None: it may be chosen."""
@@ -238,6 +245,8 @@ class Eligibility:
                         break
                 verdicts.append((m.name, reason))
                 ramp = m.ramp_at(now)
+                if self.share is not None:
+                    ramp *= self.share(m, request, now)
                 candidates.append(Eligible(m, m.name, m.base_weight * ramp, ramp, m.active, reason))
         return Selection(candidates, verdicts)
 

@@ -41,9 +41,12 @@ from smtplb.model import RecipientState, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord, member_record
 from smtplb.observability.trace import TraceBook
+from smtplb.reputation.book import MEMBER_WIDE, Change, ReputationBook
 from smtplb.reputation.rules import RuleBook
 from smtplb.reputation.shaping import Shaping, waits_for_provider
+from smtplb.reputation.standing import Outcome, Reputation
 from smtplb.routing.providers import OTHER, ProviderTable
+from smtplb.smtp.bounce import Classification, classify_bounce
 from smtplb.smtp.reply import Reply
 from smtplb.spool.base import (
     ClaimedMessage,
@@ -108,6 +111,10 @@ class Dispatcher:
         self.max_in_flight = max_in_flight
         self.sweep_interval = sweep_interval
         self.on_bounce = on_bounce
+        # A recipient's address is bad (a hard bounce): suppress it (set by app.py).
+        self.on_hard_bounce: Callable[[str, str], None] | None = None
+        # Outcomes per member × provider, thresholds, quarantine (set by app.py).
+        self.reputation: ReputationBook | None = None
         self.held = 0  # recipients in memory: in lanes or being delivered
         # True while the spool may hold due work that is not in memory (intake
         # overflowed to disk, or the last claim came back full): then freed room
@@ -335,8 +342,20 @@ class Dispatcher:
         results: list[RecipientResult] = []
         bounced: list[FailedRecipient] = []
         expired: list[FailedRecipient] = []
+        elsewhere: list[ClaimedRecipient] = []
         for rcpt, reply in zip(job.recipients, replies, strict=True):
             attempt = rcpt.attempts + 1
+            kind = (
+                None
+                if reply.is_positive
+                else classify_bounce(reply.code, reply.enhanced_code, reply.text)
+            )
+            if member is not None and self._judge(job, member, reply, kind):
+                # A block of this member says nothing about the address: another one tries.
+                elsewhere.append(rcpt)
+                states.append(RecipientState.DEFERRED)
+                self._log_rcpt(job, rcpt, "failover", reply, member=member, upstream=upstream)
+                continue
             state, next_attempt = next_state(
                 reply, attempt, now, job.message.expires_at, self.schedule, self._rng
             )
@@ -355,6 +374,13 @@ class Dispatcher:
             )
             if state is RecipientState.BOUNCED:
                 bounced.append(_failed(rcpt.address, reply, upstream))
+                if (
+                    self.on_hard_bounce is not None
+                    and member is not None
+                    and kind is not None
+                    and kind.is_hard
+                ):
+                    self.on_hard_bounce(rcpt.address, str(reply))
             elif state is RecipientState.EXPIRED:
                 expired.append(_failed(rcpt.address, reply, upstream, expired=True))
             self._log_rcpt(
@@ -370,6 +396,8 @@ class Dispatcher:
         if member is not None:
             outcomes = tuple(zip((r.address for r in job.recipients), replies, strict=True))
             self.traces.add(job.message.queue_id, "attempt", member.name, upstream, outcomes)
+        if elsewhere and member is not None:
+            self._elsewhere(job, member, elsewhere)
         self._record(results)
         self._notify(job.message, bounced, expired=False)
         self._notify(job.message, expired, expired=True)
@@ -465,6 +493,58 @@ class Dispatcher:
                     klass=job.message.content_class,
                 )
             )
+
+    def _judge(self, job: Job, member: Member, reply: Reply, kind: Classification | None) -> bool:
+        """Count the reply (of class ``kind``) in the member's reputation; True when it is
+        a policy block (5.7.x, a provider's block text) and another member may try."""
+        if self.reputation is not None:
+            if kind is None:
+                outcome = Outcome.DELIVERED
+            elif kind.is_policy:
+                outcome = Outcome.POLICY
+            elif kind.is_hard:
+                outcome = Outcome.HARD
+            else:
+                outcome = Outcome.BOUNCED if reply.is_permanent else Outcome.DEFERRED
+            self.reputation.record(member.name, job.domain, outcome)
+        if kind is None or not kind.is_policy:
+            return False
+        pool = self.pools.get(job.pool)
+        return pool is not None and any(
+            m.name != member.name and m.name not in job.tried for m in pool.members
+        )
+
+    def _elsewhere(self, job: Job, member: Member, rcpts: list[ClaimedRecipient]) -> None:
+        retry = Job(
+            job.message, rcpts, job.pool, job.priority, job.domain, {*job.tried, member.name}
+        )
+        self.traces.add(job.message.queue_id, "failover", member.name, "policy block")
+        pool = self.pools.get(job.pool)
+        if pool is not None:
+            pool.lanes[job.priority].appendleft(retry)  # tried at once, no attempt counted
+
+    def reputation_event(self, change: Change) -> None:
+        """A member (× provider) changed reputation state: an event in the log."""
+        new = change.new
+        event = "reputation_ok" if new.state is Reputation.OK else new.state.value
+        pool = next(
+            (p.name for p in self.pools.values() for m in p.members if m.name == change.member),
+            None,
+        )
+        log.warning("member %s (%s): %s (%s)", change.member, change.provider, event, new.reason)
+        self.log.write(
+            DeliveryRecord(
+                event=event,
+                pool=pool,
+                member=change.member,
+                provider=None if change.provider == MEMBER_WIDE else change.provider,
+                response=new.reason,
+                rule=new.reason,
+                until=new.until if new.state is Reputation.QUARANTINED else None,
+            )
+        )
+        if new.state is not Reputation.QUARANTINED:
+            self.wake()
 
     def member_event(self, member: Member, event: str, reason: str) -> None:
         log.info("member %s: %s (%s)", member.name, event, reason)

@@ -22,13 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smtplb.balancing import PickRequest, Strategy, make_strategy
-from smtplb.balancing.eligibility import (
-    Eligibility,
-    Eligible,
-    Selection,
-    ShapingView,
-    with_shaping,
-)
+from smtplb.balancing.eligibility import Eligibility, Eligible, Selection
 from smtplb.balancing.health import ActiveHealth, PassiveHealth, Transition, may_eject
 from smtplb.clock import Clock
 from smtplb.config import Config, MemberConfig, PoolConfig
@@ -204,19 +198,18 @@ def build_pools(
     paused: set[str],
     workers: int,
     clock: Clock,
-    shaping: ShapingView | None = None,
+    eligibility: Eligibility | None = None,
 ) -> dict[str, PoolRuntime]:
     """Every pool of ``config``; members in ``existing`` (by name) are reused.
 
     ``workers`` is the number of worker processes running (each member takes
     its share of ``max_connections``); a reload does not change it. ``clock``
-    times the new members' health and slow start. ``shaping``: per-provider limits
-    and suspensions, as eligibility filters."""
+    times the new members' health and slow start. ``eligibility``: the filters
+    of every pool (default: :class:`Eligibility`'s)."""
     pools: dict[str, PoolRuntime] = {}
     for pc in config.pools:
         members = [_member(config, pc, mc, existing, paused, workers, clock) for mc in pc.members]
-        eligibility = Eligibility() if shaping is None else with_shaping(shaping)
-        pools[pc.name] = PoolRuntime(pc, members, make_strategy(pc), eligibility)
+        pools[pc.name] = PoolRuntime(pc, members, make_strategy(pc), eligibility or Eligibility())
     return pools
 
 

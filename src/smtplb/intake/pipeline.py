@@ -36,6 +36,8 @@ from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.metrics import Metrics
 from smtplb.observability.record import DeliveryRecord
 from smtplb.observability.trace import TraceBook
+from smtplb.reputation.feedback import FeedbackError, FeedbackHandler, parse_arf
+from smtplb.reputation.state import State, normalize
 from smtplb.routing.routes import RoutingInput, classify_content, decide_route
 from smtplb.smtp.framing import BodyBudget
 from smtplb.smtp.reply import Reply
@@ -51,6 +53,7 @@ log = logging.getLogger("smtplb")
 
 _QUEUE_ID_PROCESS = f"{secrets.randbits(20):05X}"  # tells this process's ids apart
 _QUEUE_ID_COUNTER = itertools.count()
+_SUPPRESSED = Reply(550, "5.7.1", "Recipient address is on the suppression list")
 
 
 def new_queue_id() -> str:
@@ -86,6 +89,7 @@ class IntakePipeline:
         provider_of: Callable[[str, str], str | None] | None = None,
         signer: DkimSigner | None = None,
         dmarc_watch: DmarcWatch | None = None,
+        state: State | None = None,
     ) -> None:
         # (recipient domain, pool) -> its provider as far as it is known at intake (by
         # the domain, or its MX hosts already looked up), for the `received` record.
@@ -98,6 +102,9 @@ class IntakePipeline:
         self.metrics = metrics
         self.traces = traces
         self.is_draining = is_draining
+        self.state = state
+        # Consumes ARF mail sent to [reputation] feedback_addresses (set by app.py).
+        self.feedback: FeedbackHandler | None = None
         self._policies: dict[str, SessionPolicy] = {}
         # Message bodies held in memory at once by every session of this process.
         self.body_budget = BodyBudget(0)
@@ -142,7 +149,54 @@ class IntakePipeline:
             require_auth=smtp.require_auth,
             relay_allowed=relay_ok and not smtp.require_auth,
             body_budget=self.body_budget,
+            check_recipient=self._refuse_suppressed
+            if self.state is not None and self.config.suppression.on_intake == "reject"
+            else None,
         )
+
+    def _refuse_suppressed(self, address: str) -> Reply | None:
+        assert self.state is not None
+        if self.state.is_suppressed(address):
+            return _SUPPRESSED
+        return None
+
+    async def _consume_feedback(self, rcpt_to: list[str], data: bytes, queue_id: str) -> list[str]:
+        """A report to a feedback address is consumed here; the other recipients remain."""
+        addresses = self.config.reputation.feedback_addresses
+        if self.feedback is None or not addresses:
+            return rcpt_to
+        wanted = {normalize(a) for a in addresses}
+        kept = [r for r in rcpt_to if normalize(r) not in wanted]
+        if len(kept) < len(rcpt_to):
+            try:
+                await self.feedback.handle(parse_arf(data))
+            except FeedbackError as exc:
+                log.warning("feedback mail %s not used: %s", queue_id, exc)
+        return kept
+
+    def _drop_suppressed(self, envelope: Envelope, queue_id: str) -> list[str]:
+        """The recipients to keep; each suppressed one is logged as ``suppressed``."""
+        if self.state is None:
+            return envelope.rcpt_to
+        kept = []
+        for rcpt in envelope.rcpt_to:
+            if not self.state.is_suppressed(rcpt):
+                kept.append(rcpt)
+                continue
+            self.delivery_log.write(
+                DeliveryRecord(
+                    event="suppressed",
+                    queue_id=queue_id,
+                    sender=envelope.mail_from,
+                    recipient=rcpt,
+                    recipient_domain=domain_of(rcpt),
+                    client_ip=envelope.client_ip,
+                    code=_SUPPRESSED.code,
+                    enhanced_code=_SUPPRESSED.enhanced_code,
+                    response=_SUPPRESSED.text,
+                )
+            )
+        return kept
 
     def refuse(self) -> Reply | None:
         """The greeting's refusal, while draining."""
@@ -189,14 +243,18 @@ class IntakePipeline:
         Raises SpoolError, or MessageRefused when a compliance check refuses it."""
         now = time.time()
         queue_id = new_queue_id()
+        rcpt_to = self._drop_suppressed(envelope, queue_id)
+        rcpt_to = await self._consume_feedback(rcpt_to, data, queue_id)
+        if not rcpt_to:
+            return queue_id  # accepted and dropped: suppressed, or a consumed report
         content, headers, message_id = prepare_message(
             data, envelope, self.config.hostname, queue_id, now
         )
-        content_class = classify_content(headers, len(envelope.rcpt_to))
+        content_class = classify_content(headers, len(rcpt_to))
         default_pool = self.config.pools[0].name
         recipients = []
         routed = []  # traced once stored: a refused message leaves no trace rows
-        for rcpt in envelope.rcpt_to:
+        for rcpt in rcpt_to:
             decision = decide_route(
                 self.config.routes,
                 default_pool,

@@ -17,6 +17,8 @@ from smtplb.observability.record import DeliveryRecord
 OUTCOMES = ("delivered", "deferred", "bounced", "expired", "failover", "suppressed")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 HEALTH_STATES = ("up", "half_open", "ejected", "down", "paused")
+REPUTATION_STATES = ("ok", "throttled", "quarantined", "probation")
+REPUTATION_EVENTS = ("quarantined", "throttled", "probation", "reputation_ok")
 
 
 class Metrics:
@@ -131,6 +133,22 @@ class Metrics:
             registry=r,
         )
         self._rate_limited_seen: dict[tuple[str, str], int] = {}
+        self.reputation_state = Gauge(
+            "smtplb_member_reputation_state",
+            "1 for the reputation state of a member x provider (provider '*': the member)",
+            ["member", "provider", "state"],
+            registry=r,
+        )
+        self.reputation_rate = Gauge(
+            "smtplb_member_reputation_rate",
+            "Rates over [reputation] window: hard_bounce, policy_block, deferred per attempt, "
+            "complaint per delivery",
+            ["member", "provider", "kind"],
+            registry=r,
+        )
+        self.complaints = Counter(
+            "smtplb_complaints", "Complaints received (ARF or JSON)", ["member"], registry=r
+        )
 
     def on_record(self, record: DeliveryRecord) -> None:
         event = record.event
@@ -143,10 +161,12 @@ class Metrics:
                 self._child(self.latency, pool, member).observe(latency / 1000)
         elif event == "received":
             self._child(self.received, pool).inc()
-        elif event.startswith("member_"):
+        elif event.startswith("member_") or event in REPUTATION_EVENTS:
             self._child(self.member_events, pool, member, event).inc()
         elif event == "suspended":
             self._child(self.suspensions, record.provider or "", member, record.rule or "").inc()
+        elif event == "complaint":
+            self._child(self.complaints, member).inc()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: this runs for every delivery event."""
@@ -165,6 +185,17 @@ class Metrics:
         self.active.labels(pool, member).set(active)
         self.idle.labels(pool, member).set(idle)
         self.weight.labels(pool, member).set(weight)
+
+    def set_reputation(self, member: str, view: dict[str, Any]) -> None:
+        """From a member's ``reputation`` view (:meth:`ReputationBook.view`)."""
+        rows = [("*", view), *view.get("providers", {}).items()]
+        for provider, p in rows:
+            for state in REPUTATION_STATES:
+                self.reputation_state.labels(member, provider, state).set(p["state"] == state)
+            for kind in ("hard_bounce", "policy_block", "deferred", "complaint"):
+                rate = p.get(f"{kind}_rate")
+                if rate is not None:
+                    self.reputation_rate.labels(member, provider, kind).set(rate)
 
     def set_queue(self, depth: dict[str, int], ages: dict[str, float]) -> None:
         for state, count in depth.items():

@@ -37,6 +37,9 @@ MEMBER_EVENTS = (
     "member_paused",
     "member_resumed",
     "quarantined",
+    "throttled",
+    "probation",
+    "reputation_ok",
     "suspended",
 )
 EVENTS = RECIPIENT_EVENTS + MEMBER_EVENTS

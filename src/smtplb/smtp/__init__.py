@@ -3,7 +3,9 @@
 * ``reply``: the :class:`~smtplb.smtp.reply.Reply` type and reading replies
   off the wire (enhanced status codes included);
 * ``replies``: the replies the server side says, by name;
-* ``status``: what a negative reply means for a recipient (bounce kinds);
+* ``bounce``: what a negative reply means: a bounce category close to sisimai's
+  and what delivery does about it (suppress, elsewhere, defer, bounce);
+* ``status``: the coarse bounce kinds (hard, policy, soft, transient) for counting;
 * ``framing``: ``NEED_DATA``, command lines, DATA dot-stuffing and the DATA
   body reader with its memory budget;
 * ``verbs``: the SMTP commands as an enum, the triggers both state tables share.

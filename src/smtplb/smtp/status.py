@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from typing import Final
 
+from smtplb.smtp.bounce import classify_bounce
 from smtplb.smtp.reply import Reply
 
 __all__ = ["BounceKind", "classify_reply"]
@@ -19,22 +19,15 @@ class BounceKind(enum.Enum):
     TRANSIENT = "transient"  # 4xx
 
 
-_HARD_SUBJECTS: Final = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1", "5.4.1"})
-_HARD_TEXT: Final = ("user unknown", "no such user", "does not exist", "unknown user", "no mailbox")
-
-
 def classify_reply(reply: Reply) -> BounceKind | None:
-    """The bounce class of a negative reply; None for a positive one."""
+    """The bounce class of a negative reply; None for a positive one. The coarse
+    reading of :func:`smtplb.smtp.bounce.classify_bounce` (provider texts, then
+    RFC 3463 codes), for counting."""
     if reply.is_positive:
         return None
     if reply.is_transient:
         return BounceKind.TRANSIENT
-    enhanced_code = reply.enhanced_code or ""
-    if enhanced_code.startswith("5.7"):
+    found = classify_bounce(reply.code, reply.enhanced_code, reply.text)
+    if found.is_policy:
         return BounceKind.POLICY
-    if enhanced_code in _HARD_SUBJECTS:
-        return BounceKind.HARD
-    text = reply.text.lower()
-    if not enhanced_code and reply.code == 550 and any(t in text for t in _HARD_TEXT):
-        return BounceKind.HARD
-    return BounceKind.SOFT
+    return BounceKind.HARD if found.is_hard else BounceKind.SOFT

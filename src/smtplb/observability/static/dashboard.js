@@ -190,7 +190,7 @@
   // -- pools and members ---------------------------------------------------------------
 
   const COLUMNS = [
-    ["member", "Member"], ["health", "Health"], ["weight", "Weight", "num"],
+    ["member", "Member"], ["health", "Health"], ["reputation", "Reputation"], ["weight", "Weight", "num"],
     ["connections", "Connections"], ["per_minute", "Rate/min", "num"],
     ["latency_p50_ms", "p50", "num"], ["latency_p95_ms", "p95", "num"],
     ["delivered", "Delivered", "num"], ["deferred", "Deferred", "num"],
@@ -215,6 +215,8 @@
     $('[data-field="member"]', row).append(
       el("div", { class: "m-name" }, m.name), el("div", { class: "m-sub" }));
     $('[data-field="health"]', row).append(el("span", { class: "pill" }));
+    $('[data-field="reputation"]', row).append(
+      el("span", { class: "rep-pill" }), el("div", { class: "rep-providers" }));
     $('[data-field="connections"]', row).append(
       el("div", { class: "conn" }, el("div", { class: "bar" }, el("span")), el("span", { class: "conn-text" })));
     return row;
@@ -228,6 +230,17 @@
     setAttr(pill, "data-health", m.health);
     setText(pill, label(m.health));
     setAttr(cell("health"), "data-value", m.health);
+    // Reputation: the member's worst state, and per provider its state and rates.
+    const rep = m.reputation ?? { state: "ok", providers: {} };
+    const repPill = $(".rep-pill", cell("reputation"));
+    setAttr(repPill, "data-reputation", rep.state);
+    setText(repPill, label(rep.state));
+    setAttr(repPill, "title", rep.reason ?? "");
+    setAttr(cell("reputation"), "data-value", rep.state);
+    const pct = (x) => `${(100 * (x ?? 0)).toFixed(1)}%`;
+    setText($(".rep-providers", row), Object.entries(rep.providers ?? {}).map(([name, p]) =>
+      `${name} ${p.state}: hard ${pct(p.hard_bounce_rate)} · block ${pct(p.policy_block_rate)}` +
+      ` · compl ${pct(p.complaint_rate)} (${p.attempts})`).join("; "));
 
     const load = m.max_connections ? m.active / m.max_connections : 0;
     const conn = $(".conn", row);

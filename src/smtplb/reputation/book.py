@@ -1,0 +1,274 @@
+"""The reputation book of a node: per member and member × provider, the rolling
+counts and the standing (:mod:`smtplb.reputation.standing`), fed by delivery
+outcomes and complaints, read by the balancing filters.
+
+It is also a pool's eligibility filter (:meth:`ReputationBook.skip_reason`:
+quarantined members are excluded for the job's provider) and its share
+(:meth:`ReputationBook.share`: throttled and probation members get less).
+State changes go to ``on_change`` (the dispatcher logs them as events), and
+the whole book is saved to and loaded from the reputation
+:class:`~smtplb.reputation.state.State` so that a restart keeps it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from smtplb.clock import Clock
+from smtplb.config import ReputationConfig
+from smtplb.reputation.standing import (
+    SHARE,
+    Counts,
+    Outcome,
+    Reputation,
+    Standing,
+    Thresholds,
+    Window,
+    after_attempt,
+    next_standing,
+)
+
+MEMBER_WIDE = "*"
+
+_PROVIDERS = {
+    "gmail.com": "gmail",
+    "googlemail.com": "gmail",
+    "yahoo.com": "yahoo",
+    "ymail.com": "yahoo",
+    "aol.com": "yahoo",
+    "outlook.com": "microsoft",
+    "hotmail.com": "microsoft",
+    "live.com": "microsoft",
+    "msn.com": "microsoft",
+    "icloud.com": "apple",
+    "me.com": "apple",
+    "mac.com": "apple",
+}
+
+
+def provider_of(domain: str) -> str:
+    """The provider a recipient domain belongs to, by name only ("other" when
+    unknown). The one function to swap for provider recognition by MX."""
+    return _PROVIDERS.get(domain.lower(), "other")
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class _Request(Protocol):
+    @property
+    def recipient_domain(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    member: str
+    provider: str  # MEMBER_WIDE for the whole member
+    old: Reputation
+    new: Standing
+
+
+class ReputationBook:
+    def __init__(
+        self,
+        config: ReputationConfig,
+        clock: Clock,
+        provider_of: Callable[[str], str] = provider_of,
+    ) -> None:
+        self.thresholds = Thresholds.from_config(config)
+        self.window_length = float(config.window)
+        self.clock = clock
+        self.provider_of = provider_of
+        self.on_change: Callable[[Change], None] | None = None
+        # (member, provider) and (member, MEMBER_WIDE): the member's mail to all providers
+        self._windows: dict[tuple[str, str], Window] = {}
+        self._providers: dict[str, set[str]] = {}
+        self._standings: dict[tuple[str, str], Standing] = {}
+        self.dirty = False
+
+    def reconfigure(self, config: ReputationConfig) -> None:
+        self.thresholds = Thresholds.from_config(config)
+
+    # -- outcomes ------------------------------------------------------------------
+
+    def record(self, member: str, domain: str, outcome: Outcome) -> None:
+        """One outcome of ``member`` for a recipient at ``domain``."""
+        now = self.clock.wall()
+        provider = self.provider_of(domain)
+        key = (member, provider)
+        for k in (key, (member, MEMBER_WIDE)):
+            window = self._windows.get(k)
+            if window is None:
+                window = self._windows[k] = Window(self.window_length)
+            window.add(outcome, now)
+        providers = self._providers.setdefault(member, set())
+        providers.add(provider)
+        self.dirty = True
+        if outcome is not Outcome.COMPLAINT:
+            for k in (key, (member, MEMBER_WIDE)):
+                current = self._standings.get(k)
+                if current is not None:
+                    self._standings[k] = after_attempt(current)
+        self._judge(key, now)
+        if len(providers) > 1:  # one provider: its own judgement says it all
+            self._judge((member, MEMBER_WIDE), now)
+
+    def counts(self, member: str, provider: str, now: float | None = None) -> Counts:
+        """Counts over the window (``MEMBER_WIDE``: to every provider); do not change them."""
+        window = self._windows.get((member, provider))
+        if window is None:
+            return Counts()
+        return window.total(self.clock.wall() if now is None else now)
+
+    def _judge(self, key: tuple[str, str], now: float) -> Standing:
+        old = self._standings.get(key, Standing())
+        new = next_standing(old, self.counts(*key, now), self.thresholds, now)
+        if new is not old:
+            self._set(key, old, new)
+        return new
+
+    def _set(self, key: tuple[str, str], old: Standing, new: Standing) -> None:
+        self._standings[key] = new
+        self.dirty = True
+        if new.state is Reputation.PROBATION:
+            # Probation judges what the member does from now on.
+            for k in self._windows if key[1] == MEMBER_WIDE else [key]:
+                if k[0] == key[0] and k in self._windows:
+                    self._windows[k].clear()
+        if new.state is not old.state and self.on_change is not None:
+            self.on_change(Change(key[0], key[1], old.state, new))
+
+    def standing(self, member: str, provider: str) -> Standing:
+        """The standing now (a quarantine whose cool-down is over becomes probation)."""
+        key = (member, provider)
+        current = self._standings.get(key)
+        if current is None:
+            return Standing()
+        if current.state is Reputation.QUARANTINED and self.clock.wall() >= current.until:
+            return self._judge(key, self.clock.wall())
+        return current
+
+    # -- the balancing side ----------------------------------------------------------
+
+    def skip_reason(self, member: _Named, request: _Request, now: float) -> str | None:
+        """Eligibility filter: a quarantined member takes no job for that provider."""
+        if not self._standings:
+            return None
+        for provider in (MEMBER_WIDE, self.provider_of(request.recipient_domain)):
+            s = self.standing(member.name, provider)
+            if s.state is Reputation.QUARANTINED:
+                scope = "" if provider == MEMBER_WIDE else f" for {provider}"
+                left = max(0.0, s.until - self.clock.wall())
+                return f"quarantined{scope} ({s.reason}; {left:.0f}s to probation)"
+        return None
+
+    def share(self, member: _Named, request: _Request, now: float) -> float:
+        """The share of its weight a member keeps: half when throttled, a tenth on probation."""
+        if not self._standings:
+            return 1.0
+        member_wide = self.standing(member.name, MEMBER_WIDE).state
+        provider = self.standing(member.name, self.provider_of(request.recipient_domain)).state
+        return min(SHARE[member_wide], SHARE[provider])
+
+    def __repr__(self) -> str:
+        bad = {
+            f"{m}/{p}": s.state.value
+            for (m, p), s in self._standings.items()
+            if s.state.value != "ok"
+        }
+        return f"ReputationBook({len(self._windows)} counters, {bad or 'all ok'})"
+
+    # -- operators -------------------------------------------------------------------
+
+    def quarantine(self, member: str, reason: str = "by the operator") -> Standing:
+        now = self.clock.wall()
+        key = (member, MEMBER_WIDE)
+        old = self._standings.get(key, Standing())
+        new = Standing(Reputation.QUARANTINED, now, now + self.thresholds.quarantine, 0, reason)
+        self._set(key, old, new)
+        return new
+
+    def release(self, member: str) -> None:
+        """Every standing of ``member`` back to ok, its counts started again."""
+        now = self.clock.wall()
+        for key in [k for k in self._standings if k[0] == member]:
+            old = self._standings[key]
+            if old.state is not Reputation.OK:
+                self._set(key, old, Standing(Reputation.OK, now, reason="released by the operator"))
+        for key in [k for k in self._windows if k[0] == member]:
+            self._windows[key].clear()
+
+    # -- views -----------------------------------------------------------------------
+
+    def view(self, member: str) -> dict[str, Any]:
+        """``reputation`` of a member in /api/v1/members (SPEC §3.4)."""
+        now = self.clock.wall()
+        member_wide = self.standing(member, MEMBER_WIDE)
+        worst = member_wide
+        providers: dict[str, Any] = {}
+        for provider in sorted(self._providers.get(member, ())):
+            s = self.standing(member, provider)
+            counts = self.counts(member, provider, now)
+            providers[provider] = {
+                "state": s.state.value,
+                "attempts": counts.attempts,
+                **{f"{k}_rate": round(v, 5) for k, v in counts.rates().items()},
+                **_reason(s),
+            }
+            if _ORDER[s.state] > _ORDER[worst.state]:
+                worst = s
+        return {"state": worst.state.value, **_reason(worst), "providers": providers}
+
+    # -- persistence -----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "saved_at": self.clock.wall(),
+            "standings": [
+                [m, p, s.state.value, s.since, s.until, s.probation_left, s.reason]
+                for (m, p), s in self._standings.items()
+            ],
+            "windows": [
+                [m, p, {str(k): _counts_row(c) for k, c in w.slices.items()}]
+                for (m, p), w in self._windows.items()
+            ],
+        }
+
+    def load(self, snapshot: dict[str, Any]) -> None:
+        for m, p, state, since, until, left, reason in snapshot.get("standings", []):
+            self._standings[(m, p)] = Standing(Reputation(state), since, until, left, reason)
+        for m, p, slices in snapshot.get("windows", []):
+            window = Window(self.window_length)
+            window.load({int(k): Counts(*row) for k, row in slices.items()})
+            self._windows[(m, p)] = window
+            if p != MEMBER_WIDE:
+                self._providers.setdefault(m, set()).add(p)
+
+
+_ORDER = {
+    Reputation.OK: 0,
+    Reputation.PROBATION: 1,
+    Reputation.THROTTLED: 2,
+    Reputation.QUARANTINED: 3,
+}
+
+
+def _reason(s: Standing) -> dict[str, Any]:
+    if s.state is Reputation.OK:
+        return {}
+    out: dict[str, Any] = {"reason": s.reason, "since": s.since}
+    if s.state is Reputation.QUARANTINED:
+        out["until"] = s.until
+    if s.state is Reputation.PROBATION:
+        out["probation_left"] = s.probation_left
+    return out
+
+
+def _counts_row(c: Counts) -> list[int]:
+    return [c.delivered, c.deferred, c.hard_bounce, c.policy_block, c.bounced, c.complaint]
+
+
+__all__ = ["MEMBER_WIDE", "Change", "ReputationBook", "provider_of"]

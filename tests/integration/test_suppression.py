@@ -1,0 +1,111 @@
+"""The suppression list over real sockets: a hard bounce suppresses the address,
+the next message to it is refused at RCPT (550 5.7.1), and after `smtplb suppress
+remove` it is accepted again; `drop` accepts and logs `suppressed`; the CLI
+imports and exports."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from smtplb.sink.server import SinkProfile, ThreadedSink
+from tests.integration.conftest import Smtplb, relay_config, wait_until
+
+GONE = "gone@example.org"
+
+
+def _cli(node: Smtplb, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "smtplb", *args, "--api", node.api_url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout
+
+
+def _send(node: Smtplb, rcpt: str) -> None:
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as client:
+        client.sendmail("app@shop.test", [rcpt], b"Subject: hi\r\n\r\nbody\r\n")
+
+
+def test_hard_bounce_suppresses_then_remove_accepts_again(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    sink = sinks(SinkProfile(unknown_users=frozenset({GONE})))
+    node = smtplb(*relay_config(tmp_path / "var", [sink.port])).start()
+
+    _send(node, GONE)  # accepted by smtplb; the sink answers 550 5.1.1
+    wait_until(
+        lambda: GONE in _cli(node, "suppress", "list"), 15, "the hard bounce to be suppressed"
+    )
+    listed = json.loads(_cli(node, "suppress", "list", "--json"))["suppressions"]
+    assert [(e["address"], e["source"]) for e in listed] == [(GONE, "bounce")]
+    assert "5.1.1" in listed[0]["reason"]
+
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        _send(node, GONE)
+    code, text = refused.value.recipients[GONE]
+    assert code == 550 and text.startswith(b"5.7.1")
+
+    assert "removed" in _cli(node, "suppress", "remove", GONE)
+    assert GONE not in _cli(node, "suppress", "list")
+    sink.profile = SinkProfile()  # the mailbox exists again
+    _send(node, GONE)  # accepted at RCPT again, and delivered
+    wait_until(
+        lambda: any(m.rcpt_to == [GONE] for m in sink.received), 10, "delivery to the address"
+    )
+
+
+def test_drop_accepts_logs_suppressed_and_delivers_the_others(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    sink = sinks()
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [sink.port])
+    node = smtplb(text + '[suppression]\non_intake = "drop"\n', smtp_port, http_port).start()
+    imported = tmp_path / "list.csv"
+    imported.write_text("address,reason\nBlocked@Example.org,complained\nother@example.org,x\n")
+    assert "2 added" in _cli(node, "suppress", "add", "--file", str(imported))
+
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as client:
+        refused = client.sendmail(
+            "app@shop.test", ["blocked@example.org", "ok@example.org"], b"Subject: x\r\n\r\nx\r\n"
+        )
+    assert refused == {}  # accepted: drop, not reject
+    assert sink.wait_for(1, timeout=10)
+    assert sink.received[0].rcpt_to == ["ok@example.org"]
+    wait_until(
+        lambda: any(r["event"] == "suppressed" for r in node.delivery_log()), 10, "the log record"
+    )
+    (record,) = [r for r in node.delivery_log() if r["event"] == "suppressed"]
+    assert record["recipient"] == "blocked@example.org" and record["enhanced_code"] == "5.7.1"
+
+    exported = _cli(node, "suppress", "list", "--csv").splitlines()
+    assert exported[0] == "address,reason,source,created_at"
+    assert [line.split(",")[:3] for line in exported[1:]] == [
+        ["blocked@example.org", "", "operator"],
+        ["other@example.org", "", "operator"],
+    ]
+
+
+def test_api_refuses_a_bad_address_and_404s_an_unknown_one(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    node = smtplb(*relay_config(tmp_path / "var", [sinks().port])).start()
+    status, doc = node.api("/api/v1/suppressions", "POST", {"addresses": ["not an address"]})
+    assert status == 422 and "addresses" in doc["detail"]
+    status, _ = node.api("/api/v1/suppressions/nobody@example.org", "DELETE")
+    assert status == 404
+    status, doc = node.api(
+        "/api/v1/suppressions", "POST", {"address": "a@example.org", "reason": "r"}
+    )
+    assert status == 200 and doc == {"added": 1, "requested": 1}
+    status, doc = node.api("/api/v1/suppressions?address=A@example.org")
+    assert status == 200 and doc["suppressions"][0]["reason"] == "r"

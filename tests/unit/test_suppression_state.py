@@ -1,0 +1,72 @@
+"""The embedded reputation state: the suppression list in the spool database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from smtplb.reputation.embedded import SqliteState
+from smtplb.reputation.state import Suppression, normalize
+
+
+def test_add_lookup_list_remove(tmp_path: Path) -> None:
+    state = SqliteState(tmp_path / "spool.db")
+
+    async def go() -> None:
+        added = await state.suppress(
+            [Suppression("<A@Example.org>", "550 5.1.1", "bounce", 1.0), Suppression("b@x.test")]
+        )
+        assert added == 2
+        assert await state.suppress([Suppression("a@example.org", "again")]) == 0  # kept first
+        assert state.is_suppressed("a@EXAMPLE.org") and not state.is_suppressed("c@x.test")
+        assert await state.suppression_count() == 2
+        (entry,) = await state.suppressions(address="A@example.org")
+        assert entry == Suppression("a@example.org", "550 5.1.1", "bounce", 1.0)
+        page = await state.suppressions(limit=1, offset=1)
+        assert [e.address for e in page] == ["b@x.test"]
+        assert await state.unsuppress(["A@example.org", "nobody@x.test"]) == 1
+        assert not state.is_suppressed("a@example.org")
+
+    asyncio.run(go())
+    state.close()
+
+
+def test_the_list_survives_a_reopen_and_is_shared_by_connections(tmp_path: Path) -> None:
+    first = SqliteState(tmp_path / "spool.db")
+    second = SqliteState(tmp_path / "spool.db")  # another worker on the same node
+    asyncio.run(first.suppress([Suppression("x@example.org")]))
+    assert second.is_suppressed("x@example.org")
+    first.close()
+    second.close()
+    assert SqliteState(tmp_path / "spool.db").is_suppressed("X@example.org")
+
+
+def test_a_lookup_in_a_million_entries_is_an_index_probe(tmp_path: Path) -> None:
+    state = SqliteState(tmp_path / "spool.db")
+    asyncio.run(state.suppress([Suppression(f"user{i}@example.org") for i in range(200_000)]))
+    plan = state._reader.execute(
+        "EXPLAIN QUERY PLAN SELECT 1 FROM suppression WHERE address = ?", ("x",)
+    ).fetchall()
+    assert "PRIMARY KEY" in str(plan) or "USING" in str(plan), plan
+    started = time.perf_counter()
+    hits = sum(state.is_suppressed(f"user{i * 7}@example.org") for i in range(10_000))
+    per_lookup = (time.perf_counter() - started) / 10_000
+    assert hits == 10_000
+    assert per_lookup < 200e-6, f"{per_lookup * 1e6:.1f} us per lookup"
+    state.close()
+
+
+def test_normalize() -> None:
+    assert normalize(" <Some.One@Example.ORG> ") == "some.one@example.org"
+
+
+def test_an_unavailable_database_is_opened_at_the_next_use(tmp_path: Path) -> None:
+    missing = tmp_path / "not-yet" / "spool.db"  # as unopenable as a full disk
+    state = SqliteState(missing)
+    assert not state.is_suppressed("x@example.org")
+    assert asyncio.run(state.load_book(0)) is None
+    missing.parent.mkdir()
+    asyncio.run(state.suppress([Suppression("x@example.org")]))
+    assert state.is_suppressed("x@example.org")
+    state.close()
