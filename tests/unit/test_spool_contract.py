@@ -901,6 +901,34 @@ def test_sqlite_schema_version_and_pragmas(db: Path) -> None:
         run(_open_close(db))
 
 
+def test_sqlite_trace_steps_of_one_message_and_commit_share_a_row(db: Path) -> None:
+    """A message's steps noted before one commit are one row (and one index entry):
+    trace persistence runs for every message, so rows are what it costs."""
+
+    async def main() -> None:
+        spool = SqliteSpool(db)
+        await spool.open()
+        spool.note_trace("q1", T0, "routed", ("a@x.test", None, "default", 1, "transactional"))
+        spool.note_trace("q2", T0, "routed", ("b@x.test", 0, "default", 1, "bulk"))
+        await store_rids(spool, msg("q1"))
+        spool.note_trace("q1", T0 + 1, "dispatch", (("a@x.test",), "default", 1, "m1", "rr", ()))
+        spool.note_trace("q1", T0 + 2, "attempt", ("m1", "192.0.2.9:25", (("a@x.test", "250 Ok"),)))
+        await store_rids(spool, msg("q2"))
+        assert [(ts, step) for ts, step, _ in await spool.trace("q1")] == [
+            (T0, "routed"),
+            (T0 + 1, "dispatch"),
+            (T0 + 2, "attempt"),
+        ]
+        assert (await spool.trace("q1"))[2][2] == ("m1", "192.0.2.9:25", [["a@x.test", "250 Ok"]])
+        await spool.close()
+
+    run(main())
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT queue_id, COUNT(*) FROM traces GROUP BY queue_id").fetchall()
+    conn.close()
+    assert sorted(rows) == [("q1", 2), ("q2", 1)]
+
+
 def test_sqlite_unopenable_path_is_a_spool_error(tmp_path: Path) -> None:
     with pytest.raises(SpoolError, match=f"cannot open spool {tmp_path}"):
         run(_open_close(tmp_path))  # a directory, not a database file

@@ -55,6 +55,9 @@ class TraceBook:
             ts = time.time()
             entries.append((ts, step, details))
             if self.persist is not None:
+                if step == "attempt":  # replies stored as their text: what get() shows
+                    member, upstream, outcomes = details
+                    details = (member, upstream, tuple((a, str(r)) for a, r in outcomes))
                 self.persist(queue_id, ts, step, details)
 
     def get(self, queue_id: str, stored: Iterable[Step] = ()) -> list[dict[str, Any]]:

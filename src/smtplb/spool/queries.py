@@ -17,6 +17,8 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any, Final
 
+import msgspec
+
 from smtplb.model import RecipientState, domain_of
 from smtplb.spool.base import (
     ClaimedMessage,
@@ -259,16 +261,33 @@ def purge(conn: sqlite3.Connection, older_than: float, limit: int) -> int:
     return len(rows)
 
 
-def _encode_details(details: Any) -> str:
-    # Replies and other objects in a step's details are kept as their text (str()),
-    # which is what queue show prints of them.
-    return json.dumps(details, default=str, separators=(",", ":"), ensure_ascii=False)
+# Objects other than JSON's types in a step's details are kept as their text (str()),
+# which is what queue show prints of them. (TraceBook hands replies over as text: msgspec
+# would encode a dataclass as an object, not call the hook.)
+_TRACE_ENCODER = msgspec.json.Encoder(enc_hook=str)
+# The step of a row that holds several steps of one message: details are
+# [[ts, step, details], ...]. Steps of a message noted before the same commit (dispatch
+# and attempt, mostly) share a row: fewer rows and index entries to write.
+STEPS_ROW: Final = "*"
 
 
 def insert_traces(conn: sqlite3.Connection, steps: list[tuple[str, float, str, Any]]) -> None:
+    by_message: dict[str, list[tuple[float, str, Any]]] = {}
+    for qid, ts, step, details in steps:
+        entries = by_message.get(qid)
+        if entries is None:
+            by_message[qid] = [(ts, step, details)]
+        else:
+            entries.append((ts, step, details))
+    encode = _TRACE_ENCODER.encode
     conn.executemany(
         "INSERT INTO traces(queue_id, ts, step, details) VALUES (?,?,?,?)",
-        [(qid, ts, step, _encode_details(details)) for qid, ts, step, details in steps],
+        [
+            (qid, e[0][0], e[0][1], encode(e[0][2]).decode())
+            if len(e) == 1
+            else (qid, e[0][0], STEPS_ROW, encode(e).decode())
+            for qid, e in by_message.items()
+        ],
     )
 
 
@@ -362,9 +381,12 @@ def get_content(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
 
 
 def read_trace(conn: sqlite3.Connection, queue_id: str) -> list[TraceStep]:
-    return [
-        (ts, step, tuple(json.loads(details)))
-        for ts, step, details in conn.execute(
-            "SELECT ts, step, details FROM traces WHERE queue_id=? ORDER BY rowid", (queue_id,)
-        )
-    ]
+    steps: list[TraceStep] = []
+    for ts, step, details in conn.execute(
+        "SELECT ts, step, details FROM traces WHERE queue_id=? ORDER BY rowid", (queue_id,)
+    ):
+        if step == STEPS_ROW:
+            steps += [(ts, step, tuple(details)) for ts, step, details in json.loads(details)]
+        else:
+            steps.append((ts, step, tuple(json.loads(details))))
+    return steps

@@ -88,7 +88,8 @@ CREATE TRIGGER IF NOT EXISTS recipients_count_upd AFTER UPDATE OF state ON recip
 END;
 
 -- Keyed by queue id, not message pk: intake notes the route before the message
--- has a row. Details are JSON, in the order smtplb.observability.trace names them.
+-- has a row. Details are JSON, in the order smtplb.observability.trace names them;
+-- a row with step '*' holds several steps of one message: [[ts, step, details], ...].
 CREATE TABLE IF NOT EXISTS traces (
     queue_id TEXT NOT NULL,
     ts REAL NOT NULL,
