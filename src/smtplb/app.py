@@ -17,7 +17,13 @@ from pathlib import Path
 
 from smtplb.api import create_app
 from smtplb.api.server import HttpServer
-from smtplb.balancing.eligibility import EXCLUDE, Eligibility
+from smtplb.balancing.eligibility import (
+    EXCLUDE,
+    WAIT,
+    Eligibility,
+    OverProviderLimit,
+    SuspendedForProvider,
+)
 from smtplb.clock import Clock, SystemClock
 from smtplb.config import Config
 from smtplb.delivery.bounces import DsnWriter
@@ -39,6 +45,8 @@ from smtplb.observability.webhooks import Webhooks
 from smtplb.reputation.book import ReputationBook
 from smtplb.reputation.embedded import SqliteState
 from smtplb.reputation.feedback import FeedbackHandler
+from smtplb.reputation.rules import RuleBook
+from smtplb.reputation.shaping import Shaping
 from smtplb.reputation.suppression import BounceSuppressor
 from smtplb.reputation.warmup_gate import (
     WarmupGate,
@@ -47,6 +55,7 @@ from smtplb.reputation.warmup_gate import (
     warming_members,
 )
 from smtplb.reputation.warmup_store import SqliteWarmupState
+from smtplb.routing.providers import ProviderTable
 from smtplb.service import Service
 from smtplb.spool.base import Spool
 from smtplb.spool.shards import shard_path
@@ -90,13 +99,22 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     paused = PausedMembers(data_dir / "paused-members")
     book = ReputationBook(config.reputation, clock)
     warmup = build_warmup(config, data_dir, clock, delivery_log)
+    shaping = Shaping(ProviderTable.build(config.providers), RuleBook(config.providers), clock)
+    # Member-wide reputation, then suspensions for the job's provider, then the warm-up cap,
+    # exclude; the provider's rate and connections make a member wait.
     eligibility = Eligibility(
-        exclude=(*EXCLUDE, book.skip_reason, warmup.gate),
+        exclude=(*EXCLUDE, book.skip_reason, SuspendedForProvider(shaping), warmup.gate),
+        wait=(*WAIT, OverProviderLimit(shaping)),
         share=book.share,
         reservers=(warmup.gate,),
     )
     pools = build_pools(config, {}, paused.load(), config.workers, clock, eligibility)
-    resolver = MxResolver(config.static_routes)
+    resolver = MxResolver(
+        config.static_routes,
+        nameservers=config.dns.nameservers,
+        mx_port=config.delivery.mx_port,
+        clock=clock,
+    )
     dispatcher = Dispatcher(
         spool=spool,
         pools=pools,
@@ -108,6 +126,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         traces=traces,
         clock=clock,
         experiments=experiments,
+        shaping=shaping,
     )
 
     service: Service  # bound below; the pipeline asks only once the service runs
@@ -119,6 +138,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         metrics=metrics,
         traces=traces,
         is_draining=lambda: service.draining,
+        provider_of=dispatcher.provider_hint,
         signer=DkimSigner(load_keyring(config.dkim)),  # ConfigError names a bad key file
         dmarc_watch=DmarcWatch(
             dns_lookup(config.dns.nameservers),

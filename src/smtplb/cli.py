@@ -19,6 +19,7 @@ from smtplb.commands.admin import drain, members, queue, suppress
 from smtplb.commands.common import CONFIG_OPTION, config_or_exit
 from smtplb.commands.experiment import experiment
 from smtplb.commands.logs import logs
+from smtplb.commands.providers import providers
 from smtplb.commands.warmup import warmup
 from smtplb.config import parse_hostport
 from smtplb.mailauth.commands import auth, dkim
@@ -158,6 +159,7 @@ main.add_command(drain)
 main.add_command(warmup)
 main.add_command(logs)
 main.add_command(experiment)
+main.add_command(providers)
 main.add_command(dkim)
 main.add_command(auth)
 

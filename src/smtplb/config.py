@@ -26,6 +26,7 @@ from smtplb.config_sections import (
     DkimConfig,
     DnsConfig,
     ExperimentConfig,
+    ProviderConfig,
     ReputationConfig,
     Section,
     SuppressionConfig,
@@ -34,7 +35,7 @@ from smtplb.config_sections import (
     validate_reputation,
 )
 from smtplb.config_shape import Rules, check_shape, key_name, related
-from smtplb.units import Duration, Size
+from smtplb.units import Duration, Size, parse_rate
 
 STRATEGIES = ("round_robin", "weighted", "least_connections", "latency", "hash", "failover")
 HASH_KEYS = ("recipient_domain", "sender_domain", "client_ip", "sender")
@@ -51,13 +52,13 @@ ROUTE_MATCH_KEYS = (
     "header",
     "class",
 )
+RULE_ACTIONS = ("suspend", "throttle", "suspend_provider", "defer", "bounce", "reduce_connections")
 MAX_MESSAGE_SIZE = Size(2 * 1024**3)
 
 # Keys SPEC §3.4 names for features that are not built yet: accepted with a warning
 # ("not implemented yet, ignored") rather than refused as unknown. A key leaves this
 # table by itself once its struct field exists; delete the entry with the feature.
 PLANNED = {
-    "providers": "SPEC §3.4 [[providers]]: no per-provider limits or reply rules",
     "cluster.node": "SPEC §3.4 [cluster] node: no cluster",
 }
 # Keys that parse but whose feature does nothing yet: a warning when set (true or a
@@ -190,6 +191,7 @@ class DeliveryConfig(Section):
     connection_idle: Duration = Duration(10)
     max_in_flight: int = 2000
     keep_final: Duration = Duration(86400)  # finished messages stay for `queue show`
+    mx_port: int = 25  # the port of MX hosts (tests point it at a sink)
 
 
 class LogConfig(Section):
@@ -208,6 +210,7 @@ class WebhookConfig(Section):
             "expired",
             "complaint",
             "member_*",
+            "suspended",
             "quarantined",
             "throttled",
             "probation",
@@ -244,6 +247,8 @@ class Config(Section):
     dkim: list[DkimConfig] = msgspec.field(default_factory=list)
     compliance: ComplianceConfig = msgspec.field(default_factory=ComplianceConfig)
     dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
+    providers: list[ProviderConfig] = msgspec.field(default_factory=list)
+
     suppression: SuppressionConfig = msgspec.field(default_factory=SuppressionConfig)
     reputation: ReputationConfig = msgspec.field(default_factory=ReputationConfig)
     experiments: list[ExperimentConfig] = msgspec.field(default_factory=list)
@@ -469,13 +474,48 @@ def _validate(cfg: Config) -> list[str]:
             f"warmup.{kind}_hold",
             f"expected 0 < {kind}_hold <= {kind}_step_back <= 1, got {hold} and {back}",
         )
+    check(0 < cfg.delivery.mx_port < 65536, "delivery.mx_port", "must be a port from 1 to 65535")
     problems.extend(_validate_mail_auth(cfg))
+    problems.extend(_validate_providers(cfg.providers))
     problems.extend(validate_reputation(cfg.suppression, cfg.reputation))
     problems.extend(
         validate_experiments(
             cfg.experiments, {p.name: {m.name for m in p.members} for p in cfg.pools}, STRATEGIES
         )
     )
+    return problems
+
+
+def _validate_providers(providers: list[ProviderConfig]) -> list[str]:
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, p in enumerate(providers):
+        at = f"providers[{i}]"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", p.name):
+            problems.append(f"{at}.name: expected a lower-case name like 'gmail', got {p.name!r}")
+        if p.name in seen:
+            problems.append(f"{at}.name: provider {p.name!r} is defined twice")
+        seen.add(p.name)
+        for key in ("max_connections", "max_messages_per_connection"):
+            value = getattr(p, key)
+            if value is not None and value < 1:
+                problems.append(f"{at}.{key}: must be at least 1")
+        if p.rate is not None:
+            try:
+                parse_rate(p.rate)
+            except ValueError as exc:
+                problems.append(f"{at}.rate: {exc}")
+        for j, rule in enumerate(p.rules):
+            rat = f"{at}.rules[{j}]"
+            try:
+                re.compile(rule.match)
+            except re.error as exc:
+                problems.append(f"{rat}.match: not a valid regular expression: {exc}")
+            if rule.action not in RULE_ACTIONS:
+                problems.append(
+                    f"{rat}.action: unknown action {rule.action!r} "
+                    f"(expected one of {', '.join(RULE_ACTIONS)})"
+                )
     return problems
 
 

@@ -49,6 +49,25 @@ class ExperimentConfig(Section):
     variants: list[ExperimentVariantConfig] = msgspec.field(default_factory=list)
 
 
+class ProviderRuleConfig(Section):
+    match: str  # regex on "code enhanced text" of a reply
+    action: str
+    duration: Duration = Duration(3600)
+    name: str = ""  # default: "<provider>-<index>"
+
+
+class ProviderConfig(Section):
+    """One mailbox provider; an entry with a built-in name replaces that one."""
+
+    name: str
+    domains: list[str] = msgspec.field(default_factory=list)
+    mx_suffixes: list[str] = msgspec.field(default_factory=list)
+    max_connections: int | None = None  # per member, for this provider
+    max_messages_per_connection: int | None = None
+    rate: str | None = None  # per member: "N/s", "N/m", "N/h", "N/d"
+    rules: list[ProviderRuleConfig] = msgspec.field(default_factory=list)
+
+
 class ClusterConfig(Section):
     redis: str | None = None
 

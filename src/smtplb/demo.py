@@ -3,7 +3,10 @@
 The upstreams are smart sinks: ``steady`` accepts everything, ``flaky``
 defers some mail the way Gmail rate-limits (421 4.7.28) and knows no
 ``nobody@`` users, ``slow`` takes 250 ms per message. The pool balances by
-latency. Early on ``slow`` starts refusing mail with ``550 5.7.1`` (its IP is
+latency. ``flaky`` also plays Gmail throttling it: for ``gmail.test`` it
+answers 421 4.7.28 more often, a response rule suspends ``flaky`` for Gmail
+for 20 s at a time, and Gmail's mail goes through the other two meanwhile.
+Early on ``slow`` starts refusing mail with ``550 5.7.1`` (its IP is
 on a blocklist): those recipients go at once to the other members, and after
 20 attempts ``slow`` is quarantined; the block is lifted, and after the
 cool-down it comes back on probation. A third of the way in ``steady`` dies;
@@ -48,8 +51,17 @@ class Traffic:
     refused: int = 0  # recipients smtplb refused at intake (e.g. while it drained)
     # (queue_id, recipient) -> last event, for the application's mail (not DSNs)
     fate: dict[tuple[str, str], str] = field(default_factory=dict)
+    suspensions: int = 0  # response rules that fired
 
     def on_record(self, record: DeliveryRecord) -> None:
+        if record.event == "suspended":
+            self.suspensions += 1
+            left = (record.until or 0) - time.time()
+            click.echo(
+                f"  {record.member or 'all members'} suspended for {record.provider} "
+                f"for {left:.0f}s by rule {record.rule}: {record.response}"[:160]
+            )
+            return
         if record.event in ("quarantined", "probation", "reputation_ok", "throttled"):
             click.echo(f"        member {record.member!r} {record.event}: {record.response}")
         if record.sender != "app@shop.test" or not record.queue_id or not record.recipient:
@@ -73,10 +85,19 @@ def _profiles() -> dict[str, SinkProfile]:
     flaky = DomainRule(
         accept=0.85, defer=0.15, defer_reply=parse_reply("421 4.7.28 Rate limited, try later")
     )
+    gmail_throttles = DomainRule(
+        accept=0.7,
+        defer=0.3,
+        defer_reply=parse_reply(
+            "421 4.7.28 Our system has detected an unusual rate of unsolicited mail "
+            "originating from your IP address. To protect our users from spam, mail sent "
+            "from your IP address has been temporarily rate limited."
+        ),
+    )
     return {
         "steady": SinkProfile(seed=1),
         "flaky": SinkProfile(
-            rules={"*": flaky},
+            rules={"*": flaky, "gmail.test": gmail_throttles},
             unknown_users=frozenset(f"nobody@{d}" for d in DOMAINS),
             seed=2,
         ),
@@ -140,6 +161,23 @@ async def run_demo(duration: float, rate: float, http_port: int, smtp_port: int)
             "http": {"listen": f"127.0.0.1:{http_port}"},
             "health": {"interval": "1s", "timeout": "1s", "rise": 2, "fall": 2, "slow_start": "5s"},
             "delivery": {"retry_base": "2s", "retry_max": "5s", "max_lifetime": "1h"},
+            # Gmail by its test domain, with a short suspension so the demo shows
+            # both the back-off and the return.
+            "providers": [
+                {
+                    "name": "gmail",
+                    "domains": ["gmail.test"],
+                    "mx_suffixes": ["google.com"],
+                    "rules": [
+                        {
+                            "name": "gmail-4.7.28-demo",
+                            "match": r"^421 4\.7\.28",
+                            "action": "suspend",
+                            "duration": "20s",
+                        }
+                    ],
+                }
+            ],
             "reputation": {
                 "min_volume": 20,
                 "quarantine": f"{max(3, int(duration / 5))}s",
@@ -168,8 +206,9 @@ async def run_demo(duration: float, rate: float, http_port: int, smtp_port: int)
     url = f"http://127.0.0.1:{service.http_port}/"
     click.echo(f"smtplb demo: dashboard at {url}  (SMTP on 127.0.0.1:{smtp_port})")
     click.echo(
-        "  upstreams: steady, flaky (15% 421 4.7.28), slow (+250 ms),"
-        f" fresh (a new IP in warm-up, 20 a day per provider); {rate:g} msg/s"
+        f"  upstreams: steady, flaky (15% 421 4.7.28; 30% for gmail.test, which suspends "
+        f"it for Gmail), slow (+250 ms), fresh (a new IP in warm-up, 20 a day per provider);"
+        f" {rate:g} msg/s"
     )
     traffic = Traffic()
     service.delivery_log.listeners.append(traffic.on_record)
@@ -329,6 +368,7 @@ async def _summary(service: Service, traffic: Traffic) -> int:
     click.echo(f"  bounced                    {bounced}  (a DSN went back to the sender for each)")
     click.echo(f"  expired                    {expired}")
     click.echo(f"  still queued for retry     {still_queued}")
+    click.echo(f"  suspensions by rules       {traffic.suspensions}  (smtplb providers shows them)")
     click.echo("  per member:")
     for m in service.members():
         c = m.counters

@@ -53,8 +53,10 @@ from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
 from smtplb.reputation.book import ReputationBook
 from smtplb.reputation.feedback import Feedback, FeedbackHandler
+from smtplb.reputation.rules import RuleBook
 from smtplb.reputation.state import State
 from smtplb.reputation.suppression import BounceSuppressor
+from smtplb.routing.providers import ProviderTable
 from smtplb.spool.base import MessageView, Spool
 from smtplb.spool.shards import ShardedQueue, adopt_orphans
 from smtplb.workers import (
@@ -189,6 +191,7 @@ class Service:
         self.metrics.set_queue(await self.spool.stats(), await self.spool.oldest_age(time.time()))
         # (with several workers each reports its own shard; worker 0's /metrics adds them up)
         self.metrics.set_waiting((p.name, p.waiting()) for p in self.pools.values())
+        self.metrics.set_providers(self.provider_views())
 
     async def metrics_text(self) -> bytes:
         await self.refresh_gauges()
@@ -225,6 +228,10 @@ class Service:
             for p in self.pools.values()
         ]
 
+    def provider_views(self) -> list[dict[str, Any]]:
+        # This worker's shaping state (each worker shapes its own share of the traffic).
+        return self.dispatcher.desk.shaping.snapshot(m.name for m in self.members())
+
     async def overview(self) -> dict[str, Any]:
         peers = self._peer_snapshots()
         members = merge_members(self._own_member_views(), peers)
@@ -248,6 +255,8 @@ class Service:
                 }
                 for p in self.pools.values()
             ],
+            # Providers this worker has sent to, or that are suspended (the panel).
+            "providers": [p for p in self.provider_views() if p["members"] or p.get("suspended")],
             "queue": await self.queue.stats(),
             "queue_oldest_age": await self.queue.oldest_age(time.time()),
             "totals": totals,
@@ -480,6 +489,8 @@ class Service:
             )
         )
         self.book.reconfigure(new.reputation)
+        self.dispatcher.desk.shaping.providers = ProviderTable.build(new.providers)
+        self.dispatcher.desk.shaping.rules = RuleBook(new.providers)
         self.resolver.static = MxResolver(new.static_routes).static
         self.dispatcher.schedule = retry_schedule(new)
         self.dsn.reporting_mta = new.hostname

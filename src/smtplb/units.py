@@ -69,6 +69,20 @@ class Size(int):
         return cls(int(size))
 
 
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h|d)\s*$")
+_RATE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate(value: str) -> float:
+    """Messages per second from ``"N/s"``, ``"N/m"``, ``"N/h"`` or ``"N/d"``."""
+    m = _RATE.match(value) if isinstance(value, str) else None
+    if m is None or float(m.group(1)) <= 0:
+        raise ValueError(
+            f'expected a rate like "120/m" (N/s, N/m, N/h or N/d, N > 0), got {value!r}'
+        )
+    return float(m.group(1)) / _RATE_UNITS[m.group(2)]
+
+
 def format_duration(seconds: float) -> str:
     for unit, factor in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= factor and seconds % factor == 0:

@@ -89,8 +89,9 @@ def dnsmasq_argv(zone: Zone, port: int) -> list[str]:
 class DnsServer:
     """dnsmasq on 127.0.0.1:PORT (UDP and TCP) serving a :class:`Zone`."""
 
-    def __init__(self, zone: Zone, workdir: Path | None = None) -> None:
+    def __init__(self, zone: Zone, workdir: Path | None = None, ttl: int = 0) -> None:
         self.zone = zone
+        self.ttl = ttl  # of the zone's answers (dnsmasq's --local-ttl; 0: not to be cached)
         self.port = free_port()
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
@@ -101,7 +102,12 @@ class DnsServer:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        argv = [*dnsmasq_argv(self.zone, self.port), "--keep-in-foreground", "--pid-file="]
+        argv = [
+            *dnsmasq_argv(self.zone, self.port),
+            "--keep-in-foreground",
+            "--pid-file=",
+            f"--local-ttl={self.ttl}",
+        ]
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )

@@ -549,3 +549,24 @@ def test_cli_bad_dimension_is_a_usage_error(tmp_path: Path) -> None:
     result = _run(str(log), "--by", "pool,colour")
     assert result.exit_code == 2
     assert "unknown --by colour" in result.output
+
+
+# Postfix relaying to Google, Yahoo and Outlook: the provider from the relay host's
+# name (the recipient domains are customers' own), or from a provider's own domain.
+POSTFIX_PROVIDERS = """\
+Mar  3 11:00:01 mx1 postfix/smtp[1]: 4F9D195501: to=<a@corp.example>, relay=aspmx.l.google.com[142.250.1.27]:25, delay=1, delays=0/0/0.5/0.5, dsn=2.0.0, status=sent (250 2.0.0 OK gsmtp)
+Mar  3 11:00:02 mx1 postfix/smtp[1]: 4F9D195502: to=<b@gmail.com>, relay=gmail-smtp-in.l.google.com[142.250.1.26]:25, delay=1, delays=0/0/0.5/0.5, dsn=4.7.28, status=deferred (host gmail-smtp-in.l.google.com[142.250.1.26] said: 421-4.7.28 Our system has detected an unusual rate of unsolicited mail (in reply to end of DATA command))
+Mar  3 11:00:03 mx1 postfix/smtp[1]: 4F9D195503: to=<c@yahoo.com>, relay=mta6.am0.yahoodns.net[67.195.204.72]:25, delay=1, delays=0/0/0.5/0.5, dsn=2.0.0, status=sent (250 ok dirdel)
+Mar  3 11:00:04 mx1 postfix/smtp[1]: 4F9D195504: to=<d@hotmail.com>, relay=hotmail-com.olc.protection.outlook.com[52.101.1.1]:25, delay=1, delays=0/0/0.5/0.5, dsn=2.0.0, status=sent (250 2.6.0 Queued mail for delivery)
+Mar  3 11:00:05 mx1 postfix/smtp[1]: 4F9D195505: to=<e@shop.example>, relay=mx.shop.example[192.0.2.9]:25, delay=1, delays=0/0/0.5/0.5, dsn=2.0.0, status=sent (250 ok)
+"""  # noqa: E501
+
+
+def test_cli_by_provider_reads_postfix_relay_hosts(tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    log.write_text(POSTFIX_PROVIDERS)
+    result = _run(str(log), "--by", "provider", "--json")
+    assert result.exit_code == 0, result.output
+    groups = {g["group"]["provider"]: g for g in json.loads(result.output)["groups"]}
+    assert set(groups) == {"gmail", "yahoo", "outlook", "other"}
+    assert groups["gmail"]["delivered"] == 1 and groups["gmail"]["attempted"] == 2

@@ -74,6 +74,10 @@ class StandIn:
     def pool_views(self) -> list[dict[str, Any]]:
         return [{"name": "main", "strategy": "round_robin", "waiting": 0, "members": ["m1"]}]
 
+    def provider_views(self) -> list[dict[str, Any]]:
+        lane = {"member": "m1", "active": 0, "concurrency": 3, "suspended": None}
+        return [{"name": "gmail", "suspended": None, "members": [lane]}]
+
     def pause(self, member: str) -> dict[str, Any] | None:
         return {**MEMBER, "paused": True} if member == "m1" else None
 
@@ -231,6 +235,7 @@ CASES = [
     ("post", "/api/v1/queue/Q1/retry", None, 200),
     ("post", "/api/v1/queue/nope/retry", None, 404),
     ("get", "/api/v1/pools", None, 200),
+    ("get", "/api/v1/providers", None, 200),
     ("get", "/api/v1/members", None, 200),
     ("post", "/api/v1/members/m1/pause", None, 200),
     ("post", "/api/v1/members/nope/pause", None, 404),

@@ -232,7 +232,6 @@ def test_unknown_top_level_key_names_the_key() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        {"providers": [{"name": "gmail"}]},
         {"cluster": {"node": "node-a"}},
     ],
 )

@@ -67,6 +67,11 @@ class Operations(Protocol):
         """Every pool: name, strategy, waiting jobs, member names."""
         ...
 
+    def provider_views(self) -> list[dict[str, Any]]:
+        """Every mailbox provider: its limits and rules, and per member that sent to it
+        the connections, adaptive window, rate and any suspension."""
+        ...
+
     # -- members -------------------------------------------------------------------
 
     def pause(self, member: str) -> dict[str, Any] | None:

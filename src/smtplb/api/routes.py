@@ -241,6 +241,13 @@ async def pools_list(request: Request) -> Response:
 
 
 @protected
+@documented((200, "ProviderList", "Every mailbox provider"))
+async def providers_list(request: Request) -> Response:
+    """Mailbox providers: limits, rules, and per member connections, rate and suspensions."""
+    return JSONResponse({"providers": _ops(request).provider_views()})
+
+
+@protected
 @documented((200, "Member", "The member, now paused"), fails=[404])
 async def member_pause(request: Request) -> Response:
     """Stop new traffic to a member; what it has in progress finishes. Survives restarts."""
@@ -503,6 +510,7 @@ ROUTES = [
     Route("/api/v1/queue/{queue_id}/retry", queue_retry, methods=["POST"]),
     Route("/api/v1/pools", pools_list),
     Route("/api/v1/members", members_list),
+    Route("/api/v1/providers", providers_list),
     Route("/api/v1/members/{name}/pause", member_pause, methods=["POST"]),
     Route("/api/v1/members/{name}/resume", member_resume, methods=["POST"]),
     Route("/api/v1/members/{name}/quarantine", member_quarantine, methods=["POST"]),

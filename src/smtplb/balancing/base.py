@@ -55,6 +55,7 @@ class PickRequest:
     client_ip: str = ""
     sender: str = ""
     tried: AbstractSet[str] = frozenset()
+    provider: str = ""  # the recipient domain's mailbox provider ("" before it is known)
 
 
 C = TypeVar("C", bound=Candidate)

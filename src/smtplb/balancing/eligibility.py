@@ -132,6 +132,51 @@ def over_connection_limit(member: MemberView, request: PickRequest, now: float) 
     return None
 
 
+class ShapingView(Protocol):
+    """Per member × provider limits (:class:`smtplb.reputation.shaping.Shaping`)."""
+
+    def suspended(self, member: str, provider: str, now: float) -> str | None: ...
+
+    def over_limit(self, member: str, provider: str, now: float) -> str | None: ...
+
+
+class SuspendedForProvider:
+    """EXCLUDE: a response rule suspended this member (or every member) for the
+    job's provider: ``suspended for gmail until 14:05 by rule gmail-4.7.28``."""
+
+    __name__ = "suspended_for_provider"
+
+    def __init__(self, shaping: ShapingView) -> None:
+        self.shaping = shaping
+
+    def __call__(self, member: MemberView, request: PickRequest, now: float) -> str | None:
+        if not request.provider:
+            return None
+        return self.shaping.suspended(member.name, request.provider, now)
+
+
+class OverProviderLimit:
+    """WAIT: the member is at its connection limit or out of rate for the job's
+    provider (``over rate for gmail``); the job waits, no attempt is counted."""
+
+    __name__ = "over_provider_limit"
+
+    def __init__(self, shaping: ShapingView) -> None:
+        self.shaping = shaping
+
+    def __call__(self, member: MemberView, request: PickRequest, now: float) -> str | None:
+        if not request.provider:
+            return None
+        return self.shaping.over_limit(member.name, request.provider, now)
+
+
+def with_shaping(shaping: ShapingView) -> Eligibility:
+    """The default filters plus the provider ones: suspension excludes, shaping waits."""
+    return Eligibility(
+        (*EXCLUDE, SuspendedForProvider(shaping)), (*WAIT, OverProviderLimit(shaping))
+    )
+
+
 EXCLUDE: tuple[SkipReason, ...] = (failed_this_attempt, paused, down, ejected)
 WAIT: tuple[SkipReason, ...] = (over_connection_limit,)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -15,6 +16,20 @@ from smtplb.observability.log_reader import chronological, read_lines
 @click.group()
 def logs() -> None:
     """Read delivery logs (smtplb's JSON Lines or Postfix's mail log)."""
+
+
+def _provider_of(table: ProviderTable) -> Callable[[DeliveryRecord], str | None]:
+    """A record's provider from its recipient domain, else its relay host's name
+    (Postfix's ``relay=alt1.gmail-smtp-in.l.google.com[…]:25``), else ``other``."""
+
+    def provider_of(record: DeliveryRecord) -> str | None:
+        by_domain = table.by_domain(record.recipient_domain or "")
+        if by_domain is not None:
+            return by_domain
+        host = (record.member or "").rpartition(":")[0] or record.member or ""
+        return (table.by_mx([host]) if host else None) or OTHER
+
+    return provider_of
 
 
 @logs.command("analyze")
@@ -39,7 +54,7 @@ def logs_analyze(files: tuple[Path, ...], by: str, as_json: bool) -> None:
     """
     dims = [d.strip() for d in by.split(",") if d.strip()]
     try:
-        analyzer = Analyzer(dims)
+        analyzer = Analyzer(dims, provider_of=_provider_of(ProviderTable.build()))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--by") from None
     missing = [p for p in files if str(p) != "-" and not p.is_file()]

@@ -36,6 +36,7 @@ from smtplb.delivery.member import AttemptResult, Member
 from smtplb.delivery.mx import MxResolver, ResolveError
 from smtplb.delivery.outcome import RetrySchedule, next_state, transaction_outcomes
 from smtplb.delivery.pools import LANES, Job, PoolRuntime, no_member_reply
+from smtplb.delivery.provider_desk import ProviderDesk
 from smtplb.delivery.records import (
     failed_recipient,
     job_records,
@@ -49,7 +50,10 @@ from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord, member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.reputation.book import Change, ReputationBook
+from smtplb.reputation.rules import RuleBook
+from smtplb.reputation.shaping import Shaping, waits_for_provider
 from smtplb.reputation.standing import Outcome, Reputation
+from smtplb.routing.providers import OTHER, ProviderTable
 from smtplb.smtp.bounce import Classification, classify_bounce
 from smtplb.smtp.reply import Reply
 from smtplb.spool.base import (
@@ -62,6 +66,7 @@ from smtplb.spool.base import (
 )
 
 log = logging.getLogger("smtplb.delivery")
+SCAN_LIMIT = 256  # jobs looked at per lane and pump, past those waiting for their provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +101,17 @@ class Dispatcher:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         experiments: Experiments | None = None,
+        shaping: Shaping | None = None,
     ) -> None:
         self.experiments = experiments
         self.clock = clock if clock is not None else SystemClock()
         self.traces = traces if traces is not None else TraceBook()
+        if shaping is None:
+            shaping = Shaping(ProviderTable.build(), RuleBook(), self.clock)
+        self.desk = ProviderDesk(shaping, resolver, delivery_log, self.traces, self.clock)
+        self._wake_handle: asyncio.TimerHandle | None = None
+        self._recognising: set[asyncio.Task[None]] = set()  # jobs waiting for an MX lookup
+        self._wake_at = 0.0
         self.max_ejection_percent = max_ejection_percent
         self.spool = spool
         self.pools = pools
@@ -157,11 +169,33 @@ class Dispatcher:
             self.held += len(rcpts)
             job = Job(message, rcpts, pool_name, priority, domain, experiment=experiment)
             pool = self.pools.get(pool_name)
+            known = self.desk.recognise_now(job, pool)
             if pool is None:  # the pool was removed by a reload: defer, never drop
                 self._defer(job, Reply(451, "4.3.5", f"no pool named {pool_name!r}"))
                 continue
-            pool.lanes[priority].append(job)
+            if known:
+                pool.lanes[priority].append(job)
+            else:
+                task = asyncio.get_running_loop().create_task(self._recognise(job))
+                self._recognising.add(task)
+                task.add_done_callback(self._recognising.discard)
         self._schedule_pump()
+
+    def provider_hint(self, domain: str, pool: str) -> str | None:
+        """The recipient's provider as far as it is known now (for intake's record)."""
+        return self.desk.provider_hint(domain, self.pools.get(pool))
+
+    async def _recognise(self, job: Job) -> None:
+        """The job's provider from its domain's MX hosts, then into its lane."""
+        try:
+            await self.desk.recognise(job)
+        finally:
+            pool = self.pools.get(job.pool)
+            if pool is None:
+                self._defer(job, Reply(451, "4.3.5", f"no pool named {job.pool!r}"))
+            else:
+                pool.lanes[job.priority].append(job)
+                self._schedule_pump()
 
     # -- the pump ------------------------------------------------------------------
 
@@ -175,15 +209,40 @@ class Dispatcher:
         now = self.clock.monotonic()
         for pool in self.pools.values():
             self._pump_pool(pool, now)
+        wake = self.desk.shaping.take_wake()
+        if wake is not None and (self._wake_handle is None or wake < self._wake_at):
+            # A member over its rate gets a token then: look at the lanes again.
+            if self._wake_handle is not None:
+                self._wake_handle.cancel()
+            self._wake_at = wake
+            self._wake_handle = asyncio.get_running_loop().call_later(
+                max(0.0, wake - now), self._woken
+            )
+
+    def _woken(self) -> None:
+        self._wake_handle = None
+        self._schedule_pump()
 
     def _pump_pool(self, pool: PoolRuntime, now: float) -> None:
+        # Providers whose every eligible member is at its limit for them: their jobs
+        # wait in place, and jobs for other providers behind them go on (no head-of-
+        # line blocking across providers). Busy members make everything wait.
+        blocked: set[str] = set()
         for lane in pool.lanes:
-            while lane:
-                job = lane[0]
+            i = 0
+            while i < len(lane) and i < SCAN_LIMIT:
+                job = lane[i]
+                if job.provider in blocked:
+                    i += 1
+                    continue
                 choice = pool.choose(job, now)
                 if choice.waits:
-                    return  # busy: this lane and the lower ones wait for a free slot
-                lane.popleft()
+                    if not waits_for_provider(choice.selection.candidates):
+                        return  # busy: this lane and the lower ones wait for a free slot
+                    blocked.add(job.provider)
+                    i += 1
+                    continue
+                del lane[i]
                 if choice.member is None:
                     reply = no_member_reply(choice.selection)
                     self.traces.add(job.message.queue_id, "deferred", pool.name, reply.text)
@@ -204,6 +263,7 @@ class Dispatcher:
 
     def _start(self, job: Job, member: Member, now: float) -> None:
         member.start(now)
+        self.desk.started(job, member, now)
         self.active += 1
         self._idle.clear()
         task = asyncio.get_running_loop().create_task(self._deliver(job, member))
@@ -217,34 +277,52 @@ class Dispatcher:
         rcpts = [r.address for r in job.recipients]
         started = self.clock.monotonic()
         result = AttemptResult()  # nothing sent
+        overloaded = False
         try:
             destinations = await member.destinations(job.domain, self.resolver)
             delivered = await member.deliver(
-                destinations, msg.sender, rcpts, msg.content, smtputf8=not _ascii(msg, rcpts)
+                destinations,
+                msg.sender,
+                rcpts,
+                msg.content,
+                smtputf8=not _ascii(msg, rcpts),
+                max_messages=self.desk.max_messages(job),
             )
         except ResolveError as exc:
             reply = Reply(550 if exc.permanent else 451, exc.enhanced_code, str(exc))
             result = AttemptResult(self._settle(job, member, [reply] * len(rcpts)))
         except ConnectError as exc:
-            result = AttemptResult(failure=exc.reason, seconds=self.clock.monotonic() - started)
-            self._failover(job, member, exc)
+            seconds = self.clock.monotonic() - started
+            now = self.clock.monotonic()
+            ruled, overloaded, wait = self.desk.judge_failure(job, member, exc, now)
+            if ruled:  # the provider limits this member: not a health failure
+                result = AttemptResult(answered=True, seconds=seconds)
+            else:
+                result = AttemptResult(failure=exc.reason, seconds=seconds)
+            self._failover(job, member, exc, wait=wait)
         except Exception as exc:  # a bug must not lose the job: defer it
             log.exception("delivery of %r on %r failed unexpectedly", job, member)
             self._defer(job, Reply(451, "4.3.0", f"internal error: {type(exc).__name__}"))
         else:
             tr = delivered.result
-            replies = transaction_outcomes(tr.mail, tr.rcpts, tr.data)
+            replies, overloaded = self.desk.judge(
+                job,
+                member,
+                transaction_outcomes(tr.mail, tr.rcpts, tr.data),
+                self.clock.monotonic(),
+            )
             states = self._settle(job, member, replies, delivered.upstream, delivered.latency)
             if self.on_outcome is not None:
                 self.on_outcome(member, job, replies)
             accepted = tr.data is not None and tr.data.is_positive
             result = AttemptResult(states, True, None, delivered.latency, accepted)
         finally:
-            self._finish(job, member, result)
+            self._finish(job, member, result, overloaded)
 
-    def _finish(self, job: Job, member: Member, result: AttemptResult) -> None:
+    def _finish(self, job: Job, member: Member, result: AttemptResult, overloaded: bool) -> None:
         """The attempt goes back to its member (health, counters) in one call."""
         now = self.clock.monotonic()
+        self.desk.finished(job, member, now, overloaded=overloaded)
         pool = self.pools.get(job.pool)
         if pool is not None:
             if not result.answered:  # nothing sent: give back what the pick reserved
@@ -261,10 +339,16 @@ class Dispatcher:
             self._idle.set()
         self._schedule_pump()
 
-    def _failover(self, job: Job, member: Member, exc: ConnectError) -> None:
-        self._log_job(job, "failover", member=member, response=f"{exc.reason}: {exc}")
-        self.traces.add(job.message.queue_id, "failover", member.name, f"{exc.reason}: {exc}")
-        job.tried.add(member.name)
+    def _failover(self, job: Job, member: Member, exc: ConnectError, *, wait: bool = False) -> None:
+        """Back to the front of the lane without counting an attempt: for the next
+        member, or (``wait``) for this one once it has a free connection."""
+        if wait:
+            why = f"{exc.reason}: {exc}; waits for a connection to {job.provider}"
+            self.traces.add(job.message.queue_id, "failover", member.name, why)
+        else:
+            self._log_job(job, "failover", member=member, response=f"{exc.reason}: {exc}")
+            self.traces.add(job.message.queue_id, "failover", member.name, f"{exc.reason}: {exc}")
+            job.tried.add(member.name)
         pool = self.pools.get(job.pool)
         if pool is not None:
             pool.lanes[job.priority].appendleft(job)  # no attempt counted: try the next member
@@ -537,6 +621,7 @@ class Dispatcher:
                     sender=rcpt.sender,
                     recipient=rcpt.address,
                     recipient_domain=domain_of(rcpt.address),
+                    provider=self.desk.table.by_domain(domain_of(rcpt.address)) or OTHER,
                     code=rcpt.last_code,
                     enhanced_code=rcpt.last_enhanced_code,
                     response=rcpt.last_response or "maximum queue lifetime exceeded",
@@ -572,6 +657,13 @@ class Dispatcher:
         self._feed.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
+        # Jobs still waiting for an MX lookup go back to their lanes (and so to the spool).
+        for task in list(self._recognising):
+            task.cancel()
+        if self._recognising:
+            await asyncio.wait(list(self._recognising))
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
         give_back: list[RecipientResult] = []
         for pool in self.pools.values():
             for lane in pool.lanes:

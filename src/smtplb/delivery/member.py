@@ -205,11 +205,13 @@ class Member:
         data: bytes,
         *,
         smtputf8: bool = False,
+        max_messages: int | None = None,
     ) -> Delivered:
         """Send one transaction over a reused or new connection.
 
         Raises :class:`ConnectError` when no destination could be reached or the
-        connection failed before the upstream answered the data.
+        connection failed before the upstream answered the data. ``max_messages``:
+        the provider's messages per connection, when lower than the member's.
         """
         start = self.clock.monotonic()
         last_error: ConnectError | None = None
@@ -228,7 +230,7 @@ class Member:
                     if conn is not None:
                         self._discard(conn)
                     continue
-                self._release(dest, conn)
+                self._release(dest, conn, max_messages)
                 return Delivered(result, str(dest), self.clock.monotonic() - start)
         assert last_error is not None, "destinations is never empty"
         raise last_error
@@ -248,14 +250,18 @@ class Member:
         self.open_connections += 1
         try:
             return await SmtpClientConnection.open(
-                dest.host, dest.port, self.settings, source_ip=self.source_ip
+                dest.address or dest.host, dest.port, self.settings, source_ip=self.source_ip
             )
         except BaseException:
             self.open_connections -= 1
             raise
 
-    def _release(self, dest: Destination, conn: SmtpClientConnection) -> None:
+    def _release(
+        self, dest: Destination, conn: SmtpClientConnection, max_messages: int | None = None
+    ) -> None:
         limit = self.config.max_messages_per_connection
+        if max_messages is not None:
+            limit = min(limit, max_messages)
         if conn.is_usable and conn.messages_sent < limit and not self.paused:
             self._idle[dest].append(_Idle(conn, self.clock.monotonic()))
         else:

@@ -49,10 +49,15 @@ class Job:
     domain: str
     tried: set[str] = field(default_factory=set)
     experiment: tuple[str, str] | None = None  # (experiment, variant)
+    provider: str = ""  # the recipient domain's mailbox provider; "" until recognised
     request: PickRequest = field(init=False)
 
     def __post_init__(self) -> None:
+        self.set_provider(self.provider)
+
+    def set_provider(self, provider: str) -> None:
         # One request for every pick of this job: `tried` is the job's own set.
+        self.provider = provider
         sender = self.message.sender
         self.request = PickRequest(
             recipient_domain=self.domain,
@@ -60,6 +65,7 @@ class Job:
             client_ip=self.message.client_ip,
             sender=sender.lower(),
             tried=self.tried,
+            provider=provider,
         )
 
     @property

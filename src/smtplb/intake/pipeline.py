@@ -86,10 +86,14 @@ class IntakePipeline:
         metrics: Metrics,
         traces: TraceBook,
         is_draining: Callable[[], bool],
+        provider_of: Callable[[str, str], str | None] | None = None,
         signer: DkimSigner | None = None,
         dmarc_watch: DmarcWatch | None = None,
         state: State | None = None,
     ) -> None:
+        # (recipient domain, pool) -> its provider as far as it is known at intake (by
+        # the domain, or its MX hosts already looked up), for the `received` record.
+        self.provider_of = provider_of
         self.spool = spool
         self.signer = signer or DkimSigner(KeyRing())
         self.dmarc_watch = dmarc_watch
@@ -305,6 +309,9 @@ class IntakePipeline:
                     sender=envelope.mail_from,
                     recipient=r.address,
                     recipient_domain=domain_of(r.address),
+                    provider=self.provider_of(domain_of(r.address), r.pool)
+                    if self.provider_of
+                    else None,
                     pool=r.pool,
                     klass=content_class,
                     client_ip=envelope.client_ip,

@@ -361,6 +361,7 @@ class Listener:
         cap: ConnectionCap | None = None,
         auth_throttle: AuthThrottle | None = None,
         refuse: Callable[[], Reply | None] | None = None,
+        refuse_client: Callable[[str, int], Reply | None] | None = None,
         reuse_port: bool = False,
     ) -> None:
         self.host = host
@@ -377,6 +378,9 @@ class Listener:
         self._cap = cap
         self._auth_throttle = auth_throttle
         self._refuse = refuse
+        # (client ip, its connections already open) -> a refusal: the sink's
+        # per-client connection limits, answered like the provider it plays.
+        self._refuse_client = refuse_client
         self._reuse_port = reuse_port
         self._server: asyncio.Server | None = None
         self._connections: set[SmtpServerProtocol] = set()
@@ -443,6 +447,10 @@ class Listener:
             log.info("refusing %s: %d connections open on this listener's process", ip, cap.open)
             return SERVER_FULL
         count = self._per_client.get(ip, 0)
+        if self._refuse_client is not None:
+            refusal = self._refuse_client(ip, count)
+            if refusal is not None:
+                return refusal
         if count >= self._max_per_client:
             log.info("refusing %s: %d connections already", ip, count)
             return TOO_MANY_CONNECTIONS

@@ -278,8 +278,16 @@ class Analyzer:
     """Feed lines, get a :class:`Report`. Group by any of :data:`DIMENSIONS`."""
 
     def __init__(
-        self, by: Sequence[str] = (), *, sample_cap: int = SAMPLE_CAP, seed: int = 0
+        self,
+        by: Sequence[str] = (),
+        *,
+        sample_cap: int = SAMPLE_CAP,
+        seed: int = 0,
+        provider_of: Callable[[DeliveryRecord], str | None] | None = None,
     ) -> None:
+        # Fills `provider` where a line has none (Postfix's log: from the recipient
+        # domain or the relay host's name; smtplb logs from before providers).
+        self.provider_of = provider_of
         unknown = [d for d in by if d not in DIMENSIONS]
         if unknown:
             raise ValueError(f"unknown --by {', '.join(unknown)}; use {', '.join(DIMENSIONS)}")
@@ -302,6 +310,8 @@ class Analyzer:
         if source:
             self.sources[source] += 1
         if isinstance(parsed, DeliveryRecord):
+            if parsed.provider is None and self.provider_of is not None and parsed.recipient:
+                parsed.provider = self.provider_of(parsed)
             self._record(parsed)
         elif isinstance(parsed, QueueEvent):
             self._queue_event(parsed)

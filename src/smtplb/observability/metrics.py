@@ -109,6 +109,37 @@ class Metrics:
         self.waiting = Gauge(
             "smtplb_pool_waiting_jobs", "Jobs waiting in a pool's lanes", ["pool"], registry=r
         )
+        self.suspensions = Counter(
+            "smtplb_provider_suspensions",
+            "Response rules fired that suspend or throttle a member for a provider",
+            ["provider", "member", "rule"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "smtplb_provider_rate_limited",
+            "Times a member was passed over for being at its rate for a provider",
+            ["provider", "member"],
+            registry=r,
+        )
+        self.concurrency = Gauge(
+            "smtplb_provider_concurrency",
+            "Connections a member may open to a provider now (adaptive window, limits)",
+            ["provider", "member"],
+            registry=r,
+        )
+        self.provider_active = Gauge(
+            "smtplb_provider_active_connections",
+            "Deliveries in progress from a member to a provider",
+            ["provider", "member"],
+            registry=r,
+        )
+        self.suspended = Gauge(
+            "smtplb_provider_suspended",
+            "1 while a member (or, with member='', every member) is suspended for a provider",
+            ["provider", "member"],
+            registry=r,
+        )
+        self._rate_limited_seen: dict[tuple[str, str], int] = {}
         self.reputation_state = Gauge(
             "smtplb_member_reputation_state",
             "1 for the reputation state of a member x provider (provider '*': the member)",
@@ -155,6 +186,8 @@ class Metrics:
             self._child(self.received, pool).inc()
         elif event.startswith("member_") or event in REPUTATION_EVENTS:
             self._child(self.member_events, pool, member, event).inc()
+        elif event == "suspended":
+            self._child(self.suspensions, record.provider or "", member, record.rule or "").inc()
         elif event == "complaint":
             self._child(self.complaints, member).inc()
 
@@ -204,6 +237,22 @@ class Metrics:
     def set_waiting(self, pools: Iterable[tuple[str, int]]) -> None:
         for pool, waiting in pools:
             self.waiting.labels(pool).set(waiting)
+
+    def set_providers(self, providers: Iterable[dict[str, Any]]) -> None:
+        """Per provider and member, from the shaping snapshot (``provider_views``)."""
+        for p in providers:
+            name = p["name"]
+            self.suspended.labels(name, "").set(1 if p.get("suspended") else 0)
+            for lane in p["members"]:
+                member = lane["member"]
+                self.concurrency.labels(name, member).set(lane["concurrency"])
+                self.provider_active.labels(name, member).set(lane["active"])
+                self.suspended.labels(name, member).set(1 if lane["suspended"] else 0)
+                total = lane["rate_limited"]
+                seen = self._rate_limited_seen.get((name, member), 0)
+                if total > seen:
+                    self.rate_limited.labels(name, member).inc(total - seen)
+                self._rate_limited_seen[(name, member)] = total
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

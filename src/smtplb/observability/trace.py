@@ -27,6 +27,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "attempt": ("member", "upstream", "outcomes"),
     "failover": ("member", "reason"),
     "deferred": ("pool", "reason"),
+    "provider": ("provider", "recognised_by"),
 }
 
 

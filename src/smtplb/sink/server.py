@@ -24,6 +24,18 @@ A profile in TOML::
     stage = "data"                # or "rcpt": decide per recipient at RCPT
     defer_reply = "421 4.7.28 Unusual rate of unsolicited mail, try again later"
     reject_reply = "550 5.7.1 Message rejected as spam"
+
+Per client IP (the sending member's source address) the sink behaves like a
+provider that limits senders: ``[clients."IP"]`` (or ``"*"`` for every IP)::
+
+    [clients."127.0.0.2"]
+    rate = "20/m"                 # messages accepted per minute (sliding window);
+    throttle_reply = "421 4.7.28 ... rate limited"   # ... over it, at RCPT
+    throttle = true               # every RCPT gets throttle_reply
+    max_connections = 3           # concurrent sessions; more get connection_reply
+    connection_reply = "421 4.7.0 Too many concurrent connections from this IP"
+    block = true                  # every RCPT gets block_reply
+    block_reply = "550 5.7.1 Service unavailable, client host blocked (poor reputation)"
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ import signal
 import sys
 import threading
 import tomllib
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +66,7 @@ from smtplb.model import Envelope, domain_of
 from smtplb.smtp.reply import Reply
 
 __all__ = [
+    "ClientRule",
     "DomainRule",
     "ReceivedMessage",
     "SinkProfile",
@@ -68,6 +82,19 @@ _REPLY_RE = re.compile(r"([245]\d\d)(?: ([245]\.\d{1,3}\.\d{1,3}))?(?: (.*))?", 
 _UNKNOWN_USER = Reply(550, "5.1.1", "User unknown")
 _DEFAULT_DEFER = Reply(421, "4.7.28", "Rate limited, try again later")
 _DEFAULT_REJECT = Reply(550, "5.7.1", "Message rejected")
+# The providers' own words (Gmail's 4.7.28, a Postfix-style connection limit,
+# Spamhaus-style block), so response rules meet what they would meet live.
+_GMAIL_RATE = Reply(
+    421,
+    "4.7.28",
+    "Our system has detected an unusual rate of unsolicited mail originating from your "
+    "IP address. To protect our users from spam, mail sent from your IP address has been "
+    "temporarily rate limited.",
+)
+_TOO_MANY = Reply(421, "4.7.0", "Too many concurrent connections from this IP, try again later")
+_BLOCKED = Reply(550, "5.7.1", "Service unavailable, client host blocked (poor reputation)")
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h)\s*$")
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_reply(text: str) -> Reply:
@@ -118,8 +145,64 @@ class DomainRule:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientRule:
+    """How the sink treats one client IP: a rate, a connection limit, a block."""
+
+    rate: tuple[int, float] | None = None  # (messages, per seconds)
+    throttle: bool = False  # every RCPT gets throttle_reply (a rate of zero)
+    throttle_reply: Reply = _GMAIL_RATE
+    max_connections: int | None = None
+    connection_reply: Reply = _TOO_MANY
+    block: bool = False
+    block_reply: Reply = _BLOCKED
+
+    def __post_init__(self) -> None:
+        if not self.throttle_reply.is_transient:
+            raise ValueError(f"throttle_reply must be a 4xx reply, not {self.throttle_reply}")
+        if not self.connection_reply.is_transient:
+            raise ValueError(f"connection_reply must be a 4xx reply, not {self.connection_reply}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+
+
+def _parse_client(table: Mapping[str, Any]) -> ClientRule:
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in ("throttle_reply", "connection_reply", "block_reply"):
+            kwargs[key] = parse_reply(str(value))
+        elif key == "rate":
+            m = _RATE_RE.match(value) if isinstance(value, str) else None
+            if m is None or int(m[1]) < 1:
+                raise ValueError(f'rate must be like "20/m" (N/s, N/m or N/h), not {value!r}')
+            kwargs[key] = (int(m[1]), _RATE_UNITS[m[2]])
+        elif key == "max_connections":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError("max_connections must be an integer")
+            kwargs[key] = value
+        elif key in ("block", "throttle"):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false")
+            kwargs[key] = value
+        else:
+            raise ValueError(f"unknown key {key!r}; known: {sorted(_CLIENT_KEYS)}")
+    return ClientRule(**kwargs)
+
+
+_CLIENT_KEYS = {
+    "rate",
+    "throttle",
+    "throttle_reply",
+    "max_connections",
+    "connection_reply",
+    "block",
+    "block_reply",
+}
+
+
+@dataclass(frozen=True, slots=True)
 class SinkProfile:
     rules: Mapping[str, DomainRule] = field(default_factory=dict)  # domain or "*"
+    clients: Mapping[str, ClientRule] = field(default_factory=dict)  # client IP or "*"
     unknown_users: frozenset[str] = frozenset()  # lower-cased addresses, 550 5.1.1
     seed: int = 0
     hostname: str = "sink.smtplb.test"
@@ -129,6 +212,9 @@ class SinkProfile:
     def rule_for(self, domain: str) -> DomainRule:
         rule = self.rules.get(domain.lower()) or self.rules.get("*")
         return rule if rule is not None else _ACCEPT_ALL
+
+    def client_rule(self, ip: str) -> ClientRule | None:
+        return self.clients.get(ip) or self.clients.get("*")
 
 
 _ACCEPT_ALL = DomainRule()
@@ -148,6 +234,7 @@ _PROFILE_KEYS = {
     "max_recipients",
     "unknown_users",
     "domains",
+    "clients",
 }
 
 
@@ -189,6 +276,18 @@ def profile_from_dict(doc: Mapping[str, Any], *, source: str = "profile") -> Sin
             rules[str(domain).lower()] = DomainRule(**kwargs)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
+    clients: dict[str, ClientRule] = {}
+    client_tables = doc.get("clients", {})
+    if not isinstance(client_tables, Mapping):
+        raise ValueError(f'{source}: clients must be a table of [clients."IP"] tables')
+    for ip, table in client_tables.items():
+        where = f'{source}: clients."{ip}"'
+        if not isinstance(table, Mapping):
+            raise ValueError(f"{where} must be a table")
+        try:
+            clients[str(ip)] = _parse_client(table)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
     users = doc.get("unknown_users", [])
     if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
         raise ValueError(f"{source}: unknown_users must be a list of addresses")
@@ -200,7 +299,12 @@ def profile_from_dict(doc: Mapping[str, Any], *, source: str = "profile") -> Sin
             raise ValueError(f"{source}: {key} must be an integer")
     if not isinstance(kwargs.get("hostname", ""), str):
         raise ValueError(f"{source}: hostname must be a string")
-    return SinkProfile(rules=rules, unknown_users=frozenset(u.lower() for u in users), **kwargs)
+    return SinkProfile(
+        rules=rules,
+        clients=clients,
+        unknown_users=frozenset(u.lower() for u in users),
+        **kwargs,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,13 +355,22 @@ class SinkServer:
         self._counts = dict.fromkeys(
             ("accepted", "deferred", "rejected", "rcpt_deferred", "rcpt_rejected"), 0
         )
+        # What the per-client rules ([clients."IP"]) refused.
+        self._client_counts = dict.fromkeys(("throttled", "blocked", "connections_refused"), 0)
+        self._accepted_at: dict[str, deque[float]] = {}  # per client IP, for its rate
         self._keep = keep_messages
         self._on_message = on_message
         self._clock = clock if clock is not None else SystemClock()
         self._rng = random.Random(self.profile.seed)
         self._ids = itertools.count(1)
         self._record: IO[str] | None = None
-        self._listener = Listener(host=host, port=port, handler=self, policy_for=self._policy_for)
+        self._listener = Listener(
+            host=host,
+            port=port,
+            handler=self,
+            policy_for=self._policy_for,
+            refuse_client=self._refuse_client,
+        )
 
     @property
     def port(self) -> int:
@@ -270,6 +383,11 @@ class SinkServer:
     @property
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
+
+    @property
+    def client_counts(self) -> dict[str, int]:
+        """Refusals by the per-client rules: throttled, blocked, connections_refused."""
+        return dict(self._client_counts)
 
     async def start(self) -> None:
         self._rng = random.Random(self.profile.seed)
@@ -294,10 +412,43 @@ class SinkServer:
             max_message_size=profile.max_message_size,
             max_recipients=profile.max_recipients,
             relay_allowed=True,
-            check_recipient=self._check_recipient,
+            check_recipient=lambda address: self._check_recipient(address, client_ip),
         )
 
-    def _check_recipient(self, address: str) -> Reply | None:
+    def _refuse_client(self, ip: str, open_now: int) -> Reply | None:
+        rule = self.profile.client_rule(ip)
+        limit = None if rule is None else rule.max_connections
+        if rule is not None and limit is not None and open_now >= limit:
+            self._client_counts["connections_refused"] += 1
+            return rule.connection_reply
+        return None
+
+    def _client_refusal(self, ip: str) -> Reply | None:
+        """A blocked client, or one over its rate: the provider's reply."""
+        rule = self.profile.client_rule(ip)
+        if rule is None:
+            return None
+        if rule.block:
+            self._client_counts["blocked"] += 1
+            return rule.block_reply
+        if rule.throttle:
+            self._client_counts["throttled"] += 1
+            return rule.throttle_reply
+        if rule.rate is not None:
+            count, per = rule.rate
+            now = self._clock.monotonic()
+            times = self._accepted_at.setdefault(ip, deque())
+            while times and times[0] <= now - per:
+                times.popleft()
+            if len(times) >= count:
+                self._client_counts["throttled"] += 1
+                return rule.throttle_reply
+        return None
+
+    def _check_recipient(self, address: str, client_ip: str = "") -> Reply | None:
+        refusal = self._client_refusal(client_ip)
+        if refusal is not None:
+            return refusal
         profile = self.profile
         if address.lower() in profile.unknown_users:
             self._counts["rcpt_rejected"] += 1
@@ -328,6 +479,10 @@ class SinkServer:
             ts=self._clock.wall(),
         )
         self._counts["accepted"] += 1
+        if envelope.client_ip:
+            self._accepted_at.setdefault(envelope.client_ip, deque()).append(
+                self._clock.monotonic()
+            )
         if self._keep:
             self.received.append(message)
         if self._record is not None:
@@ -454,6 +609,11 @@ class ThreadedSink:
     def counts(self) -> dict[str, int]:
         server = self._server
         return self._in_loop(lambda: server.counts) if server is not None else {}
+
+    @property
+    def client_counts(self) -> dict[str, int]:
+        server = self._server
+        return self._in_loop(lambda: server.client_counts) if server is not None else {}
 
     @property
     def received(self) -> list[ReceivedMessage]:

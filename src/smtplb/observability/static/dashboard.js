@@ -348,6 +348,40 @@
     setText($("#errors-count"), errors.length ? `last ${errors.length}` : "");
   }
 
+  // -- providers -----------------------------------------------------------------------
+
+  function suspensionText(held, now, polledAt) {
+    if (!held) return "—";
+    const left = held.seconds_left - (now - polledAt);
+    return `${fmtAge(left)} left · rule ${held.rule}`;
+  }
+
+  function renderProviders(providers) {
+    const card = $("#providers-card");
+    const rows = [];
+    for (const p of providers || []) {
+      if (p.suspended) {
+        rows.push(el("tr", { "data-provider": p.name, "data-member": "*", "data-suspended": "true" },
+          el("td", {}, p.name), el("td", {}, "all members"), el("td", { class: "num" }, "—"),
+          el("td", { class: "num" }, "—"), el("td", { class: "num" }, "—"),
+          el("td", { class: "mono" }, suspensionText(p.suspended, 0, 0))));
+      }
+      for (const m of p.members) {
+        const rate = m.rate_per_minute === null || m.rate_per_minute === undefined
+          ? (p.rate ? p.rate : "—") : fmtNum(m.rate_per_minute);
+        rows.push(el("tr", { "data-provider": p.name, "data-member": m.member, "data-suspended": m.suspended ? "true" : "false" },
+          el("td", {}, p.name),
+          el("td", {}, m.member),
+          el("td", { class: "num", title: `adaptive window ${m.window}` }, `${m.active} / ${m.concurrency}`),
+          el("td", { class: "num" }, m.throttled ? `${rate} (throttled)` : rate),
+          el("td", { class: "num" }, fmtNum(m.rate_limited)),
+          el("td", { class: "mono" }, suspensionText(m.suspended, 0, 0))));
+      }
+    }
+    $("#providers tbody").replaceChildren(...rows);
+    card.hidden = rows.length === 0;
+  }
+
   // -- polling -------------------------------------------------------------------------
 
   function render(d) {
@@ -356,6 +390,7 @@
     renderChart(d.series);
     renderQueue(d);
     renderPools(d.pools);
+    renderProviders(d.providers);
     renderErrors(d.errors, d.series.end);
   }
 
