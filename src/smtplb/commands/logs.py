@@ -11,6 +11,8 @@ import msgspec
 
 from smtplb.observability.analyze import DIMENSIONS, Analyzer, render_table
 from smtplb.observability.log_reader import chronological, read_lines
+from smtplb.observability.record import DeliveryRecord
+from smtplb.routing.providers import OTHER, ProviderTable
 
 
 @click.group()

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from smtplb.config import ProviderConfig
+from smtplb.config_sections import ProviderConfig
 from smtplb.smtp.reply import Reply
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from smtplb.config import ProviderConfig
+from smtplb.config_sections import ProviderConfig
 from smtplb.units import parse_rate
 
 OTHER = "other"
