@@ -32,10 +32,11 @@ from smtplb.config_sections import (
     SuppressionConfig,
     WarmupConfig,
     validate_experiments,
+    validate_providers,
     validate_reputation,
 )
 from smtplb.config_shape import Rules, check_shape, key_name, related
-from smtplb.units import Duration, Size, parse_rate
+from smtplb.units import Duration, Size
 
 STRATEGIES = ("round_robin", "weighted", "least_connections", "latency", "hash", "failover")
 HASH_KEYS = ("recipient_domain", "sender_domain", "client_ip", "sender")
@@ -52,7 +53,6 @@ ROUTE_MATCH_KEYS = (
     "header",
     "class",
 )
-RULE_ACTIONS = ("suspend", "throttle", "suspend_provider", "defer", "bounce", "reduce_connections")
 MAX_MESSAGE_SIZE = Size(2 * 1024**3)
 
 # Keys SPEC §3.4 names for features that are not built yet: accepted with a warning
@@ -476,46 +476,13 @@ def _validate(cfg: Config) -> list[str]:
         )
     check(0 < cfg.delivery.mx_port < 65536, "delivery.mx_port", "must be a port from 1 to 65535")
     problems.extend(_validate_mail_auth(cfg))
-    problems.extend(_validate_providers(cfg.providers))
+    problems.extend(validate_providers(cfg.providers))
     problems.extend(validate_reputation(cfg.suppression, cfg.reputation))
     problems.extend(
         validate_experiments(
             cfg.experiments, {p.name: {m.name for m in p.members} for p in cfg.pools}, STRATEGIES
         )
     )
-    return problems
-
-
-def _validate_providers(providers: list[ProviderConfig]) -> list[str]:
-    problems: list[str] = []
-    seen: set[str] = set()
-    for i, p in enumerate(providers):
-        at = f"providers[{i}]"
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", p.name):
-            problems.append(f"{at}.name: expected a lower-case name like 'gmail', got {p.name!r}")
-        if p.name in seen:
-            problems.append(f"{at}.name: provider {p.name!r} is defined twice")
-        seen.add(p.name)
-        for key in ("max_connections", "max_messages_per_connection"):
-            value = getattr(p, key)
-            if value is not None and value < 1:
-                problems.append(f"{at}.{key}: must be at least 1")
-        if p.rate is not None:
-            try:
-                parse_rate(p.rate)
-            except ValueError as exc:
-                problems.append(f"{at}.rate: {exc}")
-        for j, rule in enumerate(p.rules):
-            rat = f"{at}.rules[{j}]"
-            try:
-                re.compile(rule.match)
-            except re.error as exc:
-                problems.append(f"{rat}.match: not a valid regular expression: {exc}")
-            if rule.action not in RULE_ACTIONS:
-                problems.append(
-                    f"{rat}.action: unknown action {rule.action!r} "
-                    f"(expected one of {', '.join(RULE_ACTIONS)})"
-                )
     return problems
 
 

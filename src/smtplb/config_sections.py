@@ -4,12 +4,17 @@ sections; ``config.py`` puts them into the whole :class:`~smtplb.config.Config`.
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
-from smtplb.units import Duration
+from smtplb.units import Duration, parse_rate
 
 SUPPRESSION_ACTIONS = ("reject", "drop")
 SPLITS = ("recipient", "message")
+# Response-rule actions (SPEC §3.4); reduce_connections halves the member's
+# adaptive connection window for the provider (the built-in "too many connections").
+RULE_ACTIONS = ("suspend", "throttle", "suspend_provider", "defer", "bounce", "reduce_connections")
 
 
 class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -195,4 +200,38 @@ def validate_experiments(
                     )
         if exp.variants and abs(sum(v.share for v in exp.variants) - 100) > 1e-6:
             problems.append(f"{at}.variants: shares must add up to 100 (percent)")
+    return problems
+
+
+def validate_providers(providers: list[ProviderConfig]) -> list[str]:
+    """[[providers]]: names, limits, rates, and each rule's regex and action."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, p in enumerate(providers):
+        at = f"providers[{i}]"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", p.name):
+            problems.append(f"{at}.name: expected a lower-case name like 'gmail', got {p.name!r}")
+        if p.name in seen:
+            problems.append(f"{at}.name: provider {p.name!r} is defined twice")
+        seen.add(p.name)
+        for key in ("max_connections", "max_messages_per_connection"):
+            value = getattr(p, key)
+            if value is not None and value < 1:
+                problems.append(f"{at}.{key}: must be at least 1")
+        if p.rate is not None:
+            try:
+                parse_rate(p.rate)
+            except ValueError as exc:
+                problems.append(f"{at}.rate: {exc}")
+        for j, rule in enumerate(p.rules):
+            rat = f"{at}.rules[{j}]"
+            try:
+                re.compile(rule.match)
+            except re.error as exc:
+                problems.append(f"{rat}.match: not a valid regular expression: {exc}")
+            if rule.action not in RULE_ACTIONS:
+                problems.append(
+                    f"{rat}.action: unknown action {rule.action!r} "
+                    f"(expected one of {', '.join(RULE_ACTIONS)})"
+                )
     return problems

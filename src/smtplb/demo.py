@@ -40,7 +40,8 @@ from smtplb.config import parse_config
 from smtplb.delivery.connection import ConnectError, ConnectionSettings, SmtpClientConnection
 from smtplb.observability.record import DeliveryRecord
 from smtplb.service import Service
-from smtplb.sink.server import DomainRule, SinkProfile, SinkServer, parse_reply
+from smtplb.sink.profile import DomainRule, SinkProfile, parse_reply
+from smtplb.sink.server import SinkServer
 
 DOMAINS = ("gmail.test", "yahoo.test", "outlook.test", "example.org", "shop.test")
 

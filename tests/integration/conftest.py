@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from smtplb.sink.server import SinkProfile, ThreadedSink
+from smtplb.sink.profile import SinkProfile
+from smtplb.sink.server import ThreadedSink
 
 SBIN = ("/usr/sbin", "/sbin")
 

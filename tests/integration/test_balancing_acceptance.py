@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from smtplb.sink.server import DomainRule, SinkProfile, ThreadedSink
+from smtplb.sink.profile import DomainRule, SinkProfile
+from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, relay_config, tool, wait_until
 
 

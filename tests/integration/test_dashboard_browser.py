@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from smtplb.sink.server import DomainRule, SinkProfile, ThreadedSink
+from smtplb.sink.profile import DomainRule, SinkProfile
+from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, free_port, relay_config, wait_until
 
 if TYPE_CHECKING:

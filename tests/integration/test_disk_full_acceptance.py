@@ -12,7 +12,8 @@ import smtplib
 from collections.abc import Callable
 from pathlib import Path
 
-from smtplb.sink.server import DomainRule, SinkProfile, ThreadedSink
+from smtplb.sink.profile import DomainRule, SinkProfile
+from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, relay_config, wait_until
 from tests.integration.test_spool_disk_full import MiB, small_disk
 

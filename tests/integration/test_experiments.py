@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from smtplb.sink.server import DomainRule, SinkProfile, ThreadedSink
+from smtplb.sink.profile import DomainRule, SinkProfile
+from smtplb.sink.server import ThreadedSink
 from smtplb.smtp.reply import Reply
 from tests.integration.conftest import Smtplb, relay_config, toml_value, wait_until
 from tests.integration.test_balancing_acceptance import send_all

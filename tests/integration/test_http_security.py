@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from smtplb.sink.server import DomainRule, SinkProfile, ThreadedSink, parse_reply
+from smtplb.sink.profile import DomainRule, SinkProfile, parse_reply
+from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, relay_config, wait_until
 
 pytestmark = pytest.mark.integration

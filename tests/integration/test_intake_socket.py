@@ -21,14 +21,8 @@ from smtplb.intake.auth import hash_password, make_authenticator
 from smtplb.intake.server import HANDLER_FAILED, Listener
 from smtplb.intake.session import SessionPolicy
 from smtplb.model import Envelope
-from smtplb.sink.server import (
-    DomainRule,
-    SinkProfile,
-    SinkServer,
-    ThreadedSink,
-    load_profile,
-    parse_reply,
-)
+from smtplb.sink.profile import DomainRule, SinkProfile, load_profile, parse_reply
+from smtplb.sink.server import SinkServer, ThreadedSink
 from smtplb.smtp.reply import Reply
 from tests.integration.conftest import tool
 

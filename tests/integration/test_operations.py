@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from smtplb.sink.server import DomainRule, SinkProfile, ThreadedSink
+from smtplb.sink.profile import DomainRule, SinkProfile
+from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, free_port, relay_config, wait_until
 from tests.integration.test_balancing_acceptance import send_all
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from smtplb.sink.server import SinkProfile, ThreadedSink
+from smtplb.sink.profile import SinkProfile
+from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, relay_config, wait_until
 from tests.integration.test_balancing_acceptance import send_all
 

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smtplb.sink.server import ClientRule, DomainRule, SinkProfile, ThreadedSink
+from smtplb.sink.profile import ClientRule, DomainRule, SinkProfile
+from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, free_port, wait_until
 from tests.integration.dnsserver import DnsServer, Zone
 from tests.integration.test_dashboard_browser import page  # noqa: F401  (fixture)

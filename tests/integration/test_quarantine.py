@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from smtplb.sink.server import DomainRule, SinkProfile, ThreadedSink
+from smtplb.sink.profile import DomainRule, SinkProfile
+from smtplb.sink.server import ThreadedSink
 from smtplb.smtp.reply import Reply
 from tests.integration.conftest import Smtplb, relay_config, wait_until
 

@@ -7,7 +7,8 @@ import smtplib
 
 import pytest
 
-from smtplb.sink.server import ClientRule, SinkProfile, ThreadedSink, profile_from_dict
+from smtplb.sink.profile import ClientRule, SinkProfile, profile_from_dict
+from smtplb.sink.server import ThreadedSink
 
 
 def _send(sink: ThreadedSink, source: str, rcpt: str = "a@gmail.test") -> tuple[int, bytes]:

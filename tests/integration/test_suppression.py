@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from smtplb.sink.server import SinkProfile, ThreadedSink
+from smtplb.sink.profile import SinkProfile
+from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, relay_config, wait_until
 
 GONE = "gone@example.org"

@@ -11,11 +11,12 @@ import pytest
 from smtplb.balancing.base import PickRequest
 from smtplb.balancing.eligibility import OverProviderLimit, SuspendedForProvider
 from smtplb.clock import FakeClock
-from smtplb.config import ConfigError, ProviderConfig, ProviderRuleConfig, parse_config
+from smtplb.config import ConfigError, parse_config
+from smtplb.config_sections import ProviderConfig, ProviderRuleConfig
 from smtplb.reputation.rules import BUILTIN_RULES, RuleBook, reply_line
 from smtplb.reputation.shaping import Shaping, burst, throttle_factor, waits_for_provider
 from smtplb.routing.providers import BUILTIN, ProviderTable
-from smtplb.sink.server import parse_reply
+from smtplb.sink.profile import parse_reply
 from smtplb.smtp.reply import Reply
 from smtplb.units import Duration, parse_rate
 

@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from smtplb.cli import main
-from smtplb.sink.server import _PROFILE_HELP, profile_from_dict
+from smtplb.sink.profile import profile_from_dict
+from smtplb.sink.server import _PROFILE_HELP
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

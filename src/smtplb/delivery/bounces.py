@@ -9,8 +9,8 @@ import time
 from collections.abc import Awaitable
 from typing import Protocol
 
-from smtplb.delivery.dispatcher import BounceNotice
 from smtplb.delivery.dsn import build_dsn
+from smtplb.delivery.expiry import BounceNotice
 from smtplb.model import Envelope
 from smtplb.spool.base import SpoolError
 

@@ -25,13 +25,12 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from smtplb.clock import Clock, SystemClock
 from smtplb.delivery.connection import ConnectError
-from smtplb.delivery.dsn import FailedRecipient, diagnostic
+from smtplb.delivery.dsn import FailedRecipient
+from smtplb.delivery.expiry import BounceHandler, BounceNotice, ExpirySweeper
 from smtplb.delivery.member import AttemptResult, Member
 from smtplb.delivery.mx import MxResolver, ResolveError
 from smtplb.delivery.outcome import RetrySchedule, next_state, transaction_outcomes
@@ -47,7 +46,7 @@ from smtplb.delivery.records import (
 from smtplb.experiments import Experiments
 from smtplb.model import RecipientState, domain_of
 from smtplb.observability.delivery_log import DeliveryLog
-from smtplb.observability.record import DeliveryRecord, member_record
+from smtplb.observability.record import member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.reputation.book import Change, ReputationBook
 from smtplb.reputation.rules import RuleBook
@@ -59,7 +58,6 @@ from smtplb.smtp.reply import Reply
 from smtplb.spool.base import (
     ClaimedMessage,
     ClaimedRecipient,
-    ExpiredRecipient,
     RecipientResult,
     Spool,
     SpoolError,
@@ -67,21 +65,6 @@ from smtplb.spool.base import (
 
 log = logging.getLogger("smtplb.delivery")
 SCAN_LIMIT = 256  # jobs looked at per lane and pump, past those waiting for their provider
-
-
-@dataclass(frozen=True, slots=True)
-class BounceNotice:
-    """Recipients of one message that failed for good, for a DSN."""
-
-    queue_id: str
-    sender: str
-    content: bytes
-    received_at: float
-    recipients: list[FailedRecipient]
-    expired: bool
-
-
-BounceHandler = Callable[[BounceNotice], Coroutine[Any, Any, None]]
 
 
 class Dispatcher:
@@ -109,6 +92,13 @@ class Dispatcher:
         if shaping is None:
             shaping = Shaping(ProviderTable.build(), RuleBook(), self.clock)
         self.desk = ProviderDesk(shaping, resolver, delivery_log, self.traces, self.clock)
+        self.expiry = ExpirySweeper(
+            spool,
+            delivery_log,
+            self.clock,
+            lambda domain: self.desk.table.by_domain(domain) or OTHER,
+            lambda: self.on_bounce,
+        )
         self._wake_handle: asyncio.TimerHandle | None = None
         self._recognising: set[asyncio.Task[None]] = set()  # jobs waiting for an MX lookup
         self._wake_at = 0.0
@@ -609,47 +599,7 @@ class Dispatcher:
             await self.clock.sleep(self.sweep_interval)
 
     async def sweep_expired(self) -> int:
-        expired = await self.spool.expire_due(self.clock.wall())
-        by_message: dict[int, list[ExpiredRecipient]] = {}
-        for rcpt in expired:
-            by_message.setdefault(rcpt.msg_pk, []).append(rcpt)
-            self.log.write(
-                DeliveryRecord(
-                    event="expired",
-                    queue_id=rcpt.queue_id,
-                    message_id=rcpt.message_id,
-                    sender=rcpt.sender,
-                    recipient=rcpt.address,
-                    recipient_domain=domain_of(rcpt.address),
-                    provider=self.desk.table.by_domain(domain_of(rcpt.address)) or OTHER,
-                    code=rcpt.last_code,
-                    enhanced_code=rcpt.last_enhanced_code,
-                    response=rcpt.last_response or "maximum queue lifetime exceeded",
-                )
-            )
-        for rcpts in by_message.values():
-            first = rcpts[0]
-            if not first.sender or self.on_bounce is None:
-                continue
-            content = await self.spool.get_content(first.queue_id) or b""
-            view = await self.spool.get(first.queue_id)
-            if view is None or view.is_dsn:
-                continue
-            failed = [
-                FailedRecipient(
-                    r.address,
-                    "failed",
-                    "4.4.7",
-                    diagnostic(r.last_code, r.last_enhanced_code, r.last_response)
-                    if r.last_code
-                    else "x-smtplb; maximum queue lifetime exceeded",
-                )
-                for r in rcpts
-            ]
-            await self.on_bounce(
-                BounceNotice(first.queue_id, first.sender, content, view.received_at, failed, True)
-            )
-        return len(expired)
+        return await self.expiry.sweep()
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop feeding, let deliveries in progress finish, give the rest back to the spool."""
