@@ -247,15 +247,17 @@ async def providers_list(request: Request) -> Response:
     return JSONResponse({"providers": _ops(request).provider_views()})
 
 
+def _member_or_404(name: str, member: dict[str, Any] | None) -> JSONResponse:
+    """A member action's answer: the member's view, or 404 when there is no such member."""
+    return problem(404, "No such member", name) if member is None else JSONResponse(member)
+
+
 @protected
 @documented((200, "Member", "The member, now paused"), fails=[404])
 async def member_pause(request: Request) -> Response:
     """Stop new traffic to a member; what it has in progress finishes. Survives restarts."""
     name = request.path_params["name"]
-    member = _ops(request).pause(name)
-    if member is None:
-        return problem(404, "No such member", name)
-    return JSONResponse(member)
+    return _member_or_404(name, _ops(request).pause(name))
 
 
 @protected
@@ -263,10 +265,7 @@ async def member_pause(request: Request) -> Response:
 async def member_resume(request: Request) -> Response:
     """Let a paused member take traffic again."""
     name = request.path_params["name"]
-    member = _ops(request).resume(name)
-    if member is None:
-        return problem(404, "No such member", name)
-    return JSONResponse(member)
+    return _member_or_404(name, _ops(request).resume(name))
 
 
 # -- experiments -----------------------------------------------------------------
@@ -316,10 +315,7 @@ async def experiment_stop(request: Request) -> Response:
 async def member_quarantine(request: Request) -> Response:
     """Quarantine a member: no traffic for ``[reputation] quarantine``, then probation."""
     name = request.path_params["name"]
-    member = _ops(request).quarantine(name)
-    if member is None:
-        return problem(404, "No such member", name)
-    return JSONResponse(member)
+    return _member_or_404(name, _ops(request).quarantine(name))
 
 
 @protected
@@ -327,10 +323,7 @@ async def member_quarantine(request: Request) -> Response:
 async def member_release(request: Request) -> Response:
     """Release a member from quarantine, throttling or probation (its counts start again)."""
     name = request.path_params["name"]
-    member = _ops(request).release(name)
-    if member is None:
-        return problem(404, "No such member", name)
-    return JSONResponse(member)
+    return _member_or_404(name, _ops(request).release(name))
 
 
 @protected
