@@ -28,7 +28,7 @@ from smtplb.balancing.eligibility import Eligibility
 from smtplb.config import Config, load_config, parse_hostport
 from smtplb.delivery.bounces import DsnWriter
 from smtplb.delivery.dispatcher import Dispatcher
-from smtplb.delivery.health_check import HealthChecker
+from smtplb.delivery.health_check import HealthChecker, follow, verdicts
 from smtplb.delivery.member import Member
 from smtplb.delivery.mx import MxResolver
 from smtplb.delivery.pools import (
@@ -66,6 +66,7 @@ from smtplb.workers import (
     merge_metrics,
     read_snapshots,
     set_drain_flag,
+    write_health,
 )
 
 log = logging.getLogger("smtplb")
@@ -214,7 +215,7 @@ class Service:
 
     def member_views(self) -> list[dict[str, Any]]:
         """Every member as the node sees it: this worker's view, plus the counters of
-        the other workers when there are several (health is this worker's checks)."""
+        the other workers when there are several (health is the node's: worker 0 checks)."""
         return merge_members(self._own_member_views(), self._peer_snapshots())
 
     def pool_views(self) -> list[dict[str, Any]]:
@@ -400,7 +401,7 @@ class Service:
         self._tasks.append(loop.create_task(self._housekeeping()))
         if self.worker > 0:
             self._tasks.append(loop.create_task(self._peer_link().run()))
-        if self.config.health.checks:
+        if self.config.health.checks and self.worker == 0:  # the peers follow its verdicts
             checker = HealthChecker(
                 self.config.health, self._on_check_event, clock=self.dispatcher.clock
             )
@@ -415,9 +416,16 @@ class Service:
     async def _housekeeping(self) -> None:
         idle_after = self.config.delivery.connection_idle
         next_purge = time.monotonic() + 60
+        published: dict[str, Any] = {}
         while True:
             await asyncio.sleep(0.5)
             self.delivery_log.flush()
+            if (
+                self.workers > 1
+                and self.worker == 0
+                and published != (v := verdicts(self.members()))
+            ):
+                write_health(self.data_dir, published := v)
             for member in self.members():
                 member.close_idle(idle_after)
             await self._save_book()
@@ -450,6 +458,12 @@ class Service:
         def follow_drain(draining: bool) -> None:
             self._drained = draining
 
+        def follow_health(published: dict[str, dict[str, Any]]) -> None:
+            now = self.dispatcher.clock.monotonic()
+            for member in self.members():  # worker 0 logged the change: no record here
+                if member.name in published and follow(member, published[member.name], now):
+                    self.dispatcher.wake()
+
         return PeerLink(
             self.data_dir,
             self.worker,
@@ -457,6 +471,7 @@ class Service:
             paused_mtime=self.paused.mtime,
             on_paused_change=follow_pauses,
             on_drain_change=follow_drain,
+            on_health=follow_health,
         )
 
     async def reload(self) -> None:

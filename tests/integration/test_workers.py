@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socketserver
 import sqlite3
 import subprocess
+import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, free_port, relay_config, tool, wait_until
-from tests.integration.test_balancing_acceptance import send_all
+from tests.integration.test_balancing_acceptance import health, send_all
 from tests.integration.test_operator_view import metric
 
 
@@ -106,3 +109,73 @@ def test_lowering_workers_loses_nothing(
     wait_until(lambda: len(sink.received) >= 120, 60, "every message after the restart")
     assert {m.message_id for m in sink.received} == set(accepted)
     assert not (tmp_path / "var" / "spool-1.db").exists()
+
+
+class CheckCounter(socketserver.ThreadingTCPServer):
+    """A member that answers health checks (220, EHLO, QUIT) and counts connections."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _CheckHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _CheckHandler(socketserver.StreamRequestHandler):
+    server: CheckCounter
+
+    def handle(self) -> None:
+        with self.server.lock:
+            self.server.connections += 1
+        self.wfile.write(b"220 count.test ESMTP\r\n")
+        for line in self.rfile:
+            if line[:4].upper() == b"QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            self.wfile.write(b"250 count.test\r\n")
+
+
+def test_two_workers_check_a_member_once_per_node_and_agree_on_its_health(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    checked, other = CheckCounter(), sinks()
+    text, smtp_port, http_port = relay_config(
+        tmp_path / "var", [checked.server_address[1], other.port], health={"interval": "1s"}
+    )
+    node = smtplb("workers = 2\n" + text, smtp_port, http_port).start()
+    wait_until(
+        lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
+    )
+    wait_until(lambda: checked.connections > 0, 10, "the first check")
+    # One node's rate of checks (interval 1s, jitter ±10%): about 6 in 6 s; 12 if
+    # each worker checked. (A window measured, not a wait for an event.)
+    before = checked.connections
+    time.sleep(6)
+    during = checked.connections - before
+    assert 3 <= during <= 8, f"{during} checks in 6 s"
+
+    checked.shutdown()
+    checked.server_close()  # refused from now on: worker 0 takes it down, worker 1 follows
+    wait_until(lambda: health(node, "relay-1") == "down", 20, "relay-1 down in the API")
+    run = tmp_path / "var" / "run"
+    wait_until(
+        lambda: any(
+            m["name"] == "relay-1" and m["health"] == "down"
+            for m in json.loads((run / "worker-1.json").read_text())["members"]
+        ),
+        10,
+        "worker 1 to follow worker 0's verdict",
+    )
+    accepted = send_all(node.smtp_port, [f"h{i}@example.org" for i in range(40)], clients=4)
+    wait_until(lambda: len(other.received) >= 40, 30, "40 deliveries through relay-2")
+    assert sorted(m.message_id or "" for m in other.received) == sorted(accepted)
+
+    def delivered() -> dict[str, int]:
+        return {m["name"]: m["delivered"] for m in node.api("/api/v1/members")[1]["members"]}
+
+    wait_until(lambda: delivered() == {"relay-1": 0, "relay-2": 40}, 10, "the summed counters")
+    assert sum("member_down" in line for line in node.output) <= 1  # worker 0's, once
+    assert node.stop() == 0
