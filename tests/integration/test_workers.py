@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import smtplib
 import socketserver
 import sqlite3
 import subprocess
@@ -13,9 +14,11 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from smtplb.sink.profile import DomainRule, SinkProfile
 from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, free_port, relay_config, tool, wait_until
 from tests.integration.test_balancing_acceptance import health, send_all
+from tests.integration.test_operations import cli
 from tests.integration.test_operator_view import metric
 
 
@@ -178,4 +181,50 @@ def test_two_workers_check_a_member_once_per_node_and_agree_on_its_health(
 
     wait_until(lambda: delivered() == {"relay-1": 0, "relay-2": 40}, 10, "the summed counters")
     assert sum("member_down" in line for line in node.output) <= 1  # worker 0's, once
+    assert node.stop() == 0
+
+
+def test_queue_show_finds_the_trace_whichever_worker_handled_the_message(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    # A slow upstream: each delivery takes 6 s, so the dispatch steps are seen while
+    # the deliveries are under way (before any commit of theirs on the shard).
+    upstream = sinks(SinkProfile(rules={"*": DomainRule(latency=6)}))
+    text, smtp_port, http_port = relay_config(
+        tmp_path / "var", [upstream.port], member={"max_connections": 40}
+    )
+    node = smtplb("workers = 2\n" + text, smtp_port, http_port).start()
+    wait_until(
+        lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
+    )
+    queue_ids = []
+    for i in range(20):  # one connection each: the kernel spreads them over both workers
+        with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=30) as client:
+            client.ehlo()
+            client.mail("app@shop.test")
+            client.rcpt(f"t{i}@example.org")
+            code, reply = client.data(f"Subject: t{i}\r\n\r\nhi\r\n".encode())
+        assert code == 250
+        queue_ids.append(reply.decode().rsplit(" ", 1)[1])
+    shard_1 = tmp_path / "var" / "spool-1.db"
+    with contextlib.closing(sqlite3.connect(f"file:{shard_1}?mode=ro", uri=True)) as db:
+        on_worker_1 = {row[0] for row in db.execute("SELECT queue_id FROM messages")}
+    assert on_worker_1 and on_worker_1 != set(queue_ids), "both workers took messages"
+
+    def steps(queue_id: str) -> list[str]:
+        status, body = node.api(f"/api/v1/queue/{queue_id}")
+        assert status == 200, (queue_id, body)
+        return [step["step"] for step in body["trace"]]
+
+    busy = [q for q in queue_ids if q in on_worker_1][-1]  # the newest: no commit after it
+    wait_until(lambda: steps(busy) == ["routed", "dispatch"], 5, "worker 1's delivery under way")
+    assert upstream.wait_for(20, 60)
+    for queue_id in queue_ids:
+        wait_until(
+            lambda q=queue_id: steps(q)[:2] == ["routed", "dispatch"] and "attempt" in steps(q),  # type: ignore[misc]
+            10,
+            f"the trace of {queue_id} ({'worker 1' if queue_id in on_worker_1 else 'worker 0'})",
+        )
+    shown = cli(node, "queue", "show", busy)
+    assert shown.returncode == 0 and "chose relay-1" in shown.stdout, shown
     assert node.stop() == 0
