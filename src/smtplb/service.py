@@ -25,6 +25,7 @@ from typing import Any
 from smtplb import __version__
 from smtplb.api.server import HttpServer
 from smtplb.balancing.eligibility import Eligibility
+from smtplb.cluster.heartbeat import Heartbeats, cluster_view, heartbeat, node_name
 from smtplb.config import Config, load_config, parse_hostport
 from smtplb.delivery.bounces import DsnWriter
 from smtplb.delivery.dispatcher import Dispatcher
@@ -136,6 +137,7 @@ class Service:
         self.feedback_handler = feedback
         self.warmup = warmup
         self.http: HttpServer | None = None  # set by smtplb.app on worker 0
+        self.heartbeats: Heartbeats | None = None  # worker 0, with [cluster] redis
         self.listeners: list[Listener] = []
         self.started_at = time.time()
         self._drained = False  # by the operator (or, on a peer, by worker 0's flag)
@@ -277,6 +279,25 @@ class Service:
             "metrics": self.metrics.render().decode(),
         }
 
+    async def _heartbeat(self) -> dict[str, Any]:
+        """This node's record for the cluster view (see smtplb.cluster.heartbeat)."""
+        return heartbeat(
+            node=node_name(self.config.cluster.node),
+            smtp=list(self.config.smtp.listen),
+            http=self.config.http.listen,
+            queue=await self.queue.stats(),
+            members=self.member_views(),
+            version=__version__,
+            now=time.time(),
+            draining=self.draining,
+        )
+
+    async def cluster(self) -> dict[str, Any]:
+        beats = self.heartbeats
+        others = await beats.nodes() if beats is not None else []
+        state = beats.state if beats is not None else "off"
+        return cluster_view(await self._heartbeat(), others, redis_state=state, now=time.time())
+
     # -- Operations: members -----------------------------------------------------------
 
     def pause(self, member: str) -> dict[str, Any] | None:
@@ -401,6 +422,12 @@ class Service:
         self._tasks.append(loop.create_task(self._housekeeping()))
         if self.worker > 0:
             self._tasks.append(loop.create_task(self._peer_link().run()))
+        elif self.config.cluster.redis:  # worker 0 beats for the node
+            node = node_name(self.config.cluster.node)
+            self.heartbeats = Heartbeats(
+                self.config.cluster.redis, node, clock=self.dispatcher.clock
+            )
+            self._tasks.append(loop.create_task(self.heartbeats.run(self._heartbeat)))
         if self.config.health.checks and self.worker == 0:  # the peers follow its verdicts
             checker = HealthChecker(
                 self.config.health, self._on_check_event, clock=self.dispatcher.clock
@@ -551,6 +578,8 @@ class Service:
             await self.http.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
+        if self.heartbeats is not None:
+            await self.heartbeats.close()  # leaves the cluster view at once
         await self.intake.close()
         for peer in self.peer_spools:
             await peer.close()
