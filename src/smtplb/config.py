@@ -58,9 +58,7 @@ MAX_MESSAGE_SIZE = Size(2 * 1024**3)
 # Keys SPEC §3.4 names for features that are not built yet: accepted with a warning
 # ("not implemented yet, ignored") rather than refused as unknown. A key leaves this
 # table by itself once its struct field exists; delete the entry with the feature.
-PLANNED = {
-    "cluster.node": "SPEC §3.4 [cluster] node: no cluster",
-}
+PLANNED: dict[str, str] = {}
 # Keys that parse but whose feature does nothing yet: a warning when set (true or a
 # value). Delete the entry when the feature is built.
 INERT = {

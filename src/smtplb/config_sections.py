@@ -75,6 +75,7 @@ class ProviderConfig(Section):
 
 class ClusterConfig(Section):
     redis: str | None = None
+    node: str | None = None  # this node's name in the cluster; default: the host's name
 
 
 class DkimConfig(Section):

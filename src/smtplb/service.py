@@ -25,10 +25,11 @@ from typing import Any
 from smtplb import __version__
 from smtplb.api.server import HttpServer
 from smtplb.balancing.eligibility import Eligibility
+from smtplb.cluster.heartbeat import Heartbeats, cluster_view, heartbeat, node_name
 from smtplb.config import Config, load_config, parse_hostport
 from smtplb.delivery.bounces import DsnWriter
 from smtplb.delivery.dispatcher import Dispatcher
-from smtplb.delivery.health_check import HealthChecker
+from smtplb.delivery.health_check import HealthChecker, follow, verdicts
 from smtplb.delivery.member import Member
 from smtplb.delivery.mx import MxResolver
 from smtplb.delivery.pools import (
@@ -66,6 +67,7 @@ from smtplb.workers import (
     merge_metrics,
     read_snapshots,
     set_drain_flag,
+    write_health,
 )
 
 log = logging.getLogger("smtplb")
@@ -135,6 +137,7 @@ class Service:
         self.feedback_handler = feedback
         self.warmup = warmup
         self.http: HttpServer | None = None  # set by smtplb.app on worker 0
+        self.heartbeats: Heartbeats | None = None  # worker 0, with [cluster] redis
         self.listeners: list[Listener] = []
         self.started_at = time.time()
         self._drained = False  # by the operator (or, on a peer, by worker 0's flag)
@@ -214,7 +217,7 @@ class Service:
 
     def member_views(self) -> list[dict[str, Any]]:
         """Every member as the node sees it: this worker's view, plus the counters of
-        the other workers when there are several (health is this worker's checks)."""
+        the other workers when there are several (health is the node's: worker 0 checks)."""
         return merge_members(self._own_member_views(), self._peer_snapshots())
 
     def pool_views(self) -> list[dict[str, Any]]:
@@ -275,6 +278,25 @@ class Service:
             "errors": list(self.live.errors),
             "metrics": self.metrics.render().decode(),
         }
+
+    async def _heartbeat(self) -> dict[str, Any]:
+        """This node's record for the cluster view (see smtplb.cluster.heartbeat)."""
+        return heartbeat(
+            node=node_name(self.config.cluster.node),
+            smtp=list(self.config.smtp.listen),
+            http=self.config.http.listen,
+            queue=await self.queue.stats(),
+            members=self.member_views(),
+            version=__version__,
+            now=time.time(),
+            draining=self.draining,
+        )
+
+    async def cluster(self) -> dict[str, Any]:
+        beats = self.heartbeats
+        others = await beats.nodes() if beats is not None else []
+        state = beats.state if beats is not None else "off"
+        return cluster_view(await self._heartbeat(), others, redis_state=state, now=time.time())
 
     # -- Operations: members -----------------------------------------------------------
 
@@ -400,7 +422,13 @@ class Service:
         self._tasks.append(loop.create_task(self._housekeeping()))
         if self.worker > 0:
             self._tasks.append(loop.create_task(self._peer_link().run()))
-        if self.config.health.checks:
+        elif self.config.cluster.redis:  # worker 0 beats for the node
+            node = node_name(self.config.cluster.node)
+            self.heartbeats = Heartbeats(
+                self.config.cluster.redis, node, clock=self.dispatcher.clock
+            )
+            self._tasks.append(loop.create_task(self.heartbeats.run(self._heartbeat)))
+        if self.config.health.checks and self.worker == 0:  # the peers follow its verdicts
             checker = HealthChecker(
                 self.config.health, self._on_check_event, clock=self.dispatcher.clock
             )
@@ -415,9 +443,16 @@ class Service:
     async def _housekeeping(self) -> None:
         idle_after = self.config.delivery.connection_idle
         next_purge = time.monotonic() + 60
+        published: dict[str, Any] = {}
         while True:
             await asyncio.sleep(0.5)
             self.delivery_log.flush()
+            if (
+                self.workers > 1
+                and self.worker == 0
+                and published != (v := verdicts(self.members()))
+            ):
+                write_health(self.data_dir, published := v)
             for member in self.members():
                 member.close_idle(idle_after)
             await self._save_book()
@@ -450,6 +485,12 @@ class Service:
         def follow_drain(draining: bool) -> None:
             self._drained = draining
 
+        def follow_health(published: dict[str, dict[str, Any]]) -> None:
+            now = self.dispatcher.clock.monotonic()
+            for member in self.members():  # worker 0 logged the change: no record here
+                if member.name in published and follow(member, published[member.name], now):
+                    self.dispatcher.wake()
+
         return PeerLink(
             self.data_dir,
             self.worker,
@@ -457,6 +498,7 @@ class Service:
             paused_mtime=self.paused.mtime,
             on_paused_change=follow_pauses,
             on_drain_change=follow_drain,
+            on_health=follow_health,
         )
 
     async def reload(self) -> None:
@@ -536,6 +578,8 @@ class Service:
             await self.http.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
+        if self.heartbeats is not None:
+            await self.heartbeats.close()  # leaves the cluster view at once
         await self.intake.close()
         for peer in self.peer_spools:
             await peer.close()

@@ -6,7 +6,9 @@ its own spool shard, dispatcher and member connections. Worker 0 also serves
 the HTTP API; it answers for the whole node by reading the other shards and the
 state snapshot each peer writes every half second to ``data_dir/run/``.
 Operator changes reach the peers through files they watch: the paused-members
-list and the drain flag (:class:`PeerLink`). The supervisor forwards
+list and the drain flag (:class:`PeerLink`). So does member health: only worker 0
+runs the active checks (once per node, not per worker) and writes its verdicts
+to ``run/health.json``; the peers follow them. The supervisor forwards
 SIGTERM/SIGHUP and restarts a worker that dies. The merging of the peers'
 views into the node's (members, overview, metrics) is here too, as pure functions.
 """
@@ -67,6 +69,35 @@ def read_snapshots(data_dir: Path, workers: int) -> list[dict[str, Any]]:
         if time.time() - snap.get("ts", 0) <= STALE_AFTER:
             out.append(snap)
     return out
+
+
+def health_file(data_dir: Path) -> Path:
+    return run_dir(data_dir) / "health.json"
+
+
+def write_health(data_dir: Path, verdicts: dict[str, dict[str, Any]]) -> None:
+    """Worker 0 publishes its health checks' verdicts (member name → up, reason)."""
+    path = health_file(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".health.json.tmp")
+    tmp.write_text(json.dumps(verdicts))
+    tmp.replace(path)
+
+
+def read_health(data_dir: Path) -> dict[str, dict[str, Any]]:
+    """The verdicts worker 0 published ({} before its first)."""
+    try:
+        verdicts: dict[str, dict[str, Any]] = json.loads(health_file(data_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+    return verdicts
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime_ns / 1e9
+    except OSError:
+        return 0.0
 
 
 def drain_flag(data_dir: Path) -> Path:
@@ -143,7 +174,7 @@ def merge_live(
 
 class PeerLink:
     """Workers 1…N-1: publish this worker's snapshot every half second, and follow
-    worker 0's operator changes: the paused-members file and the drain flag."""
+    worker 0: the paused-members file, the drain flag and the health verdicts."""
 
     def __init__(
         self,
@@ -154,6 +185,7 @@ class PeerLink:
         paused_mtime: Callable[[], float],
         on_paused_change: Callable[[], None],
         on_drain_change: Callable[[bool], None],
+        on_health: Callable[[dict[str, dict[str, Any]]], None] = lambda _verdicts: None,
     ) -> None:
         self.data_dir = data_dir
         self.worker = worker
@@ -161,7 +193,9 @@ class PeerLink:
         self.paused_mtime = paused_mtime
         self.on_paused_change = on_paused_change
         self.on_drain_change = on_drain_change
+        self.on_health = on_health
         self._seen_mtime = 0.0
+        self._health_mtime = 0.0
         self._draining = False
 
     async def step(self) -> None:
@@ -174,6 +208,10 @@ class PeerLink:
         if draining != self._draining:
             self._draining = draining
             self.on_drain_change(draining)
+        health_mtime = _mtime(health_file(self.data_dir))
+        if health_mtime != self._health_mtime:
+            self._health_mtime = health_mtime
+            self.on_health(read_health(self.data_dir))
 
     async def run(self) -> None:
         while True:

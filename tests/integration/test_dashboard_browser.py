@@ -119,6 +119,11 @@ def test_dashboard_shows_members_and_updates_without_reload(
     expect(page.locator('#errors li[data-event="bounced"]').first).to_contain_text("5.1.1")
     expect(page.locator('#errors li[data-event="deferred"]').first).to_contain_text("relay-1")
 
+    # The cluster panel: without [cluster] redis, this node alone, marked.
+    expect(page.locator('#cluster tr[data-self="true"]')).to_have_count(1)
+    expect(page.locator("#cluster tr[data-node]")).to_have_count(1)
+    expect(page.locator("#cluster-redis")).to_have_attribute("data-redis", "off")
+
     # Same document throughout: the numbers changed by polling, not by reloading.
     assert page.evaluate("window.loadMarker") == "set at first load"
     assert page.evaluate("window.smtplbDashboard.loadedAt") == loaded_at

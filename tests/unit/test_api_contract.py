@@ -68,6 +68,9 @@ class StandIn:
     async def overview(self) -> dict[str, Any]:
         return {"hostname": "h", "draining": self.drained, "pools": [], "queue": {}}
 
+    async def cluster(self) -> dict[str, Any]:
+        return {"node": "h", "redis": "off", "nodes": []}
+
     def member_views(self) -> list[dict[str, Any]]:
         return [MEMBER]
 
@@ -220,6 +223,7 @@ CASES = [
     ("get", "/readyz", None, 200),
     ("get", "/metrics", None, 200),
     ("get", "/api/v1/overview", None, 200),
+    ("get", "/api/v1/cluster", None, 200),
     ("get", "/openapi.json", None, 200),
     ("get", "/", None, 200),
     ("post", "/api/v1/messages", GOOD, 202),

@@ -229,19 +229,10 @@ def test_unknown_top_level_key_names_the_key() -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        {"cluster": {"node": "node-a"}},
-    ],
-)
-def test_spec_keys_not_built_yet_are_accepted_with_a_warning(data: dict[str, object]) -> None:
+def test_cluster_node_is_built_and_parses_without_a_warning() -> None:
     warnings: list[str] = []
-    parse_config(data, warnings)
-    assert len(warnings) == 1
-    key = warnings[0].partition(":")[0]
-    assert key in {"providers", "cluster.node"}
-    assert "not implemented yet, ignored" in warnings[0]
+    assert parse_config({"cluster": {"node": "node-a"}}, warnings).cluster.node == "node-a"
+    assert warnings == []
 
 
 def test_reputation_and_suppression_are_built_and_parse_without_a_warning() -> None:
@@ -291,8 +282,8 @@ def test_warmup_keys_are_built_and_checked() -> None:
 def test_warnings_are_given_even_when_there_are_problems() -> None:
     warnings: list[str] = []
     with pytest.raises(ConfigError):
-        parse_config({"cluster": {"node": "a"}, "workers": "x"}, warnings)
-    assert [w.partition(":")[0] for w in warnings] == ["cluster.node"]
+        parse_config({"cluster": {"redis": "redis://127.0.0.1/0"}, "workers": "x"}, warnings)
+    assert [w.partition(":")[0] for w in warnings] == ["cluster.redis"]
 
 
 @pytest.mark.parametrize(
@@ -329,7 +320,6 @@ def test_check_prints_every_problem_and_warning(tmp_path: Path) -> None:
     lines = result.output.splitlines()
     assert "config error: workers: expected `int`, got `str`" in lines
     assert "config error: smtp.max_recipients: expected `int`, got `str`" in lines
-    assert any(line.startswith("config warning: cluster.node: not implemented") for line in lines)
     assert any(line.startswith("config warning: cluster.redis: not implemented") for line in lines)
 
 

@@ -406,3 +406,22 @@ def test_the_chosen_member_passes_every_filter(
         assert excluded != {m.name for m in members} and busy
     else:
         assert excluded == {m.name for m in members}
+
+
+def test_a_worker_that_does_not_check_follows_the_node_checkers_verdicts() -> None:
+    from smtplb.delivery.health_check import follow, verdicts
+
+    clock = FakeClock()
+    checker, peer = member("a", clock, slow_start=10), member("a", clock, slow_start=10)
+    for _ in range(2):
+        checker.record_check(False, "refused", clock.monotonic())
+    published = verdicts([checker])
+    assert published == {"a": {"up": False, "reason": "refused"}}
+    transition = follow(peer, published["a"], clock.monotonic())
+    assert transition is not None and transition.event == "member_down"
+    assert peer.state == "down" and peer.checks.last_failure == "refused"
+    assert follow(peer, published["a"], clock.monotonic()) is None  # no change, no event
+    clock.advance(5)
+    back = follow(peer, {"up": True, "reason": "ok"}, clock.monotonic())
+    assert back is not None and back.event == "member_up"
+    assert peer.state == "up" and peer.weight_at(clock.monotonic()) < 1  # ramps up again

@@ -79,3 +79,31 @@ def test_the_node_shows_the_worst_reputation_any_worker_holds() -> None:
         mine, [{"members": [{"name": "a", "max_connections": 1, "reputation": peer}]}]
     )
     assert merged[0]["reputation"] == peer
+
+
+def test_a_peer_follows_worker_0s_health_verdicts_when_they_change(tmp_path: Path) -> None:
+    from smtplb.workers import write_health
+
+    seen: list[dict[str, Any]] = []
+
+    async def snapshot() -> dict[str, Any]:
+        return {"worker": 1}
+
+    link = PeerLink(
+        tmp_path,
+        1,
+        snapshot=snapshot,
+        paused_mtime=lambda: 0.0,
+        on_paused_change=lambda: None,
+        on_drain_change=lambda _draining: None,
+        on_health=seen.append,
+    )
+
+    async def steps() -> None:
+        await link.step()  # nothing published yet
+        write_health(tmp_path, {"a": {"up": False, "reason": "refused"}})
+        await link.step()
+        await link.step()  # unchanged file: not read again
+
+    asyncio.run(steps())
+    assert seen == [{"a": {"up": False, "reason": "refused"}}]

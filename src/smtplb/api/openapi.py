@@ -266,6 +266,29 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         series={"type": "object"},
         errors={"type": "array", "items": {"type": "object"}},
     ),
+    "Cluster": _obj(
+        ["node", "redis", "nodes"],
+        node={**_STR, "description": "this node's name ([cluster] node)"},
+        redis={"enum": ["off", "unknown", "up", "down"]},
+        nodes={
+            "type": "array",
+            "items": _obj(
+                ["node", "self", "queue_depth", "rate_per_minute", "health", "version", "ts"],
+                node=_STR,
+                self={"type": "boolean"},
+                smtp={"type": "array", "items": _STR},
+                http=_STR,
+                queue_depth=_INT,
+                rate_per_minute=_INT,
+                health={**_COUNTS, "description": "members by health: up, down, ejected…"},
+                members=_INT,
+                draining={"type": "boolean"},
+                version=_STR,
+                ts=_NUM,
+                age={**_NUM, "description": "seconds since the node made this record"},
+            ),
+        },
+    ),
 }
 
 # Why each failure happens, said once.

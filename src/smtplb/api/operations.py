@@ -59,6 +59,11 @@ class Operations(Protocol):
         """The dashboard's aggregates: pools, members, queue, charts, recent errors."""
         ...
 
+    async def cluster(self) -> dict[str, Any]:
+        """The nodes of the cluster (their heartbeats), this one marked; this one
+        alone without ``[cluster] redis`` or while Redis is away."""
+        ...
+
     def member_views(self) -> list[dict[str, Any]]:
         """Every member of the node with its health, load and counters."""
         ...

@@ -148,6 +148,14 @@ async def overview(request: Request) -> Response:
     return _public_json(request, await _ops(request).overview())
 
 
+@public
+@documented((200, "Cluster", "The nodes and their heartbeats"))
+async def cluster(request: Request) -> Response:
+    """The nodes of the cluster: queue depth, rate, health summary, version, age of
+    the heartbeat; this node is marked ``self`` (and alone without ``[cluster] redis``)."""
+    return JSONResponse(await _ops(request).cluster())
+
+
 # -- queue ---------------------------------------------------------------------------
 
 
@@ -494,6 +502,7 @@ ROUTES = [
     Route("/healthz", healthz),
     Route("/metrics", metrics),
     Route("/api/v1/overview", overview),
+    Route("/api/v1/cluster", cluster),
     Route("/readyz", readyz),
     Route("/api/v1/messages", inject, methods=["POST"]),
     Route("/api/v1/queue", queue_list),

@@ -203,5 +203,18 @@ class ActiveHealth:
             return Transition("member_up", f"{self.rise} good health checks")
         return None
 
+    def adopt(self, up: bool, reason: str) -> Transition | None:
+        """Take the verdict of the node's one checker (another worker runs the checks
+        and publishes it): no counting here, the checker already counted."""
+        self.last_reason = reason
+        self.streak = 0
+        if up == self.up:
+            return None
+        self.up = up
+        if up:
+            return Transition("member_up", f"the node's health checks ({reason})")
+        self.last_failure = reason
+        return Transition("member_down", f"the node's health checks ({reason})")
+
     def __repr__(self) -> str:
         return f"ActiveHealth({'up' if self.up else 'down'}, streak={self.streak})"

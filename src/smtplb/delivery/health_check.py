@@ -6,6 +6,10 @@ The rise/fall decision is :class:`smtplb.balancing.health.ActiveHealth`, reached
 through :meth:`Member.record_check`. Each member is checked on its own schedule
 (:meth:`HealthChecker.interval`, faster while a change of state is pending),
 timed by the injected clock.
+
+With several workers only worker 0 checks (one node's rate of checks at the
+target, not N times it): it publishes :func:`verdicts` and the peers
+:func:`follow` them (the file is :mod:`smtplb.workers`' business).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
+from smtplb.balancing.health import Transition
 from smtplb.clock import Clock, SystemClock
 from smtplb.config import HealthConfig, parse_hostport
 from smtplb.delivery.connection import ConnectError, ConnectionSettings, SmtpClientConnection
@@ -77,7 +83,7 @@ class HealthChecker:
         tasks: dict[str, asyncio.Task[None]] = {}
         try:
             while True:
-                current = {m.name: m for m in members() if self._checked(m)}
+                current = {m.name: m for m in members() if checked(m)}
                 for name, task in list(tasks.items()):
                     if name not in current or task.done():
                         task.cancel()
@@ -90,10 +96,6 @@ class HealthChecker:
             for task in tasks.values():
                 task.cancel()
 
-    @staticmethod
-    def _checked(member: Member) -> bool:
-        return member.config.relay is not None or member.config.check_target is not None
-
     async def _loop(self, member: Member) -> None:
         while True:
             ok, reason = await self._check(member, self.config.timeout)
@@ -101,3 +103,26 @@ class HealthChecker:
             if transition is not None:
                 self.on_event(member, transition.event, transition.reason)
             await self.clock.sleep(self.interval(member))
+
+
+def checked(member: Member) -> bool:
+    """Does this member get active checks (a relay, or an egress with a check target)?"""
+    return member.config.relay is not None or member.config.check_target is not None
+
+
+def verdicts(members: Iterable[Member]) -> dict[str, dict[str, Any]]:
+    """The checker's verdict on each checked member, for the workers that do not check."""
+    return {
+        m.name: {"up": m.checks.up, "reason": m.checks.last_reason} for m in members if checked(m)
+    }
+
+
+def follow(member: Member, verdict: dict[str, Any], now: float) -> Transition | None:
+    """Apply the node checker's verdict to this worker's copy of ``member``: the
+    same effects as its own checks rising or falling (a member back up starts
+    afresh and ramps up)."""
+    transition = member.checks.adopt(bool(verdict["up"]), str(verdict.get("reason", "")))
+    if transition is not None and transition.event == "member_up":
+        member.health.reset(now)
+        member.start_ramp(now)
+    return transition

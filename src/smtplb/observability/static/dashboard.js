@@ -44,6 +44,7 @@
     node.append(...children);
     return node;
   }
+  window.smtplbEl = el; // the other panels (cluster.js) build their nodes with it
 
   function setText(node, text) {
     if (node.textContent !== text) node.textContent = text;
