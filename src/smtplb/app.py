@@ -13,6 +13,7 @@ which parts need each other:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from smtplb.api import create_app
@@ -36,7 +37,7 @@ from smtplb.intake.pipeline import IntakePipeline
 from smtplb.intake.server import ConnectionCap
 from smtplb.mailauth.dmarc_watch import DmarcWatch, dns_lookup
 from smtplb.mailauth.keys import load_keyring
-from smtplb.mailauth.sign import DkimSigner
+from smtplb.mailauth.sign import DkimSigner, offload_signing
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.live import LiveStats
 from smtplb.observability.metrics import Metrics
@@ -139,7 +140,10 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         traces=traces,
         is_draining=lambda: service.draining,
         provider_of=dispatcher.provider_hint,
-        signer=DkimSigner(load_keyring(config.dkim)),  # ConfigError names a bad key file
+        signer=DkimSigner(  # ConfigError names a bad key file
+            load_keyring(config.dkim),
+            offload=offload_signing(config.workers, os.cpu_count()),
+        ),
         dmarc_watch=DmarcWatch(
             dns_lookup(config.dns.nameservers),
             SystemClock(),
