@@ -93,6 +93,7 @@ def test_two_workers_share_counts_and_one_reports_each_change(tmp_path: Path) ->
     assert again.hold("shop.test", "marketing") is None
     assert worker0.hold("shop.test", "marketing") is None
     assert [(c.domain, c.state) for c in changes][2:] == [("shop.test", OK)]
+    assert again.store.counts(0) == {}  # the buckets that left the window are gone
     worker0.close()
     again.close()
 

@@ -118,6 +118,7 @@ class ComplaintBudget:
         self._read_at = float("-inf")
         self._standing: dict[str, DomainBudget] = {}
         self._turns: dict[str, int] = {}
+        self._pruned = 0  # the first bucket of the window when it was last pruned
 
     # -- counting ----------------------------------------------------------------------
 
@@ -160,10 +161,14 @@ class ComplaintBudget:
             return self._standing
         self._read_at = now
         self.flush()
+        since = self._since()
+        if since != self._pruned:  # a bucket left the window: forget it
+            self._pruned = since
+            self.store.prune(since)
         wall = self.clock.wall()
         lifts = {d: u for d, u in self.store.lifts().items() if u > wall}
         standing: dict[str, DomainBudget] = {}
-        for domain, (delivered, complaints) in self.store.counts(self._since()).items():
+        for domain, (delivered, complaints) in self.store.counts(since).items():
             state = OK if domain in lifts else budget_state(delivered, complaints, self.policy)
             standing[domain] = DomainBudget(
                 domain, state, delivered, complaints, lifts.get(domain, 0.0)
@@ -210,9 +215,6 @@ class ComplaintBudget:
         """An operator lets ``domain``'s mail go until ``until`` (wall time); 0 ends it."""
         self.store.lift(domain.lower(), until)
         self._read_at = float("-inf")
-
-    def prune(self) -> None:
-        self.store.prune(self._since())
 
     def close(self) -> None:
         self.flush()
