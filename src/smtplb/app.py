@@ -245,12 +245,6 @@ def build_budget(
     the workers; each change of a domain's state is a ``complaint_budget`` record."""
     if not config.compliance.complaint_budget:
         return None
-    policy = BudgetPolicy(
-        window=float(config.reputation.window),
-        min_volume=config.reputation.min_volume,
-        throttle=config.compliance.complaint_throttle,
-        stop=config.compliance.complaint_stop,
-    )
 
     def changed(d: DomainBudget) -> None:
         delivery_log.write(
@@ -264,7 +258,7 @@ def build_budget(
         )
 
     store = SqliteBudgetStore(data_dir / "complaints.sqlite")
-    return ComplaintBudget(store, policy, clock, on_change=changed)
+    return ComplaintBudget(store, BudgetPolicy.of(config), clock, on_change=changed)
 
 
 def build_warmup(config: Config, data_dir: Path, clock: Clock, delivery_log: DeliveryLog) -> Warmup:

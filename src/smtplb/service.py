@@ -52,7 +52,7 @@ from smtplb.observability.record import member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
 from smtplb.reputation.book import ReputationBook
-from smtplb.reputation.complaint_budget import ComplaintBudget
+from smtplb.reputation.complaint_budget import BudgetPolicy, ComplaintBudget
 from smtplb.reputation.feedback import Feedback, FeedbackHandler
 from smtplb.reputation.rules import RuleBook
 from smtplb.reputation.state import State
@@ -506,6 +506,8 @@ class Service:
         self.intake.signer.keyring = keyring
         self.pools.clear()
         self.warmup.reconfigure(new)
+        if self.budget is not None:  # new thresholds; turning it on or off needs a restart
+            self.budget.reconfigure(BudgetPolicy.of(new))
         self.experiments.configure(new.experiments)
         self.pools.update(
             build_pools(

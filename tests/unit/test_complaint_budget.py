@@ -111,5 +111,7 @@ def test_an_operator_lift_lets_the_mail_go_until_it_ends(tmp_path: Path) -> None
     assert view["state"] == OK and view["complaints"] == 1 and view["lifted_until"]
     clock.advance(3601)
     assert budget.hold("shop.test", "marketing") is not None
+    budget.reconfigure(BudgetPolicy(min_volume=50, throttle=0.01, stop=0.02))  # a reload
+    assert budget.standing()["shop.test"].state == THROTTLED  # 1 %
     assert repr(budget) == "ComplaintBudget(1 domains, 1 over budget)"
     budget.close()

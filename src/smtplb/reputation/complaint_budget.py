@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from smtplb.clock import Clock
+from smtplb.config import Config
 from smtplb.reputation.complaint_store import BudgetStore
 
 OK, THROTTLED, STOPPED = "ok", "throttled", "stopped"
@@ -40,6 +41,16 @@ class BudgetPolicy:
     min_volume: int = 50
     throttle: float = 0.001
     stop: float = 0.0025
+
+    @classmethod
+    def of(cls, config: Config) -> BudgetPolicy:
+        """From ``[compliance]`` (the thresholds) and ``[reputation]`` (window, volume)."""
+        return cls(
+            window=float(config.reputation.window),
+            min_volume=config.reputation.min_volume,
+            throttle=config.compliance.complaint_throttle,
+            stop=config.compliance.complaint_stop,
+        )
 
     @property
     def bucket(self) -> float:
@@ -210,6 +221,11 @@ class ComplaintBudget:
         """How long a held job waits at least: until the window may have rolled a
         bucket, at most five minutes (a lift is seen by then)."""
         return min(self.policy.bucket, 300.0)
+
+    def reconfigure(self, policy: BudgetPolicy) -> None:
+        """New thresholds (a reload): every domain is decided again at the next look."""
+        self.policy = policy
+        self._read_at = float("-inf")
 
     def lift(self, domain: str, until: float) -> None:
         """An operator lets ``domain``'s mail go until ``until`` (wall time); 0 ends it."""
