@@ -78,7 +78,7 @@ def test_marketing_mail_over_budget_waits_transactional_goes_and_a_lift_releases
     status, _ = node.api(
         "/api/v1/feedback",
         "POST",
-        {"type": "complaint", "recipient": "reader0@example.org", "sender": SENDER},
+        {"type": "complaint", "recipient": "reader0@example.org", "sender": f"<{SENDER}>"},
     )
     assert status == 200
     wait_until(lambda: (_shop(node) or {}).get("state") == "stopped", 15, "shop.test stopped")

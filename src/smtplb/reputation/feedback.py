@@ -211,7 +211,8 @@ class FeedbackHandler:
         )
         sender = view.sender if view else fb.sender
         if self.on_complaint is not None and sender and "@" in sender:
-            self.on_complaint(sender.rpartition("@")[2], view.content_class if view else None)
+            domain = sender.rpartition("@")[2].strip("<> ").lower()
+            self.on_complaint(domain, view.content_class if view else None)
         reason = f"complaint ({fb.source}, {fb.feedback_type})"
         await self.state.suppress(
             [Suppression(fb.recipient, reason, "complaint", self.clock.wall())]
