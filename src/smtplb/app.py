@@ -13,6 +13,8 @@ which parts need each other:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from smtplb.api import create_app
@@ -28,21 +30,30 @@ from smtplb.clock import Clock, SystemClock
 from smtplb.config import Config
 from smtplb.delivery.bounces import DsnWriter
 from smtplb.delivery.dispatcher import Dispatcher
+from smtplb.delivery.member import Member
 from smtplb.delivery.mx import MxResolver
-from smtplb.delivery.pools import PausedMembers, Warmup, build_pools, retry_schedule
+from smtplb.delivery.pools import Job, PausedMembers, Warmup, build_pools, retry_schedule
 from smtplb.experiments import Experiments, ExperimentStore, log_events
 from smtplb.intake.auth import AuthThrottle, make_authenticator
 from smtplb.intake.pipeline import IntakePipeline
 from smtplb.intake.server import ConnectionCap
 from smtplb.mailauth.dmarc_watch import DmarcWatch, dns_lookup
 from smtplb.mailauth.keys import load_keyring
-from smtplb.mailauth.sign import DkimSigner
+from smtplb.mailauth.sign import DkimSigner, offload_signing
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.live import LiveStats
 from smtplb.observability.metrics import Metrics
+from smtplb.observability.record import DeliveryRecord
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
 from smtplb.reputation.book import ReputationBook
+from smtplb.reputation.complaint_budget import (
+    BudgetPolicy,
+    ComplaintBudget,
+    DomainBudget,
+    rate_text,
+)
+from smtplb.reputation.complaint_store import SqliteBudgetStore
 from smtplb.reputation.embedded import SqliteState
 from smtplb.reputation.feedback import FeedbackHandler
 from smtplb.reputation.rules import RuleBook
@@ -57,6 +68,7 @@ from smtplb.reputation.warmup_gate import (
 from smtplb.reputation.warmup_store import SqliteWarmupState
 from smtplb.routing.providers import ProviderTable
 from smtplb.service import Service
+from smtplb.smtp.reply import Reply
 from smtplb.spool.base import Spool
 from smtplb.spool.shards import shard_path
 from smtplb.spool.sqlite import SqliteSpool
@@ -139,7 +151,10 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         traces=traces,
         is_draining=lambda: service.draining,
         provider_of=dispatcher.provider_hint,
-        signer=DkimSigner(load_keyring(config.dkim)),  # ConfigError names a bad key file
+        signer=DkimSigner(  # ConfigError names a bad key file
+            load_keyring(config.dkim),
+            offload=offload_signing(config.workers, os.cpu_count()),
+        ),
         dmarc_watch=DmarcWatch(
             dns_lookup(config.dns.nameservers),
             SystemClock(),
@@ -154,9 +169,26 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     suppressor = BounceSuppressor(state, clock)
     if config.suppression.hard_bounces:
         dispatcher.on_hard_bounce = suppressor
-    dispatcher.on_outcome = lambda member, job, replies: warmup.gate.record(
-        member.name, job.request, replies
-    )
+    budget = build_budget(config, data_dir, clock, delivery_log)
+    if budget is None:
+        dispatcher.on_outcome = lambda member, job, replies: warmup.gate.record(
+            member.name, job.request, replies
+        )
+    else:
+
+        def on_outcome(member: Member, job: Job, replies: Sequence[Reply]) -> None:
+            warmup.gate.record(member.name, job.request, replies)
+            delivered = sum(1 for r in replies if r.is_positive)
+            budget.delivered(job.request.sender_domain, job.message.content_class, delivered)
+
+        def hold(job: Job) -> tuple[Reply, float] | None:
+            reason = budget.hold(job.request.sender_domain, job.message.content_class)
+            if reason is None:
+                return None
+            return Reply(451, "4.7.0", reason), clock.wall() + budget.retry_after()
+
+        dispatcher.on_outcome = on_outcome
+        dispatcher.hold = hold
 
     smtp = config.smtp
     users = {u.name: u.password_hash for u in smtp.users}
@@ -197,9 +229,36 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         warmup=warmup,
     )
     intake.feedback = service.feedback_handler
+    if budget is not None:
+        service.budget = budget
+        service.feedback_handler.on_complaint = budget.complaint
     if worker == 0:
         service.http = HttpServer(create_app(service), config.http.listen)
     return service
+
+
+def build_budget(
+    config: Config, data_dir: Path, clock: Clock, delivery_log: DeliveryLog
+) -> ComplaintBudget | None:
+    """The complaint budget per sender domain (None when ``[compliance]
+    complaint_budget`` is false): counts in ``data_dir/complaints.sqlite``, shared by
+    the workers; each change of a domain's state is a ``complaint_budget`` record."""
+    if not config.compliance.complaint_budget:
+        return None
+
+    def changed(d: DomainBudget) -> None:
+        delivery_log.write(
+            DeliveryRecord(
+                event="complaint_budget",
+                sender_domain=d.domain,
+                state=d.state,
+                rate=round(d.rate, 6),
+                response=rate_text(d.delivered, d.complaints),
+            )
+        )
+
+    store = SqliteBudgetStore(data_dir / "complaints.sqlite")
+    return ComplaintBudget(store, BudgetPolicy.of(config), clock, on_change=changed)
 
 
 def build_warmup(config: Config, data_dir: Path, clock: Clock, delivery_log: DeliveryLog) -> Warmup:

@@ -506,6 +506,12 @@ def _validate_mail_auth(cfg: Config) -> list[str]:
             f"compliance.list_unsubscribe: unknown mode {cfg.compliance.list_unsubscribe!r} "
             f"(expected one of {', '.join(COMPLIANCE_MODES)})"
         )
+    c = cfg.compliance
+    if not 0 < c.complaint_throttle <= c.complaint_stop < 1:
+        problems.append(
+            "compliance.complaint_stop: expected 0 < complaint_throttle <= complaint_stop < 1,"
+            f" got {c.complaint_throttle} and {c.complaint_stop}"
+        )
     for i, server in enumerate(cfg.dns.nameservers):
         try:
             host, _ = parse_hostport(server)

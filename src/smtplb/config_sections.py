@@ -90,7 +90,12 @@ class DkimConfig(Section):
 
 class ComplianceConfig(Section):
     list_unsubscribe: str = "off"  # off | warn | reject, for marketing and bulk mail
-    complaint_budget: bool = True  # needs the reputation counters (not wired yet)
+    # Per sender domain over [reputation] window: marketing and bulk mail at half share
+    # from complaint_throttle, held (deferred) from complaint_stop; see
+    # smtplb.reputation.complaint_budget.
+    complaint_budget: bool = True
+    complaint_throttle: float = 0.001
+    complaint_stop: float = 0.0025
 
 
 class DnsConfig(Section):

@@ -53,6 +53,7 @@ from smtplb.observability.record import member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
 from smtplb.reputation.book import ReputationBook
+from smtplb.reputation.complaint_budget import BudgetPolicy, ComplaintBudget
 from smtplb.reputation.feedback import Feedback, FeedbackHandler
 from smtplb.reputation.rules import RuleBook
 from smtplb.reputation.state import State
@@ -136,6 +137,7 @@ class Service:
         self.eligibility = eligibility  # every pool's filters (reputation among them)
         self.feedback_handler = feedback
         self.warmup = warmup
+        self.budget: ComplaintBudget | None = None  # [compliance] complaint_budget (app.py)
         self.http: HttpServer | None = None  # set by smtplb.app on worker 0
         self.heartbeats: Heartbeats | None = None  # worker 0, with [cluster] redis
         self.listeners: list[Listener] = []
@@ -230,6 +232,33 @@ class Service:
             }
             for p in self.pools.values()
         ]
+
+    def compliance_view(self) -> dict[str, Any]:
+        """The complaint budget: its thresholds and every sender domain in the window."""
+        c, budget = self.config.compliance, self.budget
+        domains = (
+            [] if budget is None else sorted(budget.standing().values(), key=lambda d: -d.rate)
+        )
+        return {
+            "complaint_budget": {
+                "enabled": budget is not None,
+                "throttle": c.complaint_throttle,
+                "stop": c.complaint_stop,
+                "window": float(self.config.reputation.window),
+                "min_volume": self.config.reputation.min_volume,
+                "domains": [d.to_json() for d in domains],
+            },
+            "list_unsubscribe": c.list_unsubscribe,
+        }
+
+    def lift_complaint_budget(self, domain: str) -> dict[str, Any] | None:
+        """Let ``domain``'s marketing and bulk mail go for one window; None: the budget
+        is off or has counted no mail of the domain in the window."""
+        if self.budget is None or domain.lower() not in self.budget.standing():
+            return None
+        until = time.time() + float(self.config.reputation.window)
+        self.budget.lift(domain, until)
+        return {"domain": domain.lower(), "lifted_until": until}
 
     def provider_views(self) -> list[dict[str, Any]]:
         # This worker's shaping state (each worker shapes its own share of the traffic).
@@ -519,6 +548,8 @@ class Service:
         self.intake.signer.keyring = keyring
         self.pools.clear()
         self.warmup.reconfigure(new)
+        if self.budget is not None:  # new thresholds; turning it on or off needs a restart
+            self.budget.reconfigure(BudgetPolicy.of(new))
         self.experiments.configure(new.experiments)
         self.pools.update(
             build_pools(
@@ -588,6 +619,8 @@ class Service:
         await self.spool.close()
         self.reputation_state.close()
         self.warmup.state.close()
+        if self.budget is not None:
+            self.budget.close()
         self.delivery_log.close()
 
     async def run_forever(self) -> None:

@@ -81,6 +81,18 @@ class StandIn:
         lane = {"member": "m1", "active": 0, "concurrency": 3, "suspended": None}
         return [{"name": "gmail", "suspended": None, "members": [lane]}]
 
+    def compliance_view(self) -> dict[str, Any]:
+        shop = {"domain": "m1", "state": "stopped", "delivered": 1000, "complaints": 3}
+        budget = {"enabled": True, "throttle": 0.001, "stop": 0.0025, "window": 86400.0}
+        domains = [{**shop, "rate": 0.003, "lifted_until": None}]
+        return {
+            "complaint_budget": {**budget, "min_volume": 50, "domains": domains},
+            "list_unsubscribe": "warn",
+        }
+
+    def lift_complaint_budget(self, domain: str) -> dict[str, Any] | None:
+        return {"domain": domain, "lifted_until": 1e9} if domain == "m1" else None
+
     def pause(self, member: str) -> dict[str, Any] | None:
         return {**MEMBER, "paused": True} if member == "m1" else None
 
@@ -240,6 +252,9 @@ CASES = [
     ("post", "/api/v1/queue/nope/retry", None, 404),
     ("get", "/api/v1/pools", None, 200),
     ("get", "/api/v1/providers", None, 200),
+    ("get", "/api/v1/compliance", None, 200),
+    ("post", "/api/v1/compliance/domains/m1/lift", None, 200),
+    ("post", "/api/v1/compliance/domains/nope/lift", None, 404),
     ("get", "/api/v1/members", None, 200),
     ("post", "/api/v1/members/m1/pause", None, 200),
     ("post", "/api/v1/members/nope/pause", None, 404),

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smtplb.config import ConfigError, parse_config
-from smtplb.mailauth.canon import relaxed_body, relaxed_header, split_headers
+from smtplb.mailauth.canon import relaxed_body, relaxed_fields, relaxed_header, split_headers
 from smtplb.mailauth.keys import (
     generate_key,
     load_keyring,
@@ -35,6 +35,7 @@ from smtplb.mailauth.sign import (
     PrivateKey,
     SigningKey,
     from_domain,
+    offload_signing,
     sign_message,
 )
 
@@ -82,6 +83,25 @@ def test_relaxed_header_is_dkimpys(parts: list[bytes], name: bytes) -> None:
     raw = name + b":" + b"\r\n\t".join(parts) + b"\r\n"
     ref = dkim.canonicalization.Relaxed.canonicalize_headers([[name, raw.split(b":", 1)[1]]])
     assert relaxed_header(name, raw) == ref[0][0] + b":" + ref[0][1]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"Subject", b"X-A ", b"from", b"To"]),
+            st.lists(WSP_TEXT, min_size=1, max_size=3),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_relaxed_fields_is_relaxed_header_of_every_field(
+    fields: list[tuple[bytes, list[bytes]]],
+) -> None:
+    block = b"".join(name + b":" + b"\r\n\t".join(parts) + b"\r\n" for name, parts in fields)
+    expected = [relaxed_header(n, raw)[:-2] for n, raw in split_headers(block)]
+    assert [canonical for _, canonical in relaxed_fields(block)] == expected
+    assert [n for n, _ in relaxed_fields(block)] == [n.strip().lower() for n, _ in fields]
 
 
 def test_split_headers_keeps_folding_byte_for_byte() -> None:
@@ -262,6 +282,25 @@ class _ThreadNotingKey:
         assert isinstance(self.key, rsa.RSAPrivateKey)
         signature: bytes = self.key.sign(data, pad, algorithm)
         return signature
+
+
+def test_rsa_goes_to_a_thread_only_when_a_core_is_left_for_it() -> None:
+    assert offload_signing(1, 2)
+    assert not offload_signing(2, 2)
+    assert not offload_signing(4, 2)
+    assert not offload_signing(1, None)
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+def test_signer_in_place_signs_on_the_loop_thread(algorithm: str) -> None:
+    key = generate_key(algorithm)
+    signer = DkimSigner(KeyRing([SigningKey("example.test", "s1", key, "k.pem")]), offload=False)
+    try:
+        signed = asyncio.run(signer.sign(MESSAGE, "mail.example.test"))
+    finally:
+        signer.close()
+    assert "in place" in repr(signer)
+    assert dkim.verify(signed, dnsfunc=dns_for({"s1._domainkey.example.test": key}))
 
 
 def test_signer_signs_in_its_thread_pool_and_only_covered_domains() -> None:

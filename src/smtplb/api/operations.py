@@ -72,6 +72,15 @@ class Operations(Protocol):
         """Every pool: name, strategy, waiting jobs, member names."""
         ...
 
+    def compliance_view(self) -> dict[str, Any]:
+        """The complaint budget per sender domain (and the compliance settings)."""
+        ...
+
+    def lift_complaint_budget(self, domain: str) -> dict[str, Any] | None:
+        """Let a sender domain's held mail go for one window; None: the budget is off,
+        or it counted no mail of that domain in the window."""
+        ...
+
     def provider_views(self) -> list[dict[str, Any]]:
         """Every mailbox provider: its limits and rules, and per member that sent to it
         the connections, adaptive window, rate and any suspension."""

@@ -255,6 +255,29 @@ async def providers_list(request: Request) -> Response:
     return JSONResponse({"providers": _ops(request).provider_views()})
 
 
+@protected
+@documented((200, "Compliance", "The complaint budget of every sender domain in the window"))
+async def compliance(request: Request) -> Response:
+    """Per sender domain: delivered marketing and bulk mail, complaints, rate and state
+    (ok, throttled, stopped) over ``[reputation] window``; the dashboard's panel."""
+    return JSONResponse(_ops(request).compliance_view())
+
+
+@protected
+@documented((200, "BudgetLift", "The domain's mail goes again for one window"), fails=[404, 409])
+async def compliance_lift(request: Request) -> Response:
+    """Lift a sender domain's complaint budget for one ``[reputation] window``: its held
+    mail goes at its next retry (``POST /api/v1/queue/retry`` sends it now)."""
+    domain = request.path_params["domain"]
+    ops = _ops(request)
+    if not ops.compliance_view()["complaint_budget"]["enabled"]:
+        return problem(409, "Complaint budget off", "[compliance] complaint_budget is false")
+    lifted = ops.lift_complaint_budget(domain)
+    if lifted is None:
+        return problem(404, "No such sender domain in the complaint budget's window", domain)
+    return JSONResponse(lifted)
+
+
 def _member_or_404(name: str, member: dict[str, Any] | None) -> JSONResponse:
     """A member action's answer: the member's view, or 404 when there is no such member."""
     return problem(404, "No such member", name) if member is None else JSONResponse(member)
@@ -513,6 +536,8 @@ ROUTES = [
     Route("/api/v1/pools", pools_list),
     Route("/api/v1/members", members_list),
     Route("/api/v1/providers", providers_list),
+    Route("/api/v1/compliance", compliance),
+    Route("/api/v1/compliance/domains/{domain}/lift", compliance_lift, methods=["POST"]),
     Route("/api/v1/members/{name}/pause", member_pause, methods=["POST"]),
     Route("/api/v1/members/{name}/resume", member_resume, methods=["POST"]),
     Route("/api/v1/members/{name}/quarantine", member_quarantine, methods=["POST"]),

@@ -117,6 +117,9 @@ class Dispatcher:
         self.reputation: ReputationBook | None = None
         # The replies of each attempt, by member (the warm-up loop's rates; set by app.py).
         self.on_outcome: Callable[[Member, Job, Sequence[Reply]], None] | None = None
+        # A job that must wait before any member is asked (the complaint budget): the
+        # deferral reply and the earliest retry (wall time); None: it may go (app.py).
+        self.hold: Callable[[Job], tuple[Reply, float] | None] | None = None
         self.held = 0  # recipients in memory: in lanes or being delivered
         # True while the spool may hold due work that is not in memory (intake
         # overflowed to disk, or the last claim came back full): then freed room
@@ -224,6 +227,12 @@ class Dispatcher:
                 job = lane[i]
                 if job.provider in blocked:
                     i += 1
+                    continue
+                held = self.hold(job) if self.hold is not None else None
+                if held is not None:
+                    del lane[i]
+                    self.traces.add(job.message.queue_id, "deferred", pool.name, held[0].text)
+                    self._defer(job, *held)
                     continue
                 choice = pool.choose(job, now)
                 if choice.waits:

@@ -282,7 +282,7 @@ class IntakePipeline:
             self._check_compliance(queue_id, envelope, headers, content_class)
         # Signed once, here, on the bytes that will be sent: nothing after this point
         # changes the content (the delivery client only dot-stuffs on the wire).
-        content = await self.signer.sign(content)
+        content = await self.signer.sign(content, from_domain(headers))
         message = NewMessage(
             queue_id=queue_id,
             sender=envelope.mail_from,

@@ -11,6 +11,7 @@ import re
 _WSP_RUN = re.compile(rb"[ \t]+")
 _WSP_TO_REDUCE = re.compile(rb"[ \t]*\t[ \t]*| {2,}")  # what is not already one space
 _TRAILING_WSP = re.compile(rb" \r\n")
+_FOLD = re.compile(rb"\r\n(?=[ \t])")
 
 
 def split_headers(block: bytes) -> list[tuple[bytes, bytes]]:
@@ -46,6 +47,25 @@ def relaxed_header(name: bytes, raw: bytes) -> bytes:
     if b"\t" in value or b"  " in value:
         value = _WSP_RUN.sub(b" ", value)
     return name.strip(b" \t").lower() + b":" + value.strip(b" \t") + b"\r\n"
+
+
+def relaxed_fields(block: bytes) -> list[tuple[bytes, bytes]]:
+    """Every field of a header block, relaxed, in order: ``(lower-cased name, field
+    without its CRLF)`` — :func:`relaxed_header` for the whole block at once.
+
+    Unfolding and the whitespace runs are a few passes over the block in C, instead of
+    a function call per field: what signing costs besides the signature itself."""
+    if b"\r\n " in block or b"\r\n\t" in block:
+        block = _FOLD.sub(b"", block)
+    if b"\t" in block or b"  " in block:
+        block = _WSP_RUN.sub(b" ", block)
+    fields: list[tuple[bytes, bytes]] = []
+    for line in block.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            lower = name.strip(b" ").lower()
+            fields.append((lower, lower + b":" + value.strip(b" ")))
+    return fields
 
 
 def relaxed_body(body: bytes) -> bytes:

@@ -157,6 +157,13 @@ class Metrics:
             "smtplb_complaints", "Complaints received (ARF or JSON)", ["member"], registry=r
         )
 
+        self.complaint_budget = Gauge(
+            "smtplb_complaint_budget",
+            "Sender domains' complaint budget: 1 for the state each is in (ok, throttled, stopped)",
+            ["domain", "state"],
+            registry=r,
+        )
+
         self.warmup_cap = Gauge(
             "smtplb_warmup_cap",
             "Warm-up cap of the day per member and provider (absent: warm)",
@@ -190,6 +197,9 @@ class Metrics:
             self._child(self.suspensions, record.provider or "", member, record.rule or "").inc()
         elif event == "complaint":
             self._child(self.complaints, member).inc()
+        elif event == "complaint_budget" and record.sender_domain:
+            for s in ("ok", "throttled", "stopped"):
+                self.complaint_budget.labels(record.sender_domain, s).set(s == record.state)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: this runs for every delivery event."""

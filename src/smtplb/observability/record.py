@@ -49,7 +49,9 @@ MEMBER_EVENTS = (
     "warmup_stepped_back",
 )
 EXPERIMENT_EVENTS = ("experiment_started", "experiment_stopped", "experiment_variant_stopped")
-EVENTS = RECIPIENT_EVENTS + MEMBER_EVENTS + EXPERIMENT_EVENTS
+# A sender domain's complaint budget changed state: `sender_domain`, `state`, `rate`.
+DOMAIN_EVENTS = ("complaint_budget",)
+EVENTS = RECIPIENT_EVENTS + MEMBER_EVENTS + EXPERIMENT_EVENTS + DOMAIN_EVENTS
 
 
 class DeliveryRecord(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -81,6 +83,9 @@ class DeliveryRecord(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False)
     size: int | None = None  # received: message size in bytes
     rule: str | None = None  # suspended / quarantined: the rule that fired
     until: float | None = None  # suspended / quarantined: Unix time it ends
+    sender_domain: str | None = None  # complaint_budget: the domain
+    state: str | None = None  # complaint_budget: ok | throttled | stopped
+    rate: float | None = None  # complaint_budget: complaints / delivered in the window
 
 
 def member_record(event: str, pool: str, member: str, reason: str) -> DeliveryRecord:

@@ -179,6 +179,8 @@ class FeedbackHandler:
         self.delivery_log = delivery_log
         self.find_message = find_message
         self.clock = clock
+        # (sender domain, content class or None when unmatched): the complaint budget.
+        self.on_complaint: Callable[[str, str | None], None] | None = None
 
     async def handle(self, fb: Feedback) -> dict[str, Any]:
         """Record one complaint; what was matched and done, for the API's answer."""
@@ -207,6 +209,10 @@ class FeedbackHandler:
                 response=f"{fb.source} feedback-type {fb.feedback_type}",
             )
         )
+        sender = view.sender if view else fb.sender
+        if self.on_complaint is not None and sender and "@" in sender:
+            domain = sender.rpartition("@")[2].strip("<> ").lower()
+            self.on_complaint(domain, view.content_class if view else None)
         reason = f"complaint ({fb.source}, {fb.feedback_type})"
         await self.state.suppress(
             [Suppression(fb.recipient, reason, "complaint", self.clock.wall())]

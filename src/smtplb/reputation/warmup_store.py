@@ -15,15 +15,13 @@ check-and-take).
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
+from smtplb.reputation.shared_db import SharedDb
 from smtplb.reputation.warmup import (
     OUTCOME_KINDS,
     DayOutcomes,
@@ -101,53 +99,13 @@ class SqliteWarmupState:
         self.policy = policy
         # Members in warm-up and their configured start day (None: first use).
         self.starts: dict[str, int | None] = dict(starts or {})
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None  # opened at first use
+        self.db = SharedDb(path, _SCHEMA)
 
     def __repr__(self) -> str:
         return f"SqliteWarmupState({self.path}, {len(self.starts)} members warming)"
 
-    def _connection(self) -> sqlite3.Connection:
-        """The database, opened at first use: a node whose members are all warm
-        never touches it, and one started on a full disk still starts (only its
-        warming members wait, see :class:`~smtplb.reputation.warmup_gate.WarmupGate`)."""
-        if self._db is None:
-            db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
-            try:
-                db.isolation_level = None  # transactions are explicit
-                db.execute("PRAGMA busy_timeout=10000")
-                db.execute("PRAGMA journal_mode=WAL")
-                # A lost commit needs an OS crash; it costs a few messages over one cap.
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("BEGIN IMMEDIATE")
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        db.execute(stmt)
-                db.execute("COMMIT")
-            except sqlite3.Error:
-                db.close()
-                raise
-            self._db = db
-        return self._db
-
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):  # already rolled back (disk full)
-                    db.execute("ROLLBACK")
-                raise
+        self.db.close()
 
     # -- reads ---------------------------------------------------------------------
 
@@ -193,19 +151,13 @@ class SqliteWarmupState:
         return self._status_for(db, progress, member, provider, now)
 
     def status(self, member: str, provider: str, now: float) -> Status:
-        with self._lock:
-            return self._status(self._connection(), member, provider, now)
+        with self.db.lock:
+            return self._status(self.db.connection(), member, provider, now)
 
     def providers(self, member: str) -> list[str]:
-        with self._lock:
-            rows = (
-                self._connection()
-                .execute(
-                    "SELECT provider FROM warmup_progress WHERE member = ? ORDER BY provider",
-                    (member,),
-                )
-                .fetchall()
-            )
+        rows = self.db.read(
+            "SELECT provider FROM warmup_progress WHERE member = ? ORDER BY provider", (member,)
+        )
         return [str(r[0]) for r in rows]
 
     # -- writes --------------------------------------------------------------------
@@ -214,7 +166,7 @@ class SqliteWarmupState:
         self, member: str, provider: str, n: int, now: float
     ) -> tuple[str | None, list[Decision]]:
         decisions: list[Decision] = []
-        with self._tx() as db:
+        with self.db.transaction() as db:
             progress, decision, changed = self._current(db, member, provider, now)
             if decision is not None:
                 decisions.append(decision)
@@ -245,7 +197,7 @@ class SqliteWarmupState:
         return Status(provider, progress.step + 1, cap, sent, hourly, hour_sent)
 
     def give_back(self, member: str, provider: str, n: int, now: float) -> None:
-        with self._tx() as db:
+        with self.db.transaction() as db:
             self._add(db, member, provider, now, "sent", -n)
             db.execute(
                 "UPDATE warmup_hour SET sent = max(0, sent - ?)"
@@ -254,7 +206,7 @@ class SqliteWarmupState:
             )
 
     def record(self, member: str, provider: str, counts: Mapping[str, int], now: float) -> None:
-        with self._tx() as db:
+        with self.db.transaction() as db:
             for kind, n in counts.items():
                 if kind not in OUTCOME_KINDS:
                     raise ValueError(f"unknown warm-up outcome {kind!r}")
