@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from smtplb.config import usable_cores
 from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, free_port, relay_config, tool, wait_until
 from tests.integration.test_balancing_acceptance import send_all
@@ -21,8 +22,8 @@ def test_two_workers_share_the_port_and_answer_as_one_node(
 ) -> None:
     smtp_source = tool("smtp-source")
     ups = [sinks(), sinks()]
-    text, smtp_port, http_port = relay_config(tmp_path / "var", [s.port for s in ups])
-    node = smtplb("workers = 2\n" + text, smtp_port, http_port).start()
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [s.port for s in ups], workers=2)
+    node = smtplb(text, smtp_port, http_port).start()
     wait_until(
         lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
     )
@@ -90,8 +91,8 @@ def test_lowering_workers_loses_nothing(
     tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
 ) -> None:
     port = free_port()  # upstream down while mail is queued on both shards
-    text, smtp_port, http_port = relay_config(tmp_path / "var", [port])
-    node = smtplb("workers = 2\n" + text, smtp_port, http_port).start()
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [port], workers=2)
+    node = smtplb(text, smtp_port, http_port).start()
     wait_until(
         lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
     )
@@ -99,10 +100,33 @@ def test_lowering_workers_loses_nothing(
         node.smtp_port, [f"k{i}@example.org" for i in range(120)], clients=12, tag="keep"
     )
     assert node.stop() == 0
-    node.config_path.write_text(text)  # back to one worker: spool-1.db has no owner now
+    node.config_path.write_text(
+        text.replace("workers = 2", "workers = 1")
+    )  # back to one worker: spool-1.db has no owner now
     sink = sinks(port=port)
     node.output.clear()
     node.start()
     wait_until(lambda: len(sink.received) >= 120, 60, "every message after the restart")
     assert {m.message_id for m in sink.received} == set(accepted)
     assert not (tmp_path / "var" / "spool-1.db").exists()
+
+
+def test_without_a_workers_key_a_node_runs_one_worker_per_core(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    cores = min(64, usable_cores())
+    up = sinks()
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [up.port], workers=None)
+    assert "workers =" not in text
+    node = smtplb(text, smtp_port, http_port).start()
+    wait_until(
+        lambda: sum("smtplb listening" in line for line in node.output) == cores,
+        20,
+        f"{cores} workers",
+    )
+    status, overview = node.api("/api/v1/overview")
+    assert status == 200
+    assert overview["workers"] == cores
+    accepted = send_all(node.smtp_port, [f"c{i}@example.org" for i in range(40)], clients=8)
+    wait_until(lambda: len(up.received) >= 40, 30, "every message delivered")
+    assert {m.message_id for m in up.received} == set(accepted)
