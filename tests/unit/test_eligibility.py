@@ -27,7 +27,7 @@ from smtplb.config import HealthConfig, MemberConfig, PoolConfig
 from smtplb.delivery.connection import ConnectionSettings
 from smtplb.delivery.health_check import HealthChecker
 from smtplb.delivery.member import AttemptResult, Member
-from smtplb.delivery.pools import Choice, Job, PoolRuntime, no_member_reply
+from smtplb.delivery.pools import ROTATE_ABOVE, Choice, Job, PoolRuntime, no_member_reply
 from smtplb.model import RecipientState
 from smtplb.spool.base import ClaimedMessage, ClaimedRecipient
 
@@ -406,3 +406,87 @@ def test_the_chosen_member_passes_every_filter(
         assert excluded != {m.name for m in members} and busy
     else:
         assert excluded == {m.name for m in members}
+
+
+# -- large pools: round robin by rotation --------------------------------------------
+
+
+def test_round_robin_in_a_large_pool_rotates_looking_at_few_members() -> None:
+    clock = FakeClock()
+    members = [member(f"m{i:02}", clock, fall=1) for i in range(ROTATE_ABOVE + 24)]
+    p = pool("round_robin", members)
+    looked: list[str] = []
+
+    def counting(m: MemberView, request: PickRequest, now: float) -> str | None:
+        looked.append(m.name)
+        return None
+
+    p.eligibility = Eligibility(exclude=(counting, *EXCLUDE))
+    members[3].paused = True
+    start_and_record(members[4], REFUSED, clock)  # ejected
+    members[5].active = members[5].connection_limit  # busy
+    usable = [m.name for m in members if m.name not in ("m03", "m04", "m05")]
+    picks = [name_of(p.choose(job(), clock.monotonic())) for _ in range(2 * len(usable))]
+    assert picks == usable * 2  # pool order, each usable member once per turn
+    assert len(looked) == 2 * len(members)  # one look per member per turn, not per pick
+    # The trace names the members passed over before the chosen one, with their reasons.
+    choice = p.choose(job(), clock.monotonic())
+    assert name_of(choice) == "m00"
+    for _ in range(3):  # m01, m02, then m06
+        choice = p.choose(job(), clock.monotonic())
+    assert name_of(choice) == "m06"
+    assert choice.selection.reasons(choice.member) == (
+        ("m03", "paused"),
+        ("m04", "ejected for 10s more (refused)"),
+        ("m05", f"busy (all {members[5].connection_limit} connections in use)"),
+    )
+
+
+def test_a_large_pool_falls_back_to_the_scores_for_a_ramping_member_or_none_free() -> None:
+    clock = FakeClock()
+    members = [member(f"m{i:02}", clock, slow_start=100) for i in range(ROTATE_ABOVE + 4)]
+    p = pool("round_robin", members)
+    members[0].start_ramp()
+    picks = Counter(name_of(p.choose(job(), clock.monotonic())) for _ in range(2000))
+    assert picks["m00"] < 20  # 5 % of a share while ramping from the start
+    assert min(picks[m.name] for m in members[1:]) >= 90
+    for m in members:
+        m.active = m.connection_limit
+    assert p.choose(job(), clock.monotonic()).waits  # every member busy: the job waits
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.booleans(), st.booleans(), st.integers(0, 2)),
+        min_size=ROTATE_ABOVE + 1,
+        max_size=ROTATE_ABOVE + 8,
+    ),
+    st.integers(0, 100),
+)
+def test_a_rotation_pick_passes_every_filter_and_waits_as_a_full_one_does(
+    states: list[tuple[bool, bool, bool, int]], cursor: int
+) -> None:
+    clock = FakeClock()
+    members = [member(f"m{i}", clock, max_connections=2, fall=1) for i in range(len(states))]
+    for m, (is_paused, is_down, is_ejected, active) in zip(members, states, strict=True):
+        m.paused = is_paused
+        m.checks.up = not is_down
+        if is_ejected:
+            start_and_record(m, REFUSED, clock)
+        m.active = active
+    p = pool("round_robin", members)
+    p.strategy.cursor = cursor
+    j, now = job(), clock.monotonic()
+    choice = p.choose(j, now)
+    excluded = {m.name for m in members if p.eligibility.excluded(m, j.request, now)}
+    busy = {m.name for m in members if p.eligibility.waits(m, j.request, now)}
+    free = [m for m in members if m.name not in excluded | busy]
+    if free:
+        # the first free member from the cursor on; those before it are the skipped ones
+        start = cursor % len(members)
+        first = next(m for m in members[start:] + members[:start] if m in free)
+        assert choice.member is first
+        assert all(why for _, why in choice.selection.reasons(first))
+    else:
+        assert choice.member is None and choice.waits == bool(busy - excluded)
