@@ -43,6 +43,7 @@ def report(
     results: list[RunResult],
     workers: int,
     started: datetime,
+    checks: str = "",
 ) -> str:
     def med(size: int, metric: str) -> float:
         values = [getattr(r, metric) for r in results if r.server == f"{size} members"]
@@ -55,7 +56,7 @@ def report(
         "## Pool size: 3 members against 150",
         "",
         f"`{command}` on {started:%Y-%m-%d %H:%M} UTC; {info['CPU']}, smtplb {info['smtplb']},"
-        f" `workers = {workers}`. Case (a) load (1 message per connection, 5 KB,"
+        f" `workers = {workers}`{checks}. Case (a) load (1 message per connection, 5 KB,"
         " 20 sessions); every member relays onto the same three smtp-sinks, pool sizes"
         " alternating. CPU is the smtplb process tree's CPU time ÷ messages; rates are"
         " wall clock on a machine shared with other work, so compare them within this run.",
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1, help="smtplb's `workers` (1)")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument(
+        "--no-checks", action="store_true", help="[health] checks = false (active checks off)"
+    )
     parser.add_argument("--no-report", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(n) for n in args.members.split(",")]
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 size: SmtplbServer(
                     work / f"pool-{size}",
                     [sinks.relays[i % len(sinks.relays)] for i in range(size)],
+                    {"health": {"checks": False}} if args.no_checks else None,
                     workers=args.workers,
                     name=f"{size} members",
                 )
@@ -133,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         except BenchError as exc:
             print(f"pool_size: {exc}", file=sys.stderr)
             return 1
+    checks = ", active health checks off" if args.no_checks else ", active health checks on"
     text = report(
-        shown_argv("bench/pool_size.py", argv), info, sizes, results, args.workers, started
+        shown_argv("bench/pool_size.py", argv), info, sizes, results, args.workers, started, checks
     )
     print(text)
     if not args.no_report:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 
@@ -346,7 +347,7 @@ async def _active_checks_on_the_clock() -> None:
         rng=random.Random(0),
         check=check,
     )
-    loop = asyncio.get_running_loop().create_task(checker._loop(m))
+    loop = asyncio.get_running_loop().create_task(checker._loop([m]))
     try:
         for _ in range(6):
             await asyncio.wait_for(probed.wait(), 5)
@@ -490,3 +491,49 @@ def test_a_rotation_pick_passes_every_filter_and_waits_as_a_full_one_does(
         assert all(why for _, why in choice.selection.reasons(first))
     else:
         assert choice.member is None and choice.waits == bool(busy - excluded)
+
+
+def test_members_on_the_same_path_share_its_checks() -> None:
+    asyncio.run(_shared_checks())
+
+
+async def _shared_checks() -> None:
+    clock = FakeClock()
+    same = [member(f"s{i}", clock) for i in range(5)]  # all relay to 127.0.0.1:2525
+    other = Member(
+        MemberConfig("o", relay="127.0.0.1:2526"),
+        "main",
+        ConnectionSettings("lb.test"),
+        PassiveHealth(),
+        ActiveHealth(rise=2, fall=2),
+        clock=clock,
+    )
+    probed: Counter[str] = Counter()
+
+    async def check(target: Member, timeout: float) -> tuple[bool, str]:
+        probed[str(target.config.relay)] += 1
+        return False, "refused"
+
+    events: list[tuple[str, str]] = []
+    checker = HealthChecker(
+        HealthConfig(interval=2.0, rise=2, fall=2),  # type: ignore[arg-type]
+        lambda m, event, reason: events.append((m.name, event)),
+        clock=clock,
+        check=check,
+    )
+    task = asyncio.get_running_loop().create_task(checker.run(lambda: [*same, other]))
+    try:
+        for _ in range(6):
+            for _ in range(20):  # let the loops run to their sleeps
+                await asyncio.sleep(0)
+            clock.advance(1.5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # one probe per path and round, whatever the number of members on it
+    assert set(probed) == {"127.0.0.1:2525", "127.0.0.1:2526"}
+    assert probed["127.0.0.1:2526"] >= 3
+    assert abs(probed["127.0.0.1:2525"] - probed["127.0.0.1:2526"]) <= 1  # jitter
+    assert not any(m.checks.up for m in [*same, other])
+    assert sorted(events) == sorted((m.name, "member_down") for m in [*same, other])

@@ -107,6 +107,11 @@ class PoolRuntime:
     )
     # an experiment's variants: each its own strategy over its member subset
     variants: dict[str, tuple[list[Member], Strategy]] = field(default_factory=dict)
+    # Some member resolves MX hosts (egress): fixed per pool, a reload builds new ones.
+    delivers_by_mx: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.delivers_by_mx = any(m.kind == "egress" for m in self.members)
 
     @property
     def name(self) -> str:
