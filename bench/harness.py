@@ -457,13 +457,14 @@ def smtplb_config(
     http_port: int,
     relays: Sequence[str],
     sections: Sections | None = None,
-    workers: int = 1,
+    workers: int | None = 1,
 ) -> str:
     """One pool, round robin, a relay member per sink; every other key at its default
-    unless ``sections`` sets it (``{"health": {"interval": "1s"}}``)."""
+    unless ``sections`` sets it (``{"health": {"interval": "1s"}}``); ``workers``
+    None leaves the key out (smtplb's default: one per core)."""
     lines = [
         f"data_dir = {toml_str(str(data_dir))}",
-        f"workers = {workers}",
+        *([] if workers is None else [f"workers = {workers}"]),
         'hostname = "relay.bench.test"',
         "",
         "[smtp]",
@@ -516,7 +517,7 @@ class SmtplbServer(Server):
         work: Path,
         relays: Sequence[str],
         sections: Sections | None = None,
-        workers: int = 1,
+        workers: int | None = 1,
         command: Sequence[str] | None = None,
         name: str = "smtplb",
         prefill: Path | None = None,

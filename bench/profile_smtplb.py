@@ -110,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="smtplb's workers (1; more: --subprocesses)"
+    )
+    parser.add_argument(
+        "--members", type=int, default=3, help="relay members, member i onto sink i mod 3 (3)"
+    )
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument(
@@ -131,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     with terminate_on_sigterm(), Workdir() as work:
         sinks = SinkSet(tools, free_port_on_all(SINK_HOSTS))
-        smtplb = SmtplbServer(work / "smtplb", sinks.relays)
+        relays = [sinks.relays[i % len(sinks.relays)] for i in range(args.members)]
+        smtplb = SmtplbServer(work / "smtplb", relays, workers=args.workers)
         raw = args.raw or work / "profile.txt"
         spy: subprocess.Popen[bytes] | None = None
         try:
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             smtplb.start()
             time.sleep(1)
             spy_mode = ["--native"] if args.native else ["--nonblocking"]
-            spy_mode += ["--threads"]
+            spy_mode += ["--threads"] + (["--subprocesses"] if args.workers > 1 else [])
             spy = subprocess.Popen(
                 [
                     py_spy,

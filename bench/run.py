@@ -306,7 +306,7 @@ def dkim_lines(results: list[RunResult]) -> list[str]:
     return ["".join(out).rstrip(";") + ".", ""]
 
 
-def dkim_server(work: Path, relays: Sequence[str], workers: int, name: str) -> SmtplbServer:
+def dkim_server(work: Path, relays: Sequence[str], workers: int | None, name: str) -> SmtplbServer:
     """smtplb signing all mail From example.com with a new key of the given algorithm."""
     algorithm = DKIM_SERVERS[name][0]
     server = SmtplbServer(work / name, relays, workers=workers, name=name)
@@ -323,7 +323,9 @@ def dkim_server(work: Path, relays: Sequence[str], workers: int, name: str) -> S
     return server
 
 
-def observations(results: list[RunResult], cases: list[Case], args_workers: int = 1) -> list[str]:
+def observations(
+    results: list[RunResult], cases: list[Case], args_workers: int | None = 1
+) -> list[str]:
     """What the tables say, computed from them (the numbers are medians of runs)."""
 
     def med(server: str, case: str, metric: Callable[[RunResult], float | None]) -> float | None:
@@ -350,7 +352,8 @@ def observations(results: list[RunResult], cases: list[Case], args_workers: int 
     p_cores = [r.cores_used for r in results if r.server == "Postfix" and r.cores_used]
     if s_cores and p_cores:
         notes.append(
-            f"- smtplb used {min(s_cores):.2f}–{max(s_cores):.2f} cores ({args_workers} worker"
+            f"- smtplb used {min(s_cores):.2f}–{max(s_cores):.2f} cores"
+            f" ({workers_label(args_workers)} worker"
             " process(es), each an event loop plus a spool writer thread), Postfix"
             f" {min(p_cores):.2f}–{max(p_cores):.2f} cores over its ~100 processes. On"
             f" {_cores()} cores the load generator and the sinks need the rest: the machine"
@@ -368,6 +371,11 @@ def observations(results: list[RunResult], cases: list[Case], args_workers: int 
         "  and end-to-end rates stay close. It was left on (a default).",
     ]
     return notes
+
+
+def workers_label(workers: int | None) -> str:
+    """``workers`` as configured: None is the key left out (smtplb's default)."""
+    return str(workers) if workers is not None else f"not set (default: auto, {_cores()})"
 
 
 def _cores() -> int:
@@ -414,7 +422,8 @@ def report(
         f"- Command: `{command}`",
         f"- Messages per run: {args.messages:,} (5 KB cases), {args.messages // 2:,} (50 KB"
         f" cases); runs per server and case: {args.runs};"
-        f" smtp-source sessions: {args.sessions}; smtplb workers: {args.smtplb_workers}",
+        f" smtp-source sessions: {args.sessions};"
+        f" smtplb workers: {workers_label(args.smtplb_workers)}",
     ]
     out += [f"- {k}: {v}" for k, v in info.items()]
     out += [
@@ -517,8 +526,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--smtplb-workers",
         type=int,
-        default=os.cpu_count() or 1,
-        help="smtplb's `workers` (default: one per core, as Postfix uses every core)",
+        default=None,
+        help="smtplb's `workers` (default: the key left out, as a new user runs it:"
+        " smtplb's default, one per core, as Postfix uses every core)",
     )
     parser.add_argument("--sessions", type=int, default=20, help="smtp-source -s (20)")
     parser.add_argument("--cases", default="abcd", help="which cases, e.g. 'ab' (abcd)")

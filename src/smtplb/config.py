@@ -11,6 +11,7 @@ are not built yet are accepted with a warning, never silently.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 import tomllib
@@ -229,7 +230,9 @@ class WebhookConfig(Section):
 
 class Config(Section):
     data_dir: str = "var"
-    workers: int = 1  # processes on this node, each with its own spool shard
+    # processes on this node, each with its own spool shard; "auto" (the default) is
+    # one per core, resolved by parse_config (see resolve_workers)
+    workers: int = 1
     hostname: str = msgspec.field(default_factory=socket.getfqdn)
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
@@ -314,7 +317,7 @@ def _validate(cfg: Config) -> list[str]:
         if not ok:
             problems.append(f"{key}: {message}")
 
-    check(1 <= cfg.workers <= 64, "workers", "must be from 1 to 64")
+    check(1 <= cfg.workers <= MAX_WORKERS, "workers", f"{WORKERS_EXPECTED}, got {cfg.workers}")
     for i, addr in enumerate(cfg.smtp.listen):
         try:
             parse_hostport(addr)
@@ -578,12 +581,41 @@ def _is_loopback(listen: str) -> bool:
         return host == "localhost"
 
 
+MAX_WORKERS = 64
+WORKERS_EXPECTED = f'expected an integer from 1 to {MAX_WORKERS} or "auto"'
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no sched_getaffinity on this platform
+        return os.cpu_count() or 1
+
+
+def resolve_workers(value: object, cores: int) -> object:
+    """``workers`` as written (None when absent) → what the type check gets: absent and
+    ``"auto"`` mean one per core (at most 64); other text raises ValueError; any other
+    value is passed on (an int, or a type error that names the key)."""
+    if value is None or value == "auto":
+        return max(1, min(MAX_WORKERS, cores))
+    if isinstance(value, str):
+        raise ValueError(f"{WORKERS_EXPECTED}, got {value!r}")
+    return value
+
+
 def parse_config(data: dict[str, Any], warnings: list[str] | None = None) -> Config:
     """Build a validated :class:`Config` from TOML data; raise :class:`ConfigError`
     with every problem found. ``warnings`` (when given) receives a ``key: text``
     line per key that is accepted but does nothing yet."""
+    early: list[str] = []
+    try:
+        data = {**data, "workers": resolve_workers(data.get("workers"), usable_cores())}
+    except ValueError as exc:
+        early.append(f"workers: {exc}")
+        data = {k: v for k, v in data.items() if k != "workers"}
     shape = check_shape(data, Config, _dec_hook, Rules(PLANNED, INERT))
-    problems = shape.problems
+    problems = early + shape.problems
     try:
         cfg = msgspec.convert(shape.data, Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:  # the shape check should have caught it

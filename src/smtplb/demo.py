@@ -157,6 +157,7 @@ async def run_demo(duration: float, rate: float, http_port: int, smtp_port: int)
     config = parse_config(
         {
             "data_dir": str(work / "var"),
+            "workers": 1,  # the demo runs one service in this process
             "hostname": "demo.smtplb.test",
             "smtp": {"listen": [f"127.0.0.1:{smtp_port}"]},
             "http": {"listen": f"127.0.0.1:{http_port}"},
@@ -251,6 +252,7 @@ async def run_experiment_demo(duration: float, rate: float, http_port: int, smtp
     config = parse_config(
         {
             "data_dir": str(work / "var"),
+            "workers": 1,  # the demo runs one service in this process
             "hostname": "demo.smtplb.test",
             "smtp": {"listen": [f"127.0.0.1:{smtp_port}"]},
             "http": {"listen": f"127.0.0.1:{http_port or _free_port()}"},

@@ -72,6 +72,9 @@ from smtplb.workers import (
 )
 
 log = logging.getLogger("smtplb")
+# Workers 1…N-1 render their metrics for worker 0's /metrics this often (seconds);
+# the rest of their snapshot goes every SNAPSHOT_EVERY.
+METRICS_EVERY = 5.0
 
 
 class Service:
@@ -296,8 +299,9 @@ class Service:
             "errors": errors[:50],
         }
 
-    def snapshot(self) -> dict[str, Any]:
-        """This worker's state for worker 0's API (see smtplb.workers)."""
+    def snapshot(self, metrics: str | None = None) -> dict[str, Any]:
+        """This worker's state for worker 0's API (see smtplb.workers); ``metrics``:
+        its Prometheus text when already rendered."""
         return {
             "worker": self.worker,
             "members": self._own_member_views(),
@@ -305,7 +309,7 @@ class Service:
             "totals": self.live.totals,
             "series": self.live.series(),
             "errors": list(self.live.errors),
-            "metrics": self.metrics.render().decode(),
+            "metrics": self.metrics.render().decode() if metrics is None else metrics,
         }
 
     async def _heartbeat(self) -> dict[str, Any]:
@@ -501,9 +505,17 @@ class Service:
     def _peer_link(self) -> PeerLink:
         """Workers 1…N-1 publish their state and follow worker 0's pauses and drain."""
 
+        rendered_at, rendered = -METRICS_EVERY, ""  # this worker's metrics text
+
         async def snapshot() -> dict[str, Any]:
-            await self.refresh_gauges()
-            return self.snapshot()
+            # The Prometheus text costs O(members) to render: every METRICS_EVERY
+            # seconds, not at each snapshot (a pool of 150 members made it most of
+            # an idle worker's CPU).
+            nonlocal rendered_at, rendered
+            if time.monotonic() - rendered_at >= METRICS_EVERY:
+                await self.refresh_gauges()
+                rendered_at, rendered = time.monotonic(), self.metrics.render().decode()
+            return self.snapshot(rendered)
 
         def follow_pauses() -> None:
             names = self.paused.load()

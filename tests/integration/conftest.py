@@ -76,13 +76,17 @@ def relay_config(
     pool: dict[str, Any] | None = None,
     http: dict[str, Any] | None = None,
     member: dict[str, Any] | None = None,
+    workers: int | str | None = 1,
 ) -> tuple[str, int, int]:
     """A config with one pool of relay members at 127.0.0.1:PORT for each upstream.
 
+    One worker unless ``workers`` says otherwise (None: the key left out, so the
+    default, one per core): the tests count per member, per log file and per process.
     Returns (toml text, smtp port, http port).
     """
     smtp_port, http_port = free_port(), free_port()
-    lines = [
+    lines = [] if workers is None else [f"workers = {toml_value(workers)}"]
+    lines += [
         f"data_dir = {toml_value(str(data_dir))}",
         'hostname = "relay.smtplb.test"',
         "[smtp]",

@@ -64,8 +64,8 @@ def test_undo_by_http_delete_reaches_every_worker(
     tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
 ) -> None:
     up = sinks()
-    text, smtp_port, http_port = relay_config(tmp_path / "var", [up.port])
-    node = smtplb("workers = 2\n" + text, smtp_port, http_port).start()
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [up.port], workers=2)
+    node = smtplb(text, smtp_port, http_port).start()
     wait_until(
         lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
     )

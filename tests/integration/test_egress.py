@@ -17,6 +17,7 @@ def test_egress_members_bind_their_source_ip_and_follow_static_routes(
     other = sinks()
     smtp_port, http_port = free_port(), free_port()
     text = f"""
+workers = 1
 data_dir = "{tmp_path / "var"}"
 hostname = "relay.smtplb.test"
 [smtp]

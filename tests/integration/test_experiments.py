@@ -292,7 +292,7 @@ def test_counts_are_exact_across_two_workers(
     tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
 ) -> None:
     ups = [sinks(), sinks()]
-    config, smtp_port, http_port = relay_config(tmp_path / "var", [u.port for u in ups])
+    config, smtp_port, http_port = relay_config(tmp_path / "var", [u.port for u in ups], workers=2)
     config += experiment_toml(
         "two-workers",
         [
@@ -301,7 +301,7 @@ def test_counts_are_exact_across_two_workers(
         ],
         split="message",
     )
-    node = smtplb("workers = 2\n" + config, smtp_port, http_port).start()
+    node = smtplb(config, smtp_port, http_port).start()
     wait_until(
         lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
     )

@@ -71,6 +71,7 @@ def config(
         for i in range(2, 2 + members)
     )
     text = f"""
+workers = 1
 data_dir = "{tmp_path / "var"}"
 hostname = "relay.smtplb.test"
 [smtp]

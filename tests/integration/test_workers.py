@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from smtplb.sink.profile import DomainRule, SinkProfile
+from smtplb.config import usable_cores
 from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, free_port, relay_config, tool, wait_until
 from tests.integration.test_balancing_acceptance import health, send_all
@@ -27,8 +28,8 @@ def test_two_workers_share_the_port_and_answer_as_one_node(
 ) -> None:
     smtp_source = tool("smtp-source")
     ups = [sinks(), sinks()]
-    text, smtp_port, http_port = relay_config(tmp_path / "var", [s.port for s in ups])
-    node = smtplb("workers = 2\n" + text, smtp_port, http_port).start()
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [s.port for s in ups], workers=2)
+    node = smtplb(text, smtp_port, http_port).start()
     wait_until(
         lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
     )
@@ -67,9 +68,18 @@ def test_two_workers_share_the_port_and_answer_as_one_node(
         10,
         "the members' counters of both workers",
     )
-    with urllib.request.urlopen(f"{node.api_url}/metrics", timeout=10) as resp:
-        metrics = resp.read().decode()
-    assert metric(metrics, "smtplb_messages_total", outcome="delivered") == 600
+
+    def metrics_text() -> str:
+        with urllib.request.urlopen(f"{node.api_url}/metrics", timeout=10) as resp:
+            return resp.read().decode()
+
+    # worker 1 renders its metrics every METRICS_EVERY (5 s) into its snapshot
+    wait_until(
+        lambda: metric(metrics_text(), "smtplb_messages_total", outcome="delivered") == 600,
+        20,
+        "both workers' counters in /metrics",
+    )
+    metrics = metrics_text()
     assert metric(metrics, "smtplb_member_up", member="relay-1") == 1  # max, not a sum
     snapshot = json.loads((tmp_path / "var" / "run" / "worker-1.json").read_text())
     assert snapshot["worker"] == 1 and sum(m["delivered"] for m in snapshot["members"]) > 0
@@ -96,8 +106,8 @@ def test_lowering_workers_loses_nothing(
     tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
 ) -> None:
     port = free_port()  # upstream down while mail is queued on both shards
-    text, smtp_port, http_port = relay_config(tmp_path / "var", [port])
-    node = smtplb("workers = 2\n" + text, smtp_port, http_port).start()
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [port], workers=2)
+    node = smtplb(text, smtp_port, http_port).start()
     wait_until(
         lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
     )
@@ -105,7 +115,9 @@ def test_lowering_workers_loses_nothing(
         node.smtp_port, [f"k{i}@example.org" for i in range(120)], clients=12, tag="keep"
     )
     assert node.stop() == 0
-    node.config_path.write_text(text)  # back to one worker: spool-1.db has no owner now
+    node.config_path.write_text(
+        text.replace("workers = 2", "workers = 1")
+    )  # back to one worker: spool-1.db has no owner now
     sink = sinks(port=port)
     node.output.clear()
     node.start()
@@ -146,9 +158,9 @@ def test_two_workers_check_a_member_once_per_node_and_agree_on_its_health(
 ) -> None:
     checked, other = CheckCounter(), sinks()
     text, smtp_port, http_port = relay_config(
-        tmp_path / "var", [checked.server_address[1], other.port], health={"interval": "1s"}
+        tmp_path / "var", [checked.server_address[1], other.port], health={"interval": "1s"}, workers=2
     )
-    node = smtplb("workers = 2\n" + text, smtp_port, http_port).start()
+    node = smtplb(text, smtp_port, http_port).start()
     wait_until(
         lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
     )
@@ -191,9 +203,9 @@ def test_queue_show_finds_the_trace_whichever_worker_handled_the_message(
     # the deliveries are under way (before any commit of theirs on the shard).
     upstream = sinks(SinkProfile(rules={"*": DomainRule(latency=6)}))
     text, smtp_port, http_port = relay_config(
-        tmp_path / "var", [upstream.port], member={"max_connections": 40}
+        tmp_path / "var", [upstream.port], member={"max_connections": 40}, workers=2
     )
-    node = smtplb("workers = 2\n" + text, smtp_port, http_port).start()
+    node = smtplb(text, smtp_port, http_port).start()
     wait_until(
         lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
     )
@@ -228,3 +240,24 @@ def test_queue_show_finds_the_trace_whichever_worker_handled_the_message(
     shown = cli(node, "queue", "show", busy)
     assert shown.returncode == 0 and "chose relay-1" in shown.stdout, shown
     assert node.stop() == 0
+
+
+def test_without_a_workers_key_a_node_runs_one_worker_per_core(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    cores = min(64, usable_cores())
+    up = sinks()
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [up.port], workers=None)
+    assert "workers =" not in text
+    node = smtplb(text, smtp_port, http_port).start()
+    wait_until(
+        lambda: sum("smtplb listening" in line for line in node.output) == cores,
+        20,
+        f"{cores} workers",
+    )
+    status, overview = node.api("/api/v1/overview")
+    assert status == 200
+    assert overview["workers"] == cores
+    accepted = send_all(node.smtp_port, [f"c{i}@example.org" for i in range(40)], clients=8)
+    wait_until(lambda: len(up.received) >= 40, 30, "every message delivered")
+    assert {m.message_id for m in up.received} == set(accepted)

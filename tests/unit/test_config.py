@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from smtplb.config import ConfigError, load_config, parse_config
+from smtplb.config import ConfigError, load_config, parse_config, resolve_workers, usable_cores
 from smtplb.units import Duration, Size
 
 
@@ -27,6 +27,32 @@ def test_defaults_are_a_working_relay() -> None:
     assert cfg.pools[0].members[0].kind == "egress"
     assert cfg.smtp.max_message_size == 25_000_000
     assert cfg.delivery.max_lifetime == 5 * 86400
+    assert cfg.workers == min(64, usable_cores())  # one per core when not set
+
+
+def test_workers_auto_is_one_per_core_up_to_64() -> None:
+    assert resolve_workers(None, 2) == 2
+    assert resolve_workers("auto", 8) == 8
+    assert resolve_workers("auto", 1) == 1
+    assert resolve_workers(None, 128) == 64
+    assert resolve_workers(3, 2) == 3  # an explicit count is kept, whatever the cores
+    with pytest.raises(ValueError, match='expected an integer from 1 to 64 or "auto"'):
+        resolve_workers("two", 2)
+    assert parse_config({"workers": "auto"}).workers == min(64, usable_cores())
+    assert parse_config({"workers": 1}).workers == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("two", """workers: expected an integer from 1 to 64 or "auto", got 'two'"""),
+        (0, """workers: expected an integer from 1 to 64 or "auto", got 0"""),
+        (65, """workers: expected an integer from 1 to 64 or "auto", got 65"""),
+        (1.5, "workers: expected `int`, got `float`"),
+    ],
+)
+def test_bad_workers_say_what_is_expected(value: object, expected: str) -> None:
+    assert problems_of({"workers": value}) == [expected]
 
 
 def test_spec_example_parses(tmp_path: Path) -> None:
@@ -318,7 +344,9 @@ def test_check_prints_every_problem_and_warning(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["check", "-c", str(path)])
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    assert "config error: workers: expected `int`, got `str`" in lines
+    assert (
+        """config error: workers: expected an integer from 1 to 64 or "auto", got 'two'""" in lines
+    )
     assert "config error: smtp.max_recipients: expected `int`, got `str`" in lines
     assert any(line.startswith("config warning: cluster.redis: not implemented") for line in lines)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 
@@ -27,7 +28,7 @@ from smtplb.config import HealthConfig, MemberConfig, PoolConfig
 from smtplb.delivery.connection import ConnectionSettings
 from smtplb.delivery.health_check import HealthChecker
 from smtplb.delivery.member import AttemptResult, Member
-from smtplb.delivery.pools import Choice, Job, PoolRuntime, no_member_reply
+from smtplb.delivery.pools import ROTATE_ABOVE, Choice, Job, PoolRuntime, no_member_reply
 from smtplb.model import RecipientState
 from smtplb.spool.base import ClaimedMessage, ClaimedRecipient
 
@@ -346,7 +347,7 @@ async def _active_checks_on_the_clock() -> None:
         rng=random.Random(0),
         check=check,
     )
-    loop = asyncio.get_running_loop().create_task(checker._loop(m))
+    loop = asyncio.get_running_loop().create_task(checker._loop([m]))
     try:
         for _ in range(6):
             await asyncio.wait_for(probed.wait(), 5)
@@ -425,3 +426,133 @@ def test_a_worker_that_does_not_check_follows_the_node_checkers_verdicts() -> No
     back = follow(peer, {"up": True, "reason": "ok"}, clock.monotonic())
     assert back is not None and back.event == "member_up"
     assert peer.state == "up" and peer.weight_at(clock.monotonic()) < 1  # ramps up again
+
+
+# -- large pools: round robin by rotation --------------------------------------------
+
+
+def test_round_robin_in_a_large_pool_rotates_looking_at_few_members() -> None:
+    clock = FakeClock()
+    members = [member(f"m{i:02}", clock, fall=1) for i in range(ROTATE_ABOVE + 24)]
+    p = pool("round_robin", members)
+    looked: list[str] = []
+
+    def counting(m: MemberView, request: PickRequest, now: float) -> str | None:
+        looked.append(m.name)
+        return None
+
+    p.eligibility = Eligibility(exclude=(counting, *EXCLUDE))
+    members[3].paused = True
+    start_and_record(members[4], REFUSED, clock)  # ejected
+    members[5].active = members[5].connection_limit  # busy
+    usable = [m.name for m in members if m.name not in ("m03", "m04", "m05")]
+    picks = [name_of(p.choose(job(), clock.monotonic())) for _ in range(2 * len(usable))]
+    assert picks == usable * 2  # pool order, each usable member once per turn
+    assert len(looked) == 2 * len(members)  # one look per member per turn, not per pick
+    # The trace names the members passed over before the chosen one, with their reasons.
+    choice = p.choose(job(), clock.monotonic())
+    assert name_of(choice) == "m00"
+    for _ in range(3):  # m01, m02, then m06
+        choice = p.choose(job(), clock.monotonic())
+    assert name_of(choice) == "m06"
+    assert choice.selection.reasons(choice.member) == (
+        ("m03", "paused"),
+        ("m04", "ejected for 10s more (refused)"),
+        ("m05", f"busy (all {members[5].connection_limit} connections in use)"),
+    )
+
+
+def test_a_large_pool_falls_back_to_the_scores_for_a_ramping_member_or_none_free() -> None:
+    clock = FakeClock()
+    members = [member(f"m{i:02}", clock, slow_start=100) for i in range(ROTATE_ABOVE + 4)]
+    p = pool("round_robin", members)
+    members[0].start_ramp()
+    picks = Counter(name_of(p.choose(job(), clock.monotonic())) for _ in range(2000))
+    assert picks["m00"] < 20  # 5 % of a share while ramping from the start
+    assert min(picks[m.name] for m in members[1:]) >= 90
+    for m in members:
+        m.active = m.connection_limit
+    assert p.choose(job(), clock.monotonic()).waits  # every member busy: the job waits
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.booleans(), st.booleans(), st.integers(0, 2)),
+        min_size=ROTATE_ABOVE + 1,
+        max_size=ROTATE_ABOVE + 8,
+    ),
+    st.integers(0, 100),
+)
+def test_a_rotation_pick_passes_every_filter_and_waits_as_a_full_one_does(
+    states: list[tuple[bool, bool, bool, int]], cursor: int
+) -> None:
+    clock = FakeClock()
+    members = [member(f"m{i}", clock, max_connections=2, fall=1) for i in range(len(states))]
+    for m, (is_paused, is_down, is_ejected, active) in zip(members, states, strict=True):
+        m.paused = is_paused
+        m.checks.up = not is_down
+        if is_ejected:
+            start_and_record(m, REFUSED, clock)
+        m.active = active
+    p = pool("round_robin", members)
+    p.strategy.cursor = cursor
+    j, now = job(), clock.monotonic()
+    choice = p.choose(j, now)
+    excluded = {m.name for m in members if p.eligibility.excluded(m, j.request, now)}
+    busy = {m.name for m in members if p.eligibility.waits(m, j.request, now)}
+    free = [m for m in members if m.name not in excluded | busy]
+    if free:
+        # the first free member from the cursor on; those before it are the skipped ones
+        start = cursor % len(members)
+        first = next(m for m in members[start:] + members[:start] if m in free)
+        assert choice.member is first
+        assert all(why for _, why in choice.selection.reasons(first))
+    else:
+        assert choice.member is None and choice.waits == bool(busy - excluded)
+
+
+def test_members_on_the_same_path_share_its_checks() -> None:
+    asyncio.run(_shared_checks())
+
+
+async def _shared_checks() -> None:
+    clock = FakeClock()
+    same = [member(f"s{i}", clock) for i in range(5)]  # all relay to 127.0.0.1:2525
+    other = Member(
+        MemberConfig("o", relay="127.0.0.1:2526"),
+        "main",
+        ConnectionSettings("lb.test"),
+        PassiveHealth(),
+        ActiveHealth(rise=2, fall=2),
+        clock=clock,
+    )
+    probed: Counter[str] = Counter()
+
+    async def check(target: Member, timeout: float) -> tuple[bool, str]:
+        probed[str(target.config.relay)] += 1
+        return False, "refused"
+
+    events: list[tuple[str, str]] = []
+    checker = HealthChecker(
+        HealthConfig(interval=2.0, rise=2, fall=2),  # type: ignore[arg-type]
+        lambda m, event, reason: events.append((m.name, event)),
+        clock=clock,
+        check=check,
+    )
+    task = asyncio.get_running_loop().create_task(checker.run(lambda: [*same, other]))
+    try:
+        for _ in range(6):
+            for _ in range(20):  # let the loops run to their sleeps
+                await asyncio.sleep(0)
+            clock.advance(1.5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # one probe per path and round, whatever the number of members on it
+    assert set(probed) == {"127.0.0.1:2525", "127.0.0.1:2526"}
+    assert probed["127.0.0.1:2526"] >= 3
+    assert abs(probed["127.0.0.1:2525"] - probed["127.0.0.1:2526"]) <= 1  # jitter
+    assert not any(m.checks.up for m in [*same, other])
+    assert sorted(events) == sorted((m.name, "member_down") for m in [*same, other])

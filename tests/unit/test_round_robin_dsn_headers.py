@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import email
+import email.utils
 from collections import Counter
 from dataclasses import dataclass
 
 from smtplb.balancing import PickRequest
 from smtplb.balancing.weighted import RoundRobin
 from smtplb.delivery.dsn import FailedRecipient, build_dsn
-from smtplb.intake.headers import parse_headers, prepare_message, split_message
+from smtplb.intake.headers import parse_headers, prepare_message, rfc5322_date, split_message
 from smtplb.model import Envelope
 
 
@@ -72,3 +73,8 @@ def test_dsn_is_a_multipart_report() -> None:
     assert parts == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
     assert b"Final-Recipient: rfc822; b@y.test" in dsn and b"Status: 5.1.1" in dsn
     assert b"secret body" not in dsn  # only the headers go back
+
+
+def test_the_date_of_trace_headers_is_formatdate_s_whole_second() -> None:
+    for now in (0.0, 1.9, 1_700_000_000.999, 1_700_000_001.0):
+        assert rfc5322_date(now) == email.utils.formatdate(now, localtime=False)

@@ -65,12 +65,19 @@ class Strategy:
     """Base of every strategy. ``members`` is the pool's configured order."""
 
     name: ClassVar[str] = ""
+    # Round robin: picks may go by ``cursor`` (see smtplb.balancing.weighted).
+    rotates: ClassVar[bool] = False
+    cursor: int = 0
 
     def __init__(self, members: Sequence[str]) -> None:
         self.members = list(members)
 
     def pick(self, candidates: Sequence[C], request: PickRequest) -> C | None:
         raise NotImplementedError
+
+    def takes_turn(self, candidate: Candidate) -> bool:
+        """A rotation's candidate: does it take this turn (see ``rotates``)?"""
+        return True
 
     def observe(self, member: str, seconds: float, ok: bool, now: float) -> None:
         """One finished delivery on ``member`` (latency-aware strategies learn from it)."""

@@ -34,7 +34,7 @@ protocol, and time as an argument: they are tested on a fake clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -314,6 +314,40 @@ class Eligibility:
                     ramp *= self.share(m, request, now)
                 candidates.append(Eligible(m, m.name, m.base_weight * ramp, ramp, m.active, reason))
         return Selection(candidates, verdicts)
+
+    def rotation(
+        self,
+        members: Sequence[M],
+        start: int,
+        request: PickRequest,
+        now: float,
+        verdicts: list[tuple[str, str | None]],
+    ) -> Iterator[tuple[int, Eligible[M]]]:
+        """A rotation's candidates, lazily: from ``members[start]`` on (wrapping), each
+        member that can start the job now, with its index; each one passed over
+        (excluded or waiting) goes into ``verdicts`` with its reason. A round robin
+        pick stops at the first it takes, so it costs the filters of a few members,
+        not of the whole pool."""
+        n = len(members)
+        for k in range(n):
+            i = (start + k) % n
+            m = members[i]
+            for skip_reason in self.exclude:
+                reason = skip_reason(m, request, now)
+                if reason is not None:
+                    break
+            else:
+                for skip_reason in self.wait:
+                    reason = skip_reason(m, request, now)
+                    if reason is not None:
+                        break
+                else:
+                    ramp = m.ramp_at(now)
+                    if self.share is not None:
+                        ramp *= self.share(m, request, now)
+                    yield i, Eligible(m, m.name, m.base_weight * ramp, ramp, m.active, None)
+                    continue
+            verdicts.append((m.name, reason))
 
     def __repr__(self) -> str:
         names = [f.__name__ if hasattr(f, "__name__") else repr(f) for f in self.exclude]

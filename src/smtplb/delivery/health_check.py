@@ -3,9 +3,11 @@
 Relay members are checked at their upstream. Egress members are checked only
 when they name a ``check_target`` (a bind+connect probe from their source IP).
 The rise/fall decision is :class:`smtplb.balancing.health.ActiveHealth`, reached
-through :meth:`Member.record_check`. Each member is checked on its own schedule
-(:meth:`HealthChecker.interval`, faster while a change of state is pending),
-timed by the injected clock.
+through :meth:`Member.record_check`. Each path (target, source IP, EHLO name,
+TLS: :func:`path_of`) is checked on its own schedule (:meth:`HealthChecker.interval`,
+faster while a change of state is pending), timed by the injected clock, and
+every member on that path gets the result: members relaying onto the same
+upstream share its checks.
 
 With several workers only worker 0 checks (one node's rate of checks at the
 target, not N times it): it publishes :func:`verdicts` and the peers
@@ -79,30 +81,50 @@ class HealthChecker:
         return base * self._rng.uniform(0.9, 1.1)
 
     async def run(self, members: Callable[[], Iterable[Member]]) -> None:
-        """Check every member on its own schedule until cancelled."""
-        tasks: dict[str, asyncio.Task[None]] = {}
+        """Check every path on its own schedule until cancelled: members that share
+        one (:func:`path_of`) share its checks, so a pool of 150 members relaying
+        onto 3 upstreams probes 3 times per interval, not 150."""
+        tasks: dict[Path, tuple[tuple[int, ...], asyncio.Task[None]]] = {}
         try:
             while True:
-                current = {m.name: m for m in members() if checked(m)}
-                for name, task in list(tasks.items()):
-                    if name not in current or task.done():
+                groups: dict[Path, list[Member]] = {}
+                for m in members():
+                    if checked(m):
+                        groups.setdefault(path_of(m), []).append(m)
+                for path, (ids, task) in list(tasks.items()):
+                    group = groups.get(path)
+                    if group is None or task.done() or tuple(map(id, group)) != ids:
                         task.cancel()
-                        del tasks[name]
-                for name, member in current.items():
-                    if name not in tasks:
-                        tasks[name] = asyncio.get_running_loop().create_task(self._loop(member))
+                        del tasks[path]
+                for path, group in groups.items():
+                    if path not in tasks:
+                        task = asyncio.get_running_loop().create_task(self._loop(group))
+                        tasks[path] = (tuple(map(id, group)), task)
                 await self.clock.sleep(1.0)
         finally:
-            for task in tasks.values():
+            for _, task in tasks.values():
                 task.cancel()
 
-    async def _loop(self, member: Member) -> None:
+    async def _loop(self, group: list[Member]) -> None:
+        """Probe the path of ``group`` (members sharing it) and tell each the result."""
         while True:
-            ok, reason = await self._check(member, self.config.timeout)
-            transition = member.record_check(ok, reason, self.clock.monotonic())
-            if transition is not None:
-                self.on_event(member, transition.event, transition.reason)
-            await self.clock.sleep(self.interval(member))
+            ok, reason = await self._check(group[0], self.config.timeout)
+            now = self.clock.monotonic()
+            for member in group:
+                transition = member.record_check(ok, reason, now)
+                if transition is not None:
+                    self.on_event(member, transition.event, transition.reason)
+            await self.clock.sleep(min(self.interval(m) for m in group))
+
+
+# What a probe tests: the target, from which source IP, with which EHLO name and TLS.
+Path = tuple[str | None, str | None, bool, str]
+
+
+def path_of(member: Member) -> Path:
+    """Members with the same path get the same answer to a probe (see :func:`probe`)."""
+    c = member.config
+    return (c.relay or c.check_target, member.source_ip, c.implicit_tls, member.settings.ehlo_name)
 
 
 def checked(member: Member) -> bool:

@@ -37,6 +37,9 @@ from smtplb.smtp.reply import Reply
 from smtplb.spool.base import ClaimedMessage, ClaimedRecipient
 
 LANES = 3  # 0 high, 1 normal, 2 low
+# Round robin over more members than this picks by rotation (see PoolRuntime.choose);
+# smaller pools filter every member at each pick, and their traces name them all.
+ROTATE_ABOVE = 16
 _NO_JOB = PickRequest()
 
 
@@ -104,6 +107,11 @@ class PoolRuntime:
     )
     # an experiment's variants: each its own strategy over its member subset
     variants: dict[str, tuple[list[Member], Strategy]] = field(default_factory=dict)
+    # Some member resolves MX hosts (egress): fixed per pool, a reload builds new ones.
+    delivers_by_mx: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.delivers_by_mx = any(m.kind == "egress" for m in self.members)
 
     @property
     def name(self) -> str:
@@ -113,8 +121,28 @@ class PoolRuntime:
         return sum(len(lane) for lane in self.lanes)
 
     def choose(self, job: Job, now: float) -> Choice:
-        """Eligible members for ``job`` at ``now``, then the strategy's pick among them."""
+        """Eligible members for ``job`` at ``now``, then the strategy's pick among them.
+
+        Round robin in a pool of more than :data:`ROTATE_ABOVE` members takes the
+        first member from its cursor on that can start the job and whose turn it is
+        (one ramping up takes that share of its turns), so a pick costs the filters of
+        the members passed over (the trace's skipped ones), not of every member; when
+        a whole turn takes none, the filters and scores decide as in a small pool."""
         members, strategy = self.for_job(job)
+        n = len(job.recipients)
+        if strategy.rotates and len(members) > ROTATE_ABOVE:
+            verdicts: list[tuple[str, str | None]] = []
+            start = strategy.cursor % len(members)
+            for index, candidate in self.eligibility.rotation(
+                members, start, job.request, now, verdicts
+            ):
+                refused = None
+                if strategy.takes_turn(candidate):
+                    refused = self.eligibility.reserve(candidate.member, job.request, n, now)
+                    if refused is None:
+                        strategy.cursor = index + 1
+                        return Choice(candidate.member, Selection([candidate], verdicts))
+                verdicts.append((candidate.name, refused))
         selection = self.eligibility.select(members, job.request, now)
         while True:
             chosen: Eligible[Member] | None = None
@@ -122,7 +150,6 @@ class PoolRuntime:
                 chosen = strategy.pick(selection.candidates, job.request)
             if chosen is None or chosen.full:
                 return Choice(None, selection)
-            n = len(job.recipients)
             refused = self.eligibility.reserve(chosen.member, job.request, n, now)
             if refused is None:
                 return Choice(chosen.member, selection)

@@ -91,7 +91,7 @@ class ProviderDesk:
         """Whether an MX lookup may name the provider: the pool delivers by MX."""
         if pool is None or self.resolver.static_route(domain) is not None:
             return False
-        return any(m.kind == "egress" for m in pool.members)
+        return pool.delivers_by_mx
 
     async def recognise(self, job: Job) -> None:
         """By the domain's MX hosts (cached); a failed lookup leaves it ``other``

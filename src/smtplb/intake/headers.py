@@ -7,10 +7,22 @@ existing headers (List-Unsubscribe and the like) are never refolded.
 from __future__ import annotations
 
 import email.utils
+import functools
 import secrets
 import time
 
 from smtplb.model import Envelope
+
+
+def rfc5322_date(now: float) -> str:
+    """``now`` as a Date/Received date in UTC (whole seconds, as formatdate shows it)."""
+    return _date_of_second(int(now))
+
+
+@functools.lru_cache(maxsize=4)
+def _date_of_second(second: int) -> str:
+    # formatdate costs ~5 µs; every message of the same second shares its text
+    return email.utils.formatdate(second, localtime=False)
 
 
 def split_message(data: bytes) -> tuple[bytes, memoryview]:
@@ -62,7 +74,7 @@ def received_header(envelope: Envelope, hostname: str, queue_id: str, now: float
     if envelope.auth_user:
         protocol += "A"
     helo = envelope.helo or "unknown"
-    date = email.utils.formatdate(now, localtime=False)
+    date = rfc5322_date(now)
     text = (
         f"Received: from {helo} ([{envelope.client_ip}])\r\n"
         f"\tby {hostname} (smtplb) with {protocol} id {queue_id};\r\n"
@@ -87,7 +99,7 @@ def prepare_message(
         added.append(f"Message-ID: {message_id}\r\n".encode())
         headers.append(("message-id", message_id))
     if header_value(headers, "date") is None:
-        date = email.utils.formatdate(now, localtime=False)
+        date = rfc5322_date(now)
         added.append(f"Date: {date}\r\n".encode())
         headers.append(("date", date))
     if not rest:  # a message with no blank line: everything was header

@@ -4,7 +4,9 @@ Intake notes the route each recipient matched; the dispatcher notes every
 decision: the member chosen, and why each other member of the pool was
 skipped, in the words of the eligibility filter that skipped it
 (:mod:`smtplb.balancing.eligibility`: paused, down, ejected, busy, failed this
-attempt…), or "not chosen by" the strategy when it could have taken the job. Steps are kept as
+attempt…), or "not chosen by" the strategy when it could have taken the job (round
+robin over more than 16 members names only the members it passed over in rotation
+before the chosen one: see ``PoolRuntime.choose``). Steps are kept as
 tuples and turned into words only when someone asks (this runs for every
 message). The book keeps the most recent ``capacity`` messages in memory and
 hands every step to ``persist`` (the spool's ``note_trace``), which writes it
