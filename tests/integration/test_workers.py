@@ -14,8 +14,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from smtplb.sink.profile import DomainRule, SinkProfile
 from smtplb.config import usable_cores
+from smtplb.sink.profile import DomainRule, SinkProfile
 from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, free_port, relay_config, tool, wait_until
 from tests.integration.test_balancing_acceptance import health, send_all
@@ -158,7 +158,10 @@ def test_two_workers_check_a_member_once_per_node_and_agree_on_its_health(
 ) -> None:
     checked, other = CheckCounter(), sinks()
     text, smtp_port, http_port = relay_config(
-        tmp_path / "var", [checked.server_address[1], other.port], health={"interval": "1s"}, workers=2
+        tmp_path / "var",
+        [checked.server_address[1], other.port],
+        health={"interval": "1s"},
+        workers=2,
     )
     node = smtplb(text, smtp_port, http_port).start()
     wait_until(
