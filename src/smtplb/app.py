@@ -25,6 +25,8 @@ from smtplb.balancing.eligibility import (
     SuspendedForProvider,
 )
 from smtplb.clock import Clock, SystemClock
+from smtplb.cluster.link import ClusterLink
+from smtplb.cluster.warmup import RedisWarmupState
 from smtplb.config import Config
 from smtplb.delivery.bounces import DsnWriter
 from smtplb.delivery.dispatcher import Dispatcher
@@ -54,7 +56,7 @@ from smtplb.reputation.warmup_gate import (
     policy_of,
     warming_members,
 )
-from smtplb.reputation.warmup_store import SqliteWarmupState
+from smtplb.reputation.warmup_store import SqliteWarmupState, WarmupState
 from smtplb.routing.providers import ProviderTable
 from smtplb.service import Service
 from smtplb.spool.base import Spool
@@ -98,7 +100,12 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     clock = SystemClock()  # the one clock of delivery, members, health and AUTH throttling
     paused = PausedMembers(data_dir / "paused-members")
     book = ReputationBook(config.reputation, clock)
-    warmup = build_warmup(config, data_dir, clock, delivery_log)
+    # Several nodes share their limits through Redis; one node keeps them embedded.
+    cluster = None
+    if config.cluster.redis is not None:
+        cluster = ClusterLink(config.cluster.redis, config.cluster.node, worker, data_dir / "run")
+        metrics.set_cluster(cluster)
+    warmup = build_warmup(config, data_dir, clock, delivery_log, cluster)
     shaping = Shaping(ProviderTable.build(config.providers), RuleBook(config.providers), clock)
     # Member-wide reputation, then suspensions for the job's provider, then the warm-up cap,
     # exclude; the provider's rate and connections make a member wait.
@@ -197,17 +204,31 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         warmup=warmup,
     )
     intake.feedback = service.feedback_handler
+    if cluster is not None:
+        service.closers.append(cluster.aclose)
+        if isinstance(warmup.state, RedisWarmupState):
+            warmup.state.on_lease = dispatcher.wake
     if worker == 0:
         service.http = HttpServer(create_app(service), config.http.listen)
     return service
 
 
-def build_warmup(config: Config, data_dir: Path, clock: Clock, delivery_log: DeliveryLog) -> Warmup:
-    """The warm-up caps: counts in ``data_dir/warmup.sqlite``, shared by the workers;
-    each step decision is written to the delivery log."""
-    state = SqliteWarmupState(
-        data_dir / "warmup.sqlite", policy_of(config), warming_members(config)
-    )
+def build_warmup(
+    config: Config,
+    data_dir: Path,
+    clock: Clock,
+    delivery_log: DeliveryLog,
+    cluster: ClusterLink | None = None,
+) -> Warmup:
+    """The warm-up caps: counts in Redis for a cluster, else in ``data_dir/warmup.sqlite``,
+    shared by the workers; each step decision is written to the delivery log."""
+    state: WarmupState
+    if cluster is not None:
+        state = RedisWarmupState(cluster, policy_of(config), warming_members(config))
+    else:
+        state = SqliteWarmupState(
+            data_dir / "warmup.sqlite", policy_of(config), warming_members(config)
+        )
     pool_of = {m.name: p.name for p in config.pools for m in p.members}
     gate = WarmupGate(
         state,

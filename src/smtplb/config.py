@@ -31,6 +31,7 @@ from smtplb.config_sections import (
     Section,
     SuppressionConfig,
     WarmupConfig,
+    validate_cluster,
     validate_experiments,
     validate_providers,
     validate_reputation,
@@ -58,14 +59,10 @@ MAX_MESSAGE_SIZE = Size(2 * 1024**3)
 # Keys SPEC §3.4 names for features that are not built yet: accepted with a warning
 # ("not implemented yet, ignored") rather than refused as unknown. A key leaves this
 # table by itself once its struct field exists; delete the entry with the feature.
-PLANNED = {
-    "cluster.node": "SPEC §3.4 [cluster] node: no cluster",
-}
+PLANNED: dict[str, str] = {}
 # Keys that parse but whose feature does nothing yet: a warning when set (true or a
 # value). Delete the entry when the feature is built.
-INERT = {
-    "cluster.redis": "clustering is not built: state stays on this node, caps are per node",
-}
+INERT: dict[str, str] = {}
 COMPLIANCE_MODES = ("off", "warn", "reject")
 _DNS_NAME = re.compile(
     r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$"
@@ -478,6 +475,7 @@ def _validate(cfg: Config) -> list[str]:
     problems.extend(_validate_mail_auth(cfg))
     problems.extend(validate_providers(cfg.providers))
     problems.extend(validate_reputation(cfg.suppression, cfg.reputation))
+    problems.extend(validate_cluster(cfg.cluster))
     problems.extend(
         validate_experiments(
             cfg.experiments, {p.name: {m.name for m in p.members} for p in cfg.pools}, STRATEGIES

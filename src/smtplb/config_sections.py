@@ -5,6 +5,7 @@ sections; ``config.py`` puts them into the whole :class:`~smtplb.config.Config`.
 from __future__ import annotations
 
 import re
+import socket
 
 import msgspec
 
@@ -74,7 +75,33 @@ class ProviderConfig(Section):
 
 
 class ClusterConfig(Section):
-    redis: str | None = None
+    """SPEC §2.8: several nodes sharing their limits through one Redis."""
+
+    redis: str | None = None  # redis://, rediss:// or unix:// URL; unset: one node, embedded
+    node: str = msgspec.field(default_factory=socket.gethostname)  # this node's name
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def validate_cluster(cluster: ClusterConfig) -> list[str]:
+    problems: list[str] = []
+    url = cluster.redis
+    if url is not None:
+        scheme, _, rest = url.partition("://")
+        if not url.startswith(REDIS_SCHEMES) or not rest.strip("/"):
+            problems.append(
+                f"cluster.redis: expected a redis://host:port/db, rediss://… or unix:///path URL,"
+                f" got {url!r}"
+            )
+        elif scheme != "unix" and not rest.rpartition("@")[2].split("/")[0]:
+            problems.append(f"cluster.redis: no host in {url!r} (e.g. redis://127.0.0.1:6379/0)")
+    if not cluster.node or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", cluster.node):
+        problems.append(
+            f"cluster.node: expected a name of letters, digits, '.', '_' or '-'"
+            f" (at most 64), got {cluster.node!r}"
+        )
+    return problems
 
 
 class DkimConfig(Section):

@@ -18,7 +18,7 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,8 @@ class Service:
         self.feedback_handler = feedback
         self.warmup = warmup
         self.http: HttpServer | None = None  # set by smtplb.app on worker 0
+        # Run last on stop (smtplb.app adds the cluster link's close)
+        self.closers: list[Callable[[], Awaitable[None]]] = []
         self.listeners: list[Listener] = []
         self.started_at = time.time()
         self._drained = False  # by the operator (or, on a peer, by worker 0's flag)
@@ -544,6 +546,8 @@ class Service:
         await self.spool.close()
         self.reputation_state.close()
         self.warmup.state.close()
+        for close in self.closers:
+            await close()
         self.delivery_log.close()
 
     async def run_forever(self) -> None:

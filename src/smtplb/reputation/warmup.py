@@ -224,6 +224,9 @@ class Status:
     sent: int  # taken today
     hourly_cap: int | None
     hour_sent: int
+    # Why the member waits although the counts allow it (a cluster backend waiting
+    # for its lease, or its local share used while Redis is away); None: it does not.
+    wait: str | None = None
 
     @property
     def warm(self) -> bool:
@@ -231,6 +234,8 @@ class Status:
 
     def skip_reason(self, n: int = 1) -> str | None:
         """Why the member may not take ``n`` more messages for this provider now."""
+        if self.wait is not None:
+            return self.wait
         if self.cap is None:
             return None
         if self.sent + n > self.cap:
