@@ -26,6 +26,7 @@ from smtplb.balancing.eligibility import (
 )
 from smtplb.clock import Clock, SystemClock
 from smtplb.cluster.link import ClusterLink
+from smtplb.cluster.rate import RedisRate
 from smtplb.cluster.warmup import RedisWarmupState
 from smtplb.config import Config
 from smtplb.delivery.bounces import DsnWriter
@@ -107,6 +108,8 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         metrics.set_cluster(cluster)
     warmup = build_warmup(config, data_dir, clock, delivery_log, cluster)
     shaping = Shaping(ProviderTable.build(config.providers), RuleBook(config.providers), clock)
+    if cluster is not None:
+        shaping.limiter = RedisRate(cluster)
     # Member-wide reputation, then suspensions for the job's provider, then the warm-up cap,
     # exclude; the provider's rate and connections make a member wait.
     eligibility = Eligibility(
@@ -208,6 +211,8 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         service.closers.append(cluster.aclose)
         if isinstance(warmup.state, RedisWarmupState):
             warmup.state.on_lease = dispatcher.wake
+        if isinstance(shaping.limiter, RedisRate):
+            shaping.limiter.on_ready = dispatcher.wake
     if worker == 0:
         service.http = HttpServer(create_app(service), config.http.listen)
     return service

@@ -16,6 +16,12 @@ import redis
 
 from tests.integration.conftest import free_port, tool
 
+# What smtplb's Lua scripts call (INFO commandstats counts them too).
+SCRIPT_INSIDE = frozenset(
+    {"time", "get", "set", "hget", "hmget", "hset", "hincrby", "expire", "pexpire"}
+    | {"zadd", "zremrangebyscore", "zcard", "sadd", "info"}
+)
+
 
 class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
@@ -78,6 +84,17 @@ class RedisServer:
         """Calls per command since the start (``INFO commandstats``)."""
         info: dict[str, Any] = self.client().info("commandstats")
         return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+
+    def sent_since(self, before: dict[str, int]) -> dict[str, int]:
+        """What clients sent since ``before`` (a :meth:`commandstats`), by command: the
+        commands scripts run inside are left out (they cost no round trip), and so is
+        the ``INFO`` that reads the stats. A pipeline's commands count one each."""
+        after = self.commandstats()
+        return {
+            k: v - before.get(k, 0)
+            for k, v in after.items()
+            if v > before.get(k, 0) and k not in SCRIPT_INSIDE
+        }
 
     def port_free(self) -> bool:
         with socket.socket() as s:

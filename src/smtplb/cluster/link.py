@@ -34,8 +34,8 @@ log = logging.getLogger("smtplb.cluster")
 
 PREFIX = "smtplb:"
 PARTICIPANTS = PREFIX + "participants"
-REGISTER_EVERY = 2.0
-FORGET_AFTER = 15.0  # a participant not seen for this long is no longer counted
+REGISTER_EVERY = 5.0
+FORGET_AFTER = 16.0  # a participant not seen for this long is no longer counted
 PROBE_EVERY = 0.5
 TIMEOUT = 1.0
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
