@@ -208,6 +208,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     )
     intake.feedback = service.feedback_handler
     if cluster is not None:
+        service.starters.append(cluster.start)  # registered before the first message
         service.closers.append(cluster.aclose)
         if isinstance(warmup.state, RedisWarmupState):
             warmup.state.on_lease = dispatcher.wake

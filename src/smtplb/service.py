@@ -135,7 +135,8 @@ class Service:
         self.feedback_handler = feedback
         self.warmup = warmup
         self.http: HttpServer | None = None  # set by smtplb.app on worker 0
-        # Run last on stop (smtplb.app adds the cluster link's close)
+        # Run at the end of start, and last on stop (smtplb.app adds the cluster link's)
+        self.starters: list[Callable[[], object]] = []
         self.closers: list[Callable[[], Awaitable[None]]] = []
         self.listeners: list[Listener] = []
         self.started_at = time.time()
@@ -407,6 +408,8 @@ class Service:
                 self.config.health, self._on_check_event, clock=self.dispatcher.clock
             )
             self._tasks.append(loop.create_task(checker.run(self.members)))
+        for begin in self.starters:
+            begin()
         log.info(
             "smtplb listening on %s (SMTP) and %s (HTTP)%s",
             ", ".join(f"{lst!r}" for lst in self.listeners),

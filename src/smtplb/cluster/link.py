@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,9 @@ PARTICIPANTS = PREFIX + "participants"
 REGISTER_EVERY = 5.0
 FORGET_AFTER = 16.0  # a participant not seen for this long is no longer counted
 PROBE_EVERY = 0.5
+# After Redis returns, the local share holds this long more: every live participant
+# (probing every PROBE_EVERY) has put its count back before anyone takes a lease.
+GRACE = 2.0
 TIMEOUT = 1.0
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -67,6 +71,7 @@ class ClusterLink:
             retry=Retry(NoBackoff(), 0),
         )
         self.up = True  # until a call fails
+        self.up_since = -GRACE  # monotonic
         self.fallbacks = 0  # times the link went away
         self._peers_file = None if run_dir is None else run_dir / "cluster-participants"
         self.participants = self._load_participants()
@@ -76,6 +81,12 @@ class ClusterLink:
         self._probe: asyncio.Task[None] | None = None
         self._registrar: asyncio.Task[None] | None = None
         self._register = self.redis.register_script(_REGISTER)
+
+    @property
+    def shared(self) -> bool:
+        """Limits are taken from Redis (else from the local share): up, and past the
+        grace after a return."""
+        return self.up and time.monotonic() - self.up_since >= GRACE
 
     def __repr__(self) -> str:
         state = "up" if self.up else "away (local share)"
@@ -135,6 +146,9 @@ class ClusterLink:
         while True:
             await asyncio.sleep(PROBE_EVERY)
             try:
+                # The pool's connections date from before: a restarted Redis has
+                # closed them, and the first call on each would put the link away again.
+                await self.redis.connection_pool.disconnect()
                 await self.redis.ping()
             except UNREACHABLE:
                 continue
@@ -144,7 +158,7 @@ class ClusterLink:
                 await self._register_once(force=True)
             except UNREACHABLE:
                 continue
-            self.up = True
+            self.up, self.up_since = True, time.monotonic()
             log.info("cluster: Redis at %s answers again: limits are shared", _redacted(self.url))
             return
 
@@ -166,8 +180,12 @@ class ClusterLink:
             if not force:
                 self.went_away(exc)
             raise
-        if n != self.participants:
-            self.participants = max(1, n)
+        self.saw_participants(n)
+
+    def saw_participants(self, n: int) -> None:
+        """Redis counted ``n`` participants (registering, or in a script's answer)."""
+        if n != self.participants and n >= 1:
+            self.participants = n
             self._save_participants()
 
     def _load_participants(self) -> int:

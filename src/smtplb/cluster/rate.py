@@ -93,7 +93,7 @@ class RedisRate:
         mono = time.monotonic()
         if lease.held >= 1:
             return max(0.0, lease.valid_at - mono)
-        if not self.link.up:
+        if not self.link.shared:
             share = fallback_rate(rate, self.link.participants)
             return self._local.wait(member, provider, share, now)
         if lease.pending:
@@ -108,9 +108,9 @@ class RedisRate:
         if lease.held >= 1:
             lease.held -= 1
             lease.valid_at = max(lease.valid_at, time.monotonic()) + lease.interval
-            if lease.held == 0 and self.link.up and not lease.pending:
+            if lease.held == 0 and self.link.shared and not lease.pending:
                 self._ask(member, provider, lease, rate)  # the next one, ahead of the pick
-        elif not self.link.up:
+        elif not self.link.shared:
             self._local.spend(member, provider, fallback_rate(rate, self.link.participants), now)
 
     def _lease(self, member: str, provider: str) -> _Lease:

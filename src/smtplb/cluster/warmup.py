@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smtplb.cluster.lease import BLOCK, fallback_share, lease_request, wants_refill
-from smtplb.cluster.link import PREFIX, ClusterLink
+from smtplb.cluster.link import FORGET_AFTER, PARTICIPANTS, PREFIX, ClusterLink
 from smtplb.reputation.warmup import (
     DAY,
     OUTCOME_KINDS,
@@ -57,9 +57,16 @@ ACTIVE = 10.0  # … while it took something in the last this many seconds
 KEEP_DAYS = 40
 WAITING = "waiting for a warm-up lease"
 
-# KEYS: progress, day, hour. ARGV: today, step, cap (-1: none), hourly cap, want,
-# now, by-field, local day total (-1: unknown), local hour total, carry, ttl day, ttl hour.
+# KEYS: progress, day, hour, participants. ARGV: today, step, cap (-1: none), hourly
+# cap, want, now, by-field, local day total (-1: unknown), local hour total, carry,
+# ttl day, ttl hour, participant, forget after. The participant registers too: the
+# answer carries their count, fresh for the lease size and the local share.
 _TAKE = """
+local t = redis.call('TIME')
+local clock = tonumber(t[1]) + tonumber(t[2]) / 1e6
+redis.call('ZADD', KEYS[4], clock, ARGV[13])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', clock - tonumber(ARGV[14]))
+local participants = redis.call('ZCARD', KEYS[4])
 local p = redis.call('HMGET', KEYS[1], 'step', 'decided_day', 'last_sent')
 local by = ARGV[7]
 local function settle(key, mine, carry)
@@ -80,7 +87,8 @@ redis.call('EXPIRE', KEYS[3], ARGV[12])
 local sent = tonumber(redis.call('HGET', KEYS[2], 'sent') or '0')
 local hour = tonumber(redis.call('HGET', KEYS[3], 'sent') or '0')
 if not p[1] or tonumber(p[2]) ~= tonumber(ARGV[1]) or tonumber(p[1]) ~= tonumber(ARGV[2]) then
-  return {-1, sent, hour, p[1] or '-1', p[2] or '-1', p[3] or '0', by_day, by_hour}
+  return {-1, sent, hour, p[1] or '-1', p[2] or '-1', p[3] or '0', by_day, by_hour,
+          participants}
 end
 local grant = tonumber(ARGV[5])
 local cap = tonumber(ARGV[3])
@@ -98,7 +106,7 @@ if grant > 0 then
 else
   grant = 0
 end
-return {grant, sent, hour, p[1], p[2], p[3], by_day, by_hour}
+return {grant, sent, hour, p[1], p[2], p[3], by_day, by_hour, participants}
 """
 
 # KEYS: progress, providers. ARGV: expected decided_day (-1: none yet), step,
@@ -196,9 +204,9 @@ class RedisWarmupState:
     def _base(member: str, provider: str) -> str:
         return f"{PREFIX}warmup:{member}:{provider}"
 
-    def _keys(self, b: _Bucket, day: int, hour: int) -> tuple[str, str, str]:
+    def _keys(self, b: _Bucket, day: int, hour: int) -> tuple[str, str, str, str]:
         base = self._base(b.member, b.provider)
-        return f"{base}:progress", f"{base}:day:{day}", f"{base}:hour:{hour}"
+        return f"{base}:progress", f"{base}:day:{day}", f"{base}:hour:{hour}", PARTICIPANTS
 
     def _providers_key(self, member: str) -> str:
         return f"{PREFIX}warmup:{member}:providers"
@@ -226,10 +234,11 @@ class RedisWarmupState:
         b.last_take = time.monotonic()
         if b.held >= n:
             b.held -= n
-            if self.link.up and wants_refill(b.held, b.lease):
+            if self.link.shared and wants_refill(b.held, b.lease):
                 self._refill(b, now)
             return None, decisions
-        if self.link.up:
+        if self.link.shared:
+            b.budget, b.used = None, 0  # (a local share ends with the grace after a return)
             reason = self._status(b, n).skip_reason(n)
             if reason is None or reason == WAITING:
                 self._refill(b, now, n)
@@ -293,7 +302,7 @@ class RedisWarmupState:
         status = Status(b.provider, step + 1, cap, sent, hourly, hour_sent)
         if b.held >= n:
             return status
-        if not self.link.up:
+        if not self.link.shared:
             budget = self._budget(b)
             if b.held + budget - b.used >= n:
                 return status
@@ -354,7 +363,7 @@ class RedisWarmupState:
             self._refill(b, self._wall_offset + time.monotonic(), 0)
 
     def _refill(self, b: _Bucket, now: float, need: int = 1) -> None:
-        if b.pending:
+        if b.pending or (need and not self.link.shared):
             return
         cap = self.policy.cap(self._step(b))
         if not need:
@@ -408,6 +417,8 @@ class RedisWarmupState:
             carry,
             int(KEEP_DAYS * DAY),
             int(2 * DAY),
+            self.link.participant,
+            FORGET_AFTER,
         ]
         reply = await self.link.call(lambda: self._eval(self._take, keys, args))
         if reply is None:
@@ -418,6 +429,7 @@ class RedisWarmupState:
         b.carry -= carry
         b.sent, b.hour_sent = sent, hour_sent
         b.day_total, b.hour_total, b.looked = int(reply[6]), int(reply[7]), True
+        self.link.saw_participants(int(reply[8]))
         b.checked = time.monotonic()
         if grant < 0:
             stored_step, decided = int(reply[3]), int(reply[4])
@@ -545,12 +557,14 @@ class RedisWarmupState:
             b.carry,
             int(KEEP_DAYS * DAY),
             int(2 * DAY),
+            self.link.participant,
+            FORGET_AFTER,
         ]
         reply = await self._eval(self._take, keys, args)
         b.carry = 0
         b.sent, b.hour_sent = int(reply[1]), int(reply[2])
         b.day_total, b.hour_total, b.looked = int(reply[6]), int(reply[7]), True
-        b.budget, b.used = None, 0
+        self.link.saw_participants(int(reply[8]))
 
 
 def _outcomes(raw: Mapping[Any, Any]) -> DayOutcomes:

@@ -26,6 +26,9 @@ class _Link(Protocol):
     @property
     def up(self) -> bool: ...
 
+    @property
+    def shared(self) -> bool: ...
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -238,7 +241,7 @@ class Metrics:
             "1 while shared limits fall back to this node's conservative local share",
             registry=self.registry,
         )
-        fallback.set_function(lambda: 0.0 if link.up else 1.0)
+        fallback.set_function(lambda: 0.0 if link.shared else 1.0)
 
     def set_warmup(self, pool: str, member: str, provider: str, cap: int | None, sent: int) -> None:
         if cap is None:
