@@ -285,6 +285,11 @@ class RedisWarmupState:
         if self._maintainer is not None:
             self._maintainer.cancel()
 
+    async def flush(self) -> None:
+        """Write the outcomes and give-backs now (the maintainer does it every
+        FLUSH_EVERY seconds)."""
+        await self._flush()
+
     # -- what the gate sees ---------------------------------------------------------
 
     def _step(self, b: _Bucket) -> int:
