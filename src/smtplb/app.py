@@ -114,7 +114,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     # exclude; the provider's rate and connections make a member wait.
     eligibility = Eligibility(
         exclude=(*EXCLUDE, book.skip_reason, SuspendedForProvider(shaping), warmup.gate),
-        wait=(*WAIT, OverProviderLimit(shaping)),
+        wait=(*WAIT, OverProviderLimit(shaping), warmup.gate.waiting),
         share=book.share,
         reservers=(warmup.gate,),
     )

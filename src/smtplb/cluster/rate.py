@@ -24,10 +24,11 @@ spending what it had reserved.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from smtplb.cluster.lease import fallback_rate, rate_lease
+from smtplb.cluster.lease import fallback_rate, rate_lease, wants_refill
 from smtplb.cluster.link import PREFIX, ClusterLink
 from smtplb.reputation.shaping import LocalRate, burst
 
@@ -62,9 +63,8 @@ return {grant, math.max(0, math.ceil(first * 1000))}
 
 @dataclass(slots=True)
 class _Lease:
-    held: int = 0  # reservations
-    valid_at: float = 0.0  # monotonic: when the next one may go
-    interval: float = 0.0  # … and each after it
+    tokens: deque[float] = field(default_factory=deque)  # when each may go (monotonic)
+    size: int = 1  # the last reservation's
     pending: bool = False
     next_at: float = 0.0  # monotonic: no point asking before
 
@@ -81,7 +81,7 @@ class RedisRate:
         link.on_down.append(self._local.buckets.clear)
 
     def __repr__(self) -> str:
-        held = sum(lease.held for lease in self._leases.values())
+        held = sum(len(lease.tokens) for lease in self._leases.values())
         return f"RedisRate({len(self._leases)} buckets, {held} tokens leased, {self.link!r})"
 
     @staticmethod
@@ -91,8 +91,8 @@ class RedisRate:
     def wait(self, member: str, provider: str, rate: float, now: float) -> float:
         lease = self._lease(member, provider)
         mono = time.monotonic()
-        if lease.held >= 1:
-            return max(0.0, lease.valid_at - mono)
+        if lease.tokens:
+            return max(0.0, lease.tokens[0] - mono)
         if not self.link.shared:
             share = fallback_rate(rate, self.link.participants)
             return self._local.wait(member, provider, share, now)
@@ -105,11 +105,11 @@ class RedisRate:
 
     def spend(self, member: str, provider: str, rate: float, now: float) -> None:
         lease = self._lease(member, provider)
-        if lease.held >= 1:
-            lease.held -= 1
-            lease.valid_at = max(lease.valid_at, time.monotonic()) + lease.interval
-            if lease.held == 0 and self.link.shared and not lease.pending:
-                self._ask(member, provider, lease, rate)  # the next one, ahead of the pick
+        if lease.tokens:
+            lease.tokens.popleft()
+            held = len(lease.tokens)
+            if self.link.shared and not lease.pending and wants_refill(held, lease.size):
+                self._ask(member, provider, lease, rate)  # the next ones, ahead of the pick
         elif not self.link.shared:
             self._local.spend(member, provider, fallback_rate(rate, self.link.participants), now)
 
@@ -117,8 +117,10 @@ class RedisRate:
         lease = self._leases.get((member, provider))
         if lease is None:
             lease = self._leases[(member, provider)] = _Lease()
-        elif lease.held and time.monotonic() - lease.valid_at > HOLD:
-            lease.held = 0  # unspent too long: spending it now could burst past the rate
+        else:
+            stale = time.monotonic() - HOLD
+            while lease.tokens and lease.tokens[0] < stale:
+                lease.tokens.popleft()  # unspent too long: now it could burst past the rate
         return lease
 
     def _ask(self, member: str, provider: str, lease: _Lease, rate: float) -> None:
@@ -139,8 +141,9 @@ class RedisRate:
         granted, ms = int(reply[0]), int(reply[1])
         mono = time.monotonic()
         if granted:
-            lease.held += granted
-            lease.valid_at, lease.interval = mono + ms / 1000.0, 1.0 / rate
+            first = mono + ms / 1000.0
+            lease.tokens.extend(first + k / rate for k in range(granted))
+            lease.size = granted
             if self.on_ready is not None:
                 self.on_ready()
         # Nothing granted: the over-rate hint tells the dispatcher when to look again.

@@ -37,7 +37,9 @@ from typing import Any
 from smtplb.cluster.lease import BLOCK, fallback_share, lease_request, wants_refill
 from smtplb.cluster.link import FORGET_AFTER, PARTICIPANTS, PREFIX, ClusterLink
 from smtplb.reputation.warmup import (
+    AWAY_SHARE,
     DAY,
+    LEASE_WAIT,
     OUTCOME_KINDS,
     DayOutcomes,
     Decision,
@@ -55,7 +57,7 @@ IDLE_RETURN = 2.0  # an unspent lease goes back after this long without a take
 REFRESH = 1.0  # a member × provider in use is looked at again after this long
 ACTIVE = 10.0  # … while it took something in the last this many seconds
 KEEP_DAYS = 40
-WAITING = "waiting for a warm-up lease"
+WAITING = LEASE_WAIT
 
 # KEYS: progress, day, hour, participants. ARGV: today, step, cap (-1: none), hourly
 # cap, want, now, by-field, local day total (-1: unknown), local hour total, carry,
@@ -319,8 +321,7 @@ class RedisWarmupState:
                     sent,
                     hourly,
                     hour_sent,
-                    wait=f"local share of the warm-up cap for {b.provider} used while Redis"
-                    f" is away ({b.used}/{budget})",
+                    wait=f"{AWAY_SHARE} for {b.provider} used ({b.used}/{budget})",
                 )
             return status
         if not b.looked or status.skip_reason(n) is None:
@@ -397,7 +398,7 @@ class RedisWarmupState:
         finally:
             b.pending = False
         self._start_maintainer()
-        if b.held and self.on_lease is not None:
+        if self.on_lease is not None:  # a lease, or the cap's reason: look again either way
             self.on_lease()
 
     async def _take_once(self, b: _Bucket, want: int, now: float) -> bool:

@@ -32,6 +32,12 @@ from smtplb.reputation.book import provider_of as book_provider_of
 
 DAY = 86400.0
 HOUR = 3600.0
+# A cluster backend's member whose lease of the cap is on its way (Status.wait): it
+# waits (a WAIT filter), it is not excluded.
+LEASE_WAIT = "waiting for a warm-up lease"
+LEASE_RETRY = 1.0  # a job deferred for it anyway is due again this soon
+AWAY_SHARE = "local share of the warm-up cap while Redis is away"
+AWAY_RETRY = 5.0  # … for a local share used while Redis is away
 OTHER = "other"
 IDLE_RESTART_DAYS = 30
 
