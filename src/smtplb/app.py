@@ -27,6 +27,7 @@ from smtplb.balancing.eligibility import (
 from smtplb.clock import Clock, SystemClock
 from smtplb.cluster.link import ClusterLink
 from smtplb.cluster.rate import RedisRate
+from smtplb.cluster.suspensions import RedisSuspensions
 from smtplb.cluster.warmup import RedisWarmupState
 from smtplb.config import Config
 from smtplb.delivery.bounces import DsnWriter
@@ -108,8 +109,10 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         metrics.set_cluster(cluster)
     warmup = build_warmup(config, data_dir, clock, delivery_log, cluster)
     shaping = Shaping(ProviderTable.build(config.providers), RuleBook(config.providers), clock)
+    suspensions = None
     if cluster is not None:
         shaping.limiter = RedisRate(cluster)
+        shaping.bus = suspensions = RedisSuspensions(cluster, shaping)
     # Member-wide reputation, then suspensions for the job's provider, then the warm-up cap,
     # exclude; the provider's rate and connections make a member wait.
     eligibility = Eligibility(
@@ -209,6 +212,8 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     intake.feedback = service.feedback_handler
     if cluster is not None:
         service.starters.append(cluster.start)  # registered before the first message
+        if suspensions is not None:
+            service.starters.append(suspensions.start)
         service.closers.append(cluster.aclose)
         if isinstance(warmup.state, RedisWarmupState):
             warmup.state.on_lease = dispatcher.wake

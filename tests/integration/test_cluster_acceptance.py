@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from smtplb.sink.profile import ClientRule, SinkProfile
 from smtplb.sink.server import ThreadedSink
 from tests.integration.conftest import Smtplb, free_port, wait_until
 from tests.integration.redisserver import RedisServer, redis_server  # noqa: F401 (fixture)
@@ -20,6 +21,14 @@ from tests.integration.test_balancing_acceptance import send_all
 from tests.integration.test_providers_acceptance import _max_in_window
 
 NEW_IP, WARM_IP = "127.0.0.3", "127.0.0.2"
+TWO_IPS = f"""
+  [[pools.members]]
+  name = "ip-2"
+  source_ip = "{WARM_IP}"
+  [[pools.members]]
+  name = "ip-3"
+  source_ip = "{NEW_IP}"
+"""
 
 
 def node_config(
@@ -142,15 +151,7 @@ name = "gmail"
 domains = ["workspace.test"]
 rate = "120/m"
 """
-    members = f"""
-  [[pools.members]]
-  name = "ip-2"
-  source_ip = "{WARM_IP}"
-  [[pools.members]]
-  name = "ip-3"
-  source_ip = "{NEW_IP}"
-"""
-    trio = nodes(3, sink.port, redis_server.url, extra=extra, members=members)
+    trio = nodes(3, sink.port, redis_server.url, extra=extra, members=TWO_IPS)
     before = redis_server.commandstats()
     started = time.monotonic()
     accepted = send_to_each(trio, 100, domain="workspace.test")
@@ -256,3 +257,35 @@ def test_redis_killed_under_load_nothing_lost_caps_held_shared_again_after(
     for n in pair:
         text = "".join(n.output)
         assert text.count("unreachable") == 1 and text.count("answers again") == 1, text[-3000:]
+
+
+def test_a_suspension_on_one_node_holds_on_every_node(
+    redis_server: RedisServer,  # noqa: F811
+    nodes: Callable[..., list[Smtplb]],
+) -> None:
+    # The Gmail-like sink answers 421 4.7.28 to 127.0.0.2: the built-in rule suspends
+    # that member for gmail. Node a sees it first; node b must not try it at all.
+    profile = SinkProfile(clients={WARM_IP: ClientRule(throttle=True)})
+    extra = '[[providers]]\nname = "gmail"\ndomains = ["workspace.test"]\n'
+    with ThreadedSink("127.0.0.1", 0, profile) as sink:
+        a, b = nodes(2, sink.port, redis_server.url, extra=extra, members=TWO_IPS)
+        send_all(a.smtp_port, [f"a{i}@workspace.test" for i in range(10)], clients=2, tag="a")
+        assert sink.wait_for(10, 60), sink.counts
+        throttled = sink.client_counts["throttled"]
+        assert throttled >= 1
+
+        def suspended_on(node: Smtplb) -> bool:
+            gmail = next(
+                p for p in node.api("/api/v1/providers")[1]["providers"] if p["name"] == "gmail"
+            )
+            return any(m["member"] == "ip-2" and m["suspended"] for m in gmail["members"])
+
+        wait_until(lambda: suspended_on(b), 5, "node b to hold node a's suspension")
+        send_all(b.smtp_port, [f"b{i}@workspace.test" for i in range(20)], clients=2, tag="b")
+        assert sink.wait_for(30, 60), sink.counts
+        print(
+            f"suspension shared: 421s from 127.0.0.2 {throttled} (node a), then"
+            f" {sink.client_counts['throttled'] - throttled} while node b sent 20"
+        )
+        assert sink.client_counts["throttled"] == throttled  # node b never tried ip-2
+        assert {m.envelope.client_ip for m in sink.received} == {NEW_IP}

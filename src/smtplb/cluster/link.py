@@ -78,6 +78,7 @@ class ClusterLink:
         self.on_down: list[Callable[[], None]] = []
         self.on_up: list[Callable[[], Awaitable[None]]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.background: list[asyncio.Task[Any]] = []  # long-running, ended by aclose
         self._probe: asyncio.Task[None] | None = None
         self._registrar: asyncio.Task[None] | None = None
         self._register = self.redis.register_script(_REGISTER)
@@ -207,6 +208,7 @@ class ClusterLink:
 
     async def aclose(self) -> None:
         tasks = [t for t in (*self._tasks, self._probe, self._registrar) if t is not None]
+        tasks += self.background
         for t in tasks:
             t.cancel()
         for t in tasks:

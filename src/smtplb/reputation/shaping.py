@@ -106,6 +106,16 @@ class RateLimiter(Protocol):
         ...
 
 
+class SuspensionBus(Protocol):
+    """Where a suspension fired here is told to the other workers and nodes
+    (``smtplb.cluster.suspensions.RedisSuspensions``); they call :meth:`Shaping.apply`."""
+
+    def announce(self, member: str | None, provider: str, until: float, rule: str) -> None:
+        """``member`` (None: every member) suspended for ``provider`` until ``until``
+        (Unix time) by ``rule``."""
+        ...
+
+
 @dataclass(slots=True)
 class LocalRate:
     """Token buckets in this process: ``burst(rate)`` tokens at most, ``rate`` a second."""
@@ -141,6 +151,7 @@ class Shaping:
     provider_suspended: dict[str, tuple[float, str]] = field(default_factory=dict)
     wake_at: float | None = None  # earliest time a waiting member gets a token
     limiter: RateLimiter = field(default_factory=LocalRate)
+    bus: SuspensionBus | None = None  # a cluster's: suspensions seen by every node
 
     def lane(self, member: str, provider: str, now: float) -> Lane:
         lane = self.lanes.get((member, provider))
@@ -254,12 +265,16 @@ class Shaping:
             if new:
                 lane.suspended_until, lane.suspended_rule = until, rule.name
                 lane.suspensions += 1
+                if self.bus is not None:
+                    self.bus.announce(member, provider, self.wall(until), rule.name)
         elif rule.action == "suspend_provider":
             held = self.provider_suspended.get(provider)
             new = not (held is not None and held[0] > now and held[1] == rule.name)
             if new:
                 self.provider_suspended[provider] = (until, rule.name)
                 lane.suspensions += 1
+                if self.bus is not None:
+                    self.bus.announce(None, provider, self.wall(until), rule.name)
         elif rule.action == "throttle":
             new = not (lane.throttle_until > now and lane.throttle_rule == rule.name)
             if new:
@@ -268,6 +283,22 @@ class Shaping:
         elif rule.action == "reduce_connections":
             self._decrease(lane, lane.active + 1)
         return Fired(rule, member, provider, until, reply_line(reply), new)
+
+    def apply(self, member: str | None, provider: str, until: float, rule: str) -> None:
+        """A suspension another worker or node announced (``until``: Unix time): it holds
+        here too, unless one that lasts longer already does."""
+        now = self.clock.monotonic()
+        ends = now + (until - self.clock.wall())
+        if ends <= now:
+            return
+        if member is None:
+            held = self.provider_suspended.get(provider)
+            if held is None or held[0] < ends:
+                self.provider_suspended[provider] = (ends, rule)
+            return
+        lane = self.lane(member, provider, now)
+        if lane.suspended_until < ends:
+            lane.suspended_until, lane.suspended_rule = ends, rule
 
     # -- for operators ------------------------------------------------------------
 
