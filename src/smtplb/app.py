@@ -26,6 +26,7 @@ from smtplb.balancing.eligibility import (
 )
 from smtplb.clock import Clock, SystemClock
 from smtplb.cluster.link import ClusterLink
+from smtplb.cluster.members import ClusterMembers
 from smtplb.cluster.rate import RedisRate
 from smtplb.cluster.suspensions import RedisSuspensions
 from smtplb.cluster.warmup import RedisWarmupState
@@ -214,6 +215,9 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         service.starters.append(cluster.start)  # registered before the first message
         if suspensions is not None:
             service.starters.append(suspensions.start)
+        if worker == 0:  # the API's worker: tells the operator's actions, follows others'
+            service.member_bus = members = ClusterMembers(cluster, service.follow_cluster)
+            service.starters.append(members.start)
         service.closers.append(cluster.aclose)
         if isinstance(warmup.state, RedisWarmupState):
             warmup.state.on_lease = dispatcher.wake

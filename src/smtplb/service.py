@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from smtplb import __version__
 from smtplb.api.server import HttpServer
@@ -69,6 +69,10 @@ from smtplb.workers import (
 )
 
 log = logging.getLogger("smtplb")
+
+
+class _MemberBus(Protocol):
+    def tell(self, flag: str, member: str, on: bool) -> None: ...
 
 
 class Service:
@@ -135,6 +139,8 @@ class Service:
         self.feedback_handler = feedback
         self.warmup = warmup
         self.http: HttpServer | None = None  # set by smtplb.app on worker 0
+        # A cluster's: pauses and quarantines told to every node (worker 0's)
+        self.member_bus: _MemberBus | None = None
         # Run at the end of start, and last on stop (smtplb.app adds the cluster link's)
         self.starters: list[Callable[[], object]] = []
         self.closers: list[Callable[[], Awaitable[None]]] = []
@@ -287,21 +293,25 @@ class Service:
     def resume(self, member: str) -> dict[str, Any] | None:
         return self._set_paused(member, False)
 
-    def _set_paused(self, name: str, paused: bool) -> dict[str, Any] | None:
+    def _set_paused(self, name: str, paused: bool, by: str = "operator") -> dict[str, Any] | None:
         member = self.member(name)
         if member is None:
             return None
         member.paused = paused
         self.paused.set(name, paused)  # peers and the next start follow the file
         event = "member_paused" if paused else "member_resumed"
-        self.delivery_log.write(member_record(event, member.pool, name, "operator"))
+        self.delivery_log.write(member_record(event, member.pool, name, by))
         self.dispatcher.wake()
+        if self.member_bus is not None and by == "operator":
+            self.member_bus.tell("paused", name, paused)
         return next(m for m in self.member_views() if m["name"] == name)
 
     def quarantine(self, member: str) -> dict[str, Any] | None:
         if self.member(member) is None:
             return None
         self.book.quarantine(member)
+        if self.member_bus is not None:
+            self.member_bus.tell("quarantined", member, True)
         return next(m for m in self.member_views() if m["name"] == member)
 
     def release(self, member: str) -> dict[str, Any] | None:
@@ -309,7 +319,24 @@ class Service:
             return None
         self.book.release(member)
         self.dispatcher.wake()
+        if self.member_bus is not None:
+            self.member_bus.tell("quarantined", member, False)
         return next(m for m in self.member_views() if m["name"] == member)
+
+    def follow_cluster(self, flag: str, name: str, on: bool) -> None:
+        """Another node's operator paused, resumed, quarantined or released ``name``."""
+        member = self.member(name)
+        if member is None:
+            return
+        if flag == "paused":
+            if member.paused != on:
+                self._set_paused(name, on, by="operator on another node")
+        elif on != (self.book.view(name)["state"] == "quarantined"):
+            if on:
+                self.book.quarantine(name, "by the operator on another node")
+            else:
+                self.book.release(name)
+                self.dispatcher.wake()
 
     async def feedback(self, report: Feedback) -> dict[str, Any]:
         return await self.feedback_handler.handle(report)

@@ -10,6 +10,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -289,3 +290,41 @@ def test_a_suspension_on_one_node_holds_on_every_node(
         )
         assert sink.client_counts["throttled"] == throttled  # node b never tried ip-2
         assert {m.envelope.client_ip for m in sink.received} == {NEW_IP}
+
+
+def test_a_pause_or_quarantine_on_one_node_holds_on_every_node(
+    redis_server: RedisServer,  # noqa: F811
+    sinks: Callable[..., ThreadedSink],
+    nodes: Callable[..., list[Smtplb]],
+) -> None:
+    sink = sinks()
+    a, b = nodes(2, sink.port, redis_server.url, members=TWO_IPS)
+
+    def view(node: Smtplb, name: str) -> dict[str, Any]:
+        members = node.api("/api/v1/members")[1]["members"]
+        found: dict[str, Any] = next(m for m in members if m["name"] == name)
+        return found
+
+    assert a.api("/api/v1/members/ip-2/pause", "POST")[0] == 200
+    wait_until(lambda: view(b, "ip-2")["paused"], 5, "node b to hold node a's pause")
+    assert b.api("/api/v1/members/ip-3/quarantine", "POST")[0] == 200
+    wait_until(
+        lambda: view(a, "ip-3")["reputation"]["state"] == "quarantined",
+        5,
+        "node a to hold node b's quarantine",
+    )
+    assert a.api("/api/v1/members/ip-2/resume", "POST")[0] == 200
+    assert b.api("/api/v1/members/ip-3/release", "POST")[0] == 200
+    wait_until(lambda: not view(b, "ip-2")["paused"], 5, "node b to resume ip-2")
+    wait_until(lambda: view(a, "ip-3")["reputation"]["state"] == "ok", 5, "node a to release")
+    send_all(b.smtp_port, [f"u{i}@example.org" for i in range(10)], clients=2, tag="p")
+    assert sink.wait_for(10, 30)
+    assert {m.envelope.client_ip for m in sink.received} == {WARM_IP, NEW_IP}
+
+    def logged() -> list[tuple[str, str]]:
+        events = ("member_paused", "member_resumed")
+        return [(r["event"], r["response"]) for r in b.delivery_log() if r["event"] in events]
+
+    wait_until(lambda: len(logged()) == 2, 5, "node b's delivery log")  # (flushed every 0.5 s)
+    print(f"node b's log of node a's pause: {logged()}")
+    assert [event for event, _ in logged()] == ["member_paused", "member_resumed"]

@@ -11,10 +11,10 @@ from smtplb.routing.providers import ProviderTable
 
 
 def test_a_suspension_survives_the_wire() -> None:
-    field, value = encode("ip-2", "gmail", 1_780_000_123.25, "gmail-4.7.28", "node-a/0")
-    assert decode(field, value) == ("ip-2", "gmail", 1_780_000_123.25, "gmail-4.7.28", "node-a/0")
-    field, value = encode(None, "yahoo", 5.0, "a|rule|with|bars", "n/1")
-    assert decode(field, value) == (None, "yahoo", 5.0, "a|rule|with|bars", "n/1")
+    field, value = encode("ip-2", "gmail", 1_780_000_123.25, "gmail-4.7.28")
+    assert decode(field, value) == ("ip-2", "gmail", 1_780_000_123.25, "gmail-4.7.28")
+    field, value = encode(None, "yahoo", 5.0, "a|rule|with|bars")
+    assert decode(field, value) == (None, "yahoo", 5.0, "a|rule|with|bars")
 
 
 class Announced:
@@ -53,3 +53,19 @@ def test_a_suspension_fired_here_is_announced_with_its_wall_time() -> None:
     assert bus.told == [("ip-2", "gmail", shaping.wall(fired.until), fired.rule.name)]
     shaping.on_reply("ip-2", "gmail", Reply(421, "4.7.28", "rate limited"), 0.0)
     assert len(bus.told) == 1  # already in force: not told again
+
+
+def test_member_flags_survive_the_wire_and_nonsense_is_refused() -> None:
+    import pytest
+
+    from smtplb.cluster import members
+
+    assert members.decode(*members.encode("paused", "ip-2", True)) == ("paused", "ip-2", True)
+    assert members.decode(*members.encode("quarantined", "a|b", False)) == (
+        "quarantined",
+        "a|b",
+        False,
+    )
+    for field, value in (("frozen|ip-2", "1"), ("paused|", "1"), ("paused|ip-2", "yes")):
+        with pytest.raises(ValueError):
+            members.decode(field, value)
