@@ -12,22 +12,52 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from smtplb.reputation.state import Suppression, normalize
+from smtplb.reputation.state import Suppression, normalize, normalize_domain
 
 log = logging.getLogger("smtplb.reputation")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS suppression (
-    address TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    domain TEXT NOT NULL DEFAULT '',
     reason TEXT NOT NULL DEFAULT '',
     source TEXT NOT NULL DEFAULT 'operator',
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    PRIMARY KEY (address, domain)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reputation_book (
     worker INTEGER PRIMARY KEY,
     snapshot BLOB NOT NULL
 )
 """
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """A table of the first release (address alone the key) gets its ``domain``
+    column: its entries are global (""); done once, in the schema's transaction."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(suppression)")}
+    if not columns or "domain" in columns:
+        return
+    log.info("suppression list: adding the per-sender-domain scope")
+    conn.execute("ALTER TABLE suppression RENAME TO suppression_v1")
+    conn.execute(_SCHEMA.split(";")[0])
+    conn.execute(
+        "INSERT INTO suppression (address, domain, reason, source, created_at)"
+        " SELECT address, '', reason, source, created_at FROM suppression_v1"
+    )
+    conn.execute("DROP TABLE suppression_v1")
+
+
+def _scope_filter(address: str | None, domain: str | None) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause (and its arguments) of a listing by address and/or scope."""
+    terms, args = [], []
+    if address is not None:
+        terms.append("address = ?")
+        args.append(normalize(address))
+    if domain is not None:
+        terms.append("domain = ?")
+        args.append(normalize_domain(domain))
+    return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(args)
 
 
 class SqliteState:
@@ -54,7 +84,9 @@ class SqliteState:
         if self._conns is None:
             writer = self._connect()
             try:
-                with writer:
+                with writer:  # one transaction: two workers starting at once agree
+                    writer.execute("BEGIN IMMEDIATE")
+                    _migrate(writer)
                     for statement in _SCHEMA.split(";"):
                         writer.execute(statement)
                 self._conns = (writer, self._connect())
@@ -93,10 +125,11 @@ class SqliteState:
 
     # -- suppression ---------------------------------------------------------------
 
-    def is_suppressed(self, address: str) -> bool:
+    def is_suppressed(self, address: str, sender_domain: str = "") -> bool:
         try:
             row = self._reader.execute(
-                "SELECT 1 FROM suppression WHERE address = ?", (normalize(address),)
+                "SELECT 1 FROM suppression WHERE address = ? AND domain IN ('', ?)",
+                (normalize(address), normalize_domain(sender_domain)),
             ).fetchone()
         except sqlite3.Error as exc:
             # Unreadable (a full disk at start): the spool refuses mail meanwhile.
@@ -105,43 +138,54 @@ class SqliteState:
         return row is not None
 
     async def suppress(self, entries: Sequence[Suppression]) -> int:
-        rows = [(normalize(e.address), e.reason, e.source, e.created_at) for e in entries]
+        rows = [
+            (normalize(e.address), normalize_domain(e.domain), e.reason, e.source, e.created_at)
+            for e in entries
+        ]
         return await asyncio.to_thread(self._suppress, rows)
 
-    def _suppress(self, rows: list[tuple[str, str, str, float]]) -> int:
+    def _suppress(self, rows: list[tuple[str, str, str, str, float]]) -> int:
         with self._lock, self._writer as conn:
             before = conn.total_changes
             conn.executemany(
-                "INSERT INTO suppression (address, reason, source, created_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (address) DO NOTHING",
+                "INSERT INTO suppression (address, domain, reason, source, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (address, domain) DO NOTHING",
                 rows,
             )
             return conn.total_changes - before
 
-    async def unsuppress(self, addresses: Sequence[str]) -> int:
-        keys = [(normalize(a),) for a in addresses]
+    async def unsuppress(self, addresses: Sequence[str], domain: str = "") -> int:
+        scope = normalize_domain(domain)
+        keys = [(normalize(a), scope) for a in addresses]
         return await asyncio.to_thread(self._unsuppress, keys)
 
-    def _unsuppress(self, keys: list[tuple[str]]) -> int:
+    def _unsuppress(self, keys: list[tuple[str, str]]) -> int:
         with self._lock, self._writer as conn:
             before = conn.total_changes
-            conn.executemany("DELETE FROM suppression WHERE address = ?", keys)
+            conn.executemany("DELETE FROM suppression WHERE address = ? AND domain = ?", keys)
             return conn.total_changes - before
 
     async def suppressions(
-        self, *, limit: int = 100, offset: int = 0, address: str | None = None
+        self,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        address: str | None = None,
+        domain: str | None = None,
     ) -> list[Suppression]:
-        if address is not None:
-            sql = "SELECT * FROM suppression WHERE address = ?"
-            args: tuple[object, ...] = (normalize(address),)
-        else:
-            sql = "SELECT * FROM suppression ORDER BY address LIMIT ? OFFSET ?"
-            args = (limit, offset)
-        rows = await asyncio.to_thread(self._read_all, sql, args)
-        return [Suppression(str(a), str(r), str(s), float(t)) for a, r, s, t in rows]
+        where, args = _scope_filter(address, domain)
+        sql = (
+            f"SELECT address, reason, source, created_at, domain FROM suppression{where}"
+            " ORDER BY address, domain LIMIT ? OFFSET ?"
+        )
+        rows = await asyncio.to_thread(self._read_all, sql, (*args, limit, offset))
+        return [Suppression(str(a), str(r), str(s), float(t), str(d)) for a, r, s, t, d in rows]
 
-    async def suppression_count(self) -> int:
-        rows = await asyncio.to_thread(self._read_all, "SELECT count(*) FROM suppression", ())
+    async def suppression_count(self, domain: str | None = None) -> int:
+        where, args = _scope_filter(None, domain)
+        rows = await asyncio.to_thread(
+            self._read_all, f"SELECT count(*) FROM suppression{where}", args
+        )
         return int(rows[0][0])
 
     # -- reputation book -------------------------------------------------------------
