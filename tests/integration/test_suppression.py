@@ -32,9 +32,16 @@ def _cli(node: Smtplb, *args: str) -> str:
     return done.stdout
 
 
-def _send(node: Smtplb, rcpt: str) -> None:
+def _send(node: Smtplb, rcpt: str, sender: str = "app@shop.test") -> None:
     with smtplib.SMTP("127.0.0.1", node.smtp_port) as client:
-        client.sendmail("app@shop.test", [rcpt], b"Subject: hi\r\n\r\nbody\r\n")
+        client.sendmail(sender, [rcpt], b"Subject: hi\r\n\r\nbody\r\n")
+
+
+def _refused(node: Smtplb, rcpt: str, sender: str) -> tuple[int, bytes]:
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        _send(node, rcpt, sender)
+    code, text = refused.value.recipients[rcpt]
+    return code, text[:5]
 
 
 def test_hard_bounce_suppresses_then_remove_accepts_again(
@@ -89,10 +96,10 @@ def test_drop_accepts_logs_suppressed_and_delivers_the_others(
     assert record["recipient"] == "blocked@example.org" and record["enhanced_code"] == "5.7.1"
 
     exported = _cli(node, "suppress", "list", "--csv").splitlines()
-    assert exported[0] == "address,reason,source,created_at"
+    assert exported[0] == "address,reason,source,created_at,domain"
     assert [line.split(",")[:3] for line in exported[1:]] == [
-        ["blocked@example.org", "", "operator"],
-        ["other@example.org", "", "operator"],
+        ["blocked@example.org", "complained", "operator"],  # the file's reasons, kept
+        ["other@example.org", "x", "operator"],
     ]
 
 
@@ -110,3 +117,46 @@ def test_api_refuses_a_bad_address_and_404s_an_unknown_one(
     assert status == 200 and doc == {"added": 1, "requested": 1}
     status, doc = node.api("/api/v1/suppressions?address=A@example.org")
     assert status == 200 and doc["suppressions"][0]["reason"] == "r"
+
+
+def test_a_domain_scoped_entry_refuses_only_mail_from_that_sender_domain(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    sink = sinks()
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [sink.port])
+    node = smtplb(text + '[suppression]\nscope = "sender_domain"\n', smtp_port, http_port).start()
+    reader = "reader@example.org"
+    assert "1 added" in _cli(node, "suppress", "add", reader, "--domain", "Shop.Test")
+
+    assert _refused(node, reader, "news@shop.test") == (550, b"5.7.1")
+    assert _refused(node, reader, "NEWS@SHOP.TEST") == (550, b"5.7.1")
+    _send(node, reader, "news@other.test")  # another sender domain: accepted
+    assert sink.wait_for(1, timeout=10)
+    assert (sink.received[0].mail_from, sink.received[0].rcpt_to) == ("news@other.test", [reader])
+
+    # A complaint, with scope = "sender_domain": the complainant is suppressed for
+    # the domain that sent the mail complained about, not for every sender.
+    status, answer = node.api(
+        "/api/v1/feedback",
+        "POST",
+        {"type": "complaint", "recipient": "fan@example.org", "sender": "news@other.test"},
+    )
+    assert status == 200 and answer["domain"] == "other.test"
+    assert _refused(node, "fan@example.org", "news@other.test") == (550, b"5.7.1")
+    _send(node, "fan@example.org", "news@shop.test")
+    assert sink.wait_for(2, timeout=10)
+
+    exported = _cli(node, "suppress", "list", "--csv").splitlines()
+    assert [(row.split(",")[0], row.split(",")[-1]) for row in exported[1:]] == [
+        ("fan@example.org", "other.test"),
+        ("reader@example.org", "shop.test"),
+    ]
+    assert "fan@example.org" not in _cli(node, "suppress", "list", "--domain", "shop.test")
+    # A global remove leaves the scoped entry; removing that scope lifts it.
+    with pytest.raises(subprocess.CalledProcessError):
+        _cli(node, "suppress", "remove", reader)
+    assert "for shop.test removed" in _cli(
+        node, "suppress", "remove", reader, "--domain", "shop.test"
+    )
+    _send(node, reader, "news@shop.test")
+    assert sink.wait_for(3, timeout=10)

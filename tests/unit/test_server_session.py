@@ -427,7 +427,8 @@ def test_too_many_recipients_and_duplicates() -> None:
 
 
 def test_check_recipient_hook_refuses_without_counting_an_error() -> None:
-    def check(address: str) -> Reply | None:
+    def check(address: str, sender: str) -> Reply | None:
+        assert sender == "a@example.com"
         return Reply(550, "5.1.1", "User unknown") if address.startswith("nobody@") else None
 
     policy = dataclasses.replace(POLICY, check_recipient=check, max_errors=0)

@@ -154,9 +154,9 @@ class IntakePipeline:
             else None,
         )
 
-    def _refuse_suppressed(self, address: str) -> Reply | None:
+    def _refuse_suppressed(self, address: str, sender: str) -> Reply | None:
         assert self.state is not None
-        if self.state.is_suppressed(address):
+        if self.state.is_suppressed(address, domain_of(sender)):
             return _SUPPRESSED
         return None
 
@@ -179,8 +179,9 @@ class IntakePipeline:
         if self.state is None:
             return envelope.rcpt_to
         kept = []
+        sender_domain = domain_of(envelope.mail_from)
         for rcpt in envelope.rcpt_to:
-            if not self.state.is_suppressed(rcpt):
+            if not self.state.is_suppressed(rcpt, sender_domain):
                 kept.append(rcpt)
                 continue
             self.delivery_log.write(
