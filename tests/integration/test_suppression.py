@@ -5,8 +5,10 @@ imports and exports."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import smtplib
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -160,3 +162,38 @@ def test_a_domain_scoped_entry_refuses_only_mail_from_that_sender_domain(
     )
     _send(node, reader, "news@shop.test")
     assert sink.wait_for(3, timeout=10)
+
+
+def test_an_addition_and_a_removal_reach_every_worker_at_once(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [sinks().port])
+    node = smtplb("workers = 2\n" + text, smtp_port, http_port).start()
+    wait_until(
+        lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
+    )
+    assert "1 added" in _cli(node, "suppress", "add", GONE)  # through worker 0's API
+
+    def connections(count: int) -> list[int]:
+        """RCPT to GONE on ``count`` new connections (the kernel spreads them over
+        both workers); each also queues one message, so the shards show who served."""
+        codes = []
+        for _ in range(count):
+            with smtplib.SMTP("127.0.0.1", node.smtp_port) as client:
+                client.ehlo()
+                assert client.mail("app@shop.test")[0] == 250
+                codes.append(client.rcpt(GONE)[0])
+                assert client.rcpt("ok@example.org")[0] == 250
+                client.data(b"Subject: x\r\n\r\nx\r\n")
+        return codes
+
+    assert connections(30) == [550] * 30
+    per_shard = []
+    for shard in ("spool.db", "spool-1.db"):
+        uri = f"file:{tmp_path / 'var' / shard}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            per_shard.append(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+    assert sum(per_shard) == 30 and all(per_shard), per_shard  # both workers refused GONE
+
+    assert "removed" in _cli(node, "suppress", "remove", GONE)
+    assert connections(30) == [250] * 30

@@ -441,6 +441,14 @@ def test_check_recipient_hook_refuses_without_counting_an_error() -> None:
     assert not result.closed
 
 
+def test_an_envelope_says_whether_its_recipients_were_checked_at_rcpt() -> None:
+    """Intake does not look a recipient up again when the RCPT check ran (one lookup)."""
+    mail = b"EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nx\r\n.\r\n"
+    checked = dataclasses.replace(POLICY, check_recipient=lambda address, sender: None)
+    assert drive(new(checked), mail).messages[0].envelope.recipients_checked
+    assert not drive(new(POLICY), mail).messages[0].envelope.recipients_checked
+
+
 # -- limits ------------------------------------------------------------------------------
 
 

@@ -127,7 +127,36 @@ def test_a_first_release_table_is_migrated_with_its_entries_global(tmp_path: Pat
     asyncio.run(state.suppress([Suppression("old@example.org", domain="shop.test")]))
     assert asyncio.run(state.suppression_count()) == 2
     state.close()
+    with sqlite3.connect(path) as conn:  # gone from the spool's file
+        assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'suppression'").fetchall()
+    conn.close()
     assert SqliteState(path).is_suppressed("OLD@example.org")  # a second open: nothing to do
+
+
+def test_the_list_has_a_file_of_its_own_and_a_scoped_spool_table_moves_there(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spool.db"
+    with sqlite3.connect(path) as conn:  # as this release's first commit left it
+        conn.execute(
+            "CREATE TABLE suppression (address TEXT NOT NULL, domain TEXT NOT NULL DEFAULT '',"
+            " reason TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT 'operator',"
+            " created_at REAL NOT NULL, PRIMARY KEY (address, domain)) WITHOUT ROWID"
+        )
+        conn.execute("INSERT INTO suppression VALUES ('a@example.org', 'shop.test', '', 'x', 1)")
+    conn.close()
+    state = SqliteState(path)
+    assert state.suppression_path == tmp_path / "suppression.db"
+    assert state.is_suppressed("a@example.org", "shop.test")
+    assert not state.is_suppressed("a@example.org", "other.test")
+    asyncio.run(state.save_book(0, b"book"))
+    assert asyncio.run(state.load_book(0)) == b"book"
+    state.close()
+    with sqlite3.connect(tmp_path / "suppression.db") as conn:
+        assert conn.execute("SELECT address, domain FROM suppression").fetchall() == [
+            ("a@example.org", "shop.test")
+        ]
+    conn.close()
 
 
 def test_is_listed_decides_by_scope() -> None:

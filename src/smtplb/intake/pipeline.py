@@ -175,8 +175,10 @@ class IntakePipeline:
         return kept
 
     def _drop_suppressed(self, envelope: Envelope, queue_id: str) -> list[str]:
-        """The recipients to keep; each suppressed one is logged as ``suppressed``."""
-        if self.state is None:
+        """The recipients to keep; each suppressed one is logged as ``suppressed``.
+        Recipients already checked at RCPT (``on_intake = "reject"``) are not looked
+        up twice: one lookup per recipient."""
+        if self.state is None or envelope.recipients_checked:
             return envelope.rcpt_to
         kept = []
         sender_domain = domain_of(envelope.mail_from)

@@ -426,6 +426,7 @@ class ServerSession:
             smtputf8=mail.smtputf8,
             body_8bit=mail.body_8bit,
             size_hint=mail.size,
+            recipients_checked=policy.check_recipient is not None,
         )
         self._out.append(_W_MAIL_OK)
 

@@ -1,6 +1,10 @@
-"""Reputation state in the spool database (SQLite, WAL): a table of its own,
-its own connections. Reads are one primary-key lookup on the caller's thread;
-writes run in a thread (a spool batch may hold the write lock for a moment)."""
+"""Reputation state beside the spool (SQLite, WAL). The suppression list has a
+file of its own, ``suppression.db`` next to ``spool.db``: a million entries kept
+out of the spool's file leave the spool's pages inside its mmap window and its
+checkpoints small, and a lookup's read transaction stays on a file that changes
+only when the list does (so its page cache stays warm). The reputation book stays
+in ``spool.db``. Reads are one primary-key lookup on the caller's thread; writes
+run in a thread (a spool batch may hold the write lock for a moment)."""
 
 from __future__ import annotations
 
@@ -10,13 +14,15 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from smtplb.reputation.state import Suppression, normalize, normalize_domain
 
 log = logging.getLogger("smtplb.reputation")
 
-_SCHEMA = """
+SUPPRESSION_FILE = "suppression.db"
+
+_SUPPRESSION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS suppression (
     address TEXT NOT NULL,
     domain TEXT NOT NULL DEFAULT '',
@@ -24,7 +30,9 @@ CREATE TABLE IF NOT EXISTS suppression (
     source TEXT NOT NULL DEFAULT 'operator',
     created_at REAL NOT NULL,
     PRIMARY KEY (address, domain)
-) WITHOUT ROWID;
+) WITHOUT ROWID
+"""
+_BOOK_SCHEMA = """
 CREATE TABLE IF NOT EXISTS reputation_book (
     worker INTEGER PRIMARY KEY,
     snapshot BLOB NOT NULL
@@ -32,20 +40,30 @@ CREATE TABLE IF NOT EXISTS reputation_book (
 """
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """A table of the first release (address alone the key) gets its ``domain``
-    column: its entries are global (""); done once, in the schema's transaction."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(suppression)")}
-    if not columns or "domain" in columns:
-        return
-    log.info("suppression list: adding the per-sender-domain scope")
-    conn.execute("ALTER TABLE suppression RENAME TO suppression_v1")
-    conn.execute(_SCHEMA.split(";")[0])
-    conn.execute(
-        "INSERT INTO suppression (address, domain, reason, source, created_at)"
-        " SELECT address, '', reason, source, created_at FROM suppression_v1"
-    )
-    conn.execute("DROP TABLE suppression_v1")
+def _move_old_list(conn: sqlite3.Connection, spool: Path) -> None:
+    """The list of an earlier release lived in the spool database: copy it into this
+    file (its entries global when it had no ``domain`` column), then drop it there.
+    Two transactions, the copy first: a crash between them copies again (the copy
+    ignores entries already there), so no entry is lost."""
+    conn.execute("ATTACH DATABASE ? AS spool", (str(spool),))
+    try:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            columns = {row[1] for row in conn.execute("PRAGMA spool.table_info(suppression)")}
+            if not columns:
+                return
+            domain = "domain" if "domain" in columns else "''"
+            conn.execute(
+                "INSERT OR IGNORE INTO main.suppression"
+                " (address, domain, reason, source, created_at)"
+                f" SELECT address, {domain}, reason, source, created_at FROM spool.suppression"
+            )
+            log.info("suppression list moved from %s to its own file", spool.name)
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DROP TABLE IF EXISTS spool.suppression")
+    finally:
+        conn.execute("DETACH DATABASE spool")
 
 
 def _scope_filter(address: str | None, domain: str | None) -> tuple[str, tuple[str, ...]]:
@@ -60,61 +78,73 @@ def _scope_filter(address: str | None, domain: str | None) -> tuple[str, tuple[s
     return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(args)
 
 
+class _Connections(NamedTuple):
+    book: sqlite3.Connection  # spool.db: the reputation book
+    writer: sqlite3.Connection  # suppression.db: additions, removals, listings
+    reader: sqlite3.Connection  # suppression.db: the lookups, on the event loop
+
+
 class SqliteState:
     """Opened at first use, and again after a failure: on a full disk the node
     starts (intake answers 451 meanwhile) and the list is there once space returns."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()  # the writer connection, one thread at a time
+    def __init__(self, path: Path | str, suppression_path: Path | str | None = None) -> None:
+        self.path = Path(path)  # the spool database (worker 0's), for the book
+        self.suppression_path = (
+            Path(suppression_path) if suppression_path else self.path.with_name(SUPPRESSION_FILE)
+        )
+        self._lock = threading.Lock()  # the writing connections, one thread at a time
         self._open_lock = threading.Lock()
-        self._conns: tuple[sqlite3.Connection, sqlite3.Connection] | None = None
+        self._conns: _Connections | None = None
         try:
             self._open()
         except sqlite3.Error as exc:
             log.error("reputation state %s unavailable for now: %s", self.path, exc)
 
-    def _open(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    def _open(self) -> _Connections:
         if self._conns is not None:
             return self._conns
         with self._open_lock:
             return self._open_locked()
 
-    def _open_locked(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
-        if self._conns is None:
-            writer = self._connect()
-            try:
-                with writer:  # one transaction: two workers starting at once agree
-                    writer.execute("BEGIN IMMEDIATE")
-                    _migrate(writer)
-                    for statement in _SCHEMA.split(";"):
-                        writer.execute(statement)
-                self._conns = (writer, self._connect())
-            except sqlite3.Error:
-                writer.close()
-                raise
+    def _open_locked(self) -> _Connections:
+        if self._conns is not None:
+            return self._conns
+        opened: list[sqlite3.Connection] = []
+        try:
+            writer = self._connect(self.suppression_path, opened)
+            with writer:
+                writer.execute(_SUPPRESSION_SCHEMA)
+            _move_old_list(writer, self.path)
+            book = self._connect(self.path, opened)
+            with book:
+                book.execute(_BOOK_SCHEMA)
+            self._conns = _Connections(book, writer, self._connect(self.suppression_path, opened))
+        except sqlite3.Error:
+            for conn in opened:
+                conn.close()
+            raise
         return self._conns
+
+    @staticmethod
+    def _connect(path: Path, opened: list[sqlite3.Connection]) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
+        opened.append(conn)
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA journal_mode=WAL")
+        return conn
 
     @property
     def _writer(self) -> sqlite3.Connection:
-        return self._open()[0]
+        return self._open().writer
 
     @property
     def _reader(self) -> sqlite3.Connection:
-        return self._open()[1]
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA busy_timeout=10000")
-            conn.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.Error:
-            conn.close()
-            raise
-        return conn
+        return self._open().reader
 
     def __repr__(self) -> str:
-        return f"SqliteState({self.path}{'' if self._conns else ', not open'})"
+        opened = "" if self._conns else ", not open"
+        return f"SqliteState({self.path}, {self.suppression_path.name}{opened})"
 
     def close(self) -> None:
         with self._lock:
@@ -194,7 +224,7 @@ class SqliteState:
         await asyncio.to_thread(self._save_book, worker, snapshot)
 
     def _save_book(self, worker: int, snapshot: bytes) -> None:
-        with self._lock, self._writer as conn:
+        with self._lock, self._open().book as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO reputation_book (worker, snapshot) VALUES (?, ?)",
                 (worker, snapshot),
@@ -203,13 +233,19 @@ class SqliteState:
     async def load_book(self, worker: int) -> bytes | None:
         try:
             rows = await asyncio.to_thread(
-                self._read_all, "SELECT snapshot FROM reputation_book WHERE worker = ?", (worker,)
+                self._read_all,
+                "SELECT snapshot FROM reputation_book WHERE worker = ?",
+                (worker,),
+                book=True,
             )
         except sqlite3.Error as exc:  # a full disk at start: begin with an empty book
             log.error("could not load the reputation book: %s", exc)
             return None
         return bytes(rows[0][0]) if rows else None
 
-    def _read_all(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+    def _read_all(
+        self, sql: str, args: tuple[object, ...], *, book: bool = False
+    ) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._writer.execute(sql, args).fetchall()
+            conns = self._open()
+            return (conns.book if book else conns.writer).execute(sql, args).fetchall()
