@@ -207,7 +207,14 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         suppressor=suppressor,
         book=book,
         eligibility=eligibility,
-        feedback=FeedbackHandler(state, book, delivery_log, lambda q: service.message(q), clock),
+        feedback=FeedbackHandler(
+            state,
+            book,
+            delivery_log,
+            lambda q: service.message(q),
+            clock,
+            scope=config.suppression.scope,
+        ),
         warmup=warmup,
     )
     intake.feedback = service.feedback_handler

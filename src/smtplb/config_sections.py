@@ -12,6 +12,7 @@ import msgspec
 from smtplb.units import Duration, parse_rate
 
 SUPPRESSION_ACTIONS = ("reject", "drop")
+SUPPRESSION_SCOPES = ("global", "sender_domain")
 SPLITS = ("recipient", "message")
 # Response-rule actions (SPEC §3.4); reduce_connections halves the member's
 # adaptive connection window for the provider (the built-in "too many connections").
@@ -126,6 +127,9 @@ class DnsConfig(Section):
 class SuppressionConfig(Section):
     on_intake: str = "reject"  # reject: 550 5.7.1 at RCPT | drop: accept, log `suppressed`
     hard_bounces: bool = True  # a hard bounce adds the recipient
+    # The scope of automatic additions from complaints: every sender, or only the
+    # complained-about sender domain. Hard bounces are always global.
+    scope: str = "global"  # global | sender_domain
 
 
 class ReputationConfig(Section):
@@ -154,6 +158,11 @@ def validate_reputation(suppression: SuppressionConfig, rep: ReputationConfig) -
         suppression.on_intake in SUPPRESSION_ACTIONS,
         "suppression.on_intake",
         f'expected "reject" or "drop", got {suppression.on_intake!r}',
+    )
+    check(
+        suppression.scope in SUPPRESSION_SCOPES,
+        "suppression.scope",
+        f'expected "global" or "sender_domain", got {suppression.scope!r}',
     )
     check(rep.window > 0, "reputation.window", "must be above 0s")
     check(rep.min_volume >= 1, "reputation.min_volume", "must be at least 1")

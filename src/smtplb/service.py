@@ -521,6 +521,7 @@ class Service:
             )
         )
         self.book.reconfigure(new.reputation)
+        self.feedback_handler.scope = new.suppression.scope
         self.dispatcher.desk.shaping.providers = ProviderTable.build(new.providers)
         self.dispatcher.desk.shaping.rules = RuleBook(new.providers)
         self.resolver.static = MxResolver(new.static_routes).static

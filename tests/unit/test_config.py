@@ -107,6 +107,7 @@ def test_unknown_strategy_names_the_key() -> None:
         ({"static_routes": {"a.test": "x"}}, "static_routes.a.test: expected host:port"),
         ({"smtp": {"max_recipients": "many"}}, "smtp.max_recipients: expected `int`"),
         ({"suppression": {"on_intake": "bounce"}}, 'suppression.on_intake: expected "reject"'),
+        ({"suppression": {"scope": "domain"}}, 'suppression.scope: expected "global"'),
         ({"reputation": {"complaint_quarantine": 3}}, "reputation.complaint_quarantine: must be"),
         ({"reputation": {"min_volume": 0}}, "reputation.min_volume: must be at least 1"),
         ({"reputation": {"quarantine": "later"}}, "reputation.quarantine: expected a duration"),
