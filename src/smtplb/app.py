@@ -28,6 +28,7 @@ from smtplb.clock import Clock, SystemClock
 from smtplb.cluster.link import ClusterLink
 from smtplb.cluster.members import ClusterMembers
 from smtplb.cluster.rate import RedisRate
+from smtplb.cluster.suppression import RedisSuppressionState
 from smtplb.cluster.suspensions import RedisSuspensions
 from smtplb.cluster.warmup import RedisWarmupState
 from smtplb.config import Config
@@ -52,6 +53,7 @@ from smtplb.reputation.embedded import SqliteState
 from smtplb.reputation.feedback import FeedbackHandler
 from smtplb.reputation.rules import RuleBook
 from smtplb.reputation.shaping import Shaping
+from smtplb.reputation.state import State
 from smtplb.reputation.suppression import BounceSuppressor
 from smtplb.reputation.warmup_gate import (
     WarmupGate,
@@ -92,8 +94,18 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     if webhooks is not None:
         delivery_log.listeners.append(webhooks.on_record)
     traces = TraceBook(persist=spool.note_trace)  # stored with the spool's next commit
-    # Reputation state lives in the node's first spool database, shared by the workers.
-    state = SqliteState(shard_path(data_dir, 0))
+    # Several nodes share their limits through Redis; one node keeps them embedded.
+    cluster = None
+    if config.cluster.redis is not None:
+        cluster = ClusterLink(config.cluster.redis, config.cluster.node, worker, data_dir / "run")
+        metrics.set_cluster(cluster)
+    # Reputation state lives in the node's first spool database, shared by the workers
+    # (with a cluster it is the node's replica of the suppression list kept in Redis).
+    state: State = SqliteState(shard_path(data_dir, 0))
+    if cluster is not None:
+        state = RedisSuppressionState(
+            SqliteState(shard_path(data_dir, 0)), cluster, follows=worker == 0
+        )
     experiments = Experiments(
         config.experiments,
         ExperimentStore(data_dir / "experiments.sqlite"),  # one for all workers
@@ -103,11 +115,6 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     clock = SystemClock()  # the one clock of delivery, members, health and AUTH throttling
     paused = PausedMembers(data_dir / "paused-members")
     book = ReputationBook(config.reputation, clock)
-    # Several nodes share their limits through Redis; one node keeps them embedded.
-    cluster = None
-    if config.cluster.redis is not None:
-        cluster = ClusterLink(config.cluster.redis, config.cluster.node, worker, data_dir / "run")
-        metrics.set_cluster(cluster)
     warmup = build_warmup(config, data_dir, clock, delivery_log, cluster)
     shaping = Shaping(ProviderTable.build(config.providers), RuleBook(config.providers), clock)
     suspensions = None
@@ -222,6 +229,8 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         service.starters.append(cluster.start)  # registered before the first message
         if suspensions is not None:
             service.starters.append(suspensions.start)
+        if isinstance(state, RedisSuppressionState):
+            service.starters.append(state.start)
         if worker == 0:  # the API's worker: tells the operator's actions, follows others'
             service.member_bus = members = ClusterMembers(cluster, service.follow_cluster)
             service.starters.append(members.start)

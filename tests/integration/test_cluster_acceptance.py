@@ -328,3 +328,27 @@ def test_a_pause_or_quarantine_on_one_node_holds_on_every_node(
     wait_until(lambda: len(logged()) == 2, 5, "node b's delivery log")  # (flushed every 0.5 s)
     print(f"node b's log of node a's pause: {logged()}")
     assert [event for event, _ in logged()] == ["member_paused", "member_resumed"]
+
+
+def test_a_suppression_on_one_node_is_refused_at_every_node(
+    redis_server: RedisServer,  # noqa: F811
+    sinks: Callable[..., ThreadedSink],
+    nodes: Callable[..., list[Smtplb]],
+) -> None:
+    sink = sinks()
+    a, b = nodes(2, sink.port, redis_server.url, members=TWO_IPS)
+    status, _ = a.api("/api/v1/suppressions", "POST", {"addresses": ["gone@example.org"]})
+    assert status in (200, 201)
+
+    def refused_by_b() -> bool:
+        with smtplib.SMTP("127.0.0.1", b.smtp_port, timeout=10) as client:
+            client.ehlo()
+            client.mail("app@shop.test")
+            code, _ = client.rcpt("gone@example.org")
+            return code == 550
+
+    wait_until(refused_by_b, 5, "node b to refuse the address node a suppressed")
+    listed = b.api("/api/v1/suppressions")[1]["suppressions"]
+    assert [e["address"] for e in listed] == ["gone@example.org"]
+    assert b.api("/api/v1/suppressions/gone@example.org", "DELETE")[0] in (200, 204)
+    wait_until(lambda: a.api("/api/v1/suppressions")[1]["suppressions"] == [], 5, "a removal")

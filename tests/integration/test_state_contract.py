@@ -4,6 +4,8 @@ and Redis (a real ``redis-server`` the test starts).
 - :class:`~smtplb.reputation.warmup_store.WarmupState`: ``SqliteWarmupState`` and
   ``RedisWarmupState``. Two instances on one backend are two workers (or nodes).
 - :class:`~smtplb.reputation.shaping.RateLimiter`: ``LocalRate`` and ``RedisRate``.
+- :class:`~smtplb.reputation.state.State` (the suppression list): ``SqliteState`` and
+  ``RedisSuppressionState``; two instances are two workers on one file, or two nodes.
 
 The Redis backends answer from leases filled in the background, so a take may first
 say ``waiting for a warm-up lease``: :func:`take` retries that one reason (with a
@@ -23,8 +25,11 @@ import pytest
 
 from smtplb.cluster.link import ClusterLink
 from smtplb.cluster.rate import RedisRate
+from smtplb.cluster.suppression import RedisSuppressionState
 from smtplb.cluster.warmup import WAITING, RedisWarmupState
+from smtplb.reputation.embedded import SqliteState
 from smtplb.reputation.shaping import LocalRate, RateLimiter, burst
+from smtplb.reputation.state import State, Suppression
 from smtplb.reputation.warmup import DAY, Decision, WarmupPolicy
 from smtplb.reputation.warmup_store import SqliteWarmupState, WarmupState
 from tests.integration.redisserver import RedisServer, redis_server  # noqa: F401 (fixture)
@@ -264,5 +269,80 @@ def test_a_shared_rate_holds_for_all_its_workers_together(
             print(f"3 workers: {sent} in {seconds} s at {rate}/s (at most {most:.0f} together)")
             assert rate * seconds * 0.6 <= sum(sent) <= most + 1
             assert all(n > 0 for n in sent)
+
+    run(main())
+
+
+# -- State: the suppression list -----------------------------------------------------
+
+
+@asynccontextmanager
+async def state_backend(
+    kind: str, tmp_path: Path, server: RedisServer
+) -> AsyncIterator[Callable[[], State]]:
+    """Instances that share one list: workers on one file, or nodes on one Redis."""
+    made: list[State] = []
+
+    def make() -> State:
+        state: State
+        if kind == "embedded":
+            state = SqliteState(tmp_path / "spool.db")
+        else:
+            local = SqliteState(tmp_path / f"node{len(made)}" / "spool.db")
+            link = ClusterLink(server.url, f"node{len(made)}", 0)
+            state = RedisSuppressionState(local, link, follows=True)
+            state.start()
+        made.append(state)
+        return state
+
+    try:
+        yield make
+    finally:
+        for state in made:
+            state.close()
+            if isinstance(state, RedisSuppressionState):
+                await state.link.aclose()
+
+
+async def eventually(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not check():
+        assert time.monotonic() < deadline, f"not within 5 s: {what}"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_suppression_added_or_removed_anywhere_holds_everywhere(
+    kind: str,
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    (tmp_path / "node0").mkdir()
+    (tmp_path / "node1").mkdir()
+
+    async def main() -> None:
+        async with state_backend(kind, tmp_path, redis_server) as make:
+            a, b = make(), make()
+            await asyncio.sleep(0.2)  # (both subscribed)
+            added = await a.suppress(
+                [
+                    Suppression("Gone@Example.org", "hard bounce", "bounce", T0),
+                    Suppression("u@example.org", "complaint", "complaint", T0, "shop.test"),
+                ]
+            )
+            assert added == 2
+            await eventually(lambda: b.is_suppressed("gone@example.org"), "a global entry")
+            await eventually(lambda: b.is_suppressed("u@example.org", "shop.test"), "scoped")
+            assert not b.is_suppressed("u@example.org", "other.test")  # scoped to shop.test
+            assert not b.is_suppressed("u@example.org")
+            assert await b.suppression_count() == 2
+            assert [e.address for e in await b.suppressions()] == [
+                "gone@example.org",
+                "u@example.org",
+            ]
+            assert await b.unsuppress(["gone@example.org"]) == 1
+            await eventually(lambda: not a.is_suppressed("gone@example.org"), "a removal")
+            assert a.is_suppressed("u@example.org", "shop.test")
+            assert await a.suppress([Suppression("u@example.org", domain="shop.test")]) == 0
 
     run(main())

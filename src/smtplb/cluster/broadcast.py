@@ -40,11 +40,15 @@ class Broadcast:
             self.link.background.append(self._listener)
 
     def tell(self, field: str, value: str) -> None:
+        """``field`` holds ``value`` now; an empty value: ``field`` no longer holds."""
         message = f"{self.link.participant}\n{field}\n{value}"
 
         async def write() -> bool:
             async with self.link.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(self.key, field, value)
+                if value:
+                    pipe.hset(self.key, field, value)
+                else:
+                    pipe.hdel(self.key, field)
                 pipe.publish(self.key, message)
                 await pipe.execute()
             return True
