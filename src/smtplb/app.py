@@ -25,6 +25,7 @@ from smtplb.balancing.eligibility import (
     SuspendedForProvider,
 )
 from smtplb.clock import Clock, SystemClock
+from smtplb.cluster.experiments import RedisExperimentStore
 from smtplb.cluster.link import ClusterLink
 from smtplb.cluster.members import ClusterMembers
 from smtplb.cluster.rate import RedisRate
@@ -108,7 +109,10 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         )
     experiments = Experiments(
         config.experiments,
-        ExperimentStore(data_dir / "experiments.sqlite"),  # one for all workers
+        # one for all workers (in Redis: for all nodes)
+        RedisExperimentStore(config.cluster.redis)
+        if config.cluster.redis is not None
+        else ExperimentStore(data_dir / "experiments.sqlite"),
         on_event=log_events(delivery_log),
     )
 

@@ -4,6 +4,8 @@ and Redis (a real ``redis-server`` the test starts).
 - :class:`~smtplb.reputation.warmup_store.WarmupState`: ``SqliteWarmupState`` and
   ``RedisWarmupState``. Two instances on one backend are two workers (or nodes).
 - :class:`~smtplb.reputation.shaping.RateLimiter`: ``LocalRate`` and ``RedisRate``.
+- :class:`~smtplb.experiments.counters.CounterStore`: ``ExperimentStore`` and
+  ``RedisExperimentStore``.
 - :class:`~smtplb.reputation.state.State` (the suppression list): ``SqliteState`` and
   ``RedisSuppressionState``; two instances are two workers on one file, or two nodes.
 
@@ -23,10 +25,12 @@ from typing import Any
 
 import pytest
 
+from smtplb.cluster.experiments import RedisExperimentStore
 from smtplb.cluster.link import ClusterLink
 from smtplb.cluster.rate import RedisRate
 from smtplb.cluster.suppression import RedisSuppressionState
 from smtplb.cluster.warmup import WAITING, RedisWarmupState
+from smtplb.experiments.counters import CounterStore, ExperimentStore, Observation, StoreError
 from smtplb.reputation.embedded import SqliteState
 from smtplb.reputation.shaping import LocalRate, RateLimiter, burst
 from smtplb.reputation.state import State, Suppression
@@ -346,3 +350,63 @@ def test_a_suppression_added_or_removed_anywhere_holds_everywhere(
             assert await a.suppress([Suppression("u@example.org", domain="shop.test")]) == 0
 
     run(main())
+
+
+# -- CounterStore: experiment counts ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_experiment_counts_are_exact_ordered_and_a_variant_stops_once(
+    kind: str,
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    def make() -> CounterStore:
+        if kind == "embedded":
+            return ExperimentStore(tmp_path / "experiments.sqlite")
+        return RedisExperimentStore(redis_server.url)
+
+    a, b = make(), make()  # two workers (or nodes)
+    try:
+        obs = [
+            Observation("exp", "control", "gmail", "delivered", latency=0.1, at=T0),
+            Observation("exp", "latency", "gmail", "bounced", deferred_ever=True, at=T0 + 1),
+            Observation("exp", "control", "other", "delivered", time_to_deliver=2.5, at=T0 + 2),
+        ]
+        assert a.add(obs[:2]) == 2 and b.add(obs[2:]) == 1 and a.add([]) == 0
+        assert [(r.variant, r.outcome, r.deferred_ever) for r in b.rows("exp")] == [
+            ("control", "delivered", False),
+            ("latency", "bounced", True),
+            ("control", "delivered", False),
+        ]
+        assert b.rows("exp")[2].time_to_deliver == 2.5 and b.rows("exp")[0].latency == 0.1
+        assert a.counts("exp") == {("control", "delivered"): 2, ("latency", "bounced"): 1}
+        assert a.counts("other-exp") == {} and a.rows("other-exp") == []
+        assert a.running("exp") and not a.running("exp", default=False)
+        b.set_running("exp", False, T0 + 3, "by the operator")
+        assert not a.running("exp", default=True)
+        assert a.stop_variant("exp", "latency", T0 + 4, "guardrail")
+        assert not b.stop_variant("exp", "latency", T0 + 5, "again")  # one stop wins
+        assert b.stopped_variants("exp") == {"latency": (T0 + 4, "guardrail")}
+        a.set_running("exp", True, T0 + 6)
+        assert b.stopped_variants("exp") == {} and b.running("exp", default=False)
+        assert [(e.event, e.variant) for e in b.events("exp")] == [
+            ("stopped", None),
+            ("variant_stopped", "latency"),
+            ("started", None),
+        ]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_redis_experiment_store_that_cannot_reach_redis_raises_store_error(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    store = RedisExperimentStore(redis_server.url)
+    redis_server.kill()
+    with pytest.raises(StoreError):
+        store.add([Observation("exp", "control", "gmail", "delivered")])
+    with pytest.raises(StoreError):
+        store.counts("exp")
+    store.close()
