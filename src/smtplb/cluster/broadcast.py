@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from smtplb.cluster.link import PREFIX, UNREACHABLE, ClusterLink
+from smtplb.cluster.link import PREFIX, TIMEOUT, UNREACHABLE, ClusterLink
 
 log = logging.getLogger("smtplb.cluster")
 
@@ -82,7 +82,7 @@ class Broadcast:
                     self._safe_apply(_text(k), _text(v))
                 while self.link.up:
                     # (not listen(): it would read past the client's socket timeout)
-                    message = await pubsub.get_message(timeout=1.0)
+                    message = await pubsub.get_message(timeout=TIMEOUT / 2)
                     if message is None or message.get("type") != "message":
                         continue
                     origin, _, rest = _text(message["data"]).partition("\n")
