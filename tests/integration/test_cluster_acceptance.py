@@ -40,6 +40,7 @@ def node_config(
     *,
     extra: str = "",
     members: str | None = None,
+    workers: int = 1,
 ) -> tuple[str, int, int]:
     smtp_port, http_port = free_port(), free_port()
     cluster = f'[cluster]\nnode = "{name}"\n' + (f'redis = "{redis_url}"\n' if redis_url else "")
@@ -58,6 +59,7 @@ def node_config(
     text = f"""
 data_dir = "{workdir / "var"}"
 hostname = "{name}.smtplb.test"
+workers = {workers}
 [smtp]
 listen = ["127.0.0.1:{smtp_port}"]
 [http]
@@ -85,7 +87,7 @@ strategy = "round_robin"
 def nodes(tmp_path: Path) -> Iterator[Callable[..., list[Smtplb]]]:
     started: list[Smtplb] = []
 
-    def make(count: int, sink_port: int, redis_url: str | None, **kw: str) -> list[Smtplb]:
+    def make(count: int, sink_port: int, redis_url: str | None, **kw: Any) -> list[Smtplb]:
         out = []
         for i in range(count):
             name = f"node-{chr(ord('a') + i)}"
@@ -117,22 +119,35 @@ def send_to_each(nodes: list[Smtplb], per_node: int, domain: str = "example.org"
     return [mid for part in accepted for mid in part]
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["redis", "embedded"])
+@pytest.mark.parametrize(
+    ("shared", "workers"),
+    [(True, 1), (True, 2), (False, 1)],
+    ids=["redis", "redis-2-workers", "embedded"],
+)
 def test_two_nodes_share_a_warmup_cap_of_30(
     shared: bool,
+    workers: int,
     redis_server: RedisServer,  # noqa: F811
     sinks: Callable[..., ThreadedSink],
     nodes: Callable[..., list[Smtplb]],
 ) -> None:
     sink = sinks()
-    a, b = nodes(2, sink.port, redis_server.url if shared else None)
+    a, b = nodes(2, sink.port, redis_server.url if shared else None, workers=workers)
+    if workers > 1:
+        wait_until(
+            lambda: all(
+                sum("smtplb listening" in ln for ln in n.output) == workers for n in (a, b)
+            ),
+            20,
+            "every worker listening",
+        )
     accepted = send_to_each([a, b], 100)
     assert len(accepted) == 200
     assert sink.wait_for(200, 90), sink.counts
     got = sorted(m.message_id or "" for m in sink.received)
     assert got == sorted(accepted)  # all 200 arrive, once
     by_ip = Counter(m.envelope.client_ip for m in sink.received)
-    label = "shared in Redis" if shared else "embedded, per node"
+    label = f"shared in Redis, {workers} worker(s) a node" if shared else "embedded, per node"
     print(f"warm-up cap 30, 2 nodes × 100 ({label}): received per source IP {dict(by_ip)}")
     if shared:
         assert 0 < by_ip[NEW_IP] <= 30
