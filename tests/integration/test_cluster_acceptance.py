@@ -4,6 +4,8 @@ spool) sharing their limits through a real ``redis-server`` the test starts."""
 from __future__ import annotations
 
 import smtplib
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -151,6 +153,15 @@ def test_two_nodes_share_a_warmup_cap_of_30(
     print(f"warm-up cap 30, 2 nodes × 100 ({label}): received per source IP {dict(by_ip)}")
     if shared:
         assert 0 < by_ip[NEW_IP] <= 30
+        # The plan any node prints reads the cluster's counts.
+        out = subprocess.run(
+            [sys.executable, "-m", "smtplb", "warmup", "plan", "new", "-c", str(b.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert f"new × other: today day 1, sent {by_ip[NEW_IP]}" in out, out
     else:
         assert by_ip[NEW_IP] > 30  # each node its own 30: the mistake that burns an IP
 
