@@ -491,13 +491,15 @@ def smtplb_config(
 
 
 def suppression_db(path: Path, entries: int) -> Path:
-    """A spool database holding ``entries`` suppressed addresses (none of them a
-    bench recipient), made once and copied at each fresh start."""
+    """A suppression database (``suppression.db``, beside the spool) holding
+    ``entries`` suppressed addresses (none of them a bench recipient), made once and
+    copied into the data directory at each fresh start."""
     import sqlite3
 
-    from smtplb.reputation.embedded import SqliteState
+    from smtplb.reputation.embedded import SUPPRESSION_FILE, SqliteState
 
-    SqliteState(path).close()
+    path = path.with_name(SUPPRESSION_FILE)
+    SqliteState(path.with_name("prefill-spool.db"), path).close()
     with sqlite3.connect(path) as conn:
         conn.executemany(
             "INSERT INTO suppression (address, reason, source, created_at)"
@@ -523,7 +525,7 @@ class SmtplbServer(Server):
         prefill: Path | None = None,
     ) -> None:
         self.name = name
-        self.prefill = prefill  # a spool.db to start from (e.g. a full suppression list)
+        self.prefill = prefill  # a file of data_dir to start from (a full suppression list)
         self.command = list(command) if command else smtplb_command()
         self.work = work
         self.port, self.http_port = free_port(), free_port()
@@ -540,7 +542,7 @@ class SmtplbServer(Server):
             shutil.rmtree(self.data_dir, ignore_errors=True)
             if self.prefill is not None:
                 self.data_dir.mkdir(parents=True)
-                shutil.copyfile(self.prefill, self.data_dir / "spool.db")
+                shutil.copyfile(self.prefill, self.data_dir / self.prefill.name)
         self.work.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text)
         self.launched_at = time.perf_counter()

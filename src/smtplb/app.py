@@ -27,6 +27,13 @@ from smtplb.balancing.eligibility import (
     SuspendedForProvider,
 )
 from smtplb.clock import Clock, SystemClock
+from smtplb.cluster.experiments import RedisExperimentStore
+from smtplb.cluster.link import ClusterLink
+from smtplb.cluster.members import ClusterMembers
+from smtplb.cluster.rate import RedisRate
+from smtplb.cluster.suppression import RedisSuppressionState
+from smtplb.cluster.suspensions import RedisSuspensions
+from smtplb.cluster.warmup import RedisWarmupState
 from smtplb.config import Config
 from smtplb.delivery.bounces import DsnWriter
 from smtplb.delivery.dispatcher import Dispatcher
@@ -58,6 +65,7 @@ from smtplb.reputation.embedded import SqliteState
 from smtplb.reputation.feedback import FeedbackHandler
 from smtplb.reputation.rules import RuleBook
 from smtplb.reputation.shaping import Shaping
+from smtplb.reputation.state import State
 from smtplb.reputation.suppression import BounceSuppressor
 from smtplb.reputation.warmup_gate import (
     WarmupGate,
@@ -65,7 +73,7 @@ from smtplb.reputation.warmup_gate import (
     policy_of,
     warming_members,
 )
-from smtplb.reputation.warmup_store import SqliteWarmupState
+from smtplb.reputation.warmup_store import SqliteWarmupState, WarmupState
 from smtplb.routing.providers import ProviderTable
 from smtplb.service import Service
 from smtplb.smtp.reply import Reply
@@ -99,24 +107,41 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     if webhooks is not None:
         delivery_log.listeners.append(webhooks.on_record)
     traces = TraceBook(persist=spool.note_trace)  # stored with the spool's next commit
-    # Reputation state lives in the node's first spool database, shared by the workers.
-    state = SqliteState(shard_path(data_dir, 0))
+    # Several nodes share their limits through Redis; one node keeps them embedded.
+    cluster = None
+    if config.cluster.redis is not None:
+        cluster = ClusterLink(config.cluster.redis, config.cluster.node, worker, data_dir / "run")
+        metrics.set_cluster(cluster)
+    # Reputation state lives in the node's first spool database, shared by the workers
+    # (with a cluster it is the node's replica of the suppression list kept in Redis).
+    state: State = SqliteState(shard_path(data_dir, 0))
+    if cluster is not None:
+        state = RedisSuppressionState(
+            SqliteState(shard_path(data_dir, 0)), cluster, follows=worker == 0
+        )
     experiments = Experiments(
         config.experiments,
-        ExperimentStore(data_dir / "experiments.sqlite"),  # one for all workers
+        # one for all workers (in Redis: for all nodes)
+        RedisExperimentStore(config.cluster.redis)
+        if config.cluster.redis is not None
+        else ExperimentStore(data_dir / "experiments.sqlite"),
         on_event=log_events(delivery_log),
     )
 
     clock = SystemClock()  # the one clock of delivery, members, health and AUTH throttling
     paused = PausedMembers(data_dir / "paused-members")
     book = ReputationBook(config.reputation, clock)
-    warmup = build_warmup(config, data_dir, clock, delivery_log)
+    warmup = build_warmup(config, data_dir, clock, delivery_log, cluster)
     shaping = Shaping(ProviderTable.build(config.providers), RuleBook(config.providers), clock)
+    suspensions = None
+    if cluster is not None:
+        shaping.limiter = RedisRate(cluster)
+        shaping.bus = suspensions = RedisSuspensions(cluster, shaping)
     # Member-wide reputation, then suspensions for the job's provider, then the warm-up cap,
     # exclude; the provider's rate and connections make a member wait.
     eligibility = Eligibility(
         exclude=(*EXCLUDE, book.skip_reason, SuspendedForProvider(shaping), warmup.gate),
-        wait=(*WAIT, OverProviderLimit(shaping)),
+        wait=(*WAIT, OverProviderLimit(shaping), warmup.gate.waiting),
         share=book.share,
         reservers=(warmup.gate,),
     )
@@ -225,13 +250,34 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         suppressor=suppressor,
         book=book,
         eligibility=eligibility,
-        feedback=FeedbackHandler(state, book, delivery_log, lambda q: service.message(q), clock),
+        feedback=FeedbackHandler(
+            state,
+            book,
+            delivery_log,
+            lambda q: service.message(q),
+            clock,
+            scope=config.suppression.scope,
+        ),
         warmup=warmup,
     )
     intake.feedback = service.feedback_handler
     if budget is not None:
         service.budget = budget
         service.feedback_handler.on_complaint = budget.complaint
+    if cluster is not None:
+        service.starters.append(cluster.start)  # registered before the first message
+        if suspensions is not None:
+            service.starters.append(suspensions.start)
+        if isinstance(state, RedisSuppressionState):
+            service.starters.append(state.start)
+        if worker == 0:  # the API's worker: tells the operator's actions, follows others'
+            service.member_bus = members = ClusterMembers(cluster, service.follow_cluster)
+            service.starters.append(members.start)
+        service.closers.append(cluster.aclose)
+        if isinstance(warmup.state, RedisWarmupState):
+            warmup.state.on_lease = dispatcher.wake
+        if isinstance(shaping.limiter, RedisRate):
+            shaping.limiter.on_ready = dispatcher.wake
     if worker == 0:
         service.http = HttpServer(create_app(service), config.http.listen)
     return service
@@ -261,12 +307,23 @@ def build_budget(
     return ComplaintBudget(store, BudgetPolicy.of(config), clock, on_change=changed)
 
 
-def build_warmup(config: Config, data_dir: Path, clock: Clock, delivery_log: DeliveryLog) -> Warmup:
-    """The warm-up caps: counts in ``data_dir/warmup.sqlite``, shared by the workers;
-    each step decision is written to the delivery log."""
-    state = SqliteWarmupState(
-        data_dir / "warmup.sqlite", policy_of(config), warming_members(config)
-    )
+
+def build_warmup(
+    config: Config,
+    data_dir: Path,
+    clock: Clock,
+    delivery_log: DeliveryLog,
+    cluster: ClusterLink | None = None,
+) -> Warmup:
+    """The warm-up caps: counts in Redis for a cluster, else in ``data_dir/warmup.sqlite``,
+    shared by the workers; each step decision is written to the delivery log."""
+    state: WarmupState
+    if cluster is not None:
+        state = RedisWarmupState(cluster, policy_of(config), warming_members(config))
+    else:
+        state = SqliteWarmupState(
+            data_dir / "warmup.sqlite", policy_of(config), warming_members(config)
+        )
     pool_of = {m.name: p.name for p in config.pools for m in p.members}
     gate = WarmupGate(
         state,

@@ -32,6 +32,7 @@ from smtplb.config_sections import (
     Section,
     SuppressionConfig,
     WarmupConfig,
+    validate_cluster,
     validate_experiments,
     validate_providers,
     validate_reputation,
@@ -62,9 +63,7 @@ MAX_MESSAGE_SIZE = Size(2 * 1024**3)
 PLANNED: dict[str, str] = {}
 # Keys that parse but whose feature does nothing yet: a warning when set (true or a
 # value). Delete the entry when the feature is built.
-INERT = {
-    "cluster.redis": "clustering is not built: state stays on this node, caps are per node",
-}
+INERT: dict[str, str] = {}
 COMPLIANCE_MODES = ("off", "warn", "reject")
 _DNS_NAME = re.compile(
     r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$"
@@ -479,6 +478,7 @@ def _validate(cfg: Config) -> list[str]:
     problems.extend(_validate_mail_auth(cfg))
     problems.extend(validate_providers(cfg.providers))
     problems.extend(validate_reputation(cfg.suppression, cfg.reputation))
+    problems.extend(validate_cluster(cfg.cluster))
     problems.extend(
         validate_experiments(
             cfg.experiments, {p.name: {m.name for m in p.members} for p in cfg.pools}, STRATEGIES

@@ -5,12 +5,14 @@ sections; ``config.py`` puts them into the whole :class:`~smtplb.config.Config`.
 from __future__ import annotations
 
 import re
+import socket
 
 import msgspec
 
 from smtplb.units import Duration, parse_rate
 
 SUPPRESSION_ACTIONS = ("reject", "drop")
+SUPPRESSION_SCOPES = ("global", "sender_domain")
 SPLITS = ("recipient", "message")
 # Response-rule actions (SPEC §3.4); reduce_connections halves the member's
 # adaptive connection window for the provider (the built-in "too many connections").
@@ -74,8 +76,33 @@ class ProviderConfig(Section):
 
 
 class ClusterConfig(Section):
-    redis: str | None = None
-    node: str | None = None  # this node's name in the cluster; default: the host's name
+    """SPEC §2.8: several nodes sharing their limits through one Redis."""
+
+    redis: str | None = None  # redis://, rediss:// or unix:// URL; unset: one node, embedded
+    node: str = msgspec.field(default_factory=socket.gethostname)  # this node's name
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def validate_cluster(cluster: ClusterConfig) -> list[str]:
+    problems: list[str] = []
+    url = cluster.redis
+    if url is not None:
+        scheme, _, rest = url.partition("://")
+        if not url.startswith(REDIS_SCHEMES) or not rest.strip("/"):
+            problems.append(
+                f"cluster.redis: expected a redis://host:port/db, rediss://… or unix:///path URL,"
+                f" got {url!r}"
+            )
+        elif scheme != "unix" and not rest.rpartition("@")[2].split("/")[0]:
+            problems.append(f"cluster.redis: no host in {url!r} (e.g. redis://127.0.0.1:6379/0)")
+    if not cluster.node or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", cluster.node):
+        problems.append(
+            f"cluster.node: expected a name of letters, digits, '.', '_' or '-'"
+            f" (at most 64), got {cluster.node!r}"
+        )
+    return problems
 
 
 class DkimConfig(Section):
@@ -105,6 +132,9 @@ class DnsConfig(Section):
 class SuppressionConfig(Section):
     on_intake: str = "reject"  # reject: 550 5.7.1 at RCPT | drop: accept, log `suppressed`
     hard_bounces: bool = True  # a hard bounce adds the recipient
+    # The scope of automatic additions from complaints: every sender, or only the
+    # complained-about sender domain. Hard bounces are always global.
+    scope: str = "global"  # global | sender_domain
 
 
 class ReputationConfig(Section):
@@ -133,6 +163,11 @@ def validate_reputation(suppression: SuppressionConfig, rep: ReputationConfig) -
         suppression.on_intake in SUPPRESSION_ACTIONS,
         "suppression.on_intake",
         f'expected "reject" or "drop", got {suppression.on_intake!r}',
+    )
+    check(
+        suppression.scope in SUPPRESSION_SCOPES,
+        "suppression.scope",
+        f'expected "global" or "sender_domain", got {suppression.scope!r}',
     )
     check(rep.window > 0, "reputation.window", "must be above 0s")
     check(rep.min_volume >= 1, "reputation.min_volume", "must be at least 1")

@@ -24,6 +24,9 @@ class Envelope:
     smtputf8: bool = False
     body_8bit: bool = False
     size_hint: int | None = None
+    # Every recipient passed the listener's check_recipient at RCPT (smtplb's is the
+    # suppression list): intake need not look them up again.
+    recipients_checked: bool = False
 
 
 class RecipientState(enum.IntEnum):

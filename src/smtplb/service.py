@@ -18,9 +18,9 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from smtplb import __version__
 from smtplb.api.server import HttpServer
@@ -75,6 +75,10 @@ log = logging.getLogger("smtplb")
 # Workers 1…N-1 render their metrics for worker 0's /metrics this often (seconds);
 # the rest of their snapshot goes every SNAPSHOT_EVERY.
 METRICS_EVERY = 5.0
+
+
+class _MemberBus(Protocol):
+    def tell(self, flag: str, member: str, on: bool) -> None: ...
 
 
 class Service:
@@ -143,6 +147,11 @@ class Service:
         self.budget: ComplaintBudget | None = None  # [compliance] complaint_budget (app.py)
         self.http: HttpServer | None = None  # set by smtplb.app on worker 0
         self.heartbeats: Heartbeats | None = None  # worker 0, with [cluster] redis
+        # A cluster's: pauses and quarantines told to every node (worker 0's)
+        self.member_bus: _MemberBus | None = None
+        # Run at the end of start, and last on stop (smtplb.app adds the cluster link's)
+        self.starters: list[Callable[[], object]] = []
+        self.closers: list[Callable[[], Awaitable[None]]] = []
         self.listeners: list[Listener] = []
         self.started_at = time.time()
         self._drained = False  # by the operator (or, on a peer, by worker 0's flag)
@@ -339,21 +348,25 @@ class Service:
     def resume(self, member: str) -> dict[str, Any] | None:
         return self._set_paused(member, False)
 
-    def _set_paused(self, name: str, paused: bool) -> dict[str, Any] | None:
+    def _set_paused(self, name: str, paused: bool, by: str = "operator") -> dict[str, Any] | None:
         member = self.member(name)
         if member is None:
             return None
         member.paused = paused
         self.paused.set(name, paused)  # peers and the next start follow the file
         event = "member_paused" if paused else "member_resumed"
-        self.delivery_log.write(member_record(event, member.pool, name, "operator"))
+        self.delivery_log.write(member_record(event, member.pool, name, by))
         self.dispatcher.wake()
+        if self.member_bus is not None and by == "operator":
+            self.member_bus.tell("paused", name, paused)
         return next(m for m in self.member_views() if m["name"] == name)
 
     def quarantine(self, member: str) -> dict[str, Any] | None:
         if self.member(member) is None:
             return None
         self.book.quarantine(member)
+        if self.member_bus is not None:
+            self.member_bus.tell("quarantined", member, True)
         return next(m for m in self.member_views() if m["name"] == member)
 
     def release(self, member: str) -> dict[str, Any] | None:
@@ -361,7 +374,24 @@ class Service:
             return None
         self.book.release(member)
         self.dispatcher.wake()
+        if self.member_bus is not None:
+            self.member_bus.tell("quarantined", member, False)
         return next(m for m in self.member_views() if m["name"] == member)
+
+    def follow_cluster(self, flag: str, name: str, on: bool) -> None:
+        """Another node's operator paused, resumed, quarantined or released ``name``."""
+        member = self.member(name)
+        if member is None:
+            return
+        if flag == "paused":
+            if member.paused != on:
+                self._set_paused(name, on, by="operator on another node")
+        elif on != (self.book.view(name)["state"] == "quarantined"):
+            if on:
+                self.book.quarantine(name, "by the operator on another node")
+            else:
+                self.book.release(name)
+                self.dispatcher.wake()
 
     async def feedback(self, report: Feedback) -> dict[str, Any]:
         return await self.feedback_handler.handle(report)
@@ -466,6 +496,8 @@ class Service:
                 self.config.health, self._on_check_event, clock=self.dispatcher.clock
             )
             self._tasks.append(loop.create_task(checker.run(self.members)))
+        for begin in self.starters:
+            begin()
         log.info(
             "smtplb listening on %s (SMTP) and %s (HTTP)%s",
             ", ".join(f"{lst!r}" for lst in self.listeners),
@@ -574,6 +606,7 @@ class Service:
             )
         )
         self.book.reconfigure(new.reputation)
+        self.feedback_handler.scope = new.suppression.scope
         self.dispatcher.desk.shaping.providers = ProviderTable.build(new.providers)
         self.dispatcher.desk.shaping.rules = RuleBook(new.providers)
         self.resolver.static = MxResolver(new.static_routes).static
@@ -633,6 +666,8 @@ class Service:
         self.warmup.state.close()
         if self.budget is not None:
             self.budget.close()
+        for close in self.closers:
+            await close()
         self.delivery_log.close()
 
     async def run_forever(self) -> None:

@@ -42,6 +42,9 @@ _MAX_GAUGES = {
     # read from the counts the workers share: each reports the node's value
     "smtplb_warmup_cap",
     "smtplb_warmup_sent",
+    # each worker's own link to the cluster's Redis: the node is up if any worker is
+    "smtplb_cluster_redis_up",
+    "smtplb_cluster_fallback",
 }
 
 

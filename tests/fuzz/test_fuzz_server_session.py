@@ -117,7 +117,7 @@ streams = st.lists(
 ).map(lambda parts: b"".join(parts))
 
 
-def _check_recipient(address: str) -> Reply | None:
+def _check_recipient(address: str, sender: str) -> Reply | None:
     """A deterministic upstream opinion per address: mostly fine."""
     pick = zlib.crc32(address.encode("utf-8", "surrogateescape")) % 5
     return {0: Reply(550, "5.1.1", "User unknown"), 1: Reply(450, "4.2.1", "Busy")}.get(pick)

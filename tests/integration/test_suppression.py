@@ -5,8 +5,10 @@ imports and exports."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import smtplib
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -32,9 +34,16 @@ def _cli(node: Smtplb, *args: str) -> str:
     return done.stdout
 
 
-def _send(node: Smtplb, rcpt: str) -> None:
+def _send(node: Smtplb, rcpt: str, sender: str = "app@shop.test") -> None:
     with smtplib.SMTP("127.0.0.1", node.smtp_port) as client:
-        client.sendmail("app@shop.test", [rcpt], b"Subject: hi\r\n\r\nbody\r\n")
+        client.sendmail(sender, [rcpt], b"Subject: hi\r\n\r\nbody\r\n")
+
+
+def _refused(node: Smtplb, rcpt: str, sender: str) -> tuple[int, bytes]:
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        _send(node, rcpt, sender)
+    code, text = refused.value.recipients[rcpt]
+    return code, text[:5]
 
 
 def test_hard_bounce_suppresses_then_remove_accepts_again(
@@ -89,10 +98,10 @@ def test_drop_accepts_logs_suppressed_and_delivers_the_others(
     assert record["recipient"] == "blocked@example.org" and record["enhanced_code"] == "5.7.1"
 
     exported = _cli(node, "suppress", "list", "--csv").splitlines()
-    assert exported[0] == "address,reason,source,created_at"
+    assert exported[0] == "address,reason,source,created_at,domain"
     assert [line.split(",")[:3] for line in exported[1:]] == [
-        ["blocked@example.org", "", "operator"],
-        ["other@example.org", "", "operator"],
+        ["blocked@example.org", "complained", "operator"],  # the file's reasons, kept
+        ["other@example.org", "x", "operator"],
     ]
 
 
@@ -110,3 +119,81 @@ def test_api_refuses_a_bad_address_and_404s_an_unknown_one(
     assert status == 200 and doc == {"added": 1, "requested": 1}
     status, doc = node.api("/api/v1/suppressions?address=A@example.org")
     assert status == 200 and doc["suppressions"][0]["reason"] == "r"
+
+
+def test_a_domain_scoped_entry_refuses_only_mail_from_that_sender_domain(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    sink = sinks()
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [sink.port])
+    node = smtplb(text + '[suppression]\nscope = "sender_domain"\n', smtp_port, http_port).start()
+    reader = "reader@example.org"
+    assert "1 added" in _cli(node, "suppress", "add", reader, "--domain", "Shop.Test")
+
+    assert _refused(node, reader, "news@shop.test") == (550, b"5.7.1")
+    assert _refused(node, reader, "NEWS@SHOP.TEST") == (550, b"5.7.1")
+    _send(node, reader, "news@other.test")  # another sender domain: accepted
+    assert sink.wait_for(1, timeout=10)
+    assert (sink.received[0].mail_from, sink.received[0].rcpt_to) == ("news@other.test", [reader])
+
+    # A complaint, with scope = "sender_domain": the complainant is suppressed for
+    # the domain that sent the mail complained about, not for every sender.
+    status, answer = node.api(
+        "/api/v1/feedback",
+        "POST",
+        {"type": "complaint", "recipient": "fan@example.org", "sender": "news@other.test"},
+    )
+    assert status == 200 and answer["domain"] == "other.test"
+    assert _refused(node, "fan@example.org", "news@other.test") == (550, b"5.7.1")
+    _send(node, "fan@example.org", "news@shop.test")
+    assert sink.wait_for(2, timeout=10)
+
+    exported = _cli(node, "suppress", "list", "--csv").splitlines()
+    assert [(row.split(",")[0], row.split(",")[-1]) for row in exported[1:]] == [
+        ("fan@example.org", "other.test"),
+        ("reader@example.org", "shop.test"),
+    ]
+    assert "fan@example.org" not in _cli(node, "suppress", "list", "--domain", "shop.test")
+    # A global remove leaves the scoped entry; removing that scope lifts it.
+    with pytest.raises(subprocess.CalledProcessError):
+        _cli(node, "suppress", "remove", reader)
+    assert "for shop.test removed" in _cli(
+        node, "suppress", "remove", reader, "--domain", "shop.test"
+    )
+    _send(node, reader, "news@shop.test")
+    assert sink.wait_for(3, timeout=10)
+
+
+def test_an_addition_and_a_removal_reach_every_worker_at_once(
+    tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
+) -> None:
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [sinks().port])
+    node = smtplb("workers = 2\n" + text, smtp_port, http_port).start()
+    wait_until(
+        lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
+    )
+    assert "1 added" in _cli(node, "suppress", "add", GONE)  # through worker 0's API
+
+    def connections(count: int) -> list[int]:
+        """RCPT to GONE on ``count`` new connections (the kernel spreads them over
+        both workers); each also queues one message, so the shards show who served."""
+        codes = []
+        for _ in range(count):
+            with smtplib.SMTP("127.0.0.1", node.smtp_port) as client:
+                client.ehlo()
+                assert client.mail("app@shop.test")[0] == 250
+                codes.append(client.rcpt(GONE)[0])
+                assert client.rcpt("ok@example.org")[0] == 250
+                client.data(b"Subject: x\r\n\r\nx\r\n")
+        return codes
+
+    assert connections(30) == [550] * 30
+    per_shard = []
+    for shard in ("spool.db", "spool-1.db"):
+        uri = f"file:{tmp_path / 'var' / shard}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            per_shard.append(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+    assert sum(per_shard) == 30 and all(per_shard), per_shard  # both workers refused GONE
+
+    assert "removed" in _cli(node, "suppress", "remove", GONE)
+    assert connections(30) == [250] * 30

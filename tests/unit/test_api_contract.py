@@ -275,6 +275,13 @@ CASES = [
     ("post", "/api/v1/suppressions", {"addresses": ["not an address"]}, 422),
     ("post", "/api/v1/suppressions", [1], 400),
     ("delete", "/api/v1/suppressions/nope", None, 404),
+    ("get", "/api/v1/suppressions?domain=shop.test", None, 200),
+    ("get", "/api/v1/suppressions?domain=not%20a%20domain", None, 400),
+    ("post", "/api/v1/suppressions", {"addresses": ["c@example.org"], "domain": "shop.test"}, 200),
+    ("post", "/api/v1/suppressions", {"entries": [{"address": "d@example.org"}]}, 200),
+    ("post", "/api/v1/suppressions", {"addresses": ["c@example.org"], "domain": "a b"}, 422),
+    ("post", "/api/v1/suppressions", {"entries": []}, 422),
+    ("delete", "/api/v1/suppressions/nope?domain=a%20b", None, 400),
     ("get", "/api/v1/experiments", None, 200),
     ("get", "/api/v1/experiments/m1", None, 200),
     ("get", "/api/v1/experiments/nope", None, 404),
@@ -347,3 +354,23 @@ def test_auth_decorators_keep_the_wrapped_handler() -> None:
         assert wrapped.__wrapped__ is handler  # type: ignore[attr-defined]
         assert wrapped.__name__ == "handler" and wrapped.__doc__ == "Doc."
         assert wrapped.marker == "kept"  # type: ignore[attr-defined]
+
+
+def test_suppressions_carry_their_domain_scope() -> None:
+    client, _ = _client()
+    body = {"entries": [{"address": "A@example.org", "reason": "fbl", "domain": "Shop.Test"}]}
+    assert client.post("/api/v1/suppressions", json=body).json() == {"added": 1, "requested": 1}
+    body = {"addresses": ["a@example.org"], "reason": "everyone"}
+    assert client.post("/api/v1/suppressions", json=body).json()["added"] == 1
+    scoped = client.get("/api/v1/suppressions?domain=shop.test").json()
+    assert scoped["total"] == 1
+    assert [(e["address"], e["domain"], e["reason"]) for e in scoped["suppressions"]] == [
+        ("a@example.org", "shop.test", "fbl")
+    ]
+    assert client.get("/api/v1/suppressions").json()["total"] == 2
+    assert client.get("/api/v1/suppressions?domain=").json()["total"] == 1
+    removed = client.delete("/api/v1/suppressions/a@example.org?domain=shop.test")
+    assert removed.json() == {"removed": "a@example.org", "domain": "shop.test"}
+    gone = client.delete("/api/v1/suppressions/a@example.org?domain=shop.test")
+    assert gone.status_code == 404 and "for shop.test" in gone.json()["detail"]
+    assert client.get("/api/v1/suppressions").json()["total"] == 1

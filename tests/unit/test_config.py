@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
-from smtplb.config import ConfigError, load_config, parse_config, resolve_workers, usable_cores
+from smtplb.config import (
+    INERT,
+    ConfigError,
+    load_config,
+    parse_config,
+    resolve_workers,
+    usable_cores,
+)
 from smtplb.units import Duration, Size
 
 
@@ -132,6 +140,7 @@ def test_unknown_strategy_names_the_key() -> None:
         ({"static_routes": {"a.test": "x"}}, "static_routes.a.test: expected host:port"),
         ({"smtp": {"max_recipients": "many"}}, "smtp.max_recipients: expected `int`"),
         ({"suppression": {"on_intake": "bounce"}}, 'suppression.on_intake: expected "reject"'),
+        ({"suppression": {"scope": "domain"}}, 'suppression.scope: expected "global"'),
         ({"reputation": {"complaint_quarantine": 3}}, "reputation.complaint_quarantine: must be"),
         ({"reputation": {"min_volume": 0}}, "reputation.min_volume: must be at least 1"),
         ({"reputation": {"quarantine": "later"}}, "reputation.quarantine: expected a duration"),
@@ -255,10 +264,27 @@ def test_unknown_top_level_key_names_the_key() -> None:
     ]
 
 
-def test_cluster_node_is_built_and_parses_without_a_warning() -> None:
-    warnings: list[str] = []
-    assert parse_config({"cluster": {"node": "node-a"}}, warnings).cluster.node == "node-a"
-    assert warnings == []
+def test_cluster_keys_are_built_and_checked() -> None:
+    quiet: list[str] = []
+    cfg = parse_config({"cluster": {"node": "node-a", "redis": "redis://127.0.0.1:6379/0"}}, quiet)
+    assert quiet == [] and (cfg.cluster.node, cfg.cluster.redis) == (
+        "node-a",
+        "redis://127.0.0.1:6379/0",
+    )
+    assert parse_config({}).cluster.node == socket.gethostname()  # the default
+    for url in ("rediss://:pw@redis.example:6380/1", "unix:///run/redis.sock"):
+        assert parse_config({"cluster": {"redis": url}}).cluster.redis == url
+    assert problems_of({"cluster": {"redis": "127.0.0.1:6379"}}) == [
+        "cluster.redis: expected a redis://host:port/db, rediss://… or unix:///path URL,"
+        " got '127.0.0.1:6379'"
+    ]
+    assert problems_of({"cluster": {"redis": "redis:///0"}}) == [
+        "cluster.redis: no host in 'redis:///0' (e.g. redis://127.0.0.1:6379/0)"
+    ]
+    assert problems_of({"cluster": {"node": "node a"}}) == [
+        "cluster.node: expected a name of letters, digits, '.', '_' or '-' (at most 64),"
+        " got 'node a'"
+    ]
 
 
 def test_reputation_and_suppression_are_built_and_parse_without_a_warning() -> None:
@@ -268,16 +294,6 @@ def test_reputation_and_suppression_are_built_and_parse_without_a_warning() -> N
     )
     assert warnings == []
     assert (config.reputation.window, config.suppression.on_intake) == (3600, "drop")
-
-
-def test_inert_keys_warn_when_set() -> None:
-    warnings: list[str] = []
-    parse_config(
-        {"cluster": {"redis": "redis://127.0.0.1:6379/0"}, "pools": [pool(warmup=True)]},
-        warnings,
-    )
-    assert [w.partition(":")[0] for w in warnings] == ["cluster.redis"]
-    assert all("not implemented yet, has no effect" in w for w in warnings)
 
 
 def test_warmup_keys_are_built_and_checked() -> None:
@@ -305,7 +321,8 @@ def test_warmup_keys_are_built_and_checked() -> None:
     ]
 
 
-def test_warnings_are_given_even_when_there_are_problems() -> None:
+def test_warnings_are_given_even_when_there_are_problems(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(INERT, "cluster.node", "an inert key")
     warnings: list[str] = []
     with pytest.raises(ConfigError):
         parse_config({"cluster": {"redis": "redis://127.0.0.1/0"}, "workers": "x"}, warnings)
@@ -331,11 +348,15 @@ def test_absurd_sizes_and_durations_are_refused(data: dict[str, object], expecte
     assert any(p.startswith(expected) for p in problems), problems
 
 
-def test_check_prints_every_problem_and_warning(tmp_path: Path) -> None:
+def test_check_prints_every_problem_and_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from click.testing import CliRunner
 
     from smtplb.cli import main
 
+    monkeypatch.setitem(INERT, "cluster.node", "an inert key")
+    monkeypatch.setitem(INERT, "cluster.redis", "an inert key")
     path = tmp_path / "smtplb.toml"
     path.write_text(
         'workers = "two"\n[smtp]\nmax_recipients = "many"\n'
@@ -360,10 +381,11 @@ def test_a_key_with_a_line_break_is_quoted_so_each_problem_stays_one_line() -> N
 
 
 def test_run_and_check_print_the_warnings_at_start(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from smtplb.commands.common import config_or_exit
 
+    monkeypatch.setitem(INERT, "cluster.redis", "an inert key")
     path = tmp_path / "smtplb.toml"
     path.write_text('[cluster]\nredis = "redis://127.0.0.1:6379/0"\n')
     config_or_exit(path)

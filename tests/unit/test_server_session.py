@@ -427,7 +427,8 @@ def test_too_many_recipients_and_duplicates() -> None:
 
 
 def test_check_recipient_hook_refuses_without_counting_an_error() -> None:
-    def check(address: str) -> Reply | None:
+    def check(address: str, sender: str) -> Reply | None:
+        assert sender == "a@example.com"
         return Reply(550, "5.1.1", "User unknown") if address.startswith("nobody@") else None
 
     policy = dataclasses.replace(POLICY, check_recipient=check, max_errors=0)
@@ -438,6 +439,14 @@ def test_check_recipient_hook_refuses_without_counting_an_error() -> None:
     )
     assert result.codes == ["250", "250 2.1.0", "550 5.1.1", "550 5.1.1", "250 2.1.5"]
     assert not result.closed
+
+
+def test_an_envelope_says_whether_its_recipients_were_checked_at_rcpt() -> None:
+    """Intake does not look a recipient up again when the RCPT check ran (one lookup)."""
+    mail = b"EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nx\r\n.\r\n"
+    checked = dataclasses.replace(POLICY, check_recipient=lambda address, sender: None)
+    assert drive(new(checked), mail).messages[0].envelope.recipients_checked
+    assert not drive(new(POLICY), mail).messages[0].envelope.recipients_checked
 
 
 # -- limits ------------------------------------------------------------------------------

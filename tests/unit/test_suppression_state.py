@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
 from smtplb.reputation.embedded import SqliteState
-from smtplb.reputation.state import Suppression, normalize
+from smtplb.reputation.state import Suppression, is_listed, normalize
 
 
 def test_add_lookup_list_remove(tmp_path: Path) -> None:
@@ -46,7 +47,8 @@ def test_a_lookup_in_a_million_entries_is_an_index_probe(tmp_path: Path) -> None
     state = SqliteState(tmp_path / "spool.db")
     asyncio.run(state.suppress([Suppression(f"user{i}@example.org") for i in range(200_000)]))
     plan = state._reader.execute(
-        "EXPLAIN QUERY PLAN SELECT 1 FROM suppression WHERE address = ?", ("x",)
+        "EXPLAIN QUERY PLAN SELECT 1 FROM suppression WHERE address = ? AND domain IN ('', ?)",
+        ("x", ""),
     ).fetchall()
     assert "PRIMARY KEY" in str(plan) or "USING" in str(plan), plan
     started = time.perf_counter()
@@ -70,3 +72,97 @@ def test_an_unavailable_database_is_opened_at_the_next_use(tmp_path: Path) -> No
     asyncio.run(state.suppress([Suppression("x@example.org")]))
     assert state.is_suppressed("x@example.org")
     state.close()
+
+
+def test_a_domain_entry_refuses_only_that_sender_domain(tmp_path: Path) -> None:
+    state = SqliteState(tmp_path / "spool.db")
+
+    async def go() -> None:
+        entries = [
+            Suppression("a@example.org", "complained", "complaint", 1.0, "Shop.TEST"),
+            Suppression("a@example.org", "again", "complaint", 2.0, "news.test"),
+            Suppression("b@example.org", "gone", "bounce", 3.0),
+        ]
+        assert await state.suppress(entries) == 3
+        assert await state.suppress([Suppression("A@example.org", domain="shop.test")]) == 0
+        assert state.is_suppressed("a@example.org", "shop.test")
+        assert state.is_suppressed("a@example.org", "SHOP.test")
+        assert not state.is_suppressed("a@example.org", "other.test")
+        assert not state.is_suppressed("a@example.org")  # the null sender: global only
+        assert state.is_suppressed("b@example.org", "anything.test")
+        assert state.is_suppressed("b@example.org")
+        assert await state.suppression_count() == 3
+        assert await state.suppression_count(domain="") == 1
+        assert await state.suppression_count(domain="shop.test") == 1
+        listed = await state.suppressions(address="a@example.org")
+        assert [e.domain for e in listed] == ["news.test", "shop.test"]
+        assert listed[1] == Suppression(
+            "a@example.org", "complained", "complaint", 1.0, "shop.test"
+        )
+        assert [e.address for e in await state.suppressions(domain="")] == ["b@example.org"]
+        # Removing is per scope: the global remove leaves the domain entries.
+        assert await state.unsuppress(["a@example.org"]) == 0
+        assert await state.unsuppress(["a@example.org"], domain="shop.test") == 1
+        assert not state.is_suppressed("a@example.org", "shop.test")
+        assert state.is_suppressed("a@example.org", "news.test")
+
+    asyncio.run(go())
+    state.close()
+
+
+def test_a_first_release_table_is_migrated_with_its_entries_global(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE suppression (address TEXT PRIMARY KEY, reason TEXT NOT NULL"
+            " DEFAULT '', source TEXT NOT NULL DEFAULT 'operator', created_at REAL NOT NULL)"
+            " WITHOUT ROWID"
+        )
+        conn.execute("INSERT INTO suppression VALUES ('old@example.org', 'r', 'bounce', 5.0)")
+    conn.close()
+    state = SqliteState(path)
+    assert state.is_suppressed("old@example.org", "shop.test")
+    (entry,) = asyncio.run(state.suppressions())
+    assert entry == Suppression("old@example.org", "r", "bounce", 5.0, "")
+    asyncio.run(state.suppress([Suppression("old@example.org", domain="shop.test")]))
+    assert asyncio.run(state.suppression_count()) == 2
+    state.close()
+    with sqlite3.connect(path) as conn:  # gone from the spool's file
+        assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'suppression'").fetchall()
+    conn.close()
+    assert SqliteState(path).is_suppressed("OLD@example.org")  # a second open: nothing to do
+
+
+def test_the_list_has_a_file_of_its_own_and_a_scoped_spool_table_moves_there(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spool.db"
+    with sqlite3.connect(path) as conn:  # as this release's first commit left it
+        conn.execute(
+            "CREATE TABLE suppression (address TEXT NOT NULL, domain TEXT NOT NULL DEFAULT '',"
+            " reason TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT 'operator',"
+            " created_at REAL NOT NULL, PRIMARY KEY (address, domain)) WITHOUT ROWID"
+        )
+        conn.execute("INSERT INTO suppression VALUES ('a@example.org', 'shop.test', '', 'x', 1)")
+    conn.close()
+    state = SqliteState(path)
+    assert state.suppression_path == tmp_path / "suppression.db"
+    assert state.is_suppressed("a@example.org", "shop.test")
+    assert not state.is_suppressed("a@example.org", "other.test")
+    asyncio.run(state.save_book(0, b"book"))
+    assert asyncio.run(state.load_book(0)) == b"book"
+    state.close()
+    with sqlite3.connect(tmp_path / "suppression.db") as conn:
+        assert conn.execute("SELECT address, domain FROM suppression").fetchall() == [
+            ("a@example.org", "shop.test")
+        ]
+    conn.close()
+
+
+def test_is_listed_decides_by_scope() -> None:
+    assert is_listed(frozenset({""}), "")
+    assert is_listed(frozenset({""}), "shop.test")
+    assert is_listed(frozenset({"shop.test"}), "Shop.Test")
+    assert not is_listed(frozenset({"shop.test"}), "")
+    assert not is_listed(frozenset({"shop.test"}), "news.test")
+    assert not is_listed(frozenset(), "shop.test")

@@ -193,12 +193,17 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     "BudgetLift": _obj(["domain", "lifted_until"], domain=_STR, lifted_until=_NUM),
     "Suppression": _obj(
-        ["address", "reason", "source", "created_at"],
+        ["address", "reason", "source", "created_at", "domain"],
         address=_STR,
         reason=_STR,
         source={"enum": ["operator", "bounce", "complaint", "import"]},
         created_at=_NUM,
+        domain={
+            "type": "string",
+            "description": '"" for every sender, or the sender domain the entry applies to',
+        },
     ),
+    "SuppressionEntry": _obj(["address"], address=_STR, reason=_STR, domain=_STR),
     "SuppressionList": _obj(
         ["total", "suppressions"],
         total=_INT,
@@ -210,8 +215,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             addresses={"type": "array", "items": _STR, "minItems": 1},
             address=_STR,
             reason=_STR,
+            domain=_STR,
+            entries={"type": "array", "items": _ref("SuppressionEntry"), "minItems": 1},
         ),
-        "description": "addresses (or one address) to suppress, with a reason",
+        "description": "addresses (or one address) to suppress, with a reason, for every"
+        ' sender (domain "" or absent) or for one sender domain; or entries, each with its'
+        " own reason and domain (an import)",
     },
     "FeedbackEvent": {
         **_obj(
@@ -233,9 +242,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         member={"type": ["string", "null"]},
         provider=_STR,
         suppressed={"type": "boolean"},
+        domain=_STR,
     ),
     "Suppressed": _obj(["added", "requested"], added=_INT, requested=_INT),
-    "Unsuppressed": _obj(["removed"], removed=_STR),
+    "Unsuppressed": _obj(["removed", "domain"], removed=_STR, domain=_STR),
     "ExperimentList": _obj(
         ["experiments"],
         experiments={

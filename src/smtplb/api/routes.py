@@ -39,7 +39,7 @@ from smtplb.intake.compliance import MessageRefused
 from smtplb.model import Envelope, RecipientState
 from smtplb.observability.live import redacted
 from smtplb.reputation.feedback import FeedbackError, parse_arf, parse_event
-from smtplb.reputation.state import Suppression, normalize
+from smtplb.reputation.state import Suppression, normalize, normalize_domain
 from smtplb.spool.base import MessageView, SpoolError
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -383,26 +383,74 @@ async def feedback(request: Request) -> Response:
 # -- suppression list --------------------------------------------------------------
 
 
+def _valid_domain(domain: object) -> bool:
+    """ "" (every sender) or a domain name, as a sender's address would carry it."""
+    return isinstance(domain, str) and (
+        not domain or valid_address("x@" + normalize_domain(domain))
+    )
+
+
+def suppression_entries(body: dict[str, Any], now: float) -> list[Suppression] | str:
+    """A POST body as entries, or what is wrong with it: ``{"addresses": [...],
+    "reason"?, "domain"?}`` (or ``"address"``), or ``{"entries": [{"address",
+    "reason"?, "domain"?}, ...]}`` (an import that keeps each entry's own fields)."""
+    if "entries" in body:
+        rows = body["entries"]
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            return "entries: a non-empty list of {address, reason, domain} objects"
+    else:
+        addresses = body.get("addresses", [body["address"]] if "address" in body else None)
+        if not isinstance(addresses, list) or not addresses:
+            return "addresses: a non-empty list of mail addresses"
+        rows = [
+            {"address": a, "reason": body.get("reason", ""), "domain": body.get("domain", "")}
+            for a in addresses
+        ]
+    entries = []
+    for row in rows:
+        address, reason, domain = row.get("address"), row.get("reason", ""), row.get("domain", "")
+        if not isinstance(address, str) or not valid_address(normalize(address)):
+            return f"addresses: not a mail address: {address!r}"
+        if not isinstance(reason, str):
+            return "reason: must be a string"
+        if not _valid_domain(domain):
+            return (
+                f'domain: a sender domain like shop.example, or "" for every sender; got {domain!r}'
+            )
+        entries.append(Suppression(address, reason, "operator", now, normalize_domain(domain)))
+    return entries
+
+
 @protected
 @documented(
-    (200, "SuppressionList", "Suppressed addresses, by address"),
+    (200, "SuppressionList", "Suppressed addresses, by address and scope"),
     fails=[400],
-    query=[("address", "string"), ("limit", "integer"), ("offset", "integer")],
+    query=[
+        ("address", "string"),
+        ("domain", "string"),
+        ("limit", "integer"),
+        ("offset", "integer"),
+    ],
 )
 async def suppressions_list(request: Request) -> Response:
-    """The suppression list (``?limit=100&offset=0``, or ``?address=`` for one)."""
+    """The suppression list (``?limit=100&offset=0``, ``?address=`` for one address,
+    ``?domain=`` for one scope: a sender domain, or empty for the global entries)."""
     state = _ops(request).reputation_state
+    query = request.query_params
     try:
-        limit = min(10_000, int(request.query_params.get("limit", "100")))
-        offset = int(request.query_params.get("offset", "0"))
+        limit = min(10_000, int(query.get("limit", "100")))
+        offset = int(query.get("offset", "0"))
     except ValueError:
         return problem(400, "Malformed request", "limit and offset must be integers")
+    domain = query.get("domain")
+    if domain is not None and not _valid_domain(domain):
+        return problem(400, "Malformed request", f"domain: not a domain name: {domain!r}")
     entries = await state.suppressions(
-        limit=limit, offset=offset, address=request.query_params.get("address")
+        limit=limit, offset=offset, address=query.get("address"), domain=domain
     )
     return JSONResponse(
         {
-            "total": await state.suppression_count(),
+            "total": await state.suppression_count(domain),
             "suppressions": [msgspec.to_builtins(e) for e in entries],
         }
     )
@@ -410,40 +458,40 @@ async def suppressions_list(request: Request) -> Response:
 
 @protected
 @documented(
-    (200, "Suppressed", "How many addresses were added"),
+    (200, "Suppressed", "How many entries were added"),
     fails=[400, 422],
     request="SuppressRequest",
 )
 async def suppressions_add(request: Request) -> Response:
-    """Suppress addresses: ``{"addresses": [...], "reason": "..."}`` (or ``"address"``)."""
+    """Suppress addresses: ``{"addresses": [...], "reason": "...", "domain": "..."}``
+    (``domain`` "" or absent: for every sender), or ``{"entries": [...]}``."""
     body = await _json_body(request)
     if isinstance(body, JSONResponse):
         return body
-    addresses = body.get("addresses", [body["address"]] if "address" in body else None)
-    reason = body.get("reason", "")
-    if (
-        not isinstance(addresses, list)
-        or not addresses
-        or not all(isinstance(a, str) and valid_address(normalize(a)) for a in addresses)
-    ):
-        return problem(422, "Invalid field", "addresses: a non-empty list of mail addresses")
-    if not isinstance(reason, str):
-        return problem(422, "Invalid field", "reason: must be a string")
-    now = time.time()
-    added = await _ops(request).reputation_state.suppress(
-        [Suppression(a, reason, "operator", now) for a in addresses]
-    )
-    return JSONResponse({"added": added, "requested": len(addresses)})
+    entries = suppression_entries(body, time.time())
+    if isinstance(entries, str):
+        return problem(422, "Invalid field", entries)
+    added = await _ops(request).reputation_state.suppress(entries)
+    return JSONResponse({"added": added, "requested": len(entries)})
 
 
 @protected
-@documented((200, "Unsuppressed", "The address is no longer suppressed"), fails=[404])
+@documented(
+    (200, "Unsuppressed", "The address is no longer suppressed in that scope"),
+    fails=[400, 404],
+    query=[("domain", "string")],
+)
 async def suppressions_remove(request: Request) -> Response:
-    """Take an address off the suppression list."""
+    """Take an address off the suppression list: its global entry, or with
+    ``?domain=`` its entry for that sender domain."""
     address = request.path_params["address"]
-    if not await _ops(request).reputation_state.unsuppress([address]):
-        return problem(404, "Not suppressed", address)
-    return JSONResponse({"removed": normalize(address)})
+    domain = request.query_params.get("domain", "")
+    if not _valid_domain(domain):
+        return problem(400, "Malformed request", f"domain: not a domain name: {domain!r}")
+    if not await _ops(request).reputation_state.unsuppress([address], domain):
+        scope = f" for {normalize_domain(domain)}" if domain else ""
+        return problem(404, "Not suppressed", f"{normalize(address)}{scope}")
+    return JSONResponse({"removed": normalize(address), "domain": normalize_domain(domain)})
 
 
 @protected

@@ -250,65 +250,104 @@ def suppress() -> None:
     """The suppression list: add, remove, list (import with add --file, export with list --csv)."""
 
 
-def _addresses_from(file: IO[str]) -> list[str]:
-    """One address a line, or CSV whose first column is the address (a header is skipped)."""
+EXPORT_COLUMNS = ("address", "reason", "source", "created_at", "domain")
+
+
+def import_entries(file: IO[str], reason: str = "", domain: str = "") -> list[dict[str, str]]:
+    """The entries of an import file: one address a line, or CSV. A CSV whose first
+    row names an ``address`` column (as ``suppress list --csv`` writes) keeps each
+    row's ``reason`` and ``domain``; otherwise the address is the first column and
+    ``reason``/``domain`` (the options) apply. ``#`` starts a comment line."""
+    rows = [r for r in csv.reader(file) if r and r[0].strip() and not r[0].lstrip().startswith("#")]
+    header = [c.strip().lower() for c in rows[0]] if rows and "@" not in rows[0][0] else []
+    columns = {name: i for i, name in enumerate(header)}
+    at = columns.get("address", 0)
     out = []
-    for row in csv.reader(file):
-        if row and row[0].strip() and "@" in row[0] and not row[0].lstrip().startswith("#"):
-            out.append(row[0].strip())
+    for row in rows[1:] if header else rows:
+        cell = dict(zip(header, (c.strip() for c in row), strict=False))
+        if at >= len(row) or "@" not in row[at]:
+            continue
+        out.append(
+            {
+                "address": row[at].strip(),
+                "reason": cell.get("reason") or reason,
+                "domain": cell["domain"] if "domain" in columns else domain,
+            }
+        )
     return out
 
 
 @suppress.command("add")
 @click.argument("addresses", nargs=-1)
 @click.option("--reason", default="", help="Why (kept with each entry).")
+@click.option(
+    "--domain",
+    default="",
+    help="Only for mail from this sender domain (default: every sender).",
+)
 @click.option("--file", "file", type=click.File("r"), default=None, help="Import: - for stdin.")
 @api_options
 def suppress_add(
     addresses: tuple[str, ...],
     reason: str,
+    domain: str,
     file: IO[str] | None,
     api_url: str | None,
     api_key: str | None,
     config_path: Path | None,
 ) -> None:
-    """Suppress ADDRESS… (and/or every address in --file)."""
-    wanted = list(addresses) + (_addresses_from(file) if file is not None else [])
+    """Suppress ADDRESS… (and/or every entry of --file: one address a line, or CSV)."""
+    wanted = [{"address": a, "reason": reason, "domain": domain} for a in addresses]
+    wanted += import_entries(file, reason, domain) if file is not None else []
     if not wanted:
         raise click.UsageError("give addresses, or --file with one address a line")
     api = api_client(api_url, api_key, config_path)
     added = 0
     for i in range(0, len(wanted), 5000):
-        body = {"addresses": wanted[i : i + 5000], "reason": reason}
+        body = {"entries": wanted[i : i + 5000]}
         added += api.call("POST", "/api/v1/suppressions", body)["added"]
     click.echo(f"{added} added, {len(wanted) - added} already suppressed")
 
 
 @suppress.command("remove")
 @click.argument("addresses", nargs=-1, required=True)
+@click.option("--domain", default="", help="The entry for this sender domain (default: global).")
 @api_options
 def suppress_remove(
-    addresses: tuple[str, ...], api_url: str | None, api_key: str | None, config_path: Path | None
+    addresses: tuple[str, ...],
+    domain: str,
+    api_url: str | None,
+    api_key: str | None,
+    config_path: Path | None,
 ) -> None:
-    """Take ADDRESS… off the suppression list."""
+    """Take ADDRESS… off the suppression list (the global entry, or --domain's)."""
     api = api_client(api_url, api_key, config_path)
+    query = f"?domain={urllib.parse.quote(domain)}" if domain else ""
     for address in addresses:
         quoted = urllib.parse.quote(address, safe="@")
-        click.echo(f"{api.call('DELETE', f'/api/v1/suppressions/{quoted}')['removed']} removed")
+        done = api.call("DELETE", f"/api/v1/suppressions/{quoted}{query}")
+        click.echo(f"{done['removed']}{' for ' + done['domain'] if done['domain'] else ''} removed")
 
 
 @suppress.command("list")
+@click.option("--domain", default=None, help='Only this scope (a sender domain; "" global).')
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--csv", "as_csv", is_flag=True, help="address,reason,source,created_at (export).")
+@click.option("--csv", "as_csv", is_flag=True, help=f"{','.join(EXPORT_COLUMNS)} (export).")
 @api_options
 def suppress_list(
-    as_json: bool, as_csv: bool, api_url: str | None, api_key: str | None, config_path: Path | None
+    domain: str | None,
+    as_json: bool,
+    as_csv: bool,
+    api_url: str | None,
+    api_key: str | None,
+    config_path: Path | None,
 ) -> None:
-    """Every suppressed address, by address."""
+    """Every suppressed address, by address (and sender domain, for scoped entries)."""
     api = api_client(api_url, api_key, config_path)
+    scope = "" if domain is None else f"&domain={urllib.parse.quote(domain)}"
     entries: list[dict[str, Any]] = []
     while True:
-        page = api.call("GET", f"/api/v1/suppressions?limit=10000&offset={len(entries)}")
+        page = api.call("GET", f"/api/v1/suppressions?limit=10000&offset={len(entries)}{scope}")
         entries += page["suppressions"]
         if len(page["suppressions"]) < 10000:
             break
@@ -316,12 +355,13 @@ def suppress_list(
         click.echo(json.dumps({"total": len(entries), "suppressions": entries}, indent=2))
     elif as_csv:
         out = csv.writer(sys.stdout, lineterminator="\n")
-        out.writerow(["address", "reason", "source", "created_at"])
+        out.writerow(EXPORT_COLUMNS)
         for e in entries:
-            out.writerow([e["address"], e["reason"], e["source"], e["created_at"]])
+            out.writerow([e[c] for c in EXPORT_COLUMNS])
     else:
         for e in entries:
-            click.echo(f"{e['address']:<40}{e['source']:<10}{e['reason']}")
+            scope_text = e["domain"] or "*"
+            click.echo(f"{e['address']:<40}{scope_text:<20}{e['source']:<10}{e['reason']}")
 
 
 @click.command()

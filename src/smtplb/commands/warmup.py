@@ -5,12 +5,16 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from smtplb.commands.common import CONFIG_OPTION, config_or_exit
 from smtplb.observability.log_reader import parse_line, read_lines
 from smtplb.observability.record import DeliveryRecord
+
+if TYPE_CHECKING:
+    from smtplb.reputation.warmup import Status, WarmupPolicy
 
 
 @click.group()
@@ -27,8 +31,7 @@ def warmup_plan(
     member: str, provider: str | None, days: int | None, config_path: Path | None
 ) -> None:
     """Projected caps of MEMBER by date, from its progress in data_dir, while rates stay clean."""
-    from smtplb.reputation.warmup import day_index, plan
-    from smtplb.reputation.warmup_gate import calendar_date, policy_of, warming_members
+    from smtplb.reputation.warmup_gate import policy_of, warming_members
     from smtplb.reputation.warmup_store import SqliteWarmupState
 
     config = config_or_exit(config_path)
@@ -42,22 +45,82 @@ def warmup_plan(
     policy = policy_of(config)
     path = Path(config.data_dir) / "warmup.sqlite"
     now = time.time()
+    if config.cluster.redis is not None:  # the counts are the cluster's, in Redis
+        statuses = _cluster_statuses(config.cluster.redis, policy, starts, member, now)
+        for p in [provider] if provider else list(statuses) or ["other"]:
+            status = statuses.get(p) or read_statuses_default(policy, starts, member, p, now)
+            _print_plan(member, p, status.day, status.sent, policy, now, days)
+        return
     # No counts yet (never run): plan from day 1 (or warmup_start), creating nothing.
     state = SqliteWarmupState(path if path.exists() else ":memory:", policy, starts)
     try:
         providers = [provider] if provider else state.providers(member) or ["other"]
         for p in providers:
             status = state.status(member, p, now)
-            click.echo(f"{member} × {p}: today day {status.day}, sent {status.sent}")
-            click.echo(f"  {'DATE':<12}{'DAY':>5}{'CAP':>9}{'PER HOUR':>10}")
-            for day, n, cap in plan(policy, status.day - 1, day_index(now), days):
-                per_hour = "-" if cap is None else str(policy.hourly_cap(cap))
-                click.echo(
-                    f"  {calendar_date(day):<12}{n:>5}{'warm' if cap is None else cap:>9}"
-                    f"{per_hour:>10}"
-                )
+            _print_plan(member, p, status.day, status.sent, policy, now, days)
     finally:
         state.close()
+
+
+def _cluster_statuses(
+    url: str, policy: WarmupPolicy, starts: dict[str, int | None], member: str, now: float
+) -> dict[str, Status]:
+    """Per provider, where ``member`` stands in the cluster's counts (read-only: no
+    lease, no registration). A step not rolled yet today shows as stored."""
+    import redis
+
+    from smtplb.cluster.link import PREFIX
+    from smtplb.reputation.warmup import Status, day_index, hour_index, initial_step
+
+    client: Any = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
+    try:
+        out: dict[str, Status] = {}
+        for provider in sorted(client.smembers(f"{PREFIX}warmup:{member}:providers")):
+            base = f"{PREFIX}warmup:{member}:{provider}"
+            raw = client.hget(f"{base}:progress", "step")
+            today = day_index(now)
+            step = int(raw) if raw is not None else initial_step(starts.get(member), today)
+            sent = int(client.hget(f"{base}:day:{today}", "sent") or 0)
+            hour = int(client.hget(f"{base}:hour:{hour_index(now)}", "sent") or 0)
+            cap = policy.cap(step)
+            hourly = None if cap is None else policy.hourly_cap(cap)
+            out[provider] = Status(provider, step + 1, cap, sent, hourly, hour)
+        return out
+    finally:
+        client.close()
+
+
+def read_statuses_default(
+    policy: WarmupPolicy, starts: dict[str, int | None], member: str, provider: str, now: float
+) -> Status:
+    """A provider the cluster has no counts for: day 1 (or from warmup_start)."""
+    from smtplb.reputation.warmup import Status, day_index, initial_step
+
+    step = initial_step(starts.get(member), day_index(now))
+    cap = policy.cap(step)
+    hourly = None if cap is None else policy.hourly_cap(cap)
+    return Status(provider, step + 1, cap, 0, hourly, 0)
+
+
+def _print_plan(
+    member: str,
+    provider: str,
+    day_no: int,
+    sent: int,
+    policy: WarmupPolicy,
+    now: float,
+    days: int | None,
+) -> None:
+    from smtplb.reputation.warmup import day_index, plan
+    from smtplb.reputation.warmup_gate import calendar_date
+
+    click.echo(f"{member} × {provider}: today day {day_no}, sent {sent}")
+    click.echo(f"  {'DATE':<12}{'DAY':>5}{'CAP':>9}{'PER HOUR':>10}")
+    for day, n, cap in plan(policy, day_no - 1, day_index(now), days):
+        per_hour = "-" if cap is None else str(policy.hourly_cap(cap))
+        click.echo(
+            f"  {calendar_date(day):<12}{n:>5}{'warm' if cap is None else cap:>9}{per_hour:>10}"
+        )
 
 
 @warmup.command("simulate")

@@ -32,7 +32,7 @@ from smtplb.delivery.outcome import RetrySchedule
 from smtplb.experiments import variant_pool
 from smtplb.model import domain_of
 from smtplb.reputation.warmup_gate import WarmupGate, policy_of, warming_members
-from smtplb.reputation.warmup_store import SqliteWarmupState
+from smtplb.reputation.warmup_store import WarmupState
 from smtplb.smtp.reply import Reply
 from smtplb.spool.base import ClaimedMessage, ClaimedRecipient
 
@@ -249,7 +249,7 @@ class Warmup:
     """The warm-up caps of a node: shared counts, and the gate every pool's
     eligibility filters include (as an EXCLUDE filter and a reserver, app.py)."""
 
-    state: SqliteWarmupState
+    state: WarmupState
     gate: WarmupGate
 
     def reconfigure(self, config: Config) -> None:

@@ -6,8 +6,8 @@ one sum, and a stop (by the guardrail in one worker, or by ``smtplb experiment
 stop``) must reach every worker. One WAL-mode file that every worker writes
 with short transactions (SQLite's own locking, ``busy_timeout``) is exact
 without a merge step and survives restarts; a stopped experiment's rows stay,
-so its report stays available. Redis takes this role when the cluster issue
-lands (the same four operations).
+so its report stays available. With a cluster, Redis takes this role
+(:class:`CounterStore`, ``smtplb.cluster.experiments``).
 
 Every finished recipient of an experiment's message is one row of
 ``experiment_results``, in arrival order: the report's sequential p-values
@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 OUTCOMES = ("delivered", "bounced", "policy_block", "expired", "complaint")
 
@@ -108,6 +109,37 @@ class Event:
     event: str  # started | stopped | variant_stopped
     detail: str
     at: float
+
+
+class StoreError(Exception):
+    """A store that cannot answer now (a non-SQLite backend's own errors, wrapped)."""
+
+
+# What a store raises when it cannot answer: the runtime keeps going and asks again.
+STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, StoreError)
+
+
+class CounterStore(Protocol):
+    """The experiments' shared state (:class:`ExperimentStore`, or Redis for a cluster:
+    ``smtplb.cluster.experiments.RedisExperimentStore``). Blocking: called in a thread."""
+
+    def add(self, observations: Iterable[Observation]) -> int: ...
+
+    def rows(self, experiment: str) -> list[Row]: ...
+
+    def counts(self, experiment: str) -> dict[tuple[str, str], int]: ...
+
+    def running(self, experiment: str, default: bool = True) -> bool: ...
+
+    def set_running(self, experiment: str, running: bool, at: float, detail: str = "") -> None: ...
+
+    def stopped_variants(self, experiment: str) -> dict[str, tuple[float, str]]: ...
+
+    def stop_variant(self, experiment: str, variant: str, at: float, reason: str) -> bool: ...
+
+    def events(self, experiment: str) -> list[Event]: ...
+
+    def close(self) -> None: ...
 
 
 class ExperimentStore:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,7 @@ from smtplb.clock import Clock, SystemClock
 from smtplb.config import PoolConfig
 from smtplb.config_sections import ExperimentConfig
 from smtplb.experiments.assignment import Assignment, VariantShare
-from smtplb.experiments.counters import Event, ExperimentStore, Observation
+from smtplb.experiments.counters import STORE_ERRORS, CounterStore, Event, Observation
 from smtplb.experiments.guardrail import Guardrail
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord
@@ -96,7 +95,7 @@ class Experiments:
     def __init__(
         self,
         configs: Sequence[ExperimentConfig],
-        store: ExperimentStore,
+        store: CounterStore,
         *,
         clock: Clock | None = None,
         on_event: EventHandler | None = None,
@@ -126,7 +125,7 @@ class Experiments:
             try:
                 exp.running = self.store.running(c.name)
                 exp.stopped = self.store.stopped_variants(c.name)
-            except sqlite3.Error as exc:  # e.g. a full disk: refresh() reads it again
+            except STORE_ERRORS as exc:  # e.g. a full disk: refresh() reads it again
                 log.error("experiment %s: cannot read its state (%s); running", c.name, exc)
             self.by_name[c.name] = exp
             self.by_pool[c.pool] = exp
@@ -157,7 +156,7 @@ class Experiments:
             batch, self._pending = self._pending, []
             try:
                 await asyncio.to_thread(self.store.add, batch)
-            except sqlite3.Error as exc:  # kept (bounded) and retried by refresh()
+            except STORE_ERRORS as exc:  # kept (bounded) and retried by refresh()
                 self._pending[:0] = batch
                 excess = len(self._pending) - MAX_PENDING
                 if excess > 0:
@@ -173,7 +172,7 @@ class Experiments:
             for name in {o.experiment for o in batch}:
                 try:
                     await self._check_guardrail(name)
-                except sqlite3.Error as exc:
+                except STORE_ERRORS as exc:
                     log.error("experiment %s: guardrail not checked: %s", name, exc)
 
     async def _check_guardrail(self, name: str) -> None:
@@ -200,7 +199,7 @@ class Experiments:
                 if (running and not exp.running) or set(exp.stopped) - set(stopped):
                     # restarted elsewhere: judge from here on, as the restarting worker does
                     exp.restart_guardrail(await asyncio.to_thread(self.store.counts, exp.name))
-            except sqlite3.Error as exc:
+            except STORE_ERRORS as exc:
                 log.error("experiment %s: cannot read its state: %s", exp.name, exc)
                 continue
             exp.running, exp.stopped = running, stopped

@@ -154,9 +154,9 @@ class IntakePipeline:
             else None,
         )
 
-    def _refuse_suppressed(self, address: str) -> Reply | None:
+    def _refuse_suppressed(self, address: str, sender: str) -> Reply | None:
         assert self.state is not None
-        if self.state.is_suppressed(address):
+        if self.state.is_suppressed(address, domain_of(sender)):
             return _SUPPRESSED
         return None
 
@@ -175,12 +175,15 @@ class IntakePipeline:
         return kept
 
     def _drop_suppressed(self, envelope: Envelope, queue_id: str) -> list[str]:
-        """The recipients to keep; each suppressed one is logged as ``suppressed``."""
-        if self.state is None:
+        """The recipients to keep; each suppressed one is logged as ``suppressed``.
+        Recipients already checked at RCPT (``on_intake = "reject"``) are not looked
+        up twice: one lookup per recipient."""
+        if self.state is None or envelope.recipients_checked:
             return envelope.rcpt_to
         kept = []
+        sender_domain = domain_of(envelope.mail_from)
         for rcpt in envelope.rcpt_to:
-            if not self.state.is_suppressed(rcpt):
+            if not self.state.is_suppressed(rcpt, sender_domain):
                 kept.append(rcpt)
                 continue
             self.delivery_log.write(

@@ -74,9 +74,10 @@ class SessionPolicy:
     auth_without_tls: bool = False  # AUTH allowed before TLS (loopback-only listeners)
     require_auth: bool = False  # MAIL needs AUTH first -> 530 5.7.0
     relay_allowed: bool = False  # client address is in relay_networks
-    # Called for a recipient that passed syntax, relay and count checks; a
-    # Reply refuses it (e.g. 550 5.1.1 from a sink, or a suppression list).
-    check_recipient: Callable[[str], Reply | None] | None = None
+    # Called with (recipient, envelope sender) for a recipient that passed syntax,
+    # relay and count checks; a Reply refuses it (e.g. 550 5.1.1 from a sink, or a
+    # suppression list, which may hold an address for one sender domain only).
+    check_recipient: Callable[[str, str], Reply | None] | None = None
     # Shared by every session of the process: message bytes held at once.
     body_budget: BodyBudget | None = None
 
@@ -425,6 +426,7 @@ class ServerSession:
             smtputf8=mail.smtputf8,
             body_8bit=mail.body_8bit,
             size_hint=mail.size,
+            recipients_checked=policy.check_recipient is not None,
         )
         self._out.append(_W_MAIL_OK)
 
@@ -453,7 +455,7 @@ class ServerSession:
             self._out.append(replies.TOO_MANY_RECIPIENTS.to_bytes())
             return
         if policy.check_recipient is not None:
-            refusal = policy.check_recipient(address)
+            refusal = policy.check_recipient(address, envelope.mail_from)
             if refusal is not None:
                 self._reply(refusal)
                 return

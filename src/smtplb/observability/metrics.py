@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -20,6 +20,14 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 HEALTH_STATES = ("up", "half_open", "ejected", "down", "paused")
 REPUTATION_STATES = ("ok", "throttled", "quarantined", "probation")
 REPUTATION_EVENTS = ("quarantined", "throttled", "probation", "reputation_ok")
+
+
+class _Link(Protocol):
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def shared(self) -> bool: ...
 
 
 class Metrics:
@@ -229,6 +237,21 @@ class Metrics:
                 rate = p.get(f"{kind}_rate")
                 if rate is not None:
                     self.reputation_rate.labels(member, provider, kind).set(rate)
+
+    def set_cluster(self, link: _Link) -> None:
+        """Read ``link`` at scrape time: Redis up or not, and the fallback with it."""
+        up = Gauge(
+            "smtplb_cluster_redis_up",
+            "1 while the cluster's Redis answers (shared limits), 0 while it does not",
+            registry=self.registry,
+        )
+        up.set_function(lambda: 1.0 if link.up else 0.0)
+        fallback = Gauge(
+            "smtplb_cluster_fallback",
+            "1 while shared limits fall back to this node's conservative local share",
+            registry=self.registry,
+        )
+        fallback.set_function(lambda: 0.0 if link.shared else 1.0)
 
     def set_warmup(self, pool: str, member: str, provider: str, cap: int | None, sent: int) -> None:
         if cap is None:

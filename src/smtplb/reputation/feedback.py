@@ -18,6 +18,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from smtplb.clock import Clock
+from smtplb.model import domain_of
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.record import DeliveryRecord
 from smtplb.reputation.book import ReputationBook
@@ -165,6 +166,15 @@ def arf_report(
 FindMessage = Callable[[str], Awaitable[MessageView | None]]
 
 
+def complaint_scope(scope: str, sender: str | None) -> str:
+    """The domain a complaint suppresses the complainant under: the sender's domain
+    with ``[suppression] scope = "sender_domain"`` when the sender is known; else
+    "" (every sender: a complaint about unknown mail is not narrowed)."""
+    if scope != "sender_domain" or not sender:
+        return ""
+    return domain_of(normalize(sender))
+
+
 class FeedbackHandler:
     def __init__(
         self,
@@ -173,7 +183,9 @@ class FeedbackHandler:
         delivery_log: DeliveryLog,
         find_message: FindMessage,
         clock: Clock,
+        scope: str = "global",
     ) -> None:
+        self.scope = scope  # [suppression] scope: of the complainant's entry
         self.state = state
         self.book = book
         self.delivery_log = delivery_log
@@ -214,8 +226,9 @@ class FeedbackHandler:
             domain = sender.rpartition("@")[2].strip("<> ").lower()
             self.on_complaint(domain, view.content_class if view else None)
         reason = f"complaint ({fb.source}, {fb.feedback_type})"
+        scope = complaint_scope(self.scope, view.sender if view else fb.sender)
         await self.state.suppress(
-            [Suppression(fb.recipient, reason, "complaint", self.clock.wall())]
+            [Suppression(fb.recipient, reason, "complaint", self.clock.wall(), scope)]
         )
         return {
             "recipient": fb.recipient,
@@ -224,6 +237,7 @@ class FeedbackHandler:
             "member": member,
             "provider": provider,
             "suppressed": True,
+            "domain": scope,
         }
 
     def __repr__(self) -> str:

@@ -18,8 +18,9 @@ the job goes to another member or waits in the spool) and :meth:`Shaping.over_li
 (the member is busy: the job waits in its lane). The dispatcher reports each
 start and finish and each reply a rule may match. Times are the injected
 clock's monotonic seconds; :meth:`Shaping.wall` turns one into Unix time for
-the log. State lives in this object (one per node worker); shared state across
-nodes is the Redis backend's job (issue 16).
+the log. State lives in this object (one per node worker), but for the rate,
+which a :class:`RateLimiter` keeps: in this process, or shared by every worker of
+every node in Redis (:mod:`smtplb.cluster.rate`).
 """
 
 from __future__ import annotations
@@ -48,8 +49,6 @@ MAX_BURST = 5.0
 class Lane:
     """One member's traffic to one provider."""
 
-    tokens: float
-    stamp: float  # when ``tokens`` was last brought up to date
     active: int = 0
     window: float = INITIAL_WINDOW
     ceiling: int | None = None  # the level a 421 was seen at, minus one
@@ -92,6 +91,57 @@ def burst(rate: float) -> float:
     return max(1.0, min(MAX_BURST, 2.0 * rate))
 
 
+class RateLimiter(Protocol):
+    """The rate of a member × provider: token buckets in this process
+    (:class:`LocalRate`) or shared by every node (``smtplb.cluster.rate.RedisRate``).
+    Both answer at once: the hot path never waits for I/O."""
+
+    def wait(self, member: str, provider: str, rate: float, now: float) -> float:
+        """0 when one message may go now at ``rate`` (a second), else the seconds
+        until one may (a hint for when to look again)."""
+        ...
+
+    def spend(self, member: str, provider: str, rate: float, now: float) -> None:
+        """One message went."""
+        ...
+
+
+class SuspensionBus(Protocol):
+    """Where a suspension fired here is told to the other workers and nodes
+    (``smtplb.cluster.suspensions.RedisSuspensions``); they call :meth:`Shaping.apply`."""
+
+    def announce(self, member: str | None, provider: str, until: float, rule: str) -> None:
+        """``member`` (None: every member) suspended for ``provider`` until ``until``
+        (Unix time) by ``rule``."""
+        ...
+
+
+@dataclass(slots=True)
+class LocalRate:
+    """Token buckets in this process: ``burst(rate)`` tokens at most, ``rate`` a second."""
+
+    buckets: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+    def _bucket(self, key: tuple[str, str], rate: float, now: float) -> list[float]:
+        b = self.buckets.get(key)
+        if b is None:
+            b = self.buckets[key] = [burst(rate), now]
+        elif now > b[1]:
+            b[0] = min(burst(rate), b[0] + (now - b[1]) * rate)
+            b[1] = now
+        return b
+
+    def wait(self, member: str, provider: str, rate: float, now: float) -> float:
+        tokens = self._bucket((member, provider), rate, now)[0]
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+
+    def spend(self, member: str, provider: str, rate: float, now: float) -> None:
+        self._bucket((member, provider), rate, now)[0] -= 1.0
+
+    def __repr__(self) -> str:
+        return f"LocalRate({len(self.buckets)} buckets)"
+
+
 @dataclass(slots=True)
 class Shaping:
     providers: ProviderTable
@@ -100,15 +150,16 @@ class Shaping:
     lanes: dict[tuple[str, str], Lane] = field(default_factory=dict)
     provider_suspended: dict[str, tuple[float, str]] = field(default_factory=dict)
     wake_at: float | None = None  # earliest time a waiting member gets a token
+    limiter: RateLimiter = field(default_factory=LocalRate)
+    bus: SuspensionBus | None = None  # a cluster's: suspensions seen by every node
 
     def lane(self, member: str, provider: str, now: float) -> Lane:
         lane = self.lanes.get((member, provider))
         if lane is None:
             p = self.providers.get(provider)
-            rate = p.rate if p is not None else None
             limit = p.max_connections if p is not None else None
             window = min(INITIAL_WINDOW, float(limit)) if limit else OPEN_WINDOW
-            lane = Lane(tokens=burst(rate) if rate else 0.0, stamp=now, window=window)
+            lane = Lane(window=window)
             self.lanes[(member, provider)] = lane
         return lane
 
@@ -150,20 +201,14 @@ class Shaping:
             return f"over connections for {provider} ({lane.active} of {limit})"
         rate = self.rate(lane, provider, now)
         if rate is not None:
-            self._refill(lane, rate, now)
-            if lane.tokens < 1.0:
+            wait = self.limiter.wait(member, provider, rate, now)
+            if wait > 0:
                 lane.rate_limited += 1
-                ready = now + (1.0 - lane.tokens) / rate
+                ready = now + wait
                 if self.wake_at is None or ready < self.wake_at:
                     self.wake_at = ready
                 return f"over rate for {provider}"
         return None
-
-    @staticmethod
-    def _refill(lane: Lane, rate: float, now: float) -> None:
-        if now > lane.stamp:
-            lane.tokens = min(burst(rate), lane.tokens + (now - lane.stamp) * rate)
-            lane.stamp = now
 
     # -- what the dispatcher reports ----------------------------------------------
 
@@ -172,8 +217,7 @@ class Shaping:
         lane.active += 1
         rate = self.rate(lane, provider, now)
         if rate is not None:
-            self._refill(lane, rate, now)
-            lane.tokens -= 1.0
+            self.limiter.spend(member, provider, rate, now)
 
     def finished(self, member: str, provider: str, now: float, *, overloaded: bool) -> bool:
         """A delivery ended; ``overloaded``: a 421 or a refused connection (the window
@@ -221,12 +265,16 @@ class Shaping:
             if new:
                 lane.suspended_until, lane.suspended_rule = until, rule.name
                 lane.suspensions += 1
+                if self.bus is not None:
+                    self.bus.announce(member, provider, self.wall(until), rule.name)
         elif rule.action == "suspend_provider":
             held = self.provider_suspended.get(provider)
             new = not (held is not None and held[0] > now and held[1] == rule.name)
             if new:
                 self.provider_suspended[provider] = (until, rule.name)
                 lane.suspensions += 1
+                if self.bus is not None:
+                    self.bus.announce(None, provider, self.wall(until), rule.name)
         elif rule.action == "throttle":
             new = not (lane.throttle_until > now and lane.throttle_rule == rule.name)
             if new:
@@ -235,6 +283,22 @@ class Shaping:
         elif rule.action == "reduce_connections":
             self._decrease(lane, lane.active + 1)
         return Fired(rule, member, provider, until, reply_line(reply), new)
+
+    def apply(self, member: str | None, provider: str, until: float, rule: str) -> None:
+        """A suspension another worker or node announced (``until``: Unix time): it holds
+        here too, unless one that lasts longer already does."""
+        now = self.clock.monotonic()
+        ends = now + (until - self.clock.wall())
+        if ends <= now:
+            return
+        if member is None:
+            held = self.provider_suspended.get(provider)
+            if held is None or held[0] < ends:
+                self.provider_suspended[provider] = (ends, rule)
+            return
+        lane = self.lane(member, provider, now)
+        if lane.suspended_until < ends:
+            lane.suspended_until, lane.suspended_rule = ends, rule
 
     # -- for operators ------------------------------------------------------------
 

@@ -32,6 +32,12 @@ from smtplb.reputation.book import provider_of as book_provider_of
 
 DAY = 86400.0
 HOUR = 3600.0
+# A cluster backend's member whose lease of the cap is on its way (Status.wait): it
+# waits (a WAIT filter), it is not excluded.
+LEASE_WAIT = "waiting for a warm-up lease"
+LEASE_RETRY = 1.0  # a job deferred for it anyway is due again this soon
+AWAY_SHARE = "local share of the warm-up cap while Redis is away"
+AWAY_RETRY = 5.0  # … for a local share used while Redis is away
 OTHER = "other"
 IDLE_RESTART_DAYS = 30
 
@@ -224,6 +230,9 @@ class Status:
     sent: int  # taken today
     hourly_cap: int | None
     hour_sent: int
+    # Why the member waits although the counts allow it (a cluster backend waiting
+    # for its lease, or its local share used while Redis is away); None: it does not.
+    wait: str | None = None
 
     @property
     def warm(self) -> bool:
@@ -231,6 +240,8 @@ class Status:
 
     def skip_reason(self, n: int = 1) -> str | None:
         """Why the member may not take ``n`` more messages for this provider now."""
+        if self.wait is not None:
+            return self.wait
         if self.cap is None:
             return None
         if self.sent + n > self.cap:

@@ -28,9 +28,13 @@ from smtplb.clock import Clock
 from smtplb.config import Config
 from smtplb.observability.record import DeliveryRecord
 from smtplb.reputation.warmup import (
+    AWAY_RETRY,
+    AWAY_SHARE,
     DAY,
     DEFAULT_SCHEDULE,
     HOUR,
+    LEASE_RETRY,
+    LEASE_WAIT,
     Decision,
     Thresholds,
     WarmupPolicy,
@@ -122,7 +126,15 @@ class WarmupGate:
             status = self.state.status(member.name, request_provider(request), self.clock.wall())
         except sqlite3.Error as exc:  # fail closed: without counts, no warm-up traffic
             return f"warm-up counts unavailable ({exc})"
-        return status.skip_reason()
+        return None if status.wait == LEASE_WAIT else status.skip_reason()
+
+    def waiting(self, member: _Named, request: _Request, now: float) -> str | None:
+        """WAIT: a cluster backend's lease of the cap is on its way (milliseconds): the
+        job waits in its lane, or goes to a member that can take it now."""
+        if member.name not in self.members or not request.recipient_domain:
+            return None
+        status = self.state.status(member.name, request_provider(request), self.clock.wall())
+        return LEASE_WAIT if status.wait == LEASE_WAIT else None
 
     def reserve(self, member: _Named, request: _Request, n: int, now: float) -> str | None:
         if member.name not in self.members:
@@ -148,9 +160,15 @@ class WarmupGate:
     def frees_at(self, member: _Named, request: _Request, reason: str) -> float | None:
         """When ``member`` may take this provider's mail again, if ``reason`` is its
         warm-up cap: the next hour for the hourly cap, the next UTC day for the day's."""
-        if member.name not in self.members or not reason.startswith("warm-up "):
+        if member.name not in self.members:
             return None
         now = self.clock.wall()
+        if reason == LEASE_WAIT:
+            return now + LEASE_RETRY
+        if reason.startswith(AWAY_SHARE):
+            return now + AWAY_RETRY
+        if not reason.startswith("warm-up "):
+            return None
         if reason.startswith("warm-up hourly cap"):
             return (hour_index(now) + 1) * HOUR
         return (day_index(now) + 1) * DAY

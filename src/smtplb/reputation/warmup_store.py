@@ -59,6 +59,9 @@ KEEP_DAYS = 40  # outcome rows kept (the idle restart looks back 30 days)
 
 
 class WarmupState(Protocol):
+    policy: WarmupPolicy  # a reload replaces them
+    starts: dict[str, int | None]  # the members in warm-up and their start day
+
     def status(self, member: str, provider: str, now: float) -> Status:
         """Where ``member`` stands for ``provider`` at ``now`` (no write)."""
         ...

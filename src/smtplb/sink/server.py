@@ -178,7 +178,7 @@ class SinkServer:
             max_message_size=profile.max_message_size,
             max_recipients=profile.max_recipients,
             relay_allowed=True,
-            check_recipient=lambda address: self._check_recipient(address, client_ip),
+            check_recipient=lambda address, _sender: self._check_recipient(address, client_ip),
         )
 
     def _refuse_client(self, ip: str, open_now: int) -> Reply | None:
