@@ -307,7 +307,6 @@ def build_budget(
     return ComplaintBudget(store, BudgetPolicy.of(config), clock, on_change=changed)
 
 
-
 def build_warmup(
     config: Config,
     data_dir: Path,
