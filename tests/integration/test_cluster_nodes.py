@@ -79,7 +79,10 @@ def test_an_unreachable_redis_leaves_the_node_running_and_alone_in_its_view(
     node = smtplb(*node_config(tmp_path, "lonely", upstream.port, dead)).start()
     wait_until(lambda: node.api("/api/v1/cluster")[1]["redis"] == "down", 10, "Redis down")
     assert list(listed(node)) == ["lonely"]
-    assert any("Redis at 127.0.0.1:" in line and "unreachable" in line for line in node.output)
+    assert any(
+        "Redis at redis://127.0.0.1:" in line and "unreachable" in line for line in node.output
+    )
+    assert any("heartbeats of node lonely paused" in line for line in node.output)
     send_all(node.smtp_port, ["x@example.org"])
     assert upstream.wait_for(1, 10)  # mail flows without Redis
     assert node.stop() == 0

@@ -28,6 +28,8 @@ DASHBOARD = DEPLOY / "grafana" / "smtplb.json"
 RULES = DEPLOY / "prometheus" / "smtplb-rules.yml"
 METRIC = re.compile(r"\bsmtplb_[a-z0-9_]+")
 SELECTOR = re.compile(r"\b(smtplb_[a-z0-9_]+)\{([^}]*)\}")
+
+
 # Used by the rules and the dashboard, exported by a part merged on its own: the Redis
 # state backends (issue 16, items 1-3) export smtplb_cluster_redis_up. Empty this once
 # they are in: the test then holds the name to the exports like every other.

@@ -141,10 +141,17 @@ class Heartbeats:
             await self.clock.sleep(self.every)
 
     def _mark(self, up: bool, exc: BaseException | None = None) -> None:
+        # The outage itself is the cluster link's warning (one line each way, for the
+        # operator); these say only what it means for the heartbeats.
         if up and self.up is not True:
             log.info("cluster: heartbeats of node %s reach Redis at %s", self.node, self._where)
         elif not up and self.up is not False:
-            log.warning("cluster: Redis at %s unreachable for heartbeats: %s", self._where, exc)
+            log.info(
+                "cluster: heartbeats of node %s paused (Redis at %s: %s)",
+                self.node,
+                self._where,
+                exc,
+            )
         self.up = up
 
     @property
