@@ -167,8 +167,8 @@ def test_a_domain_scoped_entry_refuses_only_mail_from_that_sender_domain(
 def test_an_addition_and_a_removal_reach_every_worker_at_once(
     tmp_path: Path, sinks: Callable[..., ThreadedSink], smtplb: Callable[..., Smtplb]
 ) -> None:
-    text, smtp_port, http_port = relay_config(tmp_path / "var", [sinks().port])
-    node = smtplb("workers = 2\n" + text, smtp_port, http_port).start()
+    text, smtp_port, http_port = relay_config(tmp_path / "var", [sinks().port], workers=2)
+    node = smtplb(text, smtp_port, http_port).start()
     wait_until(
         lambda: sum("smtplb listening" in line for line in node.output) == 2, 20, "both workers"
     )
