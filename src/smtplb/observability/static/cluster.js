@@ -12,7 +12,7 @@
   const el = window.smtplbEl; // from dashboard.js, loaded before this file
 
   const health = (h) => Object.entries(h || {}).map(([state, n]) => `${n} ${state}`).join(", ") || "—";
-  const REDIS = { off: "no Redis: this node only", up: "Redis up", down: "Redis unreachable: this node only", unknown: "Redis: not tried yet" };
+  const REDIS = { off: "no Redis: this node only", up: "Redis up", down: "Redis unreachable: shared limits fall back to a local share", unknown: "Redis: not tried yet" };
 
   function render(d) {
     const redis = card.querySelector("#cluster-redis");
