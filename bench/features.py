@@ -248,6 +248,16 @@ def report(
         + ("not set (default)" if args.smtplb_workers is None else str(args.smtplb_workers)),
         *(f"- {k}: {v}" for k, v in info.items()),
         "",
+        *(
+            [
+                f"**A smoke run** ({args.messages:,} messages, {args.runs} run): a check that"
+                " the script works, not a measurement. The measurement is"
+                " `python bench/features.py` (20,000 messages, 2 runs) on a quiet machine.",
+                "",
+            ]
+            if args.messages < 5000 or args.runs < 2
+            else []
+        ),
         "Medians of the runs:",
         "",
         *table(rows, args.suppressions),
