@@ -17,19 +17,21 @@ with the machine's other load; CPU per message does less.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 
-import redis
-from harness import SINK_HOSTS, SinkSet, SmtplbServer, find_tools, section_marker, update_results
-from procs import Workdir, free_port, free_port_on_all, reap_orphans, stop_process, tree_cpu
+from harness import (
+    SINK_HOSTS,
+    RedisServer,
+    SinkSet,
+    SmtplbServer,
+    find_tools,
+    section_marker,
+    update_results,
+)
+from procs import Workdir, free_port_on_all, reap_orphans
 from run import CASES, RunResult, fmt, median, one_run
 
-SCRIPT_INSIDE = frozenset(
-    {"time", "get", "set", "hget", "hmget", "hset", "hincrby", "expire", "pexpire"}
-    | {"zadd", "zremrangebyscore", "zcard", "sadd", "info"}
-)
 SHARED_LIMITS = """
 [warmup]
 schedule = [100000000]
@@ -66,13 +68,6 @@ def limited(config: str, redis_url: str | None) -> str:
     return text
 
 
-def commands_sent(client: redis.Redis) -> int:
-    stats = client.info("commandstats")
-    return sum(
-        int(v["calls"]) for k, v in stats.items() if k.removeprefix("cmdstat_") not in SCRIPT_INSIDE
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=5000)
@@ -86,36 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     tools = find_tools(install=False)
     rows: list[tuple[RunResult, float | None, float | None]] = []
     with Workdir(False, None) as work:
-        port = free_port()
-        (work / "redis").mkdir()
-        server = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
-                *("--appendonly", "no", "--dir", str(work / "redis")),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=port)
+        server = RedisServer(work / "redis")
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+            server.start()
             sinks = SinkSet(tools, free_port_on_all(SINK_HOSTS))
             servers = {}
-            for name, url in (("embedded", None), ("redis", f"redis://127.0.0.1:{port}/0")):
+            for name, url in (("embedded", None), ("redis", server.url)):
                 s = SmtplbServer(work / name, sinks.relays, name=name)
                 s.config_text = limited(s.config_text, url)
                 servers[name] = s
             for run in range(1, args.runs + 1):
                 order = ("embedded", "redis") if run % 2 else ("redis", "embedded")
                 for name in order:
-                    sent0, cpu0 = commands_sent(client), tree_cpu(server.pid)
+                    since = server.usage()
                     r = one_run(
                         tools,
                         servers[name],
@@ -126,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                         sessions=args.sessions,
                         timeout=args.timeout,
                     )
-                    delivered = max(1, sum(r.counts))
-                    ops = (commands_sent(client) - sent0) / delivered if name == "redis" else None
-                    rcpu = 1000 * (tree_cpu(server.pid) - cpu0) / delivered if ops else None
+                    ops = rcpu = None
+                    if name == "redis":
+                        ops, rcpu_us = server.per_message(since, sum(r.counts))
+                        rcpu = rcpu_us / 1000
                     rows.append((r, ops, rcpu))
                     print(
                         f"case {case.key} run {run} {name:<8} accept {fmt(r.accept_rate)} msg/s"
@@ -139,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
         finally:
-            stop_process(server, 5)
+            server.stop()
             reap_orphans()
     text = report(args, rows)
     print(text)

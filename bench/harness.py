@@ -31,6 +31,7 @@ from procs import (
     reap,
     stop_process,
     tree,
+    tree_cpu,
     vm_hwm,
     wait_banner,
 )
@@ -499,13 +500,20 @@ def suppression_db(path: Path, entries: int) -> Path:
     from smtplb.reputation.embedded import SUPPRESSION_FILE, SqliteState
 
     path = path.with_name(SUPPRESSION_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
     SqliteState(path.with_name("prefill-spool.db"), path).close()
-    with sqlite3.connect(path) as conn:
-        conn.executemany(
-            "INSERT INTO suppression (address, reason, source, created_at)"
-            " VALUES (?, '', 'import', 0)",
-            ((f"suppressed{i}@list.bench.test",) for i in range(entries)),
-        )
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.executemany(
+                "INSERT INTO suppression (address, reason, source, created_at)"
+                " VALUES (?, '', 'import', 0)",
+                ((f"suppressed{i}@list.bench.test",) for i in range(entries)),
+            )
+        # Only this file is copied into data_dir: nothing of the list may stay in the WAL.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
     return path
 
 
@@ -609,6 +617,82 @@ class SmtplbServer(Server):
         ]
 
 
+# -- redis ------------------------------------------------------------------------------
+
+# Commands Lua scripts run inside EVALSHA: INFO commandstats counts them too, smtplb did not
+# send them (and INFO is the bench's own).
+SCRIPT_INSIDE = frozenset(
+    {"time", "get", "set", "hget", "hmget", "hset", "hincrby", "expire", "pexpire"}
+    | {"zadd", "zremrangebyscore", "zcard", "sadd", "info"}
+)
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on a free port (no persistence), for ``[cluster] redis``."""
+
+    def __init__(self, work: Path) -> None:
+        self.work, self.port = work, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 10) -> RedisServer:
+        import redis
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise BenchError("redis-server is required (Debian: apt-get install redis-server)")
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                *(binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "no", "--dir", str(self.work)),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        self.client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.client.ping()
+                return self
+            except redis.ConnectionError as exc:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise BenchError(f"redis-server did not answer: {exc}") from exc
+                time.sleep(0.05)
+
+    def commands_sent(self) -> int:
+        """Commands clients sent so far (INFO commandstats, without SCRIPT_INSIDE)."""
+        stats = self.client.info("commandstats")
+        return sum(
+            int(v["calls"])
+            for k, v in stats.items()
+            if k.removeprefix("cmdstat_") not in SCRIPT_INSIDE
+        )
+
+    def usage(self) -> tuple[int, float]:
+        """Commands sent so far and redis-server's CPU seconds: a point to measure from."""
+        return self.commands_sent(), tree_cpu(self.pid)
+
+    def per_message(self, since: tuple[int, float], messages: int) -> tuple[float, float]:
+        """Commands and redis-server CPU µs per message since ``usage()`` said ``since``."""
+        sent, cpu = self.usage()
+        n = max(1, messages)
+        return (sent - since[0]) / n, 1e6 * (cpu - since[1]) / n
+
+    def stop(self) -> None:
+        stop_process(self.proc, 5)
+        self.proc = None
+
+
 # -- load -------------------------------------------------------------------------------
 
 
@@ -620,6 +704,7 @@ def source_command(
     size: int,
     sessions: int,
     per_connection: bool,
+    recipient: str = RECIPIENT,
 ) -> list[str]:
     """smtp-source: ``sessions`` parallel sessions, ``size`` bytes of payload, one
     recipient each (``-N`` numbers them so no two are the same); ``-d`` keeps each
@@ -627,8 +712,18 @@ def source_command(
     cmd = [tools.smtp_source, "-s", str(sessions), "-l", str(size), "-m", str(messages), "-N"]
     if per_connection:
         cmd.append("-d")
-    cmd += ["-M", "client.bench.test", "-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{port}"]
+    cmd += ["-M", "client.bench.test", "-f", SENDER, "-t", recipient, f"127.0.0.1:{port}"]
     return cmd
+
+
+def split_load(messages: int, sessions: int, domains: Sequence[str]) -> list[tuple[int, int, str]]:
+    """The same load spread over recipient domains: one smtp-source per domain, the
+    messages and sessions shared out (the first ones take the remainders)."""
+    n = len(domains)
+    return [
+        (messages // n + (i < messages % n), max(1, sessions // n + (i < sessions % n)), d)
+        for i, d in enumerate(domains)
+    ]
 
 
 def shown_argv(script: str, argv: Sequence[str]) -> str:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness import (
+    RECIPIENT,
     SINK_HOSTS,
     HaproxyTcp,
     PostfixRelay,
@@ -39,6 +40,7 @@ from harness import (
     shown,
     shown_argv,
     source_command,
+    split_load,
     suppression_db,
     update_results,
 )
@@ -136,29 +138,40 @@ def one_run(
     messages: int,
     sessions: int,
     timeout: float,
+    domains: Sequence[str] = (),
 ) -> RunResult:
+    """One server, one load: a single smtp-source, or with ``domains`` one per recipient
+    domain sharing the messages and sessions out (``harness.split_load``)."""
     sinks.start()
-    src: subprocess.Popen[bytes] | None = None
+    srcs: list[subprocess.Popen[bytes]] = []
     server.start()
     try:
         time.sleep(SETTLE)  # start-up work stays out of the measurement
-        cmd = source_command(
-            tools,
-            server.port,
-            messages=messages,
-            size=case.size,
-            sessions=sessions,
-            per_connection=case.per_connection,
-        )
+        loads = split_load(messages, sessions, domains) if domains else [(messages, sessions, "")]
+        cmds = [
+            source_command(
+                tools,
+                server.port,
+                messages=m,
+                size=case.size,
+                sessions=n,
+                per_connection=case.per_connection,
+                recipient=f"rcpt@{d}" if d else RECIPIENT,
+            )
+            for m, n, d in loads
+        ]
         cpu0, busy0 = tree_cpu(server.pid), machine_busy()
         accept = e2e = None
         with MemorySampler(server.pid) as memory:
             t0 = time.perf_counter()
-            src = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            srcs = [
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                for cmd in cmds
+            ]
             deadline, last_total, last_change = t0 + timeout, -1, t0
             while True:
                 now = time.perf_counter()
-                if accept is None and src.poll() is not None:
+                if accept is None and all(src.poll() is not None for src in srcs):
                     accept = now - t0
                 total = sinks.total()
                 if e2e is None and total >= messages:
@@ -169,14 +182,15 @@ def one_run(
                     break
                 if now > deadline:
                     break
-                if accept is not None and src.returncode != 0 and now - last_change > 10:
+                if accept is not None and _source_rc(srcs) != 0 and now - last_change > 10:
                     break  # smtp-source gave up; what it did send has arrived
                 time.sleep(0.002)
             busy1 = machine_busy()
             time.sleep(SETTLE)
             cpu1 = tree_cpu(server.pid)
-        err = src.stderr.read().decode(errors="replace") if src.stderr else ""
-        stop_process(src, 5)
+        for src in srcs:
+            stop_process(src, 5)
+        err = "".join(src.stderr.read().decode(errors="replace") for src in srcs if src.stderr)
         return RunResult(
             case=case.key,
             server=server.name,
@@ -190,15 +204,24 @@ def one_run(
             processes=memory.peak.processes,
             machine_busy_s=busy1 - busy0,
             counts=sinks.counts(),
-            source_rc=src.returncode,
+            source_rc=_source_rc(srcs),
             source_err=err.strip()[-500:],
             warnings=server.warnings(),
         )
     finally:
-        stop_process(src, 5)
+        for src in srcs:
+            stop_process(src, 5)
         server.stop()
         sinks.stop()
         reap_orphans()
+
+
+def _source_rc(srcs: Sequence[subprocess.Popen[bytes]]) -> int | None:
+    """The load's exit status: None while one runs, else the first non-zero, else 0."""
+    codes = [src.poll() for src in srcs]
+    if None in codes:
+        return None
+    return next((c for c in codes if c), 0)
 
 
 def fmt(value: float | None, spec: str = ",.0f") -> str:
