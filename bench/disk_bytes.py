@@ -8,13 +8,15 @@ Measured over the smtplb process tree, from before the load until every message 
 reached a sink: ``write_bytes`` of ``/proc/PID/io`` (bytes the processes caused to be
 sent to the block layer: the spool, its WAL and checkpoints, the log) and user + system
 CPU, each per message, and the end-to-end rate (wall clock: the machine is shared).
-``--strace`` also runs ``strace -c -f`` on smtplb for the syscall mix.
+``--strace -c`` also runs ``strace -c -f`` on smtplb for the syscall mix (``--strace
+'-y -e trace=write,pwrite64' --strace-out FILE`` for the bytes per file).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,12 +64,13 @@ def one_run(args: argparse.Namespace, work: Path, run: int) -> dict[str, float]:
     server = SmtplbServer(work / f"smtplb-{run}", [f"{h}:{port}" for h in SINK_HOSTS],
                           workers=args.workers)  # fmt: skip
     strace: subprocess.Popen[bytes] | None = None
+    out = args.strace_out or work / f"strace-{run}.txt"
     try:
         time.sleep(0.5)
         server.start()
         if args.strace:
             strace = subprocess.Popen(
-                ["strace", "-c", "-f", "-p", str(server.pid), "-o", str(work / f"strace-{run}.txt")]
+                ["strace", *args.strace.split(), "-f", "-p", str(server.pid), "-o", str(out)]
             )
             time.sleep(1.0)
         cmd = source_command(
@@ -86,7 +89,8 @@ def one_run(args: argparse.Namespace, work: Path, run: int) -> dict[str, float]:
         wb1, cpu1 = tree_write_bytes(server.pid), tree_cpu(server.pid)
         if strace is not None:
             stop_process(strace, 10)
-            print((work / f"strace-{run}.txt").read_text()[:4000])
+            if args.strace_out is None:
+                print(out.read_text()[:4000])
         n = args.messages
         return {
             "write_bytes_per_msg": (wb1 - wb0) / n,
@@ -108,12 +112,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--per-connection", action="store_true", help="case (d): smtp-source -d")
-    parser.add_argument("--strace", action="store_true", help="strace -c -f smtplb")
+    parser.add_argument(
+        "--strace", default="", help="run strace with these options (e.g. '-c') on smtplb"
+    )
+    parser.add_argument("--strace-out", type=Path, default=None, help="keep strace's output")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (spools, logs)")
     args = parser.parse_args()
     args.tools = find_tools(install=False)
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    tmp = tempfile.mkdtemp(dir=args.workdir)
+    try:
         for run in range(args.runs):
             r = one_run(args, Path(tmp), run)
             print(
@@ -123,6 +132,11 @@ def main() -> None:
                 f" {r['rate']:,.0f} msg/s end to end (wall clock)",
                 flush=True,
             )
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from smtplb.spool.base import (
     SpoolError,
     TraceStep,
 )
-from smtplb.spool.schema import SCHEMA_VERSION, connect_reader, connect_writer
+from smtplb.spool.schema import SCHEMA_VERSION, connect_reader, connect_writer, create_file
 from smtplb.spool.segments import SEGMENT_MAX, SegmentStore, segments_dir
 from smtplb.spool.writer import GroupWriter
 
@@ -63,6 +63,8 @@ class SqliteSpool:
         # False when another process owns this spool (a worker's shard seen from the
         # API worker): then in-flight recipients are that process's, not a crash's.
         self.recover = recover
+        if recover:
+            create_file(self.path)
         # Message content, written once (not to the WAL and again at checkpoint).
         self.segments = SegmentStore(
             segments_dir(self.path), segment_max=segment_max, owner=recover
