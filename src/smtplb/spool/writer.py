@@ -12,6 +12,12 @@ statement). A failed COMMIT fails every caller of the batch with
 :class:`SpoolError` and the next batch starts clean. Futures are resolved on
 their event loop with ``call_soon_threadsafe``.
 
+Files written beside the database (the content segments, a :class:`Companion`)
+follow each transaction: operations append to them, they are made durable just
+before COMMIT (so no committed row points to bytes that could be lost), what a
+rolled-back transaction appended is dropped, and after each commit they give back
+what is no longer used.
+
 *Lazy* operations (delivery results) do not start a commit of their own: the
 upstream already has the message, so nobody waits for them to be durable before
 answering anyone. They ride along with the next batch that must be committed
@@ -33,7 +39,8 @@ A full disk
 * The WAL is kept small while the disk is low (free space under ``low_space``):
   after each commit, a WAL over ``low_space_wal`` bytes is checkpointed and
   truncated, and so is it after every write that failed for want of space, so
-  the WAL gives back what it holds instead of filling the disk again.
+  the WAL gives back what it holds instead of filling the disk again (a
+  truncation the full disk refused is tried again after the next commit).
 """
 
 from __future__ import annotations
