@@ -121,10 +121,14 @@ def claim(
         prio = _next_priority(conn, prio)
     if not rows:
         return []
-    conn.executemany(
-        "UPDATE recipients SET state=?, updated_at=? WHERE rid=?",
-        [(INFLIGHT, stamp, row[0]) for row in rows],
-    )
+    # One statement per chunk, not one per recipient (a GIL hand-over each).
+    rids = [row[0] for row in rows]
+    for chunk in _chunks(rids):
+        size = _bucket(len(chunk))
+        conn.execute(
+            f"UPDATE recipients SET state=?, updated_at=? WHERE rid IN ({_qmarks(size)})",
+            [INFLIGHT, stamp, *chunk, *[chunk[0]] * (size - len(chunk))],
+        )
     msg_pks = list(dict.fromkeys(row[1] for row in rows))
     messages: dict[int, ClaimedMessage] = {}
     for chunk in _chunks(msg_pks):
