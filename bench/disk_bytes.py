@@ -70,7 +70,14 @@ def one_run(args: argparse.Namespace, work: Path, run: int) -> dict[str, float]:
         server.start()
         if args.strace:
             strace = subprocess.Popen(
-                ["strace", *args.strace.split(), "-f", "-p", str(server.pid), "-o", str(out)]
+                [
+                    "strace",
+                    *args.strace.split(),
+                    "-f",
+                    "-o",
+                    str(out),
+                    *(f"-p{st.pid}" for st in tree(server.pid)),
+                ]
             )
             time.sleep(1.0)
         cmd = source_command(

@@ -58,6 +58,7 @@ from smtplb.reputation.warmup_store import SqliteWarmupState
 from smtplb.routing.providers import ProviderTable
 from smtplb.service import Service
 from smtplb.spool.base import Spool
+from smtplb.spool.schema import create_file
 from smtplb.spool.shards import shard_path
 from smtplb.spool.sqlite import SqliteSpool
 
@@ -87,7 +88,9 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     if webhooks is not None:
         delivery_log.listeners.append(webhooks.on_record)
     traces = TraceBook(persist=spool.note_trace)  # stored with the spool's next commit
-    # Reputation state lives in the node's first spool database, shared by the workers.
+    # Reputation state lives in the node's first spool database, shared by the workers:
+    # whichever worker comes first creates that file, with the spool's page size.
+    create_file(shard_path(data_dir, 0))
     state = SqliteState(shard_path(data_dir, 0))
     experiments = Experiments(
         config.experiments,
