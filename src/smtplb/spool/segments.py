@@ -21,6 +21,12 @@ Life of a segment
 * On open, files that no live row points to are removed (bytes of a batch that
   never committed, or a segment whose unlink a crash interrupted).
 
+Not done yet: compaction. A segment is removed only when *all* its messages are done,
+so one message deferred for days keeps its whole segment (up to ``segment_max``) on
+disk; a backlog of long-deferred mail spread over many segments can hold far more
+disk than its own size. The fix is to copy the few live messages of a mostly-dead
+segment into the current one (and point their rows there) so it can go.
+
 Reads are ``os.pread`` on a file descriptor (the writer thread keeps a few open;
 other threads open and close per read).
 """
