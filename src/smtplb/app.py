@@ -78,6 +78,7 @@ from smtplb.routing.providers import ProviderTable
 from smtplb.service import Service
 from smtplb.smtp.reply import Reply
 from smtplb.spool.base import Spool
+from smtplb.spool.schema import create_file
 from smtplb.spool.shards import shard_path
 from smtplb.spool.sqlite import SqliteSpool
 
@@ -112,8 +113,10 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     if config.cluster.redis is not None:
         cluster = ClusterLink(config.cluster.redis, config.cluster.node, worker, data_dir / "run")
         metrics.set_cluster(cluster)
-    # Reputation state lives in the node's first spool database, shared by the workers
-    # (with a cluster it is the node's replica of the suppression list kept in Redis).
+    # Reputation state lives beside the node's first spool database, shared by the workers
+    # (with a cluster it is the node's replica of the suppression list kept in Redis);
+    # whichever worker comes first creates that file, with the spool's page size.
+    create_file(shard_path(data_dir, 0))
     state: State = SqliteState(shard_path(data_dir, 0))
     if cluster is not None:
         state = RedisSuppressionState(

@@ -9,6 +9,7 @@ a failed commit, and durability across ``kill -9``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import sqlite3
@@ -840,9 +841,16 @@ def test_sqlite_disk_full_fails_closed_then_recovers(db: Path) -> None:
         spool = SqliteSpool(db)
         await spool.open()
         await spool.store(msg("small"))
-        # "Disk full": the file may not grow past a few pages. SQLite then rolls
-        # back the whole transaction; the spool reruns the rest of the batch.
-        await spool._write(lambda c: c.execute("PRAGMA max_page_count = 20"))
+        # "Disk full": the content segment may not grow past 100 kB. The transaction
+        # is rolled back; the spool reruns the rest of the batch.
+        append = spool.segments.append
+
+        def small_disk(data: bytes) -> tuple[int, int]:
+            if len(data) > 100_000:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return append(data)
+
+        spool.segments.append = small_disk  # type: ignore[method-assign]
         async with Gate(spool):
             tasks = [
                 asyncio.create_task(spool.store(m))
@@ -852,7 +860,7 @@ def test_sqlite_disk_full_fails_closed_then_recovers(db: Path) -> None:
         a, big, b = await asyncio.gather(*tasks, return_exceptions=True)
         assert isinstance(big, SpoolError) and "full" in str(big)
         assert isinstance(a, ClaimedMessage) and isinstance(b, ClaimedMessage)
-        await spool._write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+        spool.segments.append = append  # type: ignore[method-assign]
         await spool.store(msg("big", content=b"x" * 1_000_000))
         assert [m.queue_id for m in await spool.list_messages()] == ["big", "b", "a", "small"]
         await spool.close()

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
@@ -31,6 +32,7 @@ from smtplb.spool.base import (
     TraceStep,
 )
 from smtplb.spool.schema import FINAL_FROM, INFLIGHT, NON_FINAL, QUEUED, READY
+from smtplb.spool.segments import SegmentStore, read_content
 
 _MSG_COLS = "pk, queue_id, sender, message_id, size, received_at, expires_at, content_class, is_dsn"
 _RCPT_COLS = (
@@ -54,9 +56,6 @@ def _bucket(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-_BLOB_IN_PLACE: Final = 1_000_000  # bytes of content above which store() uses blobopen
-
-
 def _qmarks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -64,23 +63,21 @@ def _qmarks(n: int) -> str:
 # -- writes (on the writer's connection, inside its transaction) -----------------
 
 
-def store(conn: sqlite3.Connection, m: NewMessage, inflight: bool, now: float) -> ClaimedMessage:
-    # A large message goes in through incremental blob I/O: binding it would make
-    # SQLite copy it twice more (the bound value, then the record).
-    large = len(m.content) > _BLOB_IN_PLACE
+def store(
+    conn: sqlite3.Connection, m: NewMessage, inflight: bool, now: float, segments: SegmentStore
+) -> ClaimedMessage:
+    # The content goes to a segment file (written once, synced before COMMIT), the
+    # row says where: SQLite would write it twice (WAL, then checkpoint).
+    seg, seg_off = segments.append(m.content)
     cur = conn.execute(
         "INSERT INTO messages(queue_id, sender, message_id, size, received_at, expires_at,"
-        " client_ip, auth_user, content_class, is_dsn, content)"
-        f" VALUES (?,?,?,?,?,?,?,?,?,?,{'zeroblob(?)' if large else '?'})",
+        " client_ip, auth_user, content_class, is_dsn, seg, seg_off)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         (m.queue_id, m.sender, m.message_id, len(m.content), m.received_at, m.expires_at,
-         m.client_ip, m.auth_user, m.content_class, int(m.is_dsn),
-         len(m.content) if large else m.content),
+         m.client_ip, m.auth_user, m.content_class, int(m.is_dsn), seg, seg_off),
     )  # fmt: skip
     msg_pk = cur.lastrowid
     assert msg_pk is not None
-    if large:
-        with conn.blobopen("messages", "content", msg_pk) as blob:
-            blob.write(m.content)
     stored = ClaimedMessage(
         msg_pk, m.queue_id, m.sender, m.message_id, m.content, m.received_at, m.expires_at,
         m.content_class, m.is_dsn, client_ip=m.client_ip,
@@ -100,7 +97,13 @@ def store(conn: sqlite3.Connection, m: NewMessage, inflight: bool, now: float) -
     return stored
 
 
-def claim(conn: sqlite3.Connection, now: float, limit: int, stamp: float) -> list[ClaimedMessage]:
+def claim(
+    conn: sqlite3.Connection,
+    now: float,
+    limit: int,
+    stamp: float,
+    read: Callable[[int, int, int], bytes],
+) -> list[ClaimedMessage]:
     rows: list[tuple[int, int, str, str, int, int]] = []
     # Skip from one priority present to the next: one index seek each, however
     # deep the queue; within a priority, a range scan of due recipients.
@@ -118,20 +121,26 @@ def claim(conn: sqlite3.Connection, now: float, limit: int, stamp: float) -> lis
         prio = _next_priority(conn, prio)
     if not rows:
         return []
-    conn.executemany(
-        "UPDATE recipients SET state=?, updated_at=? WHERE rid=?",
-        [(INFLIGHT, stamp, row[0]) for row in rows],
-    )
+    # One statement per chunk, not one per recipient (a GIL hand-over each).
+    rids = [row[0] for row in rows]
+    for chunk in _chunks(rids):
+        size = _bucket(len(chunk))
+        conn.execute(
+            f"UPDATE recipients SET state=?, updated_at=? WHERE rid IN ({_qmarks(size)})",
+            [INFLIGHT, stamp, *chunk, *[chunk[0]] * (size - len(chunk))],
+        )
     msg_pks = list(dict.fromkeys(row[1] for row in rows))
     messages: dict[int, ClaimedMessage] = {}
     for chunk in _chunks(msg_pks):
-        for pk, qid, sender, mid, recv, exp, cclass, dsn, ip, content in conn.execute(
+        for pk, qid, sender, mid, recv, exp, cclass, dsn, ip, seg, off, size, blob in conn.execute(
             "SELECT pk, queue_id, sender, message_id, received_at, expires_at, content_class,"
-            f" is_dsn, client_ip, content FROM messages WHERE pk IN ({_qmarks(len(chunk))})",
+            " is_dsn, client_ip, seg, seg_off, size, content FROM messages"
+            f" WHERE pk IN ({_qmarks(len(chunk))})",
             chunk,
         ):
+            content = read(seg, off, size) if seg is not None else blob or b""
             messages[pk] = ClaimedMessage(
-                pk, qid, sender, mid, content or b"", recv, exp, cclass, bool(dsn), client_ip=ip
+                pk, qid, sender, mid, content, recv, exp, cclass, bool(dsn), client_ip=ip
             )
     for rid, msg_pk, address, pool, priority, attempts in rows:
         messages[msg_pk].recipients.append(ClaimedRecipient(rid, address, pool, priority, attempts))
@@ -187,7 +196,8 @@ def finalize(
     for chunk in _chunks(msg_pks):
         size = _bucket(len(chunk))
         conn.execute(
-            "UPDATE messages SET final_at = ?, content = CASE WHEN ? THEN NULL ELSE content END"
+            "UPDATE messages SET final_at = ?1, content = CASE WHEN ?2 THEN NULL ELSE content END,"
+            " seg = CASE WHEN ?2 THEN NULL ELSE seg END"
             f" WHERE pk IN ({_qmarks(size)}) AND final_at IS NULL AND NOT EXISTS"
             " (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)",
             [now, release, *chunk, *[chunk[0]] * (size - len(chunk)), FINAL_FROM],
@@ -375,9 +385,16 @@ def _views(conn: sqlite3.Connection, pks: list[int]) -> list[MessageView]:
     return [views[pk] for pk in pks if pk in views]
 
 
-def get_content(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
-    row = conn.execute("SELECT content FROM messages WHERE queue_id=?", (queue_id,)).fetchone()
-    return None if row is None or row[0] is None else bytes(row[0])
+def get_content(conn: sqlite3.Connection, queue_id: str, directory: Path) -> bytes | None:
+    row = conn.execute(
+        "SELECT seg, seg_off, size, content FROM messages WHERE queue_id=?", (queue_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    seg, off, size, blob = row
+    if seg is not None:
+        return read_content(directory, seg, off, size)
+    return None if blob is None else bytes(blob)
 
 
 def read_trace(conn: sqlite3.Connection, queue_id: str) -> list[TraceStep]:

@@ -6,18 +6,22 @@ state and last reply), ``state_counts`` (recipient counts per state, kept by
 triggers so that stats never scan) and ``traces`` (the steps ``queue show``
 prints, one row per step).
 
-Version 2 added ``traces``; a version-1 file is upgraded in place when opened.
+Version 2 added ``traces``; version 3 moved new messages' content out of SQLite into
+segment files (:mod:`~smtplb.spool.segments`): ``messages.seg``/``seg_off`` say where,
+``segments`` counts each file's live messages. Rows written before keep their
+``content`` in SQLite and are read from there. Older files are upgraded in place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
 from smtplb.model import RecipientState
 from smtplb.spool.base import SpoolError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 QUEUED = int(RecipientState.QUEUED)
 INFLIGHT = int(RecipientState.INFLIGHT)
@@ -44,6 +48,8 @@ CREATE TABLE IF NOT EXISTS messages (
     content_class TEXT NOT NULL,
     is_dsn INTEGER NOT NULL,
     final_at REAL,          -- set (and content released) when every recipient is final
+    seg INTEGER,            -- content in segment file seg at seg_off (size bytes); NULL when
+    seg_off INTEGER,        -- released, or for rows from before version 3 (content below)
     content BLOB            -- last, so reading the other columns skips its overflow pages
 );
 CREATE INDEX IF NOT EXISTS messages_live_expiry ON messages(expires_at)
@@ -97,7 +103,26 @@ CREATE TABLE IF NOT EXISTS traces (
     details TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS traces_queue_id ON traces(queue_id);
+
+-- Live messages per segment file: a file whose count falls to 0 is removed.
+CREATE TABLE IF NOT EXISTS segments (id INTEGER PRIMARY KEY, live INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS messages_seg_ins AFTER INSERT ON messages
+    WHEN new.seg IS NOT NULL BEGIN
+    INSERT INTO segments(id, live) VALUES (new.seg, 1)
+        ON CONFLICT(id) DO UPDATE SET live = live + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_seg_release AFTER UPDATE OF seg ON messages
+    WHEN old.seg IS NOT NULL AND new.seg IS NULL BEGIN
+    UPDATE segments SET live = live - 1 WHERE id = old.seg;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_seg_del AFTER DELETE ON messages
+    WHEN old.seg IS NOT NULL BEGIN
+    UPDATE segments SET live = live - 1 WHERE id = old.seg;
+END;
 """
+
+# Columns added since version 1 of ``messages`` (ALTER TABLE on upgrade).
+_ADDED_COLUMNS = (("seg", "INTEGER"), ("seg_off", "INTEGER"))
 
 # Speed without weakening durability: synchronous stays FULL (fsync per commit).
 COMMON_PRAGMAS = (
@@ -106,7 +131,12 @@ COMMON_PRAGMAS = (
     "PRAGMA mmap_size=67108864",  # hot pages without syscalls; small, it counts in RSS
     "PRAGMA busy_timeout=10000",
 )
+# Small pages: every commit writes each page it touched to the WAL (and most are
+# touched for one row or two of envelope data now that content is in segment files),
+# so 1 KiB pages write a quarter of what 4 KiB ones would. Only a new file takes it.
+PAGE_SIZE = 1024
 WRITER_PRAGMAS = (
+    f"PRAGMA page_size={PAGE_SIZE}",
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
     # Fewer, larger checkpoints: each one fsyncs the main file inside a commit.
@@ -114,6 +144,24 @@ WRITER_PRAGMAS = (
     "PRAGMA wal_autocheckpoint=4000",
     "PRAGMA journal_size_limit=67108864",
 )
+
+
+def create_file(path: Path) -> None:
+    """Create an empty spool file with the spool's page size, unless there is one.
+
+    Called when the spool is built, before anything else (the reputation state shares
+    worker 0's file) can create it with SQLite's default page size. Errors are left
+    for :func:`connect_writer` to report (a full disk must not stop a start)."""
+    if path.exists():
+        return
+    with contextlib.suppress(sqlite3.Error, OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            conn.execute("PRAGMA journal_mode=WAL")  # writes the header: the size sticks
+        finally:
+            conn.close()
 
 
 def connect_writer(path: Path, *, now: float, recover: bool) -> sqlite3.Connection:
@@ -135,6 +183,7 @@ def connect_writer(path: Path, *, now: float, recover: bool) -> sqlite3.Connecti
                 f" {SCHEMA_VERSION}: upgrade smtplb"
             )
         conn.execute("BEGIN IMMEDIATE")
+        _add_columns(conn)
         # executescript() would COMMIT first; run statement by statement instead.
         for stmt in split_sql(SCHEMA):
             conn.execute(stmt)
@@ -149,6 +198,15 @@ def connect_writer(path: Path, *, now: float, recover: bool) -> sqlite3.Connecti
         conn.close()
         raise
     return conn
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Upgrade a ``messages`` table from before version 3 (none: a new file)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if have:
+        for name, kind in _ADDED_COLUMNS:
+            if name not in have:
+                conn.execute(f"ALTER TABLE messages ADD COLUMN {name} {kind}")
 
 
 def connect_reader(path: Path) -> sqlite3.Connection:

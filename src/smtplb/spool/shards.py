@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from smtplb.spool.base import (
     SpoolError,
     TraceStep,
 )
+from smtplb.spool.segments import segments_dir
 from smtplb.spool.sqlite import SqliteSpool
 
 log = logging.getLogger("smtplb.spool")
@@ -118,6 +120,7 @@ async def adopt_orphans(data_dir: Path, workers: int, into: Spool) -> int:
             continue
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)  # noqa: ASYNC240
+        shutil.rmtree(segments_dir(path), ignore_errors=True)
     return moved
 
 

@@ -31,7 +31,8 @@ from smtplb.spool.base import (
     SpoolError,
     TraceStep,
 )
-from smtplb.spool.schema import SCHEMA_VERSION, connect_reader, connect_writer
+from smtplb.spool.schema import SCHEMA_VERSION, connect_reader, connect_writer, create_file
+from smtplb.spool.segments import SEGMENT_MAX, SegmentStore, segments_dir
 from smtplb.spool.writer import GroupWriter
 
 __all__ = ["SCHEMA_VERSION", "SqliteSpool"]
@@ -53,6 +54,7 @@ class SqliteSpool:
         retry_interval: float = 1.0,
         low_space: int = 64 << 20,
         low_space_wal: int = 1 << 20,
+        segment_max: int = SEGMENT_MAX,
     ) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
@@ -61,6 +63,12 @@ class SqliteSpool:
         # False when another process owns this spool (a worker's shard seen from the
         # API worker): then in-flight recipients are that process's, not a crash's.
         self.recover = recover
+        if recover:
+            create_file(self.path)
+        # Message content, written once (not to the WAL and again at checkpoint).
+        self.segments = SegmentStore(
+            segments_dir(self.path), segment_max=segment_max, owner=recover
+        )
         self.writer = GroupWriter(
             self.path,
             self._connect_writer,
@@ -71,6 +79,7 @@ class SqliteSpool:
             retry_interval=retry_interval,
             low_space=low_space,
             low_space_wal=low_space_wal,
+            files=self.segments,
         )
         self._reader: ThreadPoolExecutor | None = None
         self._rconn: sqlite3.Connection | None = None
@@ -106,7 +115,13 @@ class SqliteSpool:
         self._open = True
 
     def _connect_writer(self) -> sqlite3.Connection:
-        return connect_writer(self.path, now=self.clock.wall(), recover=self.recover)
+        conn = connect_writer(self.path, now=self.clock.wall(), recover=self.recover)
+        try:
+            self.segments.open(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     async def close(self) -> None:
         if not self._open:
@@ -152,12 +167,16 @@ class SqliteSpool:
     # -- the engine ------------------------------------------------------------------
 
     async def store(self, message: NewMessage, *, inflight: bool = False) -> ClaimedMessage:
-        return await self._write(lambda c: queries.store(c, message, inflight, self.clock.wall()))
+        segments = self.segments
+        return await self._write(
+            lambda c: queries.store(c, message, inflight, self.clock.wall(), segments)
+        )
 
     async def claim_ready(self, now: float, limit: int) -> list[ClaimedMessage]:
         if limit <= 0:
             return []
-        return await self._write(lambda c: queries.claim(c, now, limit, self.clock.wall()))
+        read = self.segments.read
+        return await self._write(lambda c: queries.claim(c, now, limit, self.clock.wall(), read))
 
     async def record(self, results: list[RecipientResult]) -> None:
         # Lazy: rides along with the next commit. Kept: a full disk delays it, never drops it.
@@ -224,7 +243,8 @@ class SqliteSpool:
         return await self._read(lambda c: queries.get_view(c, queue_id))
 
     async def get_content(self, queue_id: str) -> bytes | None:
-        return await self._read(lambda c: queries.get_content(c, queue_id))
+        directory = self.segments.directory
+        return await self._read(lambda c: queries.get_content(c, queue_id, directory))
 
     async def trace(self, queue_id: str) -> list[TraceStep]:
         return await self._read(lambda c: queries.read_trace(c, queue_id))

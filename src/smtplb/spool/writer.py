@@ -12,6 +12,12 @@ statement). A failed COMMIT fails every caller of the batch with
 :class:`SpoolError` and the next batch starts clean. Futures are resolved on
 their event loop with ``call_soon_threadsafe``.
 
+Files written beside the database (the content segments, a :class:`Companion`)
+follow each transaction: operations append to them, they are made durable just
+before COMMIT (so no committed row points to bytes that could be lost), what a
+rolled-back transaction appended is dropped, and after each commit they give back
+what is no longer used.
+
 *Lazy* operations (delivery results) do not start a commit of their own: the
 upstream already has the message, so nobody waits for them to be durable before
 answering anyone. They ride along with the next batch that must be committed
@@ -33,7 +39,8 @@ A full disk
 * The WAL is kept small while the disk is low (free space under ``low_space``):
   after each commit, a WAL over ``low_space_wal`` bytes is checkpointed and
   truncated, and so is it after every write that failed for want of space, so
-  the WAL gives back what it holds instead of filling the disk again.
+  the WAL gives back what it holds instead of filling the disk again (a
+  truncation the full disk refused is tried again after the next commit).
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from smtplb.clock import Clock
 from smtplb.spool.base import SpoolError
@@ -75,11 +82,48 @@ def is_space_error(exc: BaseException | None) -> bool:
 
 
 def as_spool_error(exc: BaseException, what: str) -> BaseException:
-    if isinstance(exc, sqlite3.Error):
-        err = SpoolError(f"spool {what} failed: {exc}")
+    if isinstance(exc, sqlite3.Error | OSError):
+        full = " (disk full)" if isinstance(exc, OSError) and is_space_error(exc) else ""
+        err = SpoolError(f"spool {what} failed{full}: {exc}")
         err.__cause__ = exc
         return err
     return exc
+
+
+class Companion(Protocol):
+    """Files written with each transaction (the content segments): appended to by the
+    operations, made durable just before COMMIT, cleaned up after it."""
+
+    low: bool  # the disk is low: give space back sooner
+
+    def begin(self) -> None: ...
+
+    def sync(self, conn: sqlite3.Connection) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def reclaim(self, conn: sqlite3.Connection) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class _NoFiles:
+    low = False
+
+    def begin(self) -> None:
+        pass
+
+    def sync(self, conn: sqlite3.Connection) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+    def reclaim(self, conn: sqlite3.Connection) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(slots=True)
@@ -140,8 +184,10 @@ class GroupWriter:
         retry_interval: float = 1.0,
         low_space: int = 64 << 20,
         low_space_wal: int = 1 << 20,
+        files: Companion | None = None,
     ) -> None:
         self.path = path
+        self.files: Companion = files or _NoFiles()
         self.wal_path = Path(f"{path}-wal")
         self._connect = connect
         self._write_riders = write_riders
@@ -156,6 +202,7 @@ class GroupWriter:
         self.conn: sqlite3.Connection | None = None
         self.unavailable: BaseException | None = None  # why conn is None, once tried
         self.low = False  # the disk is low: keep the WAL small
+        self._wal_owed = False  # a truncation failed for want of space: try after a commit
         self._next_space_check = float("-inf")
         self._ops: queue.SimpleQueue[_Op | _Nudge | None] = queue.SimpleQueue()
         self._lazy: deque[_Op] = deque()
@@ -261,6 +308,7 @@ class GroupWriter:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+        self.files.close()
 
     def _rider_op(self, rows: list[Any]) -> _Op:
         def write(conn: sqlite3.Connection) -> None:
@@ -339,8 +387,10 @@ class GroupWriter:
                     self._held += kept
                     live = [op for op in live if not op.keep]
                     continue
-                err = SpoolError(f"spool commit failed: {error}")
-                err.__cause__ = error
+                err = as_spool_error(error, "commit")
+                if not isinstance(err, SpoolError):
+                    err = SpoolError(f"spool commit failed: {error}")
+                    err.__cause__ = error
                 fail(live, error, err)
                 break
             for op, value in zip(live, values, strict=True):
@@ -359,17 +409,22 @@ class GroupWriter:
         means the transaction itself (BEGIN/COMMIT) failed.
         """
         values: list[Outcome] = []
+        files = self.files
         try:
             conn.execute("BEGIN IMMEDIATE")
+            files.begin()
             for op in ops:
                 try:
                     values.append((None, op.fn(conn)))
                 except Exception as exc:
                     _rollback(conn)
+                    files.rollback()
                     return op, exc, values
+            files.sync(conn)  # the content before the rows that point to it
             conn.execute("COMMIT")
         except Exception as exc:
             _rollback(conn)
+            files.rollback()
             return None, exc, values
         self.commits += 1
         return None, None, values
@@ -383,6 +438,13 @@ class GroupWriter:
             with contextlib.suppress(OSError):
                 st = os.statvfs(self.path.parent)
                 self.low = st.f_bavail * st.f_frsize < self.low_space
+        self.files.low = self.low
+        if self._wal_owed:  # the truncation a full disk refused: space may be back
+            self._wal_owed = not self._truncate_wal(conn)
+        try:
+            self.files.reclaim(conn)
+        except (sqlite3.Error, OSError) as exc:  # tried again after the next commit
+            log.warning("spool %s: reclaiming content segments: %s", self.path, exc)
         if self.low:
             try:
                 wal = self.wal_path.stat().st_size
@@ -393,11 +455,17 @@ class GroupWriter:
 
     def _make_room(self, conn: sqlite3.Connection) -> None:
         """A write failed for want of space: give the WAL's space back if it can be."""
-        self.low = True
-        self._truncate_wal(conn)
+        self.low = self.files.low = True
+        self._wal_owed = not self._truncate_wal(conn)
 
-    def _truncate_wal(self, conn: sqlite3.Connection) -> None:
-        with contextlib.suppress(sqlite3.Error):
+    def _truncate_wal(self, conn: sqlite3.Connection) -> bool:
+        """Checkpoint and truncate the WAL; False when it could not be done (the
+        checkpoint needs space in the database file, or a reader holds it)."""
+        try:
             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if not busy:
-                self.checkpoints += 1
+        except sqlite3.Error:
+            return False
+        if busy:
+            return False
+        self.checkpoints += 1
+        return True

@@ -1,0 +1,268 @@
+"""Message content in append-only segment files, beside the SQLite spool.
+
+Why: content that goes through SQLite is written twice (to the WAL, then again to
+the database at checkpoint), a 50 KB message ≈ 2.9× its size in disk writes. Here
+each byte is written once: appended to the current segment file, which is
+fdatasync'ed in the same group commit as the metadata transaction, *before* its
+COMMIT (see :class:`~smtplb.spool.writer.GroupWriter`), so a row that says
+"content at segment S, offset O" is never durable before the bytes it points to.
+
+Life of a segment
+-----------------
+* ``<spool>-segments/<id>.seg``; ids grow and are never reused. Only the current
+  segment is appended to; it is replaced by a new one when it reaches
+  ``segment_max`` bytes (a small size while the disk is low), after a write error
+  (what an failed fsync left in the page cache is not trusted), and when every
+  message it holds is done.
+* The ``segments`` table counts each segment's live messages (triggers on
+  ``messages``: a row with ``seg`` set counts until ``seg`` is cleared, when its
+  content is released, or until the row is deleted). A segment other than the
+  current one whose count is 0 is unlinked; its row goes with the next commit.
+* On open, files that no live row points to are removed (bytes of a batch that
+  never committed, or a segment whose unlink a crash interrupted).
+
+Not done yet: compaction. A segment is removed only when *all* its messages are done,
+so one message deferred for days keeps its whole segment (up to ``segment_max``) on
+disk; a backlog of long-deferred mail spread over many segments can hold far more
+disk than its own size. The fix is to copy the few live messages of a mostly-dead
+segment into the current one (and point their rows there) so it can go.
+
+Reads are ``os.pread`` on a file descriptor (the writer thread keeps a few open;
+other threads open and close per read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections import OrderedDict
+from pathlib import Path
+
+from smtplb.spool.base import SpoolError
+
+SEGMENT_MAX = 64 << 20  # bytes: a segment is replaced once it holds this much
+LOW_SPACE_SEGMENT_MAX = 1 << 20  # while the disk is low: give space back sooner
+_READ_FDS = 16  # segment files the writer thread keeps open for reading
+_PAGE = 4096  # each batch's content starts at a multiple of this
+
+
+def segments_dir(db_path: Path) -> Path:
+    return Path(f"{db_path}-segments")
+
+
+def _file(directory: Path, seg: int) -> Path:
+    return directory / f"{seg:010d}.seg"
+
+
+def _seg_id(name: str) -> int | None:
+    stem, dot, ext = name.partition(".")
+    return int(stem) if dot and ext == "seg" and stem.isdigit() else None
+
+
+def read_content(directory: Path, seg: int, offset: int, size: int) -> bytes:
+    """Content of one message, for threads other than the writer's."""
+    try:
+        fd = os.open(_file(directory, seg), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SpoolError(f"spool content missing: segment {seg}: {exc}") from exc
+    try:
+        return _pread(fd, seg, offset, size)
+    finally:
+        os.close(fd)
+
+
+def _pread(fd: int, seg: int, offset: int, size: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise SpoolError(
+            f"spool content truncated: segment {seg} offset {offset}: {len(data)} of {size} bytes"
+        )
+    return data
+
+
+class SegmentStore:
+    """The writer thread's side: append, sync before commit, rewind, reclaim, read."""
+
+    def __init__(
+        self, directory: Path, *, segment_max: int = SEGMENT_MAX, owner: bool = True
+    ) -> None:
+        self.directory = directory
+        # False in a process that only looks at another's spool (the API worker's view
+        # of a peer's shard): it never removes a file, the owner does.
+        self.owner = owner
+        self.segment_max = segment_max
+        self.low = False  # the disk is low: segments are replaced at a small size
+        self.current = 0  # id of the segment being appended to (0: none yet)
+        self.reclaimed = 0  # segment files removed
+        self._next_id = 1
+        self._fd: int | None = None  # current segment, for appending
+        self._size = 0  # bytes in the current segment
+        self._dirty: dict[int, int] = {}  # segment id -> fd, written since the last sync
+        self._new_file = False  # a file was created since the last sync: sync the directory
+        self._mark: tuple[int, int] | None = None  # (segment, size) when the batch began
+        self._readers: OrderedDict[int, int] = OrderedDict()  # segment id -> read fd
+        self._gone: list[int] = []  # unlinked; their rows are deleted with the next commit
+
+    # -- opening ------------------------------------------------------------------------
+
+    def open(self, conn: sqlite3.Connection) -> None:
+        """Remove what no live message points to; the next append starts a new segment."""
+        if not self.owner:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        conn.execute("DELETE FROM segments WHERE live <= 0")
+        live = {seg for (seg,) in conn.execute("SELECT id FROM segments")}
+        highest = max(live, default=0)
+        for entry in os.scandir(self.directory):
+            seg = _seg_id(entry.name)
+            if seg is None:
+                continue
+            highest = max(highest, seg)
+            if seg not in live:
+                Path(entry.path).unlink(missing_ok=True)
+        self._next_id = highest + 1
+
+    def close(self) -> None:
+        for fd in {*self._dirty.values(), *self._readers.values()}:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._fd is not None and self._fd not in self._dirty.values():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None
+        self._dirty.clear()
+        self._readers.clear()
+
+    # -- the writer's transaction ---------------------------------------------------------
+
+    def begin(self) -> None:
+        self._mark = (self.current, self._size) if self._fd is not None else None
+
+    def append(self, data: bytes) -> tuple[int, int]:
+        """Write ``data`` to the current segment; (segment id, offset). Durable only
+        after :meth:`sync`. Raises OSError (a full disk: ENOSPC)."""
+        if not self.owner:
+            raise SpoolError(f"spool {self.directory}: stored to by its owner only")
+        limit = LOW_SPACE_SEGMENT_MAX if self.low else self.segment_max
+        if self._fd is None or self._size >= limit:
+            self._rotate()
+        assert self._fd is not None
+        offset = self._size
+        self._dirty[self.current] = self._fd
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(self._fd, view, self._size)
+                self._size += n
+                view = view[n:]
+        except OSError:
+            self._truncate(offset)
+            raise
+        return self.current, offset
+
+    def sync(self, conn: sqlite3.Connection) -> None:
+        """Make this batch's content durable; called just before COMMIT."""
+        if self._gone:
+            gone, self._gone = self._gone, []
+            conn.executemany(
+                "DELETE FROM segments WHERE id = ? AND live <= 0", [(s,) for s in gone]
+            )
+        appended = self.current in self._dirty
+        try:
+            for fd in self._dirty.values():
+                os.fdatasync(fd)
+            if self._new_file:
+                dirfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dirfd)
+                finally:
+                    os.close(dirfd)
+                self._new_file = False
+        except OSError:
+            self._abandon()  # never append again to what the failed sync left behind
+            self._release_dirty()
+            raise
+        self._release_dirty()
+        self._mark = None  # synced: a failed COMMIT may still have made its rows durable
+        if appended:
+            # The next batch starts on a fresh page: rewriting the tail page this one
+            # left part-filled would write (and count) that page twice. A hole of
+            # ~2 KiB per commit on average, never written.
+            self._size = -(-self._size // _PAGE) * _PAGE
+
+    def rollback(self) -> None:
+        """The transaction was rolled back: drop what it appended (when it can)."""
+        if self._mark is not None and self._mark[0] == self.current:
+            self._truncate(self._mark[1])
+
+    # -- reading (writer thread) --------------------------------------------------------------
+
+    def read(self, seg: int, offset: int, size: int) -> bytes:
+        fd = self._readers.get(seg)
+        if fd is None:
+            try:
+                fd = os.open(_file(self.directory, seg), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise SpoolError(f"spool content missing: segment {seg}: {exc}") from exc
+            self._readers[seg] = fd
+            while len(self._readers) > _READ_FDS:
+                os.close(self._readers.popitem(last=False)[1])
+        else:
+            self._readers.move_to_end(seg)
+        return _pread(fd, seg, offset, size)
+
+    # -- reclaiming -----------------------------------------------------------------------
+
+    def reclaim(self, conn: sqlite3.Connection) -> int:
+        """After a commit: unlink every segment whose messages are all done (the
+        current one too: it is replaced). How many."""
+        if not self.owner:
+            return 0
+        done = [
+            seg
+            for (seg,) in conn.execute("SELECT id FROM segments WHERE live <= 0").fetchall()
+            if seg not in self._gone
+        ]
+        for seg in done:
+            if seg == self.current:
+                self._abandon()
+            fd = self._readers.pop(seg, None)
+            if fd is not None:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                _file(self.directory, seg).unlink()
+            self._gone.append(seg)
+            self.reclaimed += 1
+        return len(done)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _rotate(self) -> None:
+        self._abandon()
+        seg = self._next_id
+        self._next_id += 1
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        self._fd = os.open(_file(self.directory, seg), flags, 0o600)
+        self.current, self._size, self._new_file = seg, 0, True
+
+    def _abandon(self) -> None:
+        """Stop appending to the current segment (it is kept while messages use it)."""
+        if self._fd is not None and self.current not in self._dirty:
+            os.close(self._fd)
+        self._fd, self.current, self._size, self._mark = None, 0, 0, None
+
+    def _release_dirty(self) -> None:
+        for fd in self._dirty.values():
+            if fd != self._fd:
+                os.close(fd)
+        self._dirty.clear()
+
+    def _truncate(self, size: int) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, size)
+            self._size = size
+        except OSError:
+            self._abandon()
