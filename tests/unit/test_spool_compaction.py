@@ -4,7 +4,9 @@ messages of mostly-dead segments moved so that the segments go, content intact."
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import sqlite3
 from collections.abc import Coroutine
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 
 from smtplb.clock import FakeClock
 from smtplb.model import RecipientState
-from smtplb.spool.base import NewMessage, NewRecipient, RecipientResult
+from smtplb.spool.base import NewMessage, NewRecipient, RecipientResult, SpoolError
 from smtplb.spool.segments import CompactionPolicy, SegmentUse, plan_compaction, segments_dir
 from smtplb.spool.sqlite import SqliteSpool
 
@@ -237,3 +239,41 @@ async def _until(cond: Any, timeout: float = 10.0) -> None:
     while not cond():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+def test_a_failure_between_copy_and_commit_leaves_the_rows_on_the_old_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copies are written, their sync fails (so COMMIT never runs): the rows still
+    point at the old segments, which are intact; the next pass does the work."""
+    db = tmp_path / "spool.db"
+    clock = FakeClock(T0)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "injected: fdatasync failed")
+
+    async def main() -> None:
+        spool = await opened(db, clock, min_age=0.0)
+        kept = await fill(spool, 40, keep_every=5)
+        before = seg_files(db)
+        with monkeypatch.context() as patched:
+            patched.setattr(os, "fdatasync", failing)
+            with pytest.raises(SpoolError):
+                await spool.compact()
+        assert seg_files(db) >= before  # nothing removed (a new segment may have begun)
+        for i in kept:
+            assert await spool.get_content(f"q{i}") == body(i)
+        await spool.close()
+        spool = await opened(db, clock, min_age=0.0)  # as after a crash: reopened
+        assert seg_files(db) == before
+        emptied = await spool.compact()
+        # The 8 old segments, and the one the failed pass appended its copies to (dead bytes).
+        assert len(emptied) == 9
+        await spool.store(msg(1000, 100))
+        live = sum(len(body(i)) for i in kept) + 100 + 100
+        assert disk(db) <= live + 3 * 4096
+        for i in kept:
+            assert await spool.get_content(f"q{i}") == body(i)
+        await spool.close()
+
+    run(main())
