@@ -115,7 +115,7 @@ CREATE TABLE IF NOT EXISTS segments (
     live INTEGER NOT NULL,
     bytes INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS messages_seg ON messages(seg, seg_off) WHERE seg IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_seg ON messages(seg) WHERE seg IS NOT NULL;
 CREATE TRIGGER IF NOT EXISTS messages_seg_ins AFTER INSERT ON messages
     WHEN new.seg IS NOT NULL BEGIN
     INSERT INTO segments(id, live, bytes) VALUES (new.seg, 1, new.size)
