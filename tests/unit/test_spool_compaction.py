@@ -17,6 +17,7 @@ import pytest
 from smtplb.clock import FakeClock
 from smtplb.model import RecipientState
 from smtplb.spool.base import NewMessage, NewRecipient, RecipientResult, SpoolError
+from smtplb.spool.schema import SCHEMA_VERSION
 from smtplb.spool.segments import CompactionPolicy, SegmentUse, plan_compaction, segments_dir
 from smtplb.spool.sqlite import SqliteSpool
 
@@ -277,3 +278,56 @@ def test_a_failure_between_copy_and_commit_leaves_the_rows_on_the_old_bytes(
         await spool.close()
 
     run(main())
+
+
+_V3_TRIGGERS = (
+    "CREATE TRIGGER messages_seg_ins AFTER INSERT ON messages WHEN new.seg IS NOT NULL BEGIN"
+    " INSERT INTO segments(id, live) VALUES (new.seg, 1)"
+    " ON CONFLICT(id) DO UPDATE SET live = live + 1; END",
+    "CREATE TRIGGER messages_seg_release AFTER UPDATE OF seg ON messages"
+    " WHEN old.seg IS NOT NULL AND new.seg IS NULL BEGIN"
+    " UPDATE segments SET live = live - 1 WHERE id = old.seg; END",
+    "CREATE TRIGGER messages_seg_del AFTER DELETE ON messages WHEN old.seg IS NOT NULL BEGIN"
+    " UPDATE segments SET live = live - 1 WHERE id = old.seg; END",
+)
+
+
+def _make_version_3(db: Path) -> None:
+    """Turn a spool file into one as version 3 wrote it (no live bytes, no index, no
+    move trigger)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    for trigger in ("messages_seg_ins", "messages_seg_release", "messages_seg_move"):
+        conn.execute(f"DROP TRIGGER {trigger}")
+    conn.execute("DROP TRIGGER messages_seg_del")
+    conn.execute("DROP INDEX messages_seg")
+    conn.execute("ALTER TABLE segments DROP COLUMN bytes")
+    for sql in _V3_TRIGGERS:
+        conn.execute(sql)
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+
+
+def test_a_version_3_spool_is_upgraded_and_compacted(tmp_path: Path) -> None:
+    db = tmp_path / "spool.db"
+    clock = FakeClock(T0)
+
+    async def main() -> None:
+        spool = await opened(db, clock, min_age=0.0)
+        kept = await fill(spool, 40, keep_every=5)
+        await spool.close()
+        _make_version_3(db)
+        spool = await opened(db, clock, min_age=0.0)
+        assert len(await spool.compact()) == 8
+        for i in kept:
+            assert await spool.get_content(f"q{i}") == body(i)
+        await spool.close()
+
+    run(main())
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    counted = dict(conn.execute("SELECT id, bytes FROM segments WHERE live > 0").fetchall())
+    actual = dict(
+        conn.execute("SELECT seg, sum(size) FROM messages WHERE seg IS NOT NULL GROUP BY seg")
+    )
+    conn.close()
+    assert counted == actual
