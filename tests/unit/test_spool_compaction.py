@@ -10,13 +10,14 @@ import os
 import sqlite3
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from smtplb.clock import FakeClock
 from smtplb.model import RecipientState
 from smtplb.spool.base import NewMessage, NewRecipient, RecipientResult, SpoolError
+from smtplb.spool.queries import get_content
 from smtplb.spool.schema import SCHEMA_VERSION
 from smtplb.spool.segments import CompactionPolicy, SegmentUse, plan_compaction, segments_dir
 from smtplb.spool.sqlite import SqliteSpool
@@ -331,3 +332,27 @@ def test_a_version_3_spool_is_upgraded_and_compacted(tmp_path: Path) -> None:
     )
     conn.close()
     assert counted == actual
+
+
+class _Rows:
+    """A reader's view that changes between two looks (compaction committed between)."""
+
+    def __init__(self, *rows: tuple[Any, ...] | None) -> None:
+        self.rows = list(rows)
+
+    def execute(self, sql: str, params: tuple[Any, ...]) -> _Rows:
+        return self
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self.rows.pop(0)
+
+
+def test_a_read_that_finds_its_segment_gone_looks_the_row_up_again(tmp_path: Path) -> None:
+    (tmp_path / "0000000007.seg").write_bytes(b"....moved here")
+    moved = _Rows((3, 0, 5, None), (7, 4, 10, None))  # segment 3 was compacted away
+    assert get_content(cast(sqlite3.Connection, moved), "q", tmp_path) == b"moved here"
+    gone = _Rows((3, 0, 5, None), (3, 0, 5, None))  # still says segment 3: really missing
+    with pytest.raises(SpoolError, match="segment 3"):
+        get_content(cast(sqlite3.Connection, gone), "q", tmp_path)
+    done = _Rows((3, 0, 5, None), None)  # deleted meanwhile
+    assert get_content(cast(sqlite3.Connection, done), "q", tmp_path) is None

@@ -189,6 +189,7 @@ class SqliteSpool:
                 sealed[seg] = self._sealed_at.get(seg, now)
                 uses.append(SegmentUse(seg, sizes[seg], live_bytes, now - sealed[seg]))
         self._sealed_at = sealed
+        self._compacting = {s: n for s, n in self._compacting.items() if s in sealed}
         policy = self.compaction
         plan = plan_compaction(uses, policy)
         budget = policy.max_copy
