@@ -14,9 +14,10 @@ Life of a segment
   ``segment_max`` bytes (a small size while the disk is low), after a write error
   (what an failed fsync left in the page cache is not trusted), and when every
   message it holds is done.
-* The ``segments`` table counts each segment's live messages (triggers on
-  ``messages``: a row with ``seg`` set counts until ``seg`` is cleared, when its
-  content is released, or until the row is deleted). A segment other than the
+* The ``segments`` table counts each segment's live messages and their bytes
+  (triggers on ``messages``: a row with ``seg`` set counts until ``seg`` is cleared,
+  when its content is released, or changed, when compaction moves it, or until the
+  row is deleted). A segment other than the
   current one whose count is 0 is unlinked; its row goes with the next commit.
 * On open, files that no live row points to are removed (bytes of a batch that
   never committed, or a segment whose unlink a crash interrupted).
@@ -28,13 +29,16 @@ would keep its whole segment on disk. Every ``interval`` seconds the spool looks
 the segments (``segments.bytes`` counts each one's live bytes) and
 :func:`plan_compaction` picks those mostly dead (live bytes at most
 ``max_live_fraction`` of the file) and sealed for at least ``min_age`` (younger ones
-are left to empty themselves as their mail is delivered). :meth:`SegmentStore.compact`
+are left to empty themselves as their mail is delivered; the age runs on the injected
+clock from the first pass that sees the segment sealed, so after a restart every
+segment waits ``min_age`` again). :meth:`SegmentStore.compact`
 then copies their live messages' content into the current segment, in the writer's
 ordinary transaction: appended, fdatasync'ed before COMMIT, and the rows pointed at
 the new segment/offset in the same transaction. The triggers count the old segment
 down to 0 and it is unlinked after the commit, like any segment whose mail is done.
 A crash before COMMIT leaves the rows pointing at the old (intact) bytes and the
-copies unreferenced. At most ``max_copy`` bytes are copied per pass, ``step`` bytes
+copies unreferenced (dead bytes in a segment that a later pass compacts, or a file
+removed at open). At most ``max_copy`` bytes are copied per pass, ``step`` bytes
 per transaction, so intake is never held up for long.
 
 Messages in flight are moved too: a claim reads the content into memory, so delivery
