@@ -157,8 +157,14 @@ def _make_version_2(db: Path) -> None:
     """Turn a new spool file into one as version 2 wrote it, with one message whose
     content is in SQLite."""
     conn = sqlite3.connect(db, isolation_level=None)
-    for trigger in ("messages_seg_ins", "messages_seg_release", "messages_seg_del"):
+    for trigger in (
+        "messages_seg_ins",
+        "messages_seg_release",
+        "messages_seg_move",
+        "messages_seg_del",
+    ):
         conn.execute(f"DROP TRIGGER {trigger}")
+    conn.execute("DROP INDEX messages_seg")
     conn.execute("DROP TABLE segments")
     conn.execute("ALTER TABLE messages DROP COLUMN seg")
     conn.execute("ALTER TABLE messages DROP COLUMN seg_off")

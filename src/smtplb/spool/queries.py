@@ -29,6 +29,7 @@ from smtplb.spool.base import (
     NewMessage,
     RecipientResult,
     RecipientView,
+    SpoolError,
     TraceStep,
 )
 from smtplb.spool.schema import FINAL_FROM, INFLIGHT, NON_FINAL, QUEUED, READY
@@ -386,15 +387,27 @@ def _views(conn: sqlite3.Connection, pks: list[int]) -> list[MessageView]:
 
 
 def get_content(conn: sqlite3.Connection, queue_id: str, directory: Path) -> bytes | None:
-    row = conn.execute(
-        "SELECT seg, seg_off, size, content FROM messages WHERE queue_id=?", (queue_id,)
-    ).fetchone()
-    if row is None:
-        return None
-    seg, off, size, blob = row
-    if seg is not None:
-        return read_content(directory, seg, off, size)
-    return None if blob is None else bytes(blob)
+    sql = "SELECT seg, seg_off, size, content FROM messages WHERE queue_id=?"
+    row = conn.execute(sql, (queue_id,)).fetchone()
+    while row is not None:
+        seg, off, size, blob = row
+        if seg is None:
+            return None if blob is None else bytes(blob)
+        try:
+            return read_content(directory, seg, off, size)
+        except SpoolError:
+            # Compaction may have moved it (and removed the file) since the row was
+            # read: look again, and fail only if the row still says the same.
+            again = conn.execute(sql, (queue_id,)).fetchone()
+            if again == row:
+                raise
+            row = again
+    return None
+
+
+def live_segments(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+    """(segment id, live bytes) of every segment some message still uses."""
+    return conn.execute("SELECT id, bytes FROM segments WHERE live > 0").fetchall()
 
 
 def read_trace(conn: sqlite3.Connection, queue_id: str) -> list[TraceStep]:

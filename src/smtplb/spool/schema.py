@@ -9,7 +9,10 @@ prints, one row per step).
 Version 2 added ``traces``; version 3 moved new messages' content out of SQLite into
 segment files (:mod:`~smtplb.spool.segments`): ``messages.seg``/``seg_off`` say where,
 ``segments`` counts each file's live messages. Rows written before keep their
-``content`` in SQLite and are read from there. Older files are upgraded in place.
+``content`` in SQLite and are read from there. Version 4 counts each segment's live
+bytes too and indexes messages by segment (compaction: moving the few live messages
+of a mostly-dead segment, see :mod:`~smtplb.spool.segments`). Older files are
+upgraded in place.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from smtplb.model import RecipientState
 from smtplb.spool.base import SpoolError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 QUEUED = int(RecipientState.QUEUED)
 INFLIGHT = int(RecipientState.INFLIGHT)
@@ -104,20 +107,32 @@ CREATE TABLE IF NOT EXISTS traces (
 );
 CREATE INDEX IF NOT EXISTS traces_queue_id ON traces(queue_id);
 
--- Live messages per segment file: a file whose count falls to 0 is removed.
-CREATE TABLE IF NOT EXISTS segments (id INTEGER PRIMARY KEY, live INTEGER NOT NULL);
+-- Live messages (and their bytes) per segment file: a file whose count falls to 0 is
+-- removed. A row's seg changes when its content is released (to NULL) or moved by
+-- compaction (to another segment): the old segment counts down, the new one up.
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY,
+    live INTEGER NOT NULL,
+    bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_seg ON messages(seg) WHERE seg IS NOT NULL;
 CREATE TRIGGER IF NOT EXISTS messages_seg_ins AFTER INSERT ON messages
     WHEN new.seg IS NOT NULL BEGIN
-    INSERT INTO segments(id, live) VALUES (new.seg, 1)
-        ON CONFLICT(id) DO UPDATE SET live = live + 1;
+    INSERT INTO segments(id, live, bytes) VALUES (new.seg, 1, new.size)
+        ON CONFLICT(id) DO UPDATE SET live = live + 1, bytes = bytes + excluded.bytes;
 END;
 CREATE TRIGGER IF NOT EXISTS messages_seg_release AFTER UPDATE OF seg ON messages
-    WHEN old.seg IS NOT NULL AND new.seg IS NULL BEGIN
-    UPDATE segments SET live = live - 1 WHERE id = old.seg;
+    WHEN old.seg IS NOT NULL AND new.seg IS NOT old.seg BEGIN
+    UPDATE segments SET live = live - 1, bytes = bytes - old.size WHERE id = old.seg;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_seg_move AFTER UPDATE OF seg ON messages
+    WHEN new.seg IS NOT NULL AND new.seg IS NOT old.seg BEGIN
+    INSERT INTO segments(id, live, bytes) VALUES (new.seg, 1, new.size)
+        ON CONFLICT(id) DO UPDATE SET live = live + 1, bytes = bytes + excluded.bytes;
 END;
 CREATE TRIGGER IF NOT EXISTS messages_seg_del AFTER DELETE ON messages
     WHEN old.seg IS NOT NULL BEGIN
-    UPDATE segments SET live = live - 1 WHERE id = old.seg;
+    UPDATE segments SET live = live - 1, bytes = bytes - old.size WHERE id = old.seg;
 END;
 """
 
@@ -184,6 +199,7 @@ def connect_writer(path: Path, *, now: float, recover: bool) -> sqlite3.Connecti
             )
         conn.execute("BEGIN IMMEDIATE")
         _add_columns(conn)
+        _upgrade_segments(conn)
         # executescript() would COMMIT first; run statement by statement instead.
         for stmt in split_sql(SCHEMA):
             conn.execute(stmt)
@@ -207,6 +223,23 @@ def _add_columns(conn: sqlite3.Connection) -> None:
         for name, kind in _ADDED_COLUMNS:
             if name not in have:
                 conn.execute(f"ALTER TABLE messages ADD COLUMN {name} {kind}")
+
+
+def _upgrade_segments(conn: sqlite3.Connection) -> None:
+    """Upgrade a ``segments`` table from version 3: count bytes, and replace the
+    triggers (version 3's did not count a row moved to another segment)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(segments)")}
+    if not have or "bytes" in have:
+        return
+    for trigger in ("messages_seg_ins", "messages_seg_release", "messages_seg_del"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    conn.execute("ALTER TABLE segments ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0")
+    conn.executemany(
+        "UPDATE segments SET bytes = ? WHERE id = ?",
+        conn.execute(
+            "SELECT sum(size), seg FROM messages WHERE seg IS NOT NULL GROUP BY seg"
+        ).fetchall(),
+    )
 
 
 def connect_reader(path: Path) -> sqlite3.Connection:

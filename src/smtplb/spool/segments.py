@@ -14,18 +14,36 @@ Life of a segment
   ``segment_max`` bytes (a small size while the disk is low), after a write error
   (what an failed fsync left in the page cache is not trusted), and when every
   message it holds is done.
-* The ``segments`` table counts each segment's live messages (triggers on
-  ``messages``: a row with ``seg`` set counts until ``seg`` is cleared, when its
-  content is released, or until the row is deleted). A segment other than the
+* The ``segments`` table counts each segment's live messages and their bytes
+  (triggers on ``messages``: a row with ``seg`` set counts until ``seg`` is cleared,
+  when its content is released, or changed, when compaction moves it, or until the
+  row is deleted). A segment other than the
   current one whose count is 0 is unlinked; its row goes with the next commit.
 * On open, files that no live row points to are removed (bytes of a batch that
   never committed, or a segment whose unlink a crash interrupted).
 
-Not done yet: compaction. A segment is removed only when *all* its messages are done,
-so one message deferred for days keeps its whole segment (up to ``segment_max``) on
-disk; a backlog of long-deferred mail spread over many segments can hold far more
-disk than its own size. The fix is to copy the few live messages of a mostly-dead
-segment into the current one (and point their rows there) so it can go.
+Compaction
+----------
+A segment goes only when *all* its messages are done, so one message deferred for days
+would keep its whole segment on disk. Every ``interval`` seconds the spool looks at
+the segments (``segments.bytes`` counts each one's live bytes) and
+:func:`plan_compaction` picks those mostly dead (live bytes at most
+``max_live_fraction`` of the file) and sealed for at least ``min_age`` (younger ones
+are left to empty themselves as their mail is delivered; the age runs on the injected
+clock from the first pass that sees the segment sealed, so after a restart every
+segment waits ``min_age`` again). :meth:`SegmentStore.compact`
+then copies their live messages' content into the current segment, in the writer's
+ordinary transaction: appended, fdatasync'ed before COMMIT, and the rows pointed at
+the new segment/offset in the same transaction. The triggers count the old segment
+down to 0 and it is unlinked after the commit, like any segment whose mail is done.
+A crash before COMMIT leaves the rows pointing at the old (intact) bytes and the
+copies unreferenced (dead bytes in a segment that a later pass compacts, or a file
+removed at open). At most ``max_copy`` bytes are copied per pass, ``step`` bytes
+per transaction, so intake is never held up for long.
+
+Messages in flight are moved too: a claim reads the content into memory, so delivery
+never reads a segment afterwards. Reads by other threads (``get_content``) that find
+the file gone look the row up again (see :func:`smtplb.spool.queries.get_content`).
 
 Reads are ``os.pread`` on a file descriptor (the writer thread keeps a few open;
 other threads open and close per read).
@@ -37,6 +55,8 @@ import contextlib
 import os
 import sqlite3
 from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from smtplb.spool.base import SpoolError
@@ -45,6 +65,69 @@ SEGMENT_MAX = 64 << 20  # bytes: a segment is replaced once it holds this much
 LOW_SPACE_SEGMENT_MAX = 1 << 20  # while the disk is low: give space back sooner
 _READ_FDS = 16  # segment files the writer thread keeps open for reading
 _PAGE = 4096  # each batch's content starts at a multiple of this
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionPolicy:
+    """Which segments are compacted, and how much copying one pass may do."""
+
+    max_live_fraction: float = 0.25  # live bytes at most this share of the file
+    min_age: float = 300.0  # seconds since the segment stopped being appended to
+    max_copy: int = 16 << 20  # bytes copied per pass ...
+    step: int = 2 << 20  # ... in transactions of about this many
+    interval: float = 30.0  # seconds between passes
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentUse:
+    seg: int
+    size: int  # bytes in the file
+    live_bytes: int  # content of the messages that still use it
+    sealed_for: float  # seconds since it stopped being appended to
+
+
+@dataclass(frozen=True, slots=True)
+class Compacted:
+    """What one transaction of compaction did to one segment."""
+
+    seg: int
+    messages: int  # moved to the current segment
+    copied: int  # their bytes
+    size: int  # bytes in the file
+    done: bool  # no message uses it any more: it is removed after the commit
+
+
+def plan_compaction(uses: Iterable[SegmentUse], policy: CompactionPolicy) -> list[int]:
+    """The segments to compact in this pass, those whose copying frees the most per
+    byte copied first, as many as ``max_copy`` bytes of copying allow. The first one is
+    always taken: one with more live bytes than a pass copies is done over several."""
+    eligible = sorted(
+        (
+            u
+            for u in uses
+            if u.size > 0
+            and u.sealed_for >= policy.min_age
+            and u.live_bytes <= policy.max_live_fraction * u.size
+        ),
+        key=lambda u: (u.live_bytes / u.size, u.seg),
+    )
+    picked: list[int] = []
+    total = 0
+    for u in eligible:
+        if picked and total + u.live_bytes > policy.max_copy:
+            break
+        picked.append(u.seg)
+        total += u.live_bytes
+    return picked
+
+
+def file_sizes(directory: Path, segs: Iterable[int]) -> dict[int, int]:
+    """Sizes of these segments' files (those that exist)."""
+    sizes: dict[int, int] = {}
+    for seg in segs:
+        with contextlib.suppress(OSError):
+            sizes[seg] = _file(directory, seg).stat().st_size
+    return sizes
 
 
 def segments_dir(db_path: Path) -> Path:
@@ -211,6 +294,42 @@ class SegmentStore:
         else:
             self._readers.move_to_end(seg)
         return _pread(fd, seg, offset, size)
+
+    # -- compacting ------------------------------------------------------------------------
+
+    def compact(self, conn: sqlite3.Connection, segs: list[int], budget: int) -> list[Compacted]:
+        """In the writer's transaction: copy the live content of ``segs`` (in that
+        order) to the current segment and point the rows there, until ``budget``
+        bytes are copied (one message at least). What was done, per segment."""
+        if not self.owner:
+            return []
+        done: list[Compacted] = []
+        copied_total = 0
+        for seg in segs:
+            if seg == self.current:  # appended to since the plan: not now
+                continue
+            rows = conn.execute(
+                "SELECT pk, seg_off, size FROM messages WHERE seg = ? ORDER BY seg_off", (seg,)
+            ).fetchall()
+            if not rows:  # nothing points to it: let it go
+                conn.execute("UPDATE segments SET live = 0, bytes = 0 WHERE id = ?", (seg,))
+            moved = copied = 0
+            for pk, offset, size in rows:
+                if copied_total and copied_total + size > budget:
+                    break
+                new_seg, new_offset = self.append(self.read(seg, offset, size))
+                conn.execute(
+                    "UPDATE messages SET seg = ?, seg_off = ? WHERE pk = ?",
+                    (new_seg, new_offset, pk),
+                )
+                moved += 1
+                copied += size
+                copied_total += size
+            sizes = file_sizes(self.directory, [seg])
+            done.append(Compacted(seg, moved, copied, sizes.get(seg, 0), moved == len(rows)))
+            if moved < len(rows):
+                break
+        return done
 
     # -- reclaiming -----------------------------------------------------------------------
 

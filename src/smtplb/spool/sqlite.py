@@ -13,9 +13,12 @@ the last committed state and never wait behind the writer's fsync.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,12 +35,23 @@ from smtplb.spool.base import (
     TraceStep,
 )
 from smtplb.spool.schema import SCHEMA_VERSION, connect_reader, connect_writer, create_file
-from smtplb.spool.segments import SEGMENT_MAX, SegmentStore, segments_dir
+from smtplb.spool.segments import (
+    SEGMENT_MAX,
+    Compacted,
+    CompactionPolicy,
+    SegmentStore,
+    SegmentUse,
+    file_sizes,
+    plan_compaction,
+    segments_dir,
+)
 from smtplb.spool.writer import GroupWriter
 
 __all__ = ["SCHEMA_VERSION", "SqliteSpool"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("smtplb.spool")
 
 
 class SqliteSpool:
@@ -55,6 +69,7 @@ class SqliteSpool:
         low_space: int = 64 << 20,
         low_space_wal: int = 1 << 20,
         segment_max: int = SEGMENT_MAX,
+        compaction: CompactionPolicy | None = None,
     ) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
@@ -81,6 +96,10 @@ class SqliteSpool:
             low_space_wal=low_space_wal,
             files=self.segments,
         )
+        self.compaction = compaction or CompactionPolicy()
+        self._sealed_at: dict[int, float] = {}  # segment -> when first seen not current
+        self._compacting: dict[int, tuple[int, int]] = {}  # segment -> (messages, bytes) moved
+        self._compactor: asyncio.Task[None] | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._rconn: sqlite3.Connection | None = None
         self._open = False
@@ -113,6 +132,8 @@ class SqliteSpool:
         self.writer.start()
         self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"spool-reader:{self.path.name}")
         self._open = True
+        if self.segments.owner:
+            self._compactor = asyncio.create_task(self._compact_loop())
 
     def _connect_writer(self) -> sqlite3.Connection:
         conn = connect_writer(self.path, now=self.clock.wall(), recover=self.recover)
@@ -127,6 +148,11 @@ class SqliteSpool:
         if not self._open:
             return
         self._open = False
+        compactor, self._compactor = self._compactor, None
+        if compactor is not None:
+            compactor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await compactor
         await self.writer.stop()
         reader, self._reader = self._reader, None
         if reader is not None:
@@ -137,6 +163,56 @@ class SqliteSpool:
         if self._rconn is not None:
             self._rconn.close()
             self._rconn = None
+
+    # -- compaction (see smtplb.spool.segments) -----------------------------------------
+
+    async def _compact_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.compaction.interval)
+            try:
+                await self.compact()
+            except Exception as exc:  # tried again next time; the spool keeps working
+                log.warning("spool %s: compacting content segments: %s", self.path, exc)
+
+    async def compact(self) -> list[Compacted]:
+        """One compaction pass: the segments it emptied (each logged), with what was
+        moved out of them (over this pass and the earlier ones)."""
+        segments = self.segments
+        live, sizes = await self._read(
+            lambda c: _segment_sizes(queries.live_segments(c), segments.directory)
+        )
+        now = self.clock.monotonic()
+        uses: list[SegmentUse] = []
+        sealed: dict[int, float] = {}
+        for seg, live_bytes in live:
+            if seg != segments.current and seg in sizes:
+                sealed[seg] = self._sealed_at.get(seg, now)
+                uses.append(SegmentUse(seg, sizes[seg], live_bytes, now - sealed[seg]))
+        self._sealed_at = sealed
+        self._compacting = {s: n for s, n in self._compacting.items() if s in sealed}
+        policy = self.compaction
+        plan = plan_compaction(uses, policy)
+        budget = policy.max_copy
+        emptied: list[Compacted] = []
+        while plan and budget > 0:
+            step = partial(segments.compact, segs=plan, budget=min(policy.step, budget))
+            done = await self._write(step)
+            if not done:
+                break
+            for c in done:
+                messages, copied = self._compacting.pop(c.seg, (0, 0))
+                messages, copied = messages + c.messages, copied + c.copied
+                budget -= c.copied
+                if not c.done:
+                    self._compacting[c.seg] = (messages, copied)
+                    continue
+                plan = [seg for seg in plan if seg != c.seg]
+                emptied.append(Compacted(c.seg, messages, copied, c.size, True))
+                log.info(
+                    "spool %s: compacted segment %d: %d messages, %d bytes copied, %d freed",
+                    self.path, c.seg, messages, copied, c.size - copied,
+                )  # fmt: skip
+        return emptied
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -248,3 +324,9 @@ class SqliteSpool:
 
     async def trace(self, queue_id: str) -> list[TraceStep]:
         return await self._read(lambda c: queries.read_trace(c, queue_id))
+
+
+def _segment_sizes(
+    live: list[tuple[int, int]], directory: Path
+) -> tuple[list[tuple[int, int]], dict[int, int]]:
+    return live, file_sizes(directory, [seg for seg, _ in live])
