@@ -439,7 +439,7 @@ def report(
         "Written by `bench/run.py` (SPEC §5). Same machine, same run, same load, same three",
         "`smtp-sink` upstreams; runs alternate between the servers. Both servers fsync",
         "every accepted message before answering `250` (Postfix's default durability,",
-        "smtplb's SQLite WAL with `synchronous=FULL`).",
+        "smtplb's content segment fdatasync'ed before its SQLite WAL commit, `synchronous=FULL`).",
         "",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC, {wall / 60:.1f} minutes in all",
         f"- Command: `{command}`",
