@@ -48,8 +48,10 @@ async def books(
             await backend.sync()  # the first read: shared from now on
         yield made, shared, events
     finally:
-        for backend in shared:
-            await backend.link.aclose()
+        # (bounded: a register call cancelled inside redis-py may swallow the cancel,
+        # and ClusterLink.aclose then waits for its task: reported, not fixed here)
+        closing = [asyncio.ensure_future(backend.link.aclose()) for backend in shared]
+        await asyncio.wait(closing, timeout=5)
 
 
 def _state(book: ReputationBook, member: str = "m") -> str:
@@ -113,7 +115,8 @@ async def _test_redis_away_judges_locally_and_adds_the_outage_counts_on_return()
             for _ in range(10):
                 a.record("m", "example.org", Outcome.POLICY)
             assert _state(a) == "quarantined"  # (decided on a's 20: ≥ min_volume alone)
-            assert [e.member for e in events] == ["m"]  # one event, a's own
+            # (proposed before the link knew Redis away: told when the proposal failed)
+            await until(lambda: len(events) == 1, "a's own event")
             server = RedisServer(port=port).start()  # empty: what a counted is gone
             await until(lambda: ra.link.up, "a's link back up")
             # the probe's reconciliation added a's outage counts (20) to the 0 left

@@ -2,14 +2,16 @@
 cluster's traffic, and a change of standing is decided once and told to every node.
 
 Counts. Each worker adds its outcomes to a local buffer (no Redis call per message);
-every ``SYNC_EVERY`` seconds one ``MULTI`` pipeline adds the buffer to Redis and reads
-the window back: hashes ``smtplb:rep:counts:SLICE`` (one per slice of the book's
-window, ``[reputation] window`` / 24, the slices of
-:class:`~smtplb.reputation.standing.Window`), fields ``member|provider|outcome``. One
-hash per slice, not one per (member, provider): the read is ``buckets`` HGETALLs
-whatever the number of members, and the hashes expire with the window. The
-cluster's counts of a (member, provider) are then the window read plus what this
-worker added since, and the book judges on them.
+every ``SYNC_EVERY`` seconds in which it had traffic, one script call (one command)
+adds the buffer to Redis and reads the window back: hashes
+``smtplb:rep:counts:SLICE`` (one per slice of the book's window, ``[reputation]
+window`` / 24, the slices of :class:`~smtplb.reputation.standing.Window`), fields
+``member|provider|outcome``. One hash per slice, not one per (member, provider): the
+read is 24 HGETALLs inside the script whatever the number of members, and the hashes
+expire with the window. The cluster's counts of a (member, provider) are then the
+slices read (those still in the window) plus what this worker added since, and the
+book judges on them. A worker without traffic reads nothing: it has nothing to
+judge, and the standings reach it by the channel.
 
 Standings. When the book moves a (member, provider) to another state it proposes
 the change: a Lua compare-and-set on ``smtplb:rep:standings`` (field
@@ -41,7 +43,7 @@ from smtplb.reputation.standing import Counts, Outcome, Reputation, Standing
 
 log = logging.getLogger("smtplb.cluster")
 
-SYNC_EVERY = 1.0
+SYNC_EVERY = 2.0
 COUNTS = PREFIX + "rep:counts:"
 STANDINGS = "rep:standings"  # under PREFIX: the hash and the channel
 
@@ -53,6 +55,21 @@ if state ~= ARGV[2] then return {0, cur or ''} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('PUBLISH', KEYS[1], ARGV[4] .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[3])
 return {1, ARGV[3]}
+"""
+
+# KEYS: the window's slice hashes, oldest first. ARGV: the hashes' time to live, then
+# (index in KEYS, field, count) per count to add. Returns each hash's HGETALL.
+_SYNC = """
+local touched = {}
+for i = 2, #ARGV, 3 do
+  local k = KEYS[tonumber(ARGV[i])]
+  redis.call('HINCRBY', k, ARGV[i + 1], ARGV[i + 2])
+  touched[k] = true
+end
+for k in pairs(touched) do redis.call('EXPIRE', k, tonumber(ARGV[1])) end
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
+return out
 """
 
 Key = tuple[str, str]  # (member, provider)
@@ -81,16 +98,10 @@ def field_key(field: str) -> Key:
     return member, provider
 
 
-def window_totals(
-    slices: dict[int, dict[str, int]], floor: Callable[[Key], int], first: int
-) -> dict[Key, Counts]:
-    """Per (member, provider), the counts of the slices from ``first`` on and after
-    ``floor(key)`` — ``slices`` maps a slice to its ``member|provider|outcome``
-    fields."""
-    totals: dict[Key, Counts] = {}
+def by_key(slices: dict[int, dict[str, int]]) -> dict[Key, dict[int, Counts]]:
+    """``slices`` (a slice's ``member|provider|outcome`` fields) per (member, provider)."""
+    out: dict[Key, dict[int, Counts]] = {}
     for index, fields in slices.items():
-        if index < first:
-            continue
         for field, n in fields.items():
             rest, _, outcome = field.rpartition("|")
             try:
@@ -98,10 +109,17 @@ def window_totals(
                 kind = Outcome(outcome)
             except ValueError:
                 continue
-            if index <= floor(key):
-                continue
-            totals.setdefault(key, Counts()).add(kind, n)
-    return totals
+            out.setdefault(key, {}).setdefault(index, Counts()).add(kind, n)
+    return out
+
+
+def total(slices: dict[int, Counts], first: int, into: Counts | None = None) -> Counts:
+    """The sum of the slices from ``first`` on."""
+    out = Counts() if into is None else into
+    for index, counts in slices.items():
+        if index >= first:
+            out.merge(counts)
+    return out
 
 
 class RedisReputation:
@@ -113,12 +131,14 @@ class RedisReputation:
         self.slice = book.window_length / 24
         self.buckets = 24
         self._pending: dict[Key, dict[int, Counts]] = {}  # added here, not yet in Redis
-        self._remote: dict[Key, Counts] = {}  # the cluster's window at the last read
+        self._remote: dict[Key, dict[int, Counts]] = {}  # the cluster's, at the last read
+        self._totals: dict[Key, tuple[int, Counts]] = {}  # (from slice, sum) of _remote
         self._floors: dict[Key, int] = {}  # counts start again after this slice
         self._member_floors: dict[str, int] = {}  # (of every provider of the member)
         self._fresh = False  # read since the link came (back) up
         self._lock = asyncio.Lock()
         self._propose = link.redis.register_script(_PROPOSE)
+        self._sync = link.redis.register_script(_SYNC)
         self.broadcast = Broadcast(link, STANDINGS, self._apply)
         self.on_adopt: Callable[[], None] | None = None  # another node moved a standing
         self.syncs = 0
@@ -153,15 +173,13 @@ class RedisReputation:
         counts.add(outcome)
 
     def counts(self, key: Key, now: float) -> Counts | None:
-        out = Counts()
-        remote = self._remote.get(key)
-        if remote is not None:
-            out.merge(remote)
         first = max(self._index(now) - self.buckets + 1, self.floor(key) + 1)
-        for index, counts in self._pending.get(key, {}).items():
-            if index >= first:
-                out.merge(counts)
-        return out
+        cached = self._totals.get(key)
+        if cached is None or cached[0] != first:
+            cached = self._totals[key] = (first, total(self._remote.get(key, {}), first))
+        out = Counts()
+        out.merge(cached[1])
+        return total(self._pending.get(key, {}), first, out)
 
     def reset(self, member: str, provider: str | None, since: float) -> None:
         index = self._index(since)
@@ -169,8 +187,7 @@ class RedisReputation:
             self._member_floors[member] = max(index, self._member_floors.get(member, -1))
         else:
             self._floors[(member, provider)] = max(index, self._floors.get((member, provider), -1))
-        for key in [k for k in self._remote if k[0] == member and provider in (None, k[1])]:
-            del self._remote[key]
+        self._totals.clear()
 
     def floor(self, key: Key) -> int:
         """The last slice not counted for ``key`` (-1: all are)."""
@@ -225,48 +242,35 @@ class RedisReputation:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(SYNC_EVERY)
-            if self.link.up:
+            if self.link.up and self._pending:
                 await self.link.call(self.sync)
 
     async def sync(self) -> None:
-        """Add the buffer to Redis and read the window back, in one transaction; then
+        """Add the buffer to Redis and read the window back (one script call); then
         judge every (member, provider) on the cluster's counts."""
         pending, self._pending = self._pending, {}
-        now = self.book.clock.wall()
-        current = self._index(now)
+        current = self._index(self.book.clock.wall())
         first = current - self.buckets + 1
-        ttl = math.ceil(self.slice * (self.buckets + 2))
+        args: list[Any] = [math.ceil(self.slice * (self.buckets + 2))]
+        for key, by_slice in pending.items():
+            for index, counts in by_slice.items():
+                if index < first:
+                    continue  # out of the window already
+                for outcome in Outcome:
+                    n = getattr(counts, outcome.value)
+                    if n:
+                        args += [index - first + 1, f"{key_field(key)}|{outcome.value}", n]
+        keys = [f"{COUNTS}{index}" for index in range(first, current + 1)]
         try:
-            async with self.link.redis.pipeline(transaction=True) as pipe:
-                touched: set[int] = set()
-                for key, by_slice in pending.items():
-                    for index, counts in by_slice.items():
-                        if index < first:
-                            continue  # out of the window already
-                        touched.add(index)
-                        for outcome in Outcome:
-                            n = getattr(counts, outcome.value)
-                            if n:
-                                pipe.hincrby(
-                                    f"{COUNTS}{index}", f"{key_field(key)}|{outcome.value}", n
-                                )
-                for index in touched:
-                    pipe.expire(f"{COUNTS}{index}", ttl)
-                for index in range(first, current + 1):
-                    pipe.hgetall(f"{COUNTS}{index}")
-                results: list[Any] = await pipe.execute()
+            read: list[Any] = await self._sync(keys=keys, args=args)
         except BaseException:
             for key, by_slice in pending.items():  # added again at the next sync
                 mine = self._pending.setdefault(key, {})
                 for index, counts in by_slice.items():
                     mine.setdefault(index, Counts()).merge(counts)
             raise
-        read = results[len(results) - self.buckets :]
-        slices = {
-            first + i: {_text(f): int(n) for f, n in fields.items()}
-            for i, fields in enumerate(read)
-        }
-        self._remote = window_totals(slices, self.floor, first)
+        self._remote = by_key({first + i: _pairs(flat) for i, flat in enumerate(read) if flat})
+        self._totals.clear()
         self._fresh = True
         self.syncs += 1
         # the providers first: a member-wide judgement needs them known
@@ -274,8 +278,13 @@ class RedisReputation:
             self.book.judge(member, provider)
 
 
+def _pairs(flat: list[Any]) -> dict[str, int]:
+    """An HGETALL's answer inside a script (a flat list) as a dict."""
+    return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
 def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-__all__ = ["RedisReputation", "decode_standing", "encode_standing", "window_totals"]
+__all__ = ["RedisReputation", "by_key", "decode_standing", "encode_standing", "total"]

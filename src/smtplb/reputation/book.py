@@ -180,6 +180,8 @@ class ReputationBook:
         old = self._standings.get(key, Standing())
         self._standings[key] = new
         self.dirty = True
+        if key[1] != MEMBER_WIDE:  # (shown in view() even without traffic here)
+            self._providers.setdefault(key[0], set()).add(key[1])
         if new.state is Reputation.PROBATION and old.state is not Reputation.PROBATION:
             # Probation judges what the member does from now on.
             self._start_again(key[0], None if key[1] == MEMBER_WIDE else key[1], new.since)
