@@ -2,7 +2,8 @@
 cluster's traffic, and a change of standing is decided once and told to every node.
 
 Counts. Each worker adds its outcomes to a local buffer (no Redis call per message);
-every ``SYNC_EVERY`` seconds in which it had traffic, one script call (one command)
+every ``SYNC_EVERY`` seconds when it saw a hard bounce, a policy block or a complaint
+(every ``CALM_EVERY`` with other outcomes only), one script call (one command)
 adds the buffer to Redis and reads the window back: hashes
 ``smtplb:rep:counts:SLICE`` (one per slice of the book's window, ``[reputation]
 window`` / 24, the slices of :class:`~smtplb.reputation.standing.Window`), fields
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +45,9 @@ from smtplb.reputation.standing import Counts, Outcome, Reputation, Standing
 
 log = logging.getLogger("smtplb.cluster")
 
-SYNC_EVERY = 2.0
+SYNC_EVERY = 2.0  # with outcomes that cross thresholds in the buffer
+CALM_EVERY = 10.0  # with only deliveries, deferrals and other bounces: rates go down
+URGENT = frozenset({Outcome.HARD, Outcome.POLICY, Outcome.COMPLAINT})
 COUNTS = PREFIX + "rep:counts:"
 STANDINGS = "rep:standings"  # under PREFIX: the hash and the channel
 
@@ -142,6 +146,8 @@ class RedisReputation:
         self.broadcast = Broadcast(link, STANDINGS, self._apply)
         self.on_adopt: Callable[[], None] | None = None  # another node moved a standing
         self.syncs = 0
+        self._urgent = False  # an outcome of URGENT in the buffer
+        self._synced_at = 0.0  # monotonic
         link.on_down.append(self._down)
         link.on_up.append(self.sync)
         book.shared = self
@@ -171,6 +177,8 @@ class RedisReputation:
         if counts is None:
             counts = by_slice[index] = Counts()
         counts.add(outcome)
+        if outcome in URGENT:
+            self._urgent = True
 
     def counts(self, key: Key, now: float) -> Counts | None:
         first = max(self._index(now) - self.buckets + 1, self.floor(key) + 1)
@@ -242,13 +250,16 @@ class RedisReputation:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(SYNC_EVERY)
-            if self.link.up and self._pending:
+            calm = time.monotonic() - self._synced_at >= CALM_EVERY - SYNC_EVERY / 2
+            if self.link.up and self._pending and (self._urgent or calm):
                 await self.link.call(self.sync)
 
     async def sync(self) -> None:
         """Add the buffer to Redis and read the window back (one script call); then
         judge every (member, provider) on the cluster's counts."""
         pending, self._pending = self._pending, {}
+        urgent, self._urgent = self._urgent, False
+        self._synced_at = time.monotonic()
         current = self._index(self.book.clock.wall())
         first = current - self.buckets + 1
         args: list[Any] = [math.ceil(self.slice * (self.buckets + 2))]
@@ -268,6 +279,7 @@ class RedisReputation:
                 mine = self._pending.setdefault(key, {})
                 for index, counts in by_slice.items():
                     mine.setdefault(index, Counts()).merge(counts)
+            self._urgent = self._urgent or urgent
             raise
         self._remote = by_key({first + i: _pairs(flat) for i, flat in enumerate(read) if flat})
         self._totals.clear()
