@@ -31,6 +31,7 @@ from smtplb.cluster.experiments import RedisExperimentStore
 from smtplb.cluster.link import ClusterLink
 from smtplb.cluster.members import ClusterMembers
 from smtplb.cluster.rate import RedisRate
+from smtplb.cluster.reputation import RedisReputation
 from smtplb.cluster.suppression import RedisSuppressionState
 from smtplb.cluster.suspensions import RedisSuspensions
 from smtplb.cluster.warmup import RedisWarmupState
@@ -136,10 +137,11 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     book = ReputationBook(config.reputation, clock)
     warmup = build_warmup(config, data_dir, clock, delivery_log, cluster)
     shaping = Shaping(ProviderTable.build(config.providers), RuleBook(config.providers), clock)
-    suspensions = None
+    suspensions = shared_book = None
     if cluster is not None:
         shaping.limiter = RedisRate(cluster)
         shaping.bus = suspensions = RedisSuspensions(cluster, shaping)
+        shared_book = RedisReputation(cluster, book)  # the cluster's counts and standings
     # Member-wide reputation, then suspensions for the job's provider, then the warm-up cap,
     # exclude; the provider's rate and connections make a member wait.
     eligibility = Eligibility(
@@ -271,6 +273,9 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         service.starters.append(cluster.start)  # registered before the first message
         if suspensions is not None:
             service.starters.append(suspensions.start)
+        if shared_book is not None:
+            shared_book.on_adopt = dispatcher.wake
+            service.starters.append(shared_book.start)
         if isinstance(state, RedisSuppressionState):
             service.starters.append(state.start)
         if worker == 0:  # the API's worker: tells the operator's actions, follows others'

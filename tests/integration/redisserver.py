@@ -22,6 +22,9 @@ from tests.integration.conftest import free_port, tool
 SCRIPT_INSIDE = frozenset(
     {"time", "get", "set", "hget", "hmget", "hset", "hincrby", "expire", "pexpire"}
     | {"zadd", "zremrangebyscore", "zcard", "sadd", "info"}
+    # the reputation sync's reads (cluster/reputation.py); a Broadcast's subscribe
+    # sends a few of its own (like the hset of its tell, above)
+    | {"hgetall"}
 )
 
 

@@ -43,6 +43,7 @@ def node_config(
     extra: str = "",
     members: str | None = None,
     workers: int = 1,
+    strategy: str = "round_robin",
 ) -> tuple[str, int, int]:
     smtp_port, http_port = free_port(), free_port()
     cluster = f'[cluster]\nnode = "{name}"\n' + (f'redis = "{redis_url}"\n' if redis_url else "")
@@ -74,7 +75,7 @@ schedule = [30, 60]
 max_hourly_share = 1.0
 [[pools]]
 name = "ips"
-strategy = "round_robin"
+strategy = "{strategy}"
 {members}
 [static_routes]
 "example.org" = "127.0.0.1:{sink_port}"
@@ -378,3 +379,46 @@ def test_a_suppression_on_one_node_is_refused_at_every_node(
     assert [e["address"] for e in listed] == ["gone@example.org"]
     assert b.api("/api/v1/suppressions/gone@example.org", "DELETE")[0] in (200, 204)
     wait_until(lambda: a.api("/api/v1/suppressions")[1]["suppressions"] == [], 5, "a removal")
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "embedded"])
+def test_a_member_blocked_under_min_volume_on_each_node_is_quarantined_by_their_sum(
+    shared: bool,
+    redis_server: RedisServer,  # noqa: F811
+    nodes: Callable[..., list[Smtplb]],
+) -> None:
+    # The upstream refuses 127.0.0.2 with 550 5.7.1 (a policy block; retried at once on
+    # ip-3). Failover tries ip-2 first: 12 policy blocks per node, under min_volume 20
+    # on each node, 24 over it for the cluster.
+    profile = SinkProfile(clients={WARM_IP: ClientRule(block=True)})
+    extra = '[reputation]\nmin_volume = 20\npolicy_block_quarantine = 0.05\nquarantine = "1h"\n'
+    url = redis_server.url if shared else None
+    with ThreadedSink("127.0.0.1", 0, profile) as sink:
+        a, b = nodes(2, sink.port, url, extra=extra, members=TWO_IPS, strategy="failover")
+
+        def state(node: Smtplb) -> str:
+            members = node.api("/api/v1/members")[1]["members"]
+            return str(next(m for m in members if m["name"] == "ip-2")["reputation"]["state"])
+
+        def quarantined() -> list[dict[str, Any]]:
+            return [r for n in (a, b) for r in n.delivery_log() if r["event"] == "quarantined"]
+
+        sent = send_all(a.smtp_port, [f"a{i}@example.org" for i in range(12)], clients=2, tag="a")
+        assert sink.wait_for(12, 60), sink.counts
+        blocked_a = sink.client_counts["blocked"]
+        assert state(a) == "ok" and blocked_a <= 12  # node a alone: under min_volume
+        sent += send_all(b.smtp_port, [f"b{i}@example.org" for i in range(12)], clients=2, tag="b")
+        assert sink.wait_for(24, 60), sink.counts
+        blocked = sink.client_counts["blocked"]
+        print(f"policy blocks of ip-2: {blocked_a} via node a, {blocked - blocked_a} via node b")
+        assert len(sent) == 24 and {m.envelope.client_ip for m in sink.received} == {NEW_IP}
+        if shared:
+            wait_until(lambda: state(a) == state(b) == "quarantined", 10, "both to quarantine")
+            wait_until(lambda: len(quarantined()) >= 1, 5, "the quarantined event")
+            events = quarantined()
+            said = [(r["member"], r["response"]) for r in events]
+            print(f"quarantined events in the cluster: {said}")
+            assert len(events) == 1 and events[0]["member"] == "ip-2"
+        else:
+            assert state(a) == state(b) == "ok"  # each node judges its own 12
+            assert quarantined() == []

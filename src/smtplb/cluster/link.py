@@ -82,6 +82,9 @@ class ClusterLink:
         self._probe: asyncio.Task[None] | None = None
         self._registrar: asyncio.Task[None] | None = None
         self._register = self.redis.register_script(_REGISTER)
+        # Set by aclose: the loops end at their next turn even when a cancel was lost
+        # (a call cancelled inside redis-py may swallow the CancelledError).
+        self._closed = False
 
     @property
     def shared(self) -> bool:
@@ -139,12 +142,12 @@ class ClusterLink:
         )
         for hook in self.on_down:
             hook()
-        if self._probe is None or self._probe.done():
+        if not self._closed and (self._probe is None or self._probe.done()):
             with contextlib.suppress(RuntimeError):
                 self._probe = asyncio.get_running_loop().create_task(self._probe_loop())
 
     async def _probe_loop(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(PROBE_EVERY)
             try:
                 # The pool's connections date from before: a restarted Redis has
@@ -166,7 +169,7 @@ class ClusterLink:
     # -- participants ------------------------------------------------------------------
 
     async def _register_loop(self) -> None:
-        while True:
+        while not self._closed:
             if self.up:
                 with contextlib.suppress(*UNREACHABLE):
                     await self._register_once()
@@ -207,6 +210,7 @@ class ClusterLink:
             tmp.replace(self._peers_file)
 
     async def aclose(self) -> None:
+        self._closed = True
         tasks = [t for t in (*self._tasks, self._probe, self._registrar) if t is not None]
         tasks += self.background
         for t in tasks:

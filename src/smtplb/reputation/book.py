@@ -30,6 +30,7 @@ from smtplb.reputation.standing import (
 )
 
 MEMBER_WIDE = "*"
+RELEASED = "released by the operator"  # a standing's reason: the counts start again
 
 _PROVIDERS = {
     "gmail.com": "gmail",
@@ -51,6 +52,24 @@ def provider_of(domain: str) -> str:
     """The provider a recipient domain belongs to, by name only ("other" when
     unknown). The one function to swap for provider recognition by MX."""
     return _PROVIDERS.get(domain.lower(), "other")
+
+
+class SharedCounts(Protocol):
+    """The seam to a cluster's counts and standings (:mod:`smtplb.cluster.reputation`).
+    While ``active``, the book judges on the cluster's counts and a change of standing
+    is proposed (the backend tells the winner's change to every node and
+    calls ``on_change`` once); else the book decides from its own window, as alone."""
+
+    @property
+    def active(self) -> bool: ...
+
+    def add(self, key: tuple[str, str], outcome: Outcome, now: float) -> None: ...
+
+    def counts(self, key: tuple[str, str], now: float) -> Counts | None: ...
+
+    def propose(self, change: Change) -> None: ...
+
+    def reset(self, member: str, provider: str | None, since: float) -> None: ...
 
 
 class _Named(Protocol):
@@ -88,6 +107,7 @@ class ReputationBook:
         self._providers: dict[str, set[str]] = {}
         self._standings: dict[tuple[str, str], Standing] = {}
         self.dirty = False
+        self.shared: SharedCounts | None = None
 
     def reconfigure(self, config: ReputationConfig) -> None:
         self.thresholds = Thresholds.from_config(config)
@@ -104,6 +124,8 @@ class ReputationBook:
             if window is None:
                 window = self._windows[k] = Window(self.window_length)
             window.add(outcome, now)
+            if self.shared is not None:
+                self.shared.add(k, outcome, now)
         providers = self._providers.setdefault(member, set())
         providers.add(provider)
         self.dirty = True
@@ -118,10 +140,23 @@ class ReputationBook:
 
     def counts(self, member: str, provider: str, now: float | None = None) -> Counts:
         """Counts over the window (``MEMBER_WIDE``: to every provider); do not change them."""
+        now = self.clock.wall() if now is None else now
+        if self.shared is not None and self.shared.active:
+            shared = self.shared.counts((member, provider), now)
+            if shared is not None:
+                return shared
         window = self._windows.get((member, provider))
         if window is None:
             return Counts()
-        return window.total(self.clock.wall() if now is None else now)
+        return window.total(now)
+
+    def judge(self, member: str, provider: str) -> None:
+        """Judge (member, provider) again: the cluster's counts changed."""
+        if provider != MEMBER_WIDE:
+            self._providers.setdefault(member, set()).add(provider)
+        elif len(self._providers.get(member, ())) <= 1:
+            return  # one provider: its own judgement says it all
+        self._judge((member, provider), self.clock.wall())
 
     def _judge(self, key: tuple[str, str], now: float) -> Standing:
         old = self._standings.get(key, Standing())
@@ -131,15 +166,35 @@ class ReputationBook:
         return new
 
     def _set(self, key: tuple[str, str], old: Standing, new: Standing) -> None:
+        self.adopt(key, new)
+        if new.state is old.state:
+            return
+        change = Change(key[0], key[1], old.state, new)
+        if self.shared is not None and self.shared.active:
+            self.shared.propose(change)  # the cluster's one winner tells on_change
+        elif self.on_change is not None:
+            self.on_change(change)
+
+    def adopt(self, key: tuple[str, str], new: Standing) -> None:
+        """``key`` stands at ``new`` (decided here, or by another node): no event."""
+        old = self._standings.get(key, Standing())
         self._standings[key] = new
         self.dirty = True
-        if new.state is Reputation.PROBATION:
+        if key[1] != MEMBER_WIDE:  # (shown in view() even without traffic here)
+            self._providers.setdefault(key[0], set()).add(key[1])
+        if new.state is Reputation.PROBATION and old.state is not Reputation.PROBATION:
             # Probation judges what the member does from now on.
-            for k in self._windows if key[1] == MEMBER_WIDE else [key]:
-                if k[0] == key[0] and k in self._windows:
-                    self._windows[k].clear()
-        if new.state is not old.state and self.on_change is not None:
-            self.on_change(Change(key[0], key[1], old.state, new))
+            self._start_again(key[0], None if key[1] == MEMBER_WIDE else key[1], new.since)
+        elif new.reason == RELEASED and old.state is not Reputation.OK:
+            self._start_again(key[0], None, new.since)
+
+    def _start_again(self, member: str, provider: str | None, since: float) -> None:
+        """The counts of (member, provider) (``None``: of every provider) start again."""
+        for k in self._windows:
+            if k[0] == member and provider in (None, k[1]):
+                self._windows[k].clear()
+        if self.shared is not None:
+            self.shared.reset(member, provider, since)
 
     def standing(self, member: str, provider: str) -> Standing:
         """The standing now (a quarantine whose cool-down is over becomes probation)."""
@@ -197,9 +252,8 @@ class ReputationBook:
         for key in [k for k in self._standings if k[0] == member]:
             old = self._standings[key]
             if old.state is not Reputation.OK:
-                self._set(key, old, Standing(Reputation.OK, now, reason="released by the operator"))
-        for key in [k for k in self._windows if k[0] == member]:
-            self._windows[key].clear()
+                self._set(key, old, Standing(Reputation.OK, now, reason=RELEASED))
+        self._start_again(member, None, now)
 
     # -- views -----------------------------------------------------------------------
 
@@ -271,4 +325,4 @@ def _counts_row(c: Counts) -> list[int]:
     return [c.delivered, c.deferred, c.hard_bounce, c.policy_block, c.bounced, c.complaint]
 
 
-__all__ = ["MEMBER_WIDE", "Change", "ReputationBook", "provider_of"]
+__all__ = ["MEMBER_WIDE", "Change", "ReputationBook", "SharedCounts", "provider_of"]
