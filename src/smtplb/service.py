@@ -26,7 +26,7 @@ from smtplb import __version__
 from smtplb.api.server import HttpServer
 from smtplb.balancing.eligibility import Eligibility
 from smtplb.cluster.heartbeat import Heartbeats, cluster_view, heartbeat, node_name
-from smtplb.config import Config, parse_hostport
+from smtplb.config import Config
 from smtplb.delivery.bounces import DsnWriter
 from smtplb.delivery.dispatcher import Dispatcher
 from smtplb.delivery.health_check import HealthChecker, verdicts
@@ -53,6 +53,7 @@ from smtplb.service_peers import peer_link
 from smtplb.service_reload import reload_config
 from smtplb.spool.base import MessageView, Spool
 from smtplb.spool.shards import ShardedQueue, adopt_orphans
+from smtplb.units import parse_hostport
 from smtplb.workers import (
     merge_live,
     merge_members,
