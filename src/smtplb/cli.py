@@ -21,8 +21,8 @@ from smtplb.commands.experiment import experiment
 from smtplb.commands.logs import logs
 from smtplb.commands.providers import providers
 from smtplb.commands.warmup import warmup
-from smtplb.config import parse_hostport
 from smtplb.mailauth.commands import auth, dkim
+from smtplb.units import parse_hostport
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -34,11 +34,12 @@ from smtplb.config_sections import (
     WarmupConfig,
     validate_cluster,
     validate_experiments,
+    validate_mail_auth,
     validate_providers,
     validate_reputation,
 )
 from smtplb.config_shape import Rules, check_shape, key_name, related
-from smtplb.units import Duration, Size
+from smtplb.units import Duration, Size, parse_hostport
 
 STRATEGIES = ("round_robin", "weighted", "least_connections", "latency", "hash", "failover")
 HASH_KEYS = ("recipient_domain", "sender_domain", "client_ip", "sender")
@@ -64,10 +65,6 @@ PLANNED: dict[str, str] = {}
 # Keys that parse but whose feature does nothing yet: a warning when set (true or a
 # value). Delete the entry when the feature is built.
 INERT: dict[str, str] = {}
-COMPLIANCE_MODES = ("off", "warn", "reject")
-_DNS_NAME = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$"
-)
 
 
 class ConfigError(Exception):
@@ -296,19 +293,6 @@ def _format_msgspec_error(err: msgspec.ValidationError) -> str:
     return f"{path or '(top level)'}: {msg[0].lower()}{msg[1:]}"
 
 
-def parse_hostport(value: str, *, default_host: str | None = None) -> tuple[str, int]:
-    """``"host:port"`` or ``"[v6]:port"`` → (host, port); ValueError when malformed."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        if default_host is None:
-            raise ValueError(f"expected host:port, got {value!r}")
-        host, port_text = default_host, value
-    host = host.strip("[]")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"expected host:port with a port from 1 to 65535, got {value!r}")
-    return host, int(port_text)
-
-
 def _validate(cfg: Config) -> list[str]:
     problems: list[str] = []
 
@@ -475,7 +459,7 @@ def _validate(cfg: Config) -> list[str]:
             f"expected 0 < {kind}_hold <= {kind}_step_back <= 1, got {hold} and {back}",
         )
     check(0 < cfg.delivery.mx_port < 65536, "delivery.mx_port", "must be a port from 1 to 65535")
-    problems.extend(_validate_mail_auth(cfg))
+    problems.extend(validate_mail_auth(cfg.dkim, cfg.compliance, cfg.dns))
     problems.extend(validate_providers(cfg.providers))
     problems.extend(validate_reputation(cfg.suppression, cfg.reputation))
     problems.extend(validate_cluster(cfg.cluster))
@@ -484,43 +468,6 @@ def _validate(cfg: Config) -> list[str]:
             cfg.experiments, {p.name: {m.name for m in p.members} for p in cfg.pools}, STRATEGIES
         )
     )
-    return problems
-
-
-def _validate_mail_auth(cfg: Config) -> list[str]:
-    """[[dkim]], [compliance], [dns]; the key files themselves are loaded (and their
-    problems named) by ``smtplb.mailauth.keys.load_keyring``."""
-    problems: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    for i, entry in enumerate(cfg.dkim):
-        at = f"dkim[{i}]"
-        domain = entry.domain.lower().rstrip(".")
-        if not _DNS_NAME.match(domain) or "." not in domain:
-            problems.append(f"{at}.domain: not a domain name: {entry.domain!r}")
-        if not _DNS_NAME.match(entry.selector.lower()):
-            problems.append(f"{at}.selector: not a DNS label: {entry.selector!r}")
-        if (domain, entry.selector.lower()) in seen:
-            problems.append(f"{at}.selector: {entry.selector!r} of {domain} is already configured")
-        seen.add((domain, entry.selector.lower()))
-        if not entry.key:
-            problems.append(f"{at}.key: the path of the PEM private key is required")
-    if cfg.compliance.list_unsubscribe not in COMPLIANCE_MODES:
-        problems.append(
-            f"compliance.list_unsubscribe: unknown mode {cfg.compliance.list_unsubscribe!r} "
-            f"(expected one of {', '.join(COMPLIANCE_MODES)})"
-        )
-    c = cfg.compliance
-    if not 0 < c.complaint_throttle <= c.complaint_stop < 1:
-        problems.append(
-            "compliance.complaint_stop: expected 0 < complaint_throttle <= complaint_stop < 1,"
-            f" got {c.complaint_throttle} and {c.complaint_stop}"
-        )
-    for i, server in enumerate(cfg.dns.nameservers):
-        try:
-            host, _ = parse_hostport(server)
-            ipaddress.ip_address(host)
-        except ValueError:
-            problems.append(f"dns.nameservers[{i}]: expected IP:port, got {server!r}")
     return problems
 
 

@@ -1,15 +1,17 @@
 """The config sections of SPEC §3.4 (experiments, warm-up, cluster, DKIM, compliance,
-DNS, suppression, reputation) as structs, with the checks of the reputation and experiment
-sections; ``config.py`` puts them into the whole :class:`~smtplb.config.Config`."""
+DNS, suppression, reputation) as structs, with their checks (DKIM, compliance and DNS
+together: ``validate_mail_auth``); ``config.py`` puts them into the whole
+:class:`~smtplb.config.Config`."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 
 import msgspec
 
-from smtplb.units import Duration, parse_rate
+from smtplb.units import Duration, parse_hostport, parse_rate
 
 SUPPRESSION_ACTIONS = ("reject", "drop")
 SUPPRESSION_SCOPES = ("global", "sender_domain")
@@ -83,6 +85,10 @@ class ClusterConfig(Section):
 
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+COMPLIANCE_MODES = ("off", "warn", "reject")
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$"
+)
 
 
 def validate_cluster(cluster: ClusterConfig) -> list[str]:
@@ -127,6 +133,45 @@ class ComplianceConfig(Section):
 
 class DnsConfig(Section):
     nameservers: list[str] = msgspec.field(default_factory=list)  # "host:port"; empty: system
+
+
+def validate_mail_auth(
+    dkim: list[DkimConfig], compliance: ComplianceConfig, dns: DnsConfig
+) -> list[str]:
+    """[[dkim]], [compliance], [dns]; the key files themselves are loaded (and their
+    problems named) by ``smtplb.mailauth.keys.load_keyring``."""
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for i, entry in enumerate(dkim):
+        at = f"dkim[{i}]"
+        domain = entry.domain.lower().rstrip(".")
+        if not _DNS_NAME.match(domain) or "." not in domain:
+            problems.append(f"{at}.domain: not a domain name: {entry.domain!r}")
+        if not _DNS_NAME.match(entry.selector.lower()):
+            problems.append(f"{at}.selector: not a DNS label: {entry.selector!r}")
+        if (domain, entry.selector.lower()) in seen:
+            problems.append(f"{at}.selector: {entry.selector!r} of {domain} is already configured")
+        seen.add((domain, entry.selector.lower()))
+        if not entry.key:
+            problems.append(f"{at}.key: the path of the PEM private key is required")
+    if compliance.list_unsubscribe not in COMPLIANCE_MODES:
+        problems.append(
+            f"compliance.list_unsubscribe: unknown mode {compliance.list_unsubscribe!r} "
+            f"(expected one of {', '.join(COMPLIANCE_MODES)})"
+        )
+    c = compliance
+    if not 0 < c.complaint_throttle <= c.complaint_stop < 1:
+        problems.append(
+            "compliance.complaint_stop: expected 0 < complaint_throttle <= complaint_stop < 1,"
+            f" got {c.complaint_throttle} and {c.complaint_stop}"
+        )
+    for i, server in enumerate(dns.nameservers):
+        try:
+            host, _ = parse_hostport(server)
+            ipaddress.ip_address(host)
+        except ValueError:
+            problems.append(f"dns.nameservers[{i}]: expected IP:port, got {server!r}")
+    return problems
 
 
 class SuppressionConfig(Section):

@@ -26,25 +26,17 @@ from smtplb import __version__
 from smtplb.api.server import HttpServer
 from smtplb.balancing.eligibility import Eligibility
 from smtplb.cluster.heartbeat import Heartbeats, cluster_view, heartbeat, node_name
-from smtplb.config import Config, load_config, parse_hostport
+from smtplb.config import Config
 from smtplb.delivery.bounces import DsnWriter
 from smtplb.delivery.dispatcher import Dispatcher
-from smtplb.delivery.health_check import HealthChecker, follow, verdicts
+from smtplb.delivery.health_check import HealthChecker, verdicts
 from smtplb.delivery.member import Member
 from smtplb.delivery.mx import MxResolver
-from smtplb.delivery.pools import (
-    PausedMembers,
-    PoolRuntime,
-    Warmup,
-    all_members,
-    build_pools,
-    retry_schedule,
-)
+from smtplb.delivery.pools import PausedMembers, PoolRuntime, Warmup, all_members
 from smtplb.experiments import Experiments
 from smtplb.intake.auth import AuthThrottle
 from smtplb.intake.pipeline import IntakePipeline
 from smtplb.intake.server import ConnectionCap, Listener
-from smtplb.mailauth.keys import load_keyring
 from smtplb.model import Envelope, RecipientState
 from smtplb.observability.delivery_log import DeliveryLog
 from smtplb.observability.live import LiveStats
@@ -53,16 +45,16 @@ from smtplb.observability.record import member_record
 from smtplb.observability.trace import TraceBook
 from smtplb.observability.webhooks import Webhooks
 from smtplb.reputation.book import ReputationBook
-from smtplb.reputation.complaint_budget import BudgetPolicy, ComplaintBudget
+from smtplb.reputation.complaint_budget import ComplaintBudget, compliance_view
 from smtplb.reputation.feedback import Feedback, FeedbackHandler
-from smtplb.reputation.rules import RuleBook
 from smtplb.reputation.state import State
 from smtplb.reputation.suppression import BounceSuppressor
-from smtplb.routing.providers import ProviderTable
+from smtplb.service_peers import peer_link
+from smtplb.service_reload import reload_config
 from smtplb.spool.base import MessageView, Spool
 from smtplb.spool.shards import ShardedQueue, adopt_orphans
+from smtplb.units import parse_hostport
 from smtplb.workers import (
-    PeerLink,
     merge_live,
     merge_members,
     merge_metrics,
@@ -72,9 +64,6 @@ from smtplb.workers import (
 )
 
 log = logging.getLogger("smtplb")
-# Workers 1…N-1 render their metrics for worker 0's /metrics this often (seconds);
-# the rest of their snapshot goes every SNAPSHOT_EVERY.
-METRICS_EVERY = 5.0
 
 
 class _MemberBus(Protocol):
@@ -246,22 +235,7 @@ class Service:
         ]
 
     def compliance_view(self) -> dict[str, Any]:
-        """The complaint budget: its thresholds and every sender domain in the window."""
-        c, budget = self.config.compliance, self.budget
-        domains = (
-            [] if budget is None else sorted(budget.standing().values(), key=lambda d: -d.rate)
-        )
-        return {
-            "complaint_budget": {
-                "enabled": budget is not None,
-                "throttle": c.complaint_throttle,
-                "stop": c.complaint_stop,
-                "window": float(self.config.reputation.window),
-                "min_volume": self.config.reputation.min_volume,
-                "domains": [d.to_json() for d in domains],
-            },
-            "list_unsubscribe": c.list_unsubscribe,
-        }
+        return compliance_view(self.config, self.budget)
 
     def lift_complaint_budget(self, domain: str) -> dict[str, Any] | None:
         """Let ``domain``'s marketing and bulk mail go for one window; None: the budget
@@ -484,7 +458,7 @@ class Service:
         self._tasks.append(loop.create_task(self.dispatcher.run()))
         self._tasks.append(loop.create_task(self._housekeeping()))
         if self.worker > 0:
-            self._tasks.append(loop.create_task(self._peer_link().run()))
+            self._tasks.append(loop.create_task(peer_link(self).run()))
         elif self.config.cluster.redis:  # worker 0 beats for the node
             node = node_name(self.config.cluster.node)
             self.heartbeats = Heartbeats(
@@ -534,86 +508,13 @@ class Service:
         self.dispatcher.member_event(member, event, reason)
         self.dispatcher.wake()
 
-    def _peer_link(self) -> PeerLink:
-        """Workers 1…N-1 publish their state and follow worker 0's pauses and drain."""
-
-        rendered_at, rendered = -METRICS_EVERY, ""  # this worker's metrics text
-
-        async def snapshot() -> dict[str, Any]:
-            # The Prometheus text costs O(members) to render: every METRICS_EVERY
-            # seconds, not at each snapshot (a pool of 150 members made it most of
-            # an idle worker's CPU).
-            nonlocal rendered_at, rendered
-            if time.monotonic() - rendered_at >= METRICS_EVERY:
-                await self.refresh_gauges()
-                rendered_at, rendered = time.monotonic(), self.metrics.render().decode()
-            return self.snapshot(rendered)
-
-        def follow_pauses() -> None:
-            names = self.paused.load()
-            for member in self.members():
-                member.paused = member.name in names
-            self.dispatcher.wake()
-
-        def follow_drain(draining: bool) -> None:
-            self._drained = draining
-
-        def follow_health(published: dict[str, dict[str, Any]]) -> None:
-            now = self.dispatcher.clock.monotonic()
-            for member in self.members():  # worker 0 logged the change: no record here
-                if member.name in published and follow(member, published[member.name], now):
-                    self.dispatcher.wake()
-
-        return PeerLink(
-            self.data_dir,
-            self.worker,
-            snapshot=snapshot,
-            paused_mtime=self.paused.mtime,
-            on_paused_change=follow_pauses,
-            on_drain_change=follow_drain,
-            on_health=follow_health,
-        )
+    def follow_drain(self, draining: bool) -> None:
+        """Worker 0's drain flag changed (on workers 1…N-1: see smtplb.service_peers)."""
+        self._drained = draining
 
     async def reload(self) -> None:
-        """Re-read the config file: pools, members, routes, static routes, retry
-        settings, SMTP limits and relay_networks change; listeners need a restart."""
-        if self.config_path is None:
-            log.info("SIGHUP: no config file to reload")
-            return
-        try:
-            new = load_config(self.config_path)
-            keyring = load_keyring(new.dkim)  # a bad key keeps the old config and keys
-        except Exception as exc:
-            log.error("reload failed, keeping the running config: %s", exc)
-            return
-        existing = {m.name: m for m in self.members()}
-        self.config = new
-        self.intake.reconfigure(new)
-        self.intake.signer.keyring = keyring
-        self.pools.clear()
-        self.warmup.reconfigure(new)
-        if self.budget is not None:  # new thresholds; turning it on or off needs a restart
-            self.budget.reconfigure(BudgetPolicy.of(new))
-        self.experiments.configure(new.experiments)
-        self.pools.update(
-            build_pools(
-                new,
-                existing,
-                self.paused.load(),
-                self.workers,
-                self.dispatcher.clock,
-                self.eligibility,
-            )
-        )
-        self.book.reconfigure(new.reputation)
-        self.feedback_handler.scope = new.suppression.scope
-        self.dispatcher.desk.shaping.providers = ProviderTable.build(new.providers)
-        self.dispatcher.desk.shaping.rules = RuleBook(new.providers)
-        self.resolver.static = MxResolver(new.static_routes).static
-        self.dispatcher.schedule = retry_schedule(new)
-        self.dsn.reporting_mta = new.hostname
-        log.info("configuration reloaded from %s", self.config_path)
-        self.dispatcher.wake()
+        """Re-read the config file (SIGHUP; see smtplb.service_reload)."""
+        reload_config(self)
 
     # -- experiments (Operations) -------------------------------------------------------
 

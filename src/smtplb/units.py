@@ -1,4 +1,5 @@
-"""Durations ("30s", "5m", "2h", "1d") and sizes ("25MB") as config values."""
+"""Durations ("30s", "5m", "2h", "1d"), sizes ("25MB"), rates and ``host:port``
+addresses as config values."""
 
 from __future__ import annotations
 
@@ -88,3 +89,16 @@ def format_duration(seconds: float) -> str:
         if seconds >= factor and seconds % factor == 0:
             return f"{int(seconds // factor)}{unit}"
     return f"{seconds:g}s"
+
+
+def parse_hostport(value: str, *, default_host: str | None = None) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` → (host, port); ValueError when malformed."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        if default_host is None:
+            raise ValueError(f"expected host:port, got {value!r}")
+        host, port_text = default_host, value
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"expected host:port with a port from 1 to 65535, got {value!r}")
+    return host, int(port_text)

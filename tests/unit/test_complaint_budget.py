@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from smtplb.clock import FakeClock
+from smtplb.config import parse_config
 from smtplb.reputation.complaint_budget import (
     OK,
     STOPPED,
@@ -16,6 +17,7 @@ from smtplb.reputation.complaint_budget import (
     ComplaintBudget,
     DomainBudget,
     budget_state,
+    compliance_view,
     holds,
 )
 from smtplb.reputation.complaint_store import SqliteBudgetStore
@@ -114,4 +116,22 @@ def test_an_operator_lift_lets_the_mail_go_until_it_ends(tmp_path: Path) -> None
     budget.reconfigure(BudgetPolicy(min_volume=50, throttle=0.01, stop=0.02))  # a reload
     assert budget.standing()["shop.test"].state == THROTTLED  # 1 %
     assert repr(budget) == "ComplaintBudget(1 domains, 1 over budget)"
+    budget.close()
+
+
+def test_the_compliance_view_lists_the_domains_highest_rate_first(tmp_path: Path) -> None:
+    config = parse_config({})
+    off = compliance_view(config, None)["complaint_budget"]
+    assert off["enabled"] is False and off["domains"] == []
+    clock = FakeClock(start=1_000_000_000.0)
+    budget = _budget(tmp_path / "c.sqlite", clock)
+    budget.delivered("calm.test", "marketing", 1000)
+    budget.delivered("shop.test", "marketing", 100)
+    budget.complaint("shop.test", "marketing")
+    clock.advance(1.0)
+    view = compliance_view(config, budget)
+    on = view["complaint_budget"]
+    assert on["enabled"] is True and on["window"] == float(config.reputation.window)
+    assert [d["domain"] for d in on["domains"]] == ["shop.test", "calm.test"]
+    assert view["list_unsubscribe"] == config.compliance.list_unsubscribe
     budget.close()

@@ -13,7 +13,7 @@ from smtplb.config import (
     resolve_workers,
     usable_cores,
 )
-from smtplb.units import Duration, Size
+from smtplb.units import Duration, Size, parse_hostport
 
 
 def problems_of(data: dict[str, object]) -> list[str]:
@@ -392,3 +392,12 @@ def test_run_and_check_print_the_warnings_at_start(
     assert "config warning: cluster.redis: not implemented yet" in capsys.readouterr().err
     config_or_exit(path, warn=False)  # a worker process: its supervisor warned already
     assert capsys.readouterr().err == ""
+
+
+def test_host_port_addresses_parse_or_name_the_problem() -> None:
+    assert parse_hostport("mx.example.com:25") == ("mx.example.com", 25)
+    assert parse_hostport("[::1]:2525") == ("::1", 2525)
+    assert parse_hostport("8025", default_host="127.0.0.1") == ("127.0.0.1", 8025)
+    for bad in ("mx.example.com", ":25", "host:0", "host:65536", "host:smtp"):
+        with pytest.raises(ValueError, match="expected host:port"):
+            parse_hostport(bad)

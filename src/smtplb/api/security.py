@@ -42,7 +42,8 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smtplb.api.problem import problem
-from smtplb.config import Config, parse_hostport
+from smtplb.config import Config
+from smtplb.units import parse_hostport
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_OVERHEAD = 64 * 1024  # the envelope fields around the message

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
-from smtplb.config import parse_hostport
+from smtplb.units import parse_hostport
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -13,8 +13,9 @@ from typing import Any
 
 import click
 
-from smtplb.config import Config, ConfigError, load_config, parse_hostport
+from smtplb.config import Config, ConfigError, load_config
 from smtplb.mailauth.keys import load_keyring
+from smtplb.units import parse_hostport
 
 CONFIG_OPTION = click.option(
     "-c",

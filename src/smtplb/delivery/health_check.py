@@ -23,9 +23,10 @@ from typing import Any
 
 from smtplb.balancing.health import Transition
 from smtplb.clock import Clock, SystemClock
-from smtplb.config import HealthConfig, parse_hostport
+from smtplb.config import HealthConfig
 from smtplb.delivery.connection import ConnectError, ConnectionSettings, SmtpClientConnection
 from smtplb.delivery.member import Member
+from smtplb.units import parse_hostport
 
 MemberEvent = Callable[[Member, str, str], None]
 Probe = Callable[[Member, float], Awaitable[tuple[bool, str]]]

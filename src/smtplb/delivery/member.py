@@ -23,7 +23,7 @@ from typing import Any
 
 from smtplb.balancing.health import ActiveHealth, PassiveHealth, Transition
 from smtplb.clock import Clock, SystemClock
-from smtplb.config import MemberConfig, parse_hostport
+from smtplb.config import MemberConfig
 from smtplb.delivery.connection import (
     ConnectError,
     ConnectionSettings,
@@ -32,6 +32,7 @@ from smtplb.delivery.connection import (
 )
 from smtplb.delivery.mx import Destination, MxResolver
 from smtplb.model import RecipientState
+from smtplb.units import parse_hostport
 
 
 @dataclass(slots=True)

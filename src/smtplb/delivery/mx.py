@@ -23,7 +23,7 @@ import dns.rdatatype
 import dns.resolver
 
 from smtplb.clock import Clock, SystemClock
-from smtplb.config import parse_hostport
+from smtplb.units import parse_hostport
 
 TRANSIENT_TTL = 5.0  # SERVFAIL / timeout: ask again after this long
 

@@ -21,10 +21,11 @@ import dns.exception
 import dns.nameserver
 import dns.resolver
 
-from smtplb.config import Config, parse_hostport
+from smtplb.config import Config
 from smtplb.mailauth.keys import public_key_b64
 from smtplb.mailauth.sign import KeyRing
 from smtplb.mailauth.spf import Dns, DnsFailure, check_host
+from smtplb.units import parse_hostport
 
 DMARC_POLICIES = ("none", "quarantine", "reject")
 

@@ -20,8 +20,8 @@ import dns.nameserver
 import dns.resolver
 
 from smtplb.clock import Clock
-from smtplb.config import parse_hostport
 from smtplb.mailauth.check import organizational_domain
+from smtplb.units import parse_hostport
 
 log = logging.getLogger("smtplb")
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from smtplb.clock import Clock
 from smtplb.config import Config
@@ -239,3 +240,21 @@ class ComplaintBudget:
     def __repr__(self) -> str:
         held = sum(1 for d in self._standing.values() if d.state != OK)
         return f"ComplaintBudget({len(self._standing)} domains, {held} over budget)"
+
+
+def compliance_view(config: Config, budget: ComplaintBudget | None) -> dict[str, Any]:
+    """The complaint budget (``budget``: None when off) for the API: its thresholds
+    and every sender domain in the window, the highest complaint rate first."""
+    c = config.compliance
+    domains = [] if budget is None else sorted(budget.standing().values(), key=lambda d: -d.rate)
+    return {
+        "complaint_budget": {
+            "enabled": budget is not None,
+            "throttle": c.complaint_throttle,
+            "stop": c.complaint_stop,
+            "window": float(config.reputation.window),
+            "min_volume": config.reputation.min_volume,
+            "domains": [d.to_json() for d in domains],
+        },
+        "list_unsubscribe": c.list_unsubscribe,
+    }
