@@ -281,7 +281,13 @@ class SqliteSpool:
             return await self._write(lambda c: queries.retry_one(c, queue_id, now))
         # Everything: in slices, so that a deep queue neither holds the writer (and
         # with it intake) for seconds nor keeps a huge rollback journal in memory.
-        return await self._in_slices(lambda c, limit: queries.retry_slice(c, now, limit), 5000)
+        total, after, limit = 0, 0, 5000
+        while True:
+            step = partial(queries.retry_slice, now=now, after=after, limit=limit)
+            seen, made_due, after = await self._write(step)
+            total += made_due
+            if seen < limit:
+                return total
 
     async def _in_slices(self, fn: Callable[[sqlite3.Connection, int], int], limit: int) -> int:
         """``fn(conn, limit)`` in one transaction after another until a slice does fewer
