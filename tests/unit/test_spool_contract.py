@@ -437,6 +437,53 @@ async def test_retry_one_and_all(spool: Spool, clock: FakeClock) -> None:
 
 
 @spool_test
+async def test_retry_all_takes_the_backlog_in_arrival_order(spool: Spool, clock: FakeClock) -> None:
+    """retry --all makes the due recipients due now too: claims then follow rids, not
+    the (jittered) times they came due at, and nearby rows share pages."""
+    rids = {}
+    for qid in ("a", "b", "c", "d"):
+        [rids[qid]] = await store_rids(spool, msg(qid))
+    await claim_all(spool, T0)
+    due_at = {"a": T0 + 30, "b": T0 + 10, "c": T0 + HOUR, "d": T0 + 20}
+    await spool.record(
+        [RecipientResult(rids[q], S.DEFERRED, next_attempt=t, code=451) for q, t in due_at.items()]
+    )
+    clock.advance(60)
+    assert await spool.retry() == 1  # c: the others were due already
+    claimed = [m.queue_id for m in await spool.claim_ready(clock.wall(), 10)]
+    assert sorted(claimed) == ["a", "b", "c", "d"]
+    if isinstance(spool, SqliteSpool):  # one file: one rid order
+        assert claimed == ["a", "b", "c", "d"]
+    assert await spool.retry() == 0
+
+
+def test_retry_all_in_slices_looks_at_each_recipient_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        clock = FakeClock(T0)
+        spool = SqliteSpool(tmp_path / "spool.db", clock=clock)
+        spool.retry_slice = 2
+        await spool.open()
+        try:
+            for i in range(7):
+                await spool.store(msg(f"m{i}", "a@x.test", "b@x.test"))
+            rids = list(await claim_all(spool, T0))
+            results = [
+                RecipientResult(r, S.DEFERRED, next_attempt=T0 + HOUR - r, code=451)
+                for r in rids[:-1]
+            ]
+            await spool.record([*results, RecipientResult(rids[-1], S.DELIVERED, code=250)])
+            clock.advance(60)
+            assert await spool.retry() == 13  # one delivered: not retried
+            claimed = [r.rid for m in await spool.claim_ready(clock.wall(), 100)
+                       for r in m.recipients]  # fmt: skip
+            assert claimed == rids[:-1]
+        finally:
+            await spool.close()
+
+    run(main())
+
+
+@spool_test
 async def test_delete(spool: Spool, clock: FakeClock) -> None:
     [rid] = await store_rids(spool, msg("gone", "a@x.test"))
     await spool.store(msg("kept", "b@x.test", "c@x.test"))

@@ -233,13 +233,35 @@ def expire(
     ]
 
 
-def retry_slice(conn: sqlite3.Connection, now: float, limit: int) -> int:
-    cur = conn.execute(
-        "UPDATE recipients SET next_attempt=?, updated_at=? WHERE rid IN"
-        f" (SELECT rid FROM recipients WHERE {READY} AND next_attempt > ? LIMIT ?)",
-        (now, now, now, limit),
-    )
-    return cur.rowcount
+def retry_slice(
+    conn: sqlite3.Connection, now: float, after: int, limit: int
+) -> tuple[int, int, int]:
+    """Make due now the next ``limit`` ready recipients after rid ``after``, in rid
+    order: (recipients looked at, of those not due before, the last rid).
+
+    Every ready recipient gets ``next_attempt = now``, the already due ones too: the
+    claim then takes the backlog in rid (arrival) order, where consecutive recipients
+    share table and index pages. Left at their old times, the due ones come out in
+    ``next_attempt`` order, which the retry jitter has shuffled across a window of
+    thousands of messages: each claim and record then touches a different page per
+    recipient, and once the spool outgrows SQLite's page cache each of those is a read
+    from the file (a deep drain slowest at its start). The rid cursor makes the pass
+    linear: each row is looked at once, however many slices."""
+    rows = conn.execute(
+        f"SELECT rid, next_attempt > ? FROM recipients NOT INDEXED WHERE rid > ? AND {READY}"
+        " ORDER BY rid LIMIT ?",
+        (now, after, limit),
+    ).fetchall()
+    if not rows:
+        return 0, 0, after
+    for chunk in _chunks([rid for rid, _ in rows]):
+        size = _bucket(len(chunk))
+        conn.execute(
+            "UPDATE recipients SET next_attempt=?, updated_at=?"
+            f" WHERE rid IN ({_qmarks(size)}) AND next_attempt <> ?",
+            [now, now, *chunk, *[chunk[0]] * (size - len(chunk)), now],
+        )
+    return len(rows), sum(due for _, due in rows), rows[-1][0]
 
 
 def retry_one(conn: sqlite3.Connection, queue_id: str, now: float) -> int:

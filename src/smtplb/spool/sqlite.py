@@ -97,6 +97,7 @@ class SqliteSpool:
             files=self.segments,
         )
         self.compaction = compaction or CompactionPolicy()
+        self.retry_slice = 5000  # recipients per transaction of retry --all
         self._sealed_at: dict[int, float] = {}  # segment -> when first seen not current
         self._compacting: dict[int, tuple[int, int]] = {}  # segment -> (messages, bytes) moved
         self._compactor: asyncio.Task[None] | None = None
@@ -281,7 +282,13 @@ class SqliteSpool:
             return await self._write(lambda c: queries.retry_one(c, queue_id, now))
         # Everything: in slices, so that a deep queue neither holds the writer (and
         # with it intake) for seconds nor keeps a huge rollback journal in memory.
-        return await self._in_slices(lambda c, limit: queries.retry_slice(c, now, limit), 5000)
+        total, after, limit = 0, 0, self.retry_slice
+        while True:
+            step = partial(queries.retry_slice, now=now, after=after, limit=limit)
+            seen, made_due, after = await self._write(step)
+            total += made_due
+            if seen < limit:
+                return total
 
     async def _in_slices(self, fn: Callable[[sqlite3.Connection, int], int], limit: int) -> int:
         """``fn(conn, limit)`` in one transaction after another until a slice does fewer
