@@ -28,6 +28,7 @@ from smtplb.balancing.eligibility import (
 )
 from smtplb.clock import Clock, SystemClock
 from smtplb.cluster.experiments import RedisExperimentStore
+from smtplb.cluster.heartbeat import Heartbeats, node_name
 from smtplb.cluster.link import ClusterLink
 from smtplb.cluster.members import ClusterMembers
 from smtplb.cluster.rate import RedisRate
@@ -281,6 +282,8 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         if worker == 0:  # the API's worker: tells the operator's actions, follows others'
             service.member_bus = members = ClusterMembers(cluster, service.follow_cluster)
             service.starters.append(members.start)
+            node = node_name(config.cluster.node)
+            service.heartbeats = Heartbeats(cluster, node, clock=clock)  # beats for the node
         service.closers.append(cluster.aclose)
         if isinstance(warmup.state, RedisWarmupState):
             warmup.state.on_lease = dispatcher.wake

@@ -135,7 +135,7 @@ class Service:
         self.warmup = warmup
         self.budget: ComplaintBudget | None = None  # [compliance] complaint_budget (app.py)
         self.http: HttpServer | None = None  # set by smtplb.app on worker 0
-        self.heartbeats: Heartbeats | None = None  # worker 0, with [cluster] redis
+        self.heartbeats: Heartbeats | None = None  # worker 0, with [cluster] redis (app.py)
         # A cluster's: pauses and quarantines told to every node (worker 0's)
         self.member_bus: _MemberBus | None = None
         # Run at the end of start, and last on stop (smtplb.app adds the cluster link's)
@@ -459,11 +459,7 @@ class Service:
         self._tasks.append(loop.create_task(self._housekeeping()))
         if self.worker > 0:
             self._tasks.append(loop.create_task(peer_link(self).run()))
-        elif self.config.cluster.redis:  # worker 0 beats for the node
-            node = node_name(self.config.cluster.node)
-            self.heartbeats = Heartbeats(
-                self.config.cluster.redis, node, clock=self.dispatcher.clock
-            )
+        elif self.heartbeats is not None:  # worker 0 beats for the node
             self._tasks.append(loop.create_task(self.heartbeats.run(self._heartbeat)))
         if self.config.health.checks and self.worker == 0:  # the peers follow its verdicts
             checker = HealthChecker(

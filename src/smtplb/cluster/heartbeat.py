@@ -7,7 +7,10 @@ its version and the time. A node that stops beating drops out by itself when
 its key expires. ``GET /api/v1/cluster`` lists the live records
 (:func:`cluster_view`); without Redis, or while Redis is away, it lists this
 node alone, marked. Building the record and the list are pure functions; the
-Redis part is :class:`Heartbeats`.
+Redis part is :class:`Heartbeats`, which talks through the worker's
+:class:`~smtplb.cluster.link.ClusterLink` (its client, and its verdict on whether
+Redis answers: a failed beat puts the link away, and the link's probe brings it
+back).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import redis.asyncio
 from redis.exceptions import RedisError
 
 from smtplb.clock import Clock, SystemClock
+from smtplb.cluster.link import UNREACHABLE, ClusterLink
 
 log = logging.getLogger("smtplb.cluster")
 
@@ -88,21 +91,18 @@ class Heartbeats:
 
     def __init__(
         self,
-        url: str,
+        link: ClusterLink,
         node: str,
         *,
         clock: Clock | None = None,
         every: float = EVERY,
         ttl: int = TTL,
     ) -> None:
-        self.url = url
+        self.link = link
         self.node = node
         self.clock = clock if clock is not None else SystemClock()
         self.every = every
         self.ttl = ttl
-        self.client = redis.asyncio.Redis.from_url(
-            url, socket_timeout=1.0, socket_connect_timeout=1.0
-        )
         self.up: bool | None = None  # None: not tried yet
 
     @property
@@ -110,14 +110,17 @@ class Heartbeats:
         return {None: "unknown", True: "up", False: "down"}[self.up]
 
     async def beat(self, record: dict[str, Any]) -> None:
-        await self.client.set(KEY_PREFIX + self.node, json.dumps(record), ex=self.ttl)
+        await self.link.redis.set(KEY_PREFIX + self.node, json.dumps(record), ex=self.ttl)
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every live heartbeat (an empty list when Redis cannot be read)."""
+        client = self.link.redis
+        if not self.link.up:
+            return []
         try:
-            keys = [k async for k in self.client.scan_iter(match=KEY_PREFIX + "*", count=100)]
-            values = await self.client.mget(keys) if keys else []
-        except (RedisError, OSError) as exc:
+            keys = [k async for k in client.scan_iter(match=KEY_PREFIX + "*", count=100)]
+            values = await client.mget(keys) if keys else []
+        except (*UNREACHABLE, RedisError) as exc:
             self._mark(False, exc)
             return []
         out = []
@@ -130,17 +133,21 @@ class Heartbeats:
 
     async def run(self, record: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         """Beat every ``every`` seconds until cancelled; Redis away is logged once
-        (and its return), never fatal."""
+        (and its return), never fatal. While the link is away nothing is sent: its
+        probe finds Redis again, and the next beat follows."""
         while True:
-            try:
-                await self.beat(await record())
-            except (RedisError, OSError) as exc:
-                self._mark(False, exc)
-            else:
-                self._mark(True)
+            if self.link.up:
+                try:
+                    await self.beat(await record())
+                except (*UNREACHABLE, RedisError) as exc:
+                    self._mark(False, exc)
+                else:
+                    self._mark(True)
+            elif self.up is not False:
+                self._mark(False, "the cluster link is away")
             await self.clock.sleep(self.every)
 
-    def _mark(self, up: bool, exc: BaseException | None = None) -> None:
+    def _mark(self, up: bool, exc: BaseException | str | None = None) -> None:
         # The outage itself is the cluster link's warning (one line each way, for the
         # operator); these say only what it means for the heartbeats.
         if up and self.up is not True:
@@ -152,19 +159,22 @@ class Heartbeats:
                 self._where,
                 exc,
             )
+        if not up and isinstance(exc, UNREACHABLE):
+            self.link.went_away(exc)  # the link's probe brings it (and the beats) back
         self.up = up
 
     @property
     def _where(self) -> str:
         # The URL without a password (never logged).
-        pool = self.client.connection_pool.connection_kwargs
+        pool = self.link.redis.connection_pool.connection_kwargs
         return f"{pool.get('host', '?')}:{pool.get('port', '?')}/{pool.get('db', 0)}"
 
     async def close(self) -> None:
-        """Leave: remove this node's heartbeat (if Redis answers), close the client."""
-        with contextlib.suppress(RedisError, OSError):  # else its TTL removes it
-            await self.client.delete(KEY_PREFIX + self.node)
-        await self.client.aclose()
+        """Leave: remove this node's heartbeat, if Redis answers (else its TTL removes
+        it). The client is the link's, closed with it."""
+        if self.link.up:
+            with contextlib.suppress(*UNREACHABLE, RedisError):
+                await self.link.redis.delete(KEY_PREFIX + self.node)
 
     def __repr__(self) -> str:
         return f"Heartbeats({self.node}, redis {self.state})"
