@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from smtplb.api import Operations, create_app
-from smtplb.api.routes import protected, public
+from smtplb.api.access import protected, public
 from smtplb.config import Config, parse_config
 from smtplb.model import Envelope, RecipientState
 from smtplb.reputation.embedded import SqliteState

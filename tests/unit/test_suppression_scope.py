@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from smtplb.api.routes import suppression_entries
+from smtplb.api.reputation_routes import suppression_entries
 from smtplb.commands.admin import import_entries
 from smtplb.reputation.feedback import complaint_scope
 from smtplb.reputation.state import Suppression, normalize_domain
