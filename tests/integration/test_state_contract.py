@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from smtplb.cluster.experiments import RedisExperimentStore
@@ -350,6 +351,59 @@ def test_a_suppression_added_or_removed_anywhere_holds_everywhere(
             assert await a.suppress([Suppression("u@example.org", domain="shop.test")]) == 0
 
     run(main())
+
+
+def test_a_node_joining_reads_a_large_list_in_slices_into_its_replica(
+    tmp_path: Path,
+    redis_server: RedisServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The hash already holds 2,500 entries (more than two HSCAN slices) and one that is
+    not JSON: a node that subscribes has every good one in its replica, and says which
+    one it could not read."""
+    from smtplb.cluster.broadcast import SLICE
+    from smtplb.cluster.suppression import field_of
+
+    (tmp_path / "late").mkdir()
+    n = 2500
+    assert n > 2 * SLICE
+
+    async def main() -> None:
+        link = ClusterLink(redis_server.url, "late", 0)
+        try:
+            entries = {
+                field_of(f"user{i}@example.org", "shop.test" if i % 2 else ""): msgspec.json.encode(
+                    Suppression(
+                        f"user{i}@example.org", "import", "api", T0, "shop.test" if i % 2 else ""
+                    )
+                )
+                for i in range(n)
+            }
+            entries["broken@example.org|"] = b"{not json"
+            await link.redis.hset("smtplb:suppression", mapping=entries)  # type: ignore[arg-type]
+            state = RedisSuppressionState(
+                SqliteState(tmp_path / "late" / "spool.db"), link, follows=True
+            )
+            state.start()
+            await eventually(
+                lambda: state.is_suppressed("user2499@example.org", "shop.test"), "the last"
+            )
+            await eventually(lambda: state.is_suppressed("user0@example.org"), "the first")
+            assert await state.suppression_count() == n
+            assert not state.is_suppressed("user1@example.org", "other.test")  # scoped
+            assert not state.is_suppressed("broken@example.org")
+            stats = await link.redis.info("commandstats")
+            scans = stats.get("cmdstat_hscan", {}).get("calls", 0)
+            assert scans >= 3 and "cmdstat_hgetall" not in stats  # slices, not one HGETALL
+            print(
+                f"replica after joining: {await state.suppression_count()} of {n}, {scans} HSCANs"
+            )
+            state.close()
+        finally:
+            await link.aclose()
+
+    run(main())
+    assert any("broken@example.org" in r.getMessage() for r in caplog.records)
 
 
 # -- CounterStore: experiment counts ---------------------------------------------------

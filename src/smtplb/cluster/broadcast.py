@@ -4,8 +4,12 @@ channel carries each change as it happens.
 A worker :meth:`Broadcast.tell` s a change (``HSET`` and ``PUBLISH`` in one
 pipeline); every worker that :meth:`Broadcast.start` ed applies the others' changes
 as they come (its own it has applied already), and reads the whole hash when it
-subscribes: at its start, and after Redis was away. Nothing is asked at pick time:
-the receivers keep their local state, which their filters read.
+subscribes: at its start, and after Redis was away. That read goes in ``HSCAN``
+slices of :data:`SLICE` fields, each applied (with ``apply_slice`` when one is given,
+e.g. one transaction for a slice of a large suppression list) before the next is
+asked for: a hash of a million entries neither blocks Redis with one ``HGETALL`` nor
+sits whole in memory. Nothing is asked at pick time: the receivers keep their local
+state, which their filters read.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from smtplb.cluster.link import PREFIX, TIMEOUT, UNREACHABLE, ClusterLink
@@ -21,13 +25,18 @@ from smtplb.cluster.link import PREFIX, TIMEOUT, UNREACHABLE, ClusterLink
 log = logging.getLogger("smtplb.cluster")
 
 Apply = Callable[[str, str], None]  # (field, value)
+ApplySlice = Callable[[list[tuple[str, str]]], Awaitable[None]]  # [(field, value), ...]
+SLICE = 1000  # fields per HSCAN call when reading the whole hash
 
 
 class Broadcast:
-    def __init__(self, link: ClusterLink, name: str, apply: Apply) -> None:
+    def __init__(
+        self, link: ClusterLink, name: str, apply: Apply, apply_slice: ApplySlice | None = None
+    ) -> None:
         self.link = link
         self.key = PREFIX + name  # the hash and the channel
         self.apply = apply
+        self.apply_slice = apply_slice
         self._listener: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -77,9 +86,7 @@ class Broadcast:
             pubsub = self.link.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.key)
-                found: dict[Any, Any] = await self.link.redis.hgetall(self.key)
-                for k, v in found.items():
-                    self._safe_apply(_text(k), _text(v))
+                await self._read_all()
                 while self.link.up:
                     # (not listen(): it would read past the client's socket timeout)
                     message = await pubsub.get_message(timeout=TIMEOUT / 2)
@@ -95,6 +102,23 @@ class Broadcast:
                 with contextlib.suppress(*UNREACHABLE):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(0.5)
+
+    async def _read_all(self) -> None:
+        """Apply every field of the hash, a slice at a time (changes published
+        meanwhile wait in the subscription and are applied after)."""
+        cursor = 0
+        while True:
+            answer: Any = await self.link.redis.hscan(self.key, cursor, count=SLICE)
+            cursor, found = answer
+            pairs = [(_text(k), _text(v)) for k, v in found.items()]
+            if self.apply_slice is not None:
+                if pairs:
+                    await self.apply_slice(pairs)
+            else:
+                for field, value in pairs:
+                    self._safe_apply(field, value)
+            if not cursor:
+                return
 
 
 def _text(v: Any) -> str:

@@ -7,7 +7,8 @@ removal (a :class:`~smtplb.cluster.broadcast.Broadcast`). Each node keeps a full
 replica in its embedded :class:`~smtplb.reputation.embedded.SqliteState`, so the
 check at every RCPT stays one local primary-key lookup; the replica is brought up
 to date by the channel, and by reading the whole hash when the worker subscribes
-(its start, and Redis's return). What a worker adds or removes goes to its replica
+(its start, and Redis's return), in slices of a thousand entries, one replica
+transaction each. What a worker adds or removes goes to its replica
 and to Redis at once. Worker 0 of each node applies the others' changes to the
 node's replica (the workers share the file).
 
@@ -19,6 +20,7 @@ the outage reach the other nodes only with the next change of that entry).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Sequence
 
 import msgspec
@@ -27,6 +29,8 @@ from smtplb.cluster.broadcast import Broadcast
 from smtplb.cluster.link import ClusterLink
 from smtplb.reputation.embedded import SqliteState
 from smtplb.reputation.state import Suppression, normalize, normalize_domain
+
+log = logging.getLogger("smtplb.cluster")
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Suppression).decode
@@ -43,7 +47,7 @@ class RedisSuppressionState:
         self.local = local
         self.link = link
         self.follows = follows  # this worker applies the others' changes (worker 0)
-        self.broadcast = Broadcast(link, "suppression", self._apply)
+        self.broadcast = Broadcast(link, "suppression", self._apply, self._apply_slice)
         self._unsent: list[Suppression] = []  # added while Redis was away
         self._pending: set[asyncio.Task[None]] = set()
         link.on_up.append(self._resend)
@@ -111,6 +115,19 @@ class RedisSuppressionState:
         else:
             address, _, domain = field.rpartition("|")
             self._run(self.local.unsuppress([address], domain))
+
+    async def _apply_slice(self, pairs: list[tuple[str, str]]) -> None:
+        """A slice of the whole list, read when subscribing: one replica transaction.
+        (Entries removed while this worker was away are not in the hash: they stay in
+        the replica until their next change, as the module doc says.)"""
+        entries = []
+        for field, value in pairs:
+            try:
+                entries.append(_decode(value))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("cluster: suppression entry %r: cannot read %r: %s", field, value, exc)
+        if entries:
+            await self.local.suppress(entries)
 
     def _run(self, write: Awaitable[int]) -> None:
         async def go() -> None:
