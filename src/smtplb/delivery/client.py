@@ -47,7 +47,15 @@ from smtplb.delivery.client_events import (
     TransactionDone,
 )
 from smtplb.delivery.client_state import TRANSITIONS, Outcome, State, Trigger
-from smtplb.smtp.framing import CRLF, NEED_DATA, TOO_LONG, LineBuffer, NeedData, dot_stuff
+from smtplb.smtp.framing import (
+    CRLF,
+    NEED_DATA,
+    TOO_LONG,
+    LineBuffer,
+    NeedData,
+    dot_stuff,
+    only_crlf,
+)
 from smtplb.smtp.reply import Reply, parse_reply
 from smtplb.smtp.verbs import Verb
 
@@ -330,8 +338,9 @@ class ClientSession:
         self._next_state(_MAIL)
         if not rcpts:
             raise ValueError("a transaction needs at least one recipient")
-        if data.count(b"\n") != data.count(b"\r\n"):
+        if not only_crlf(data) and data.count(b"\n") != data.count(b"\r\n"):
             # A bare LF line could end the data early on a lenient server (SMTP smuggling).
+            # (A bare CR alone is let through: only_crlf is the fast test, the counts the rule.)
             raise ValueError("message data has bare LF line endings; convert them to CRLF")
         params = b""
         if "SIZE" in self._extensions:

@@ -13,7 +13,7 @@ which never looks at the content line by line:
 * the content leaves the receive buffer in pieces (at least ``PIECE`` bytes,
   cut after a CRLF where there is one), each dot-unstuffed with one
   ``bytes.replace`` (no copy when there is no dot to remove), checked for bare
-  CR or LF (three ``bytes.count``) and NUL, and charged to a
+  CR or LF (:func:`only_crlf`) and NUL, and charged to a
   :class:`BodyBudget`. The pieces are joined once at the end: a large message
   is never a growing buffer copied on every resize;
 * after a problem (too big, a bare CR/LF, a NUL, no room in the budget) the
@@ -37,6 +37,7 @@ __all__ = [
     "NeedData",
     "TooLong",
     "dot_stuff",
+    "only_crlf",
 ]
 
 CRLF: Final = b"\r\n"
@@ -109,6 +110,18 @@ class LineBuffer:
             return None
         self._discarding = True  # dropped from the next call on: head() still shows it
         return TOO_LONG
+
+
+def only_crlf(data: bytes) -> bool:
+    """Whether every CR and every LF in ``data`` is part of a CRLF pair (no bare CR or LF).
+
+    ``data`` is its own image under "drop every CR, then write every LF as CRLF"
+    exactly when its CRs and LFs all come in CRLF pairs. Both replaces and the
+    comparison run at memchr/memcmp speed, where a 1-byte ``bytes.count`` is a
+    byte loop: for 80-byte lines, about 3.6 instructions a byte against 14 for
+    counting CRLF, CR and LF (a body of blank lines only costs about 85).
+    """
+    return data.replace(b"\r", b"").replace(b"\n", b"\r\n") == data
 
 
 def dot_stuff(data: bytes) -> list[bytes]:
@@ -241,16 +254,16 @@ class BodyReader:
             self._fail(BodyProblem.TOO_BIG)
         start = 1 if self._line_start and stop and buf[0] == 0x2E else 0  # a stuffed dot
         if self.problem is not BodyProblem.TOO_BIG and stop > start:
-            # Checked in place, before any copy; a dropped body is still checked
-            # for a weightier problem, so the reply never depends on the reads.
-            crlf = buf.count(b"\r\n", start, stop)
-            if buf.count(b"\n", start, stop) != crlf or buf.count(b"\r", start, stop) != crlf:
+            # A dropped body is still checked for a weightier problem, so the
+            # reply never depends on the reads.
+            with memoryview(buf) as view:  # one copy; the slice view dies at once
+                piece = view[start:stop].tobytes()
+            if not only_crlf(piece):
                 self._fail(BodyProblem.BARE_NEWLINE)
-            elif buf.find(b"\0", start, stop) >= 0:
+            elif b"\0" in piece:
                 self._fail(BodyProblem.NUL)
             if self.problem is None:
-                with memoryview(buf) as view:  # one copy; the slice view dies at once
-                    piece = view[start:stop].tobytes().replace(b"\r\n.", b"\r\n")
+                piece = piece.replace(b"\r\n.", b"\r\n")
                 budget = self._budget
                 if budget is None:
                     self._chunks.append(piece)
