@@ -8,11 +8,12 @@ The DATA body goes one way on each side. The client dot-stuffs a whole
 message with :func:`dot_stuff`. The server reads it with a :class:`BodyReader`,
 which never looks at the content line by line:
 
-* the end is found with ``bytes.find`` for ``CRLF.CRLF`` from a remembered
-  offset, which also covers a terminator split across reads;
+* the end is found with ``bytes.find`` from a remembered offset, which also
+  covers a terminator split across reads: for ``CRLF.`` until a dot line
+  turns up (the end, or a stuffed dot), then for ``CRLF.CRLF``;
 * the content leaves the receive buffer in pieces (at least ``PIECE`` bytes,
   cut after a CRLF where there is one), each dot-unstuffed with one
-  ``bytes.replace`` (no copy when there is no dot to remove), checked for bare
+  ``bytes.replace`` when the buffer held a stuffed dot line, checked for bare
   CR or LF (:func:`only_crlf`) and NUL, and charged to a
   :class:`BodyBudget`. The pieces are joined once at the end: a large message
   is never a growing buffer copied on every resize;
@@ -179,6 +180,7 @@ class BodyReader:
     __slots__ = (
         "_budget",
         "_chunks",
+        "_dotted",
         "_held",
         "_line_start",
         "_scan",
@@ -191,6 +193,7 @@ class BodyReader:
         self.max_size = max_size
         self._budget = budget
         self._chunks: list[bytes] = []
+        self._dotted = False  # the buffer holds a stuffed dot line (CRLF "." not the end)
         self._held = 0  # bytes taken from the budget, until release()
         self._line_start = True  # the buffer starts at the start of a content line
         self._scan = 0
@@ -205,6 +208,7 @@ class BodyReader:
         """A new body follows (after ``354``)."""
         if self._chunks or self._held:
             self.release()
+        self._dotted = False
         self._line_start = True
         self._scan = 0
         self._size = 0
@@ -230,7 +234,7 @@ class BodyReader:
             if buf.startswith(b".\r\n"):
                 del buf[:3]
                 return self._finish()
-        end = buf.find(b"\r\n.\r\n", self._scan)
+        end = self._find_end(buf)
         if end >= 0:
             self._take(buf, end + 2)  # the content keeps the CRLF of its last line
             del buf[:3]
@@ -244,8 +248,30 @@ class BodyReader:
             if cut > 0:
                 self._take(buf, cut)
                 self._line_start = line_start
+            self._dotted = False  # what is left holds no CRLF, so no dot line
         self._scan = max(0, len(buf) - 4)
         return None
+
+    def _find_end(self, buf: bytearray) -> int:
+        """Where the CRLF before the final dot is in ``buf``, or -1.
+
+        Until the buffer shows a dot line, the search is for ``CRLF.``: a hit
+        is either the end or the first stuffed dot line, and a body without one
+        (most bodies) then needs no unstuffing pass at all.
+        """
+        scan = self._scan
+        if not self._dotted:
+            at = buf.find(b"\r\n.", scan)
+            if at < 0:
+                return -1
+            after = buf[at + 3 : at + 5]
+            if after == CRLF:
+                return at
+            if len(after) < 2 and CRLF.startswith(after):
+                return -1  # the end or not: the next read tells (and _scan comes back here)
+            self._dotted = True
+            scan = at + 3
+        return buf.find(b"\r\n.\r\n", scan)
 
     def _take(self, buf: bytearray, stop: int) -> None:
         """Move ``buf[:stop]`` into the body (or only check it, after a problem)."""
@@ -263,7 +289,8 @@ class BodyReader:
             elif b"\0" in piece:
                 self._fail(BodyProblem.NUL)
             if self.problem is None:
-                piece = piece.replace(b"\r\n.", b"\r\n")
+                if self._dotted:
+                    piece = piece.replace(b"\r\n.", b"\r\n")
                 budget = self._budget
                 if budget is None:
                     self._chunks.append(piece)
@@ -284,6 +311,7 @@ class BodyReader:
     def _finish(self) -> bytes:
         chunks = self._chunks
         self._chunks = []
+        self._dotted = False
         self._line_start = True
         self._scan = 0
         if self.problem is not None or not chunks:
