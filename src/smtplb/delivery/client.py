@@ -207,12 +207,17 @@ class ClientSession:
         self._in.feed(data)
 
     def data_to_send(self) -> bytes:
-        out = self._out
+        out = self.pieces_to_send()
         if not out:
             return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return data
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def pieces_to_send(self) -> list[bytes]:
+        """What ``data_to_send()`` joins, unjoined: for a transport's ``writelines``,
+        so that a message body goes out without being copied once more."""
+        out = self._out
+        self._out = []
+        return out
 
     def next_event(self) -> Event | NeedData:
         if self._error is not None:
