@@ -154,6 +154,25 @@ def test_pipelined_transaction_writes_mail_rcpt_data_at_once() -> None:
     assert session.state is State.IDLE
 
 
+def test_the_body_goes_out_as_its_own_piece_uncopied() -> None:
+    body = b"x" * 70 + b"\r\n"
+    data = body * 1000  # no line starts with a dot: nothing to stuff
+    session = greeted()
+    session.send_transaction("a@x.example", ["b@y.example"], data)
+    session.data_to_send()
+    feed(session, b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n" + GO)
+    pieces = session.pieces_to_send()
+    assert pieces[0] is data and b"".join(pieces) == data + b".\r\n"
+    assert session.pieces_to_send() == [] and session.data_to_send() == b""
+
+
+@pytest.mark.parametrize("data", [b"a\rb\r\n", b"\r\r\n", b"x\r"])
+def test_a_bare_cr_is_let_through_only_a_bare_lf_is_refused(data: bytes) -> None:
+    session = greeted()
+    session.send_transaction("a@x.example", ["b@y.example"], data)
+    assert session.data_to_send().startswith(b"MAIL FROM:")
+
+
 def test_lock_step_transaction_sends_one_command_per_reply() -> None:
     session = greeted(EHLO_PLAIN)
     session.send_transaction("a@x.example", ["b@y.example", "c@y.example"], b"Hi\r\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +12,7 @@ from smtplb.config import SmtpConfig
 from smtplb.delivery.client_state import TRANSITIONS as CLIENT_TRANSITIONS
 from smtplb.delivery.client_state import State as ClientState
 from smtplb.intake.session_state import TRANSITIONS as SERVER_TRANSITIONS
+from smtplb.smtp import framing
 from smtplb.smtp.framing import (
     PIECE,
     TOO_LONG,
@@ -18,6 +21,7 @@ from smtplb.smtp.framing import (
     BodyReader,
     LineBuffer,
     dot_stuff,
+    only_crlf,
 )
 from smtplb.smtp.reply import Reply, parse_reply, split_enhanced_code
 from smtplb.smtp.status import BounceKind, classify_reply
@@ -173,6 +177,57 @@ def test_a_bad_body_is_dropped_with_its_problem(content: bytes, problem: BodyPro
     assert reader.problem is problem
     assert read_body(b"fine\r\n.\r\n", 7, reader) == (b"fine\r\n", b"")  # next one is fresh
     assert reader.problem is None
+
+
+# Bodies made mostly of the bytes the reader cares about, so that bare CR/LF, CRLF
+# pairs split across reads, dot lines, fake and real terminators all turn up.
+_TOKENS = [b"\r", b"\n", b"\r\n", b"\r\n", b".", b"\r\n.", b"\0", b"x", b"xyz" * 5]
+_WIRE = st.lists(st.sampled_from(_TOKENS), max_size=60).map(b"".join)
+
+
+def _counted_only_crlf(data: bytes) -> bool:
+    """The rule as first written: as many CRLF pairs as CRs and as LFs."""
+    crlf = data.count(b"\r\n")
+    return data.count(b"\n") == crlf and data.count(b"\r") == crlf
+
+
+@settings(max_examples=2000, deadline=None)
+@given(data=st.one_of(_WIRE, st.binary(max_size=64)))
+def test_only_crlf_is_the_counting_rule(data: bytes) -> None:
+    assert only_crlf(data) is _counted_only_crlf(data)
+
+
+def _reference_read(wire: bytes) -> tuple[bytes, bytes, BodyProblem | None]:
+    """What a body reader must answer for ``wire``, worked out on the whole of it."""
+    if wire.startswith(b".\r\n"):
+        raw, rest = b"", wire[3:]
+    else:
+        end = wire.find(b"\r\n.\r\n")
+        raw, rest = wire[: end + 2], wire[end + 5 :]
+    if not _counted_only_crlf(raw):
+        return b"", rest, BodyProblem.BARE_NEWLINE
+    if b"\0" in raw:
+        return b"", rest, BodyProblem.NUL
+    content = raw[1:] if raw.startswith(b".") else raw
+    return content.replace(b"\r\n.", b"\r\n"), rest, None
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    content=_WIRE,
+    step=st.integers(1, 40),
+    piece=st.sampled_from([4, 8, 16, 64, PIECE]),
+)
+def test_the_body_reader_answers_as_the_whole_message_says(
+    content: bytes, step: int, piece: int
+) -> None:
+    """Whatever the reads and piece size: the content, the bytes after the dot, the problem."""
+    wire = content + b"\r\n.\r\nNEXT\r\n"
+    expected = _reference_read(wire)
+    reader = BodyReader(max_size=10**9)
+    with mock.patch.object(framing, "PIECE", piece):
+        content_read, rest = read_body(wire, step, reader)
+    assert (content_read, rest, reader.problem) == expected
 
 
 def test_a_body_over_the_budget_is_dropped_and_its_room_given_back() -> None:

@@ -47,7 +47,15 @@ from smtplb.delivery.client_events import (
     TransactionDone,
 )
 from smtplb.delivery.client_state import TRANSITIONS, Outcome, State, Trigger
-from smtplb.smtp.framing import CRLF, NEED_DATA, TOO_LONG, LineBuffer, NeedData, dot_stuff
+from smtplb.smtp.framing import (
+    CRLF,
+    NEED_DATA,
+    TOO_LONG,
+    LineBuffer,
+    NeedData,
+    dot_stuff,
+    only_crlf,
+)
 from smtplb.smtp.reply import Reply, parse_reply
 from smtplb.smtp.verbs import Verb
 
@@ -199,12 +207,17 @@ class ClientSession:
         self._in.feed(data)
 
     def data_to_send(self) -> bytes:
-        out = self._out
+        out = self.pieces_to_send()
         if not out:
             return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return data
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def pieces_to_send(self) -> list[bytes]:
+        """What ``data_to_send()`` joins, unjoined: for a transport's ``writelines``,
+        so that a message body goes out without being copied once more."""
+        out = self._out
+        self._out = []
+        return out
 
     def next_event(self) -> Event | NeedData:
         if self._error is not None:
@@ -330,8 +343,9 @@ class ClientSession:
         self._next_state(_MAIL)
         if not rcpts:
             raise ValueError("a transaction needs at least one recipient")
-        if data.count(b"\n") != data.count(b"\r\n"):
+        if not only_crlf(data) and data.count(b"\n") != data.count(b"\r\n"):
             # A bare LF line could end the data early on a lenient server (SMTP smuggling).
+            # (A bare CR alone is let through: only_crlf is the fast test, the counts the rule.)
             raise ValueError("message data has bare LF line endings; convert them to CRLF")
         params = b""
         if "SIZE" in self._extensions:

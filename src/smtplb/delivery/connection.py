@@ -188,9 +188,9 @@ class _Link(asyncio.Protocol):
             self.closed.set_result(None)
 
     def flush(self) -> None:
-        out = self.session.data_to_send()
+        out = self.session.pieces_to_send()
         if out and self.transport is not None:
-            self.transport.write(out)
+            self.transport.writelines(out)  # the body piece is not copied into a join
 
     def fail(self, error: ConnectError) -> None:
         """The link is dead: remember why, wake the waiter, drop the transport."""

@@ -8,12 +8,13 @@ The DATA body goes one way on each side. The client dot-stuffs a whole
 message with :func:`dot_stuff`. The server reads it with a :class:`BodyReader`,
 which never looks at the content line by line:
 
-* the end is found with ``bytes.find`` for ``CRLF.CRLF`` from a remembered
-  offset, which also covers a terminator split across reads;
+* the end is found with ``bytes.find`` from a remembered offset, which also
+  covers a terminator split across reads: for ``CRLF.`` until a dot line
+  turns up (the end, or a stuffed dot), then for ``CRLF.CRLF``;
 * the content leaves the receive buffer in pieces (at least ``PIECE`` bytes,
   cut after a CRLF where there is one), each dot-unstuffed with one
-  ``bytes.replace`` (no copy when there is no dot to remove), checked for bare
-  CR or LF (three ``bytes.count``) and NUL, and charged to a
+  ``bytes.replace`` when the buffer held a stuffed dot line, checked for bare
+  CR or LF (:func:`only_crlf`) and NUL, and charged to a
   :class:`BodyBudget`. The pieces are joined once at the end: a large message
   is never a growing buffer copied on every resize;
 * after a problem (too big, a bare CR/LF, a NUL, no room in the budget) the
@@ -37,6 +38,7 @@ __all__ = [
     "NeedData",
     "TooLong",
     "dot_stuff",
+    "only_crlf",
 ]
 
 CRLF: Final = b"\r\n"
@@ -111,6 +113,18 @@ class LineBuffer:
         return TOO_LONG
 
 
+def only_crlf(data: bytes) -> bool:
+    """Whether every CR and every LF in ``data`` is part of a CRLF pair (no bare CR or LF).
+
+    ``data`` is its own image under "drop every CR, then write every LF as CRLF"
+    exactly when its CRs and LFs all come in CRLF pairs. Both replaces and the
+    comparison run at memchr/memcmp speed, where a 1-byte ``bytes.count`` is a
+    byte loop: for 80-byte lines, about 3.6 instructions a byte against 14 for
+    counting CRLF, CR and LF (a body of blank lines only costs about 85).
+    """
+    return data.replace(b"\r", b"").replace(b"\n", b"\r\n") == data
+
+
 def dot_stuff(data: bytes) -> list[bytes]:
     """``data`` (CRLF lines) as the pieces to write after ``354``, the final dot included."""
     stuffed = data.replace(b"\r\n.", b"\r\n..")  # no copy when there is nothing to stuff
@@ -166,6 +180,7 @@ class BodyReader:
     __slots__ = (
         "_budget",
         "_chunks",
+        "_dotted",
         "_held",
         "_line_start",
         "_scan",
@@ -178,6 +193,7 @@ class BodyReader:
         self.max_size = max_size
         self._budget = budget
         self._chunks: list[bytes] = []
+        self._dotted = False  # the buffer holds a stuffed dot line (CRLF "." not the end)
         self._held = 0  # bytes taken from the budget, until release()
         self._line_start = True  # the buffer starts at the start of a content line
         self._scan = 0
@@ -192,6 +208,7 @@ class BodyReader:
         """A new body follows (after ``354``)."""
         if self._chunks or self._held:
             self.release()
+        self._dotted = False
         self._line_start = True
         self._scan = 0
         self._size = 0
@@ -217,7 +234,7 @@ class BodyReader:
             if buf.startswith(b".\r\n"):
                 del buf[:3]
                 return self._finish()
-        end = buf.find(b"\r\n.\r\n", self._scan)
+        end = self._find_end(buf)
         if end >= 0:
             self._take(buf, end + 2)  # the content keeps the CRLF of its last line
             del buf[:3]
@@ -231,8 +248,30 @@ class BodyReader:
             if cut > 0:
                 self._take(buf, cut)
                 self._line_start = line_start
+            self._dotted = False  # what is left holds no CRLF, so no dot line
         self._scan = max(0, len(buf) - 4)
         return None
+
+    def _find_end(self, buf: bytearray) -> int:
+        """Where the CRLF before the final dot is in ``buf``, or -1.
+
+        Until the buffer shows a dot line, the search is for ``CRLF.``: a hit
+        is either the end or the first stuffed dot line, and a body without one
+        (most bodies) then needs no unstuffing pass at all.
+        """
+        scan = self._scan
+        if not self._dotted:
+            at = buf.find(b"\r\n.", scan)
+            if at < 0:
+                return -1
+            after = buf[at + 3 : at + 5]
+            if after == CRLF:
+                return at
+            if len(after) < 2 and CRLF.startswith(after):
+                return -1  # the end or not: the next read tells (and _scan comes back here)
+            self._dotted = True
+            scan = at + 3
+        return buf.find(b"\r\n.\r\n", scan)
 
     def _take(self, buf: bytearray, stop: int) -> None:
         """Move ``buf[:stop]`` into the body (or only check it, after a problem)."""
@@ -241,16 +280,17 @@ class BodyReader:
             self._fail(BodyProblem.TOO_BIG)
         start = 1 if self._line_start and stop and buf[0] == 0x2E else 0  # a stuffed dot
         if self.problem is not BodyProblem.TOO_BIG and stop > start:
-            # Checked in place, before any copy; a dropped body is still checked
-            # for a weightier problem, so the reply never depends on the reads.
-            crlf = buf.count(b"\r\n", start, stop)
-            if buf.count(b"\n", start, stop) != crlf or buf.count(b"\r", start, stop) != crlf:
+            # A dropped body is still checked for a weightier problem, so the
+            # reply never depends on the reads.
+            with memoryview(buf) as view:  # one copy; the slice view dies at once
+                piece = view[start:stop].tobytes()
+            if not only_crlf(piece):
                 self._fail(BodyProblem.BARE_NEWLINE)
-            elif buf.find(b"\0", start, stop) >= 0:
+            elif b"\0" in piece:
                 self._fail(BodyProblem.NUL)
             if self.problem is None:
-                with memoryview(buf) as view:  # one copy; the slice view dies at once
-                    piece = view[start:stop].tobytes().replace(b"\r\n.", b"\r\n")
+                if self._dotted:
+                    piece = piece.replace(b"\r\n.", b"\r\n")
                 budget = self._budget
                 if budget is None:
                     self._chunks.append(piece)
@@ -271,6 +311,7 @@ class BodyReader:
     def _finish(self) -> bytes:
         chunks = self._chunks
         self._chunks = []
+        self._dotted = False
         self._line_start = True
         self._scan = 0
         if self.problem is not None or not chunks:
