@@ -48,7 +48,7 @@ from smtplb.delivery.client_events import (
 )
 from smtplb.delivery.client_state import TRANSITIONS, Outcome, State, Trigger
 from smtplb.smtp.framing import CRLF, NEED_DATA, TOO_LONG, LineBuffer, NeedData, dot_stuff
-from smtplb.smtp.reply import Reply, parse_reply
+from smtplb.smtp.reply import Reply, parse_reply, parse_reply_line
 from smtplb.smtp.verbs import Verb
 
 # Hot-path aliases: an Enum class attribute goes through the metaclass's
@@ -239,10 +239,13 @@ class ClientSession:
                 raise ProtocolError(f"reply line longer than {MAX_LINE} bytes: {head}")
             line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
             self._check_line(line)
-            self._lines.append(line)
             if len(line) == 3 or line[3] == 0x20:
+                if not self._lines:
+                    return parse_reply_line(line)
+                self._lines.append(line)
                 lines, self._lines = self._lines, []
                 return parse_reply(lines)
+            self._lines.append(line)
             if len(self._lines) >= MAX_REPLY_LINES:
                 raise ProtocolError(f"reply longer than {MAX_REPLY_LINES} lines")
 
