@@ -231,6 +231,8 @@ class ClientSession:
 
     def _read_reply(self) -> Reply | None:
         while True:
+            if not self._in.buf:  # (what read_line would say, without the call)
+                return None
             raw = self._in.read_line()
             if raw is None:
                 return None

@@ -239,6 +239,8 @@ class ServerSession:
                 return NEED_DATA
             if state is _IN_DATA:
                 event = self._read_data()
+            elif not self._lines.buf:  # (what read_line would say, without the call)
+                event = NEED_DATA
             else:
                 line = self._lines.read_line()
                 event = NEED_DATA if line is None else self._handle_line(line)
