@@ -124,10 +124,16 @@ class ProviderDesk:
         whether they asked for fewer connections (a 421)."""
         out: list[Reply] = []
         seen: dict[Reply, Fired | None] = {}
+        several = len(replies) > 1
         for reply in replies:
-            if reply not in seen:
-                seen[reply] = self._fire(job, member, reply, now)
-            fired = seen[reply]
+            # A reply given to several recipients fires its rule once. (A Reply's
+            # hash is computed in Python each time: none for a lone recipient.)
+            if seen and reply in seen:
+                fired = seen[reply]
+            else:
+                fired = self._fire(job, member, reply, now)
+                if several:
+                    seen[reply] = fired
             if fired is not None and fired.rule.action == "defer" and not reply.is_transient:
                 reply = Reply(451, "4.7.0", f"{reply} (deferred by rule {fired.rule.name})")
             elif fired is not None and fired.rule.action == "bounce" and not reply.is_permanent:

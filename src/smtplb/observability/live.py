@@ -77,7 +77,9 @@ class LiveStats:
             bucket.counts[event] = bucket.counts.get(event, 0) + 1
         member = record.member
         if event == "delivered" and member:
-            live = self.members.setdefault(member, MemberLive())
+            live = self.members.get(member)
+            if live is None:  # (setdefault would build a MemberLive per delivery)
+                live = self.members[member] = MemberLive()
             live.delivered.append(now)
             if record.latency_ms is not None:
                 live.latencies.append(record.latency_ms)
