@@ -19,7 +19,7 @@ from smtplb.smtp.framing import (
     LineBuffer,
     dot_stuff,
 )
-from smtplb.smtp.reply import Reply, parse_reply, parse_reply_line, split_enhanced_code
+from smtplb.smtp.reply import Reply, parse_reply, split_enhanced_code
 from smtplb.smtp.status import BounceKind, classify_reply
 from smtplb.smtp.verbs import VERBS, Verb
 from smtplb.units import Size
@@ -77,12 +77,6 @@ def test_split_enhanced_code(code: int, text: str, expected: tuple[str | None, s
 def test_parse_reply_strips_the_enhanced_code_of_every_line() -> None:
     reply = parse_reply([b"550-5.7.1 blocked", b"550-5.7.1", b"550 5.7.1 see url"])
     assert reply == Reply(550, "5.7.1", "blocked\n\nsee url")
-
-
-@pytest.mark.parametrize("line", [b"250 2.1.0 Ok", b"354 go ahead", b"550", b"421 4.7.0 x y"])
-def test_a_one_line_reply_is_parsed_once(line: bytes) -> None:
-    assert parse_reply_line(line) == parse_reply([line])
-    assert parse_reply_line(bytes(line)) is parse_reply_line(line)  # the same frozen Reply
 
 
 def test_classify_reply() -> None:

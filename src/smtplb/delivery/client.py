@@ -29,6 +29,7 @@ reply and the session is ``CLOSED``. Anything that is not an SMTP reply raises
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
@@ -48,7 +49,7 @@ from smtplb.delivery.client_events import (
 )
 from smtplb.delivery.client_state import TRANSITIONS, Outcome, State, Trigger
 from smtplb.smtp.framing import CRLF, NEED_DATA, TOO_LONG, LineBuffer, NeedData, dot_stuff
-from smtplb.smtp.reply import Reply, parse_reply, parse_reply_line
+from smtplb.smtp.reply import Reply, parse_reply
 from smtplb.smtp.verbs import Verb
 
 # Hot-path aliases: an Enum class attribute goes through the metaclass's
@@ -129,6 +130,26 @@ class _Transaction:
             return TransactionDone(mail, [mail] * len(self.rcpt_lines), None)
         missing = len(self.rcpt_lines) - len(self.rcpts)
         return TransactionDone(mail, self.rcpts + [standin] * missing, self.data_reply)
+
+
+def _check_reply_line(line: bytes) -> None:
+    """ProtocolError unless ``line`` (CRLF removed) can be a line of a reply."""
+    if len(line) > MAX_LINE:
+        raise ProtocolError(f"reply line longer than {MAX_LINE} bytes: {_show(line)}")
+    if len(line) < 3 or not line[:3].isdigit() or line[0] not in b"2345":
+        raise ProtocolError(f"reply line does not start with a 3-digit code: {_show(line)}")
+    if len(line) > 3 and line[3] not in b" -":
+        raise ProtocolError(f"reply code not followed by space or hyphen: {_show(line)}")
+
+
+@functools.lru_cache(maxsize=256)
+def _one_line_reply(line: bytes) -> Reply:
+    """A one-line reply, checked and parsed once per distinct line: an upstream says
+    the same few (``250 2.1.0 Ok``, ``354 …``) for every message. A bad line raises
+    every time (an exception is not cached); one that differs each time (``queued
+    as …``) just passes through."""
+    _check_reply_line(line)
+    return parse_reply([line])
 
 
 # -- the session --------------------------------------------------------------
@@ -240,24 +261,18 @@ class ClientSession:
                 head = _show(self._in.head(81))
                 raise ProtocolError(f"reply line longer than {MAX_LINE} bytes: {head}")
             line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+            if not self._lines and (len(line) == 3 or (len(line) > 3 and line[3] == 0x20)):
+                return _one_line_reply(line)
             self._check_line(line)
+            self._lines.append(line)
             if len(line) == 3 or line[3] == 0x20:
-                if not self._lines:
-                    return parse_reply_line(line)
-                self._lines.append(line)
                 lines, self._lines = self._lines, []
                 return parse_reply(lines)
-            self._lines.append(line)
             if len(self._lines) >= MAX_REPLY_LINES:
                 raise ProtocolError(f"reply longer than {MAX_REPLY_LINES} lines")
 
     def _check_line(self, line: bytes) -> None:
-        if len(line) > MAX_LINE:
-            raise ProtocolError(f"reply line longer than {MAX_LINE} bytes: {_show(line)}")
-        if len(line) < 3 or not line[:3].isdigit() or line[0] not in b"2345":
-            raise ProtocolError(f"reply line does not start with a 3-digit code: {_show(line)}")
-        if len(line) > 3 and line[3] not in b" -":
-            raise ProtocolError(f"reply code not followed by space or hyphen: {_show(line)}")
+        _check_reply_line(line)
         if self._lines and line[:3] != self._lines[0][:3]:
             first = self._lines[0][:3].decode()
             raise ProtocolError(f"multi-line reply changes its code from {first}: {_show(line)}")

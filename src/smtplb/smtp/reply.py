@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["Reply", "parse_reply", "parse_reply_line", "split_enhanced_code"]
+__all__ = ["Reply", "parse_reply", "split_enhanced_code"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +85,3 @@ def parse_reply(lines: list[bytes]) -> Reply:
             for t in texts
         ]
     return Reply(code, enhanced_code, "\n".join(texts))
-
-
-@functools.lru_cache(maxsize=256)
-def parse_reply_line(line: bytes) -> Reply:
-    """:func:`parse_reply` of a one-line reply, remembered: an upstream says the same
-    few lines (``250 2.1.0 Ok``, ``354 …``) for every message on every connection.
-    The ones that differ each time (``queued as …``) just pass through the cache."""
-    return parse_reply([line])
