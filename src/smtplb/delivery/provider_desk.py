@@ -89,9 +89,9 @@ class ProviderDesk:
 
     def _by_mx(self, domain: str, pool: PoolRuntime | None) -> bool:
         """Whether an MX lookup may name the provider: the pool delivers by MX."""
-        if pool is None or self.resolver.static_route(domain) is not None:
+        if pool is None or not pool.delivers_by_mx:
             return False
-        return pool.delivers_by_mx
+        return self.resolver.static_route(domain) is None
 
     async def recognise(self, job: Job) -> None:
         """By the domain's MX hosts (cached); a failed lookup leaves it ``other``

@@ -97,6 +97,9 @@ class LiveStats:
             )
 
     def _bucket(self, second: int) -> _Bucket:
+        buckets = self._buckets
+        if buckets and buckets[-1].second == second:  # most events: this second's
+            return buckets[-1]
         if not self._buckets or self._buckets[-1].second < second:
             self._buckets.append(_Bucket(second))
         while self._buckets and self._buckets[0].second < second - self.window:
