@@ -335,7 +335,7 @@ class ServerSession:
             problem = replies.LINE_TOO_LONG
         elif not raw.endswith(b"\r\n"):
             problem = replies.BARE_LF
-        elif b"\r" in raw[:-2]:
+        elif raw.find(b"\r") != len(raw) - 2:  # a CR before the final CRLF
             problem = replies.BARE_CR
         else:
             line = raw[:-2]
