@@ -465,6 +465,30 @@ def test_data_timeout_is_its_own_phase(run: Run) -> None:
     assert peer.messages == [MESSAGE + b".\r\n"]
 
 
+def test_a_command_timeout_holds_on_a_kept_connection_after_a_long_data_phase(
+    run: Run,
+) -> None:
+    """The timer of one wait is kept for the next (not made per command): a later,
+    shorter deadline must still be met, on a connection that carried a message."""
+    settings = ConnectionSettings("client.smtplb.test", command_timeout=0.3, data_timeout=30)
+    peer = MiniSmtp(replies={b"NOOP": SILENT})
+
+    async def main() -> None:
+        async with serving(peer) as port:
+            conn = await SmtpClientConnection.open("127.0.0.1", port, settings)
+            for _ in range(2):
+                result = await conn.send("a@x.example", ["b@y.example"], MESSAGE)
+                assert result.data is not None and result.data.code == 250
+            started = time.monotonic()
+            with pytest.raises(ConnectError) as info:
+                await conn.noop()
+            assert time.monotonic() - started < 5  # not the 30 s of data_timeout
+        assert info.value.reason == "timeout"
+        assert "(command_timeout)" in str(info.value)
+
+    run(main())
+
+
 def test_idle_connection_closed_by_the_server(run: Run) -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 mini\r\n")

@@ -31,7 +31,7 @@ from smtplb.delivery.client_events import (
 )
 from smtplb.delivery.client_state import State
 from smtplb.smtp.framing import NEED_DATA
-from smtplb.smtp.reply import Reply
+from smtplb.smtp.reply import Reply, parse_reply
 
 EHLO_PIPELINING = (
     b"250-mx.example Hello\r\n"
@@ -482,6 +482,19 @@ def test_garbage_is_a_protocol_error_naming_the_problem(garbage: bytes, words: s
     with pytest.raises(ProtocolError, match=words):  # and it stays broken
         session.next_event()
     assert "broken" in repr(session)
+    again = greeted()  # one-line replies are remembered once checked: never a bad one
+    again.noop()
+    again.receive_data(garbage)
+    with pytest.raises(ProtocolError, match=words):
+        again.next_event()
+
+
+@pytest.mark.parametrize("line", [b"250 2.1.0 Ok", b"354 go ahead", b"550", b"421 4.7.0 x y"])
+def test_a_one_line_reply_is_the_same_every_time(line: bytes) -> None:
+    for _ in range(2):
+        session = greeted()
+        session.noop()
+        assert feed(session, line + b"\r\n") == [NoopDone(parse_reply([line]))]
 
 
 def test_a_reply_nobody_asked_for_is_a_protocol_error() -> None:

@@ -40,6 +40,30 @@ def test_reply_wire_form_and_classes() -> None:
     assert Reply(452, "4.3.1").is_transient and Reply(502, "5.5.1").is_permanent
 
 
+def _wire_form(reply: Reply) -> bytes:
+    """RFC 5321 4.2.1 spelled out: every line but the last has "-" after the code."""
+    lines = reply.text.split("\n")
+    prefix = f"{reply.enhanced_code} " if reply.enhanced_code else ""
+    out = [
+        f"{reply.code}{' ' if i == len(lines) - 1 else '-'}{prefix}{line}".rstrip(" ") + "\r\n"
+        for i, line in enumerate(lines)
+    ]
+    return "".join(out).encode("utf-8", "replace")
+
+
+@given(
+    st.integers(200, 599),
+    st.none() | st.sampled_from(["2.0.0", "4.7.1", "5.1.1"]),
+    st.text(st.characters(blacklist_categories=["Cs"]), max_size=40),
+)
+def test_a_reply_on_the_wire_one_line_or_several(
+    code: int, enhanced: str | None, text: str
+) -> None:
+    assert Reply(code, enhanced, text).to_bytes() == _wire_form(Reply(code, enhanced, text))
+    empty = f"{code} {enhanced or ''}".rstrip().encode() + b"\r\n"
+    assert Reply(code, enhanced, "").to_bytes() == empty
+
+
 @pytest.mark.parametrize(
     ("code", "text", "expected"),
     [

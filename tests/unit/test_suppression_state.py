@@ -43,6 +43,34 @@ def test_the_list_survives_a_reopen_and_is_shared_by_connections(tmp_path: Path)
     assert SqliteState(tmp_path / "spool.db").is_suppressed("X@example.org")
 
 
+def test_an_empty_list_is_not_looked_up_yet_every_change_applies_at_once(
+    tmp_path: Path,
+) -> None:
+    """While the list is empty a lookup is one PRAGMA data_version: it must still see
+    an addition or a removal by this process or by another worker at the next lookup."""
+    state = SqliteState(tmp_path / "spool.db")
+    other = SqliteState(tmp_path / "spool.db")  # another worker on the same node
+    for _ in range(3):
+        assert not state.is_suppressed("x@example.org")
+    assert state._empty_at is not None  # the shortcut is taken
+    asyncio.run(other.suppress([Suppression("x@example.org")]))
+    assert state.is_suppressed("x@example.org")
+    assert not state.is_suppressed("y@example.org")
+    assert state._empty_at is None  # not empty: every lookup reads the list
+    asyncio.run(other.unsuppress(["x@example.org"]))
+    assert not state.is_suppressed("x@example.org")
+    asyncio.run(state.suppress([Suppression("z@example.org", domain="shop.test")]))
+    assert state.is_suppressed("z@example.org", "shop.test")  # its own writer's commit
+    assert not state.is_suppressed("z@example.org")
+    asyncio.run(state.unsuppress(["z@example.org"], "shop.test"))
+    assert not state.is_suppressed("z@example.org", "shop.test")
+    state.close()  # a reopened reader's data_version says nothing of the old one's
+    asyncio.run(other.suppress([Suppression("x@example.org")]))
+    assert state.is_suppressed("x@example.org")
+    state.close()
+    other.close()
+
+
 def test_a_lookup_in_a_million_entries_is_an_index_probe(tmp_path: Path) -> None:
     state = SqliteState(tmp_path / "spool.db")
     asyncio.run(state.suppress([Suppression(f"user{i}@example.org") for i in range(200_000)]))

@@ -29,6 +29,7 @@ reply and the session is ``CLOSED``. Anything that is not an SMTP reply raises
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
@@ -139,6 +140,26 @@ class _Transaction:
         return TransactionDone(mail, self.rcpts + [standin] * missing, self.data_reply)
 
 
+def _check_reply_line(line: bytes) -> None:
+    """ProtocolError unless ``line`` (CRLF removed) can be a line of a reply."""
+    if len(line) > MAX_LINE:
+        raise ProtocolError(f"reply line longer than {MAX_LINE} bytes: {_show(line)}")
+    if len(line) < 3 or not line[:3].isdigit() or line[0] not in b"2345":
+        raise ProtocolError(f"reply line does not start with a 3-digit code: {_show(line)}")
+    if len(line) > 3 and line[3] not in b" -":
+        raise ProtocolError(f"reply code not followed by space or hyphen: {_show(line)}")
+
+
+@functools.lru_cache(maxsize=256)
+def _one_line_reply(line: bytes) -> Reply:
+    """A one-line reply, checked and parsed once per distinct line: an upstream says
+    the same few (``250 2.1.0 Ok``, ``354 …``) for every message. A bad line raises
+    every time (an exception is not cached); one that differs each time (``queued
+    as …``) just passes through."""
+    _check_reply_line(line)
+    return parse_reply([line])
+
+
 # -- the session --------------------------------------------------------------
 
 
@@ -244,6 +265,8 @@ class ClientSession:
 
     def _read_reply(self) -> Reply | None:
         while True:
+            if not self._in.buf:  # (what read_line would say, without the call)
+                return None
             raw = self._in.read_line()
             if raw is None:
                 return None
@@ -251,6 +274,8 @@ class ClientSession:
                 head = _show(self._in.head(81))
                 raise ProtocolError(f"reply line longer than {MAX_LINE} bytes: {head}")
             line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+            if not self._lines and (len(line) == 3 or (len(line) > 3 and line[3] == 0x20)):
+                return _one_line_reply(line)
             self._check_line(line)
             self._lines.append(line)
             if len(line) == 3 or line[3] == 0x20:
@@ -260,12 +285,7 @@ class ClientSession:
                 raise ProtocolError(f"reply longer than {MAX_REPLY_LINES} lines")
 
     def _check_line(self, line: bytes) -> None:
-        if len(line) > MAX_LINE:
-            raise ProtocolError(f"reply line longer than {MAX_LINE} bytes: {_show(line)}")
-        if len(line) < 3 or not line[:3].isdigit() or line[0] not in b"2345":
-            raise ProtocolError(f"reply line does not start with a 3-digit code: {_show(line)}")
-        if len(line) > 3 and line[3] not in b" -":
-            raise ProtocolError(f"reply code not followed by space or hyphen: {_show(line)}")
+        _check_reply_line(line)
         if self._lines and line[:3] != self._lines[0][:3]:
             first = self._lines[0][:3].decode()
             raise ProtocolError(f"multi-line reply changes its code from {first}: {_show(line)}")

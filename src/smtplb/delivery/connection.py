@@ -219,8 +219,13 @@ class _Link(asyncio.Protocol):
             raise ConnectError(self.error.reason, str(self.error), self.error.reply)
         waiter: asyncio.Future[Event] = self._loop.create_future()
         self._waiter = waiter
-        self._activity = self._loop.time()
-        self._arm()
+        self._activity = now = self._loop.time()
+        # The timer of an earlier wait stays armed (no timer made and cancelled per
+        # command): when it fires first, _on_timer sees this wait's activity and
+        # re-arms for the rest. Only a deadline earlier than it needs a new one.
+        timer = self._timer
+        if timer is None or now + self._timeout() < timer.when():
+            self._arm()
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -230,9 +235,6 @@ class _Link(asyncio.Protocol):
             raise
         finally:
             self._waiter = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
 
     def _arm(self) -> None:
         if self._timer is not None:

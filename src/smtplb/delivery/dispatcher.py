@@ -65,6 +65,7 @@ from smtplb.spool.base import (
 
 log = logging.getLogger("smtplb.delivery")
 SCAN_LIMIT = 256  # jobs looked at per lane and pump, past those waiting for their provider
+_NOTHING_SENT = AttemptResult()  # an attempt that ends before sending (frozen: shared)
 
 
 class Dispatcher:
@@ -275,7 +276,7 @@ class Dispatcher:
         msg = job.message
         rcpts = [r.address for r in job.recipients]
         started = self.clock.monotonic()
-        result = AttemptResult()  # nothing sent
+        result = _NOTHING_SENT
         overloaded = False
         try:
             destinations = await member.destinations(job.domain, self.resolver)

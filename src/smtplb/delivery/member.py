@@ -102,6 +102,8 @@ class Member:
     counters: MemberCounters = field(default_factory=MemberCounters)
     _idle: dict[Destination, list[_Idle]] = field(default_factory=lambda: defaultdict(list))
     _relay: list[Destination] | None = field(init=False, default=None)
+    # config.name, read by every filter of every pick: a plain attribute, not a property.
+    name: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         self.reconfigure(self.config)
@@ -109,12 +111,9 @@ class Member:
     def reconfigure(self, config: MemberConfig) -> None:
         """A new config for this member (a reload); the relay is parsed here, once."""
         self.config = config
+        self.name = config.name
         relay = config.relay
         self._relay = None if relay is None else [Destination(*parse_hostport(relay))]
-
-    @property
-    def name(self) -> str:
-        return self.config.name
 
     @property
     def base_weight(self) -> float:

@@ -75,6 +75,8 @@ class MxResolver:
         self._resolver: dns.asyncresolver.Resolver | None = None
 
     def static_route(self, domain: str) -> Destination | None:
+        if not self.static:
+            return None
         domain = domain.lower()
         if domain in self.static:
             return self.static[domain]

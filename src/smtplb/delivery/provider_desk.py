@@ -89,9 +89,9 @@ class ProviderDesk:
 
     def _by_mx(self, domain: str, pool: PoolRuntime | None) -> bool:
         """Whether an MX lookup may name the provider: the pool delivers by MX."""
-        if pool is None or self.resolver.static_route(domain) is not None:
+        if pool is None or not pool.delivers_by_mx:
             return False
-        return pool.delivers_by_mx
+        return self.resolver.static_route(domain) is None
 
     async def recognise(self, job: Job) -> None:
         """By the domain's MX hosts (cached); a failed lookup leaves it ``other``
@@ -124,10 +124,16 @@ class ProviderDesk:
         whether they asked for fewer connections (a 421)."""
         out: list[Reply] = []
         seen: dict[Reply, Fired | None] = {}
+        several = len(replies) > 1
         for reply in replies:
-            if reply not in seen:
-                seen[reply] = self._fire(job, member, reply, now)
-            fired = seen[reply]
+            # A reply given to several recipients fires its rule once. (A Reply's
+            # hash is computed in Python each time: none for a lone recipient.)
+            if seen and reply in seen:
+                fired = seen[reply]
+            else:
+                fired = self._fire(job, member, reply, now)
+                if several:
+                    seen[reply] = fired
             if fired is not None and fired.rule.action == "defer" and not reply.is_transient:
                 reply = Reply(451, "4.7.0", f"{reply} (deferred by rule {fired.rule.name})")
             elif fired is not None and fired.rule.action == "bounce" and not reply.is_permanent:

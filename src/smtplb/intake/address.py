@@ -47,13 +47,19 @@ def parse_path(text: str) -> tuple[str, list[str]] | None:
 
     The address is returned as written ('' for ``<>``), source route dropped.
     """
-    match = _PATH_RE.match(text) or _LOOSE_PATH_RE.match(text)
-    if match is None:
-        return None
-    rest = text[match.end() :]
+    end = text.find(">") if text.startswith("<") else -1
+    if end > 0 and '"' not in (address := text[1:end]) and "<" not in address:
+        # What _PATH_RE matches for the usual <local@domain> (its per-character
+        # alternation costs about as much as the rest of a command's handling).
+        rest = text[end + 1 :]
+    else:
+        match = _PATH_RE.match(text) or _LOOSE_PATH_RE.match(text)
+        if match is None:
+            return None
+        rest = text[match.end() :]
+        address = match[1]
     if rest and not rest.startswith(" "):
         return None
-    address = match[1]
     if address.startswith("@"):  # obsolete source route "@a,@b:user@c"
         _, colon, mailbox = address.partition(":")
         if colon and mailbox:

@@ -209,18 +209,18 @@ class IntakePipeline:
 
     async def handle_message(self, envelope: Envelope, data: bytes) -> Reply:
         if self.is_draining():
-            self.metrics.intake.labels("smtp", "4xx").inc()
+            self.metrics.count_intake("smtp", "4xx")
             return Reply(421, "4.3.2", "service draining, try again later")
         try:
             queue_id = await self.submit(envelope, data)
         except MessageRefused as exc:
-            self.metrics.intake.labels("smtp", "5xx").inc()
+            self.metrics.count_intake("smtp", "5xx")
             return exc.reply
         except SpoolError as exc:
             log.error("spool write failed: %s", exc)
-            self.metrics.intake.labels("smtp", "4xx").inc()
+            self.metrics.count_intake("smtp", "4xx")
             return Reply(451, "4.3.0", "temporary local problem, try again later")
-        self.metrics.intake.labels("smtp", "2xx").inc()
+        self.metrics.count_intake("smtp", "2xx")
         return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 
     # -- the HTTP door -----------------------------------------------------------------
@@ -231,12 +231,12 @@ class IntakePipeline:
         try:
             queue_id = await self.submit(envelope, content)
         except MessageRefused:
-            self.metrics.intake.labels("http", "4xx").inc()
+            self.metrics.count_intake("http", "4xx")
             raise
         except SpoolError:
-            self.metrics.intake.labels("http", "5xx").inc()
+            self.metrics.count_intake("http", "5xx")
             raise
-        self.metrics.intake.labels("http", "2xx").inc()
+        self.metrics.count_intake("http", "2xx")
         return queue_id
 
     # -- both --------------------------------------------------------------------------

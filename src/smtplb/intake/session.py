@@ -33,6 +33,7 @@ body that outgrows the room, gets ``452 4.3.1``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -82,6 +83,19 @@ class SessionPolicy:
     body_budget: BodyBudget | None = None
 
 
+@functools.lru_cache(maxsize=16)
+def _greeting(hostname: str) -> bytes:
+    """The 220 of every connection: the same bytes for a hostname, encoded once."""
+    return Reply(220, None, f"{hostname} ESMTP smtplb").to_bytes()
+
+
+@functools.lru_cache(maxsize=64)
+def _hello_reply(text: str) -> bytes:
+    """The 250 to HELO (the hostname) or EHLO (it and the extensions), encoded once:
+    its text varies only with the policy and TLS."""
+    return Reply(250, None, text).to_bytes()
+
+
 class SessionStateError(RuntimeError):
     """The application called the session at the wrong moment (a bug)."""
 
@@ -103,6 +117,7 @@ _W_OK: Final = replies.OK.to_bytes()
 _W_MAIL_OK: Final = replies.MAIL_OK.to_bytes()
 _W_RCPT_OK: Final = replies.RCPT_OK.to_bytes()
 _W_DATA_GO: Final = replies.DATA_GO.to_bytes()
+_W_BYE: Final = replies.BYE.to_bytes()
 _W_AUTH_EMPTY: Final = b"334 \r\n"
 _W_AUTH_USERNAME: Final = b"334 VXNlcm5hbWU6\r\n"  # "Username:"
 _W_AUTH_PASSWORD: Final = b"334 UGFzc3dvcmQ6\r\n"  # "Password:"
@@ -179,7 +194,7 @@ class ServerSession:
         return len(self._lines)
 
     def greeting(self) -> None:
-        self._out.append(Reply(220, None, f"{self._policy.hostname} ESMTP smtplb").to_bytes())
+        self._out.append(_greeting(self._policy.hostname))
 
     def refuse(self, reply: Reply) -> None:
         """Answer ``reply`` (e.g. 421 4.3.2) and close; used instead of ``greeting()``."""
@@ -224,6 +239,8 @@ class ServerSession:
                 return NEED_DATA
             if state is _IN_DATA:
                 event = self._read_data()
+            elif not self._lines.buf:  # (what read_line would say, without the call)
+                event = NEED_DATA
             else:
                 line = self._lines.read_line()
                 event = NEED_DATA if line is None else self._handle_line(line)
@@ -318,7 +335,7 @@ class ServerSession:
             problem = replies.LINE_TOO_LONG
         elif not raw.endswith(b"\r\n"):
             problem = replies.BARE_LF
-        elif b"\r" in raw[:-2]:
+        elif raw.find(b"\r") != len(raw) - 2:  # a CR before the final CRLF
             problem = replies.BARE_CR
         else:
             line = raw[:-2]
@@ -367,7 +384,7 @@ class ServerSession:
         self._esmtp = verb is Verb.EHLO
         self._envelope = None
         if verb is Verb.HELO:
-            self._out.append(Reply(250, None, self._policy.hostname).to_bytes())
+            self._out.append(_hello_reply(self._policy.hostname))
             return
         policy = self._policy
         lines = [
@@ -382,7 +399,7 @@ class ServerSession:
             lines.append("STARTTLS")
         if policy.auth_enabled and (self._tls or policy.auth_without_tls):
             lines.append("AUTH PLAIN LOGIN")
-        self._out.append(Reply(250, None, "\n".join(lines)).to_bytes())
+        self._out.append(_hello_reply("\n".join(lines)))
 
     def _cmd_ehlo(self, arg: str) -> None:
         self._hello(Verb.EHLO, arg)
@@ -497,7 +514,7 @@ class ServerSession:
 
     def _cmd_quit(self, arg: str) -> Event:
         self._goto(Verb.QUIT)
-        self._out.append(replies.BYE.to_bytes())
+        self._out.append(_W_BYE)
         self._closing = Close("quit")
         return self._closing
 

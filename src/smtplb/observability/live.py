@@ -77,7 +77,9 @@ class LiveStats:
             bucket.counts[event] = bucket.counts.get(event, 0) + 1
         member = record.member
         if event == "delivered" and member:
-            live = self.members.setdefault(member, MemberLive())
+            live = self.members.get(member)
+            if live is None:  # (setdefault would build a MemberLive per delivery)
+                live = self.members[member] = MemberLive()
             live.delivered.append(now)
             if record.latency_ms is not None:
                 live.latencies.append(record.latency_ms)
@@ -95,6 +97,9 @@ class LiveStats:
             )
 
     def _bucket(self, second: int) -> _Bucket:
+        buckets = self._buckets
+        if buckets and buckets[-1].second == second:  # most events: this second's
+            return buckets[-1]
         if not self._buckets or self._buckets[-1].second < second:
             self._buckets.append(_Bucket(second))
         while self._buckets and self._buckets[0].second < second - self.window:

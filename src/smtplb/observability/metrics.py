@@ -209,6 +209,10 @@ class Metrics:
             for s in ("ok", "throttled", "stopped"):
                 self.complaint_budget.labels(record.sender_domain, s).set(s == record.state)
 
+    def count_intake(self, listener: str, reply_class: str) -> None:
+        """One message offered at intake (``smtp``/``http``) and its reply class."""
+        self._child(self.intake, listener, reply_class).inc()
+
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: this runs for every delivery event."""
         key = (id(metric), *labels)

@@ -31,6 +31,7 @@ from smtplb.reputation.standing import (
 
 MEMBER_WIDE = "*"
 RELEASED = "released by the operator"  # a standing's reason: the counts start again
+_OK_STANDING = Standing()  # of a key never judged; frozen, so one serves all (per delivery)
 
 _PROVIDERS = {
     "gmail.com": "gmail",
@@ -159,7 +160,7 @@ class ReputationBook:
         self._judge((member, provider), self.clock.wall())
 
     def _judge(self, key: tuple[str, str], now: float) -> Standing:
-        old = self._standings.get(key, Standing())
+        old = self._standings.get(key, _OK_STANDING)
         new = next_standing(old, self.counts(*key, now), self.thresholds, now)
         if new is not old:
             self._set(key, old, new)
@@ -177,7 +178,7 @@ class ReputationBook:
 
     def adopt(self, key: tuple[str, str], new: Standing) -> None:
         """``key`` stands at ``new`` (decided here, or by another node): no event."""
-        old = self._standings.get(key, Standing())
+        old = self._standings.get(key, _OK_STANDING)
         self._standings[key] = new
         self.dirty = True
         if key[1] != MEMBER_WIDE:  # (shown in view() even without traffic here)
@@ -201,7 +202,7 @@ class ReputationBook:
         key = (member, provider)
         current = self._standings.get(key)
         if current is None:
-            return Standing()
+            return _OK_STANDING
         if current.state is Reputation.QUARANTINED and self.clock.wall() >= current.until:
             return self._judge(key, self.clock.wall())
         return current
@@ -241,7 +242,7 @@ class ReputationBook:
     def quarantine(self, member: str, reason: str = "by the operator") -> Standing:
         now = self.clock.wall()
         key = (member, MEMBER_WIDE)
-        old = self._standings.get(key, Standing())
+        old = self._standings.get(key, _OK_STANDING)
         new = Standing(Reputation.QUARANTINED, now, now + self.thresholds.quarantine, 0, reason)
         self._set(key, old, new)
         return new

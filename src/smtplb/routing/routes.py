@@ -37,6 +37,9 @@ class RouteDecision:
     route_index: int | None  # None: no route matched, default pool
 
 
+_CAMPAIGN_HEADERS = ("x-campaign", "x-mailgun-campaign", "x-mc-", "feedback-id")
+
+
 def classify_content(headers: Sequence[tuple[str, str]], recipient_count: int) -> str:
     """The content class from an explicit header, else the built-in heuristics (SPEC §1)."""
     names: dict[str, str] = {}
@@ -50,11 +53,11 @@ def classify_content(headers: Sequence[tuple[str, str]], recipient_count: int) -
         return "bulk"
     if recipient_count > BULK_RECIPIENTS:
         return "bulk"
-    campaign = any(
-        n.startswith(("x-campaign", "x-mailgun-campaign", "x-mc-", "feedback-id")) for n in names
-    )
-    if "list-unsubscribe" in names or "list-id" in names or campaign:
+    if "list-unsubscribe" in names or "list-id" in names:
         return "marketing"
+    for n in names:  # (a loop, not any() over a generator: this runs for every message)
+        if n.startswith(_CAMPAIGN_HEADERS):
+            return "marketing"
     return "transactional"
 
 

@@ -40,7 +40,12 @@ class Reply:
         return self.code >= 500
 
     def to_bytes(self) -> bytes:
-        lines = self.text.split("\n") if self.text else [""]
+        text = self.text
+        if "\n" not in text:  # one line: nearly every reply
+            code, enhanced = self.code, self.enhanced_code
+            line = f"{code} {enhanced} {text}" if enhanced else f"{code} {text}"
+            return (line.rstrip(" ") + "\r\n").encode("utf-8", "replace")
+        lines = text.split("\n")
         prefix = f"{self.enhanced_code} " if self.enhanced_code else ""
         out = []
         for i, line in enumerate(lines):
