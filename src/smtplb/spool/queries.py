@@ -64,16 +64,104 @@ def _qmarks(n: int) -> str:
 # -- writes (on the writer's connection, inside its transaction) -----------------
 
 
+_MSG_INSERT = (
+    "pk, queue_id, sender, message_id, size, received_at, expires_at, client_ip, auth_user,"
+    " content_class, is_dsn, seg, seg_off"
+)
+_RCPT_INSERT = "rid, msg_pk, address, domain, pool, priority, state, next_attempt, updated_at"
+# One row, the key left to SQLite (the columns after the first).
+_INSERT_MESSAGE = f"INSERT INTO messages({_MSG_INSERT[4:]}) VALUES ({_qmarks(12)})"
+_INSERT_RECIPIENT = f"INSERT INTO recipients({_RCPT_INSERT[5:]}) VALUES ({_qmarks(8)})"
+_ROWS_CHUNK = 256  # rows per multi-row INSERT
+_INSERT_SQL: dict[tuple[str, str, int], str] = {}
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, table: str, cols: str, rows: list[tuple[Any, ...]]
+) -> None:
+    """INSERT ``rows`` with one statement per ``_ROWS_CHUNK`` of them, not one per row
+    (each statement is a GIL hand-over to and from SQLite). The row count is padded
+    to a power of two with rows of NULLs, which the WHERE drops: a few statement texts,
+    which SQLite's statement cache keeps prepared. ``cols`` start with a NOT NULL one."""
+    width = cols.count(",") + 1
+    for i in range(0, len(rows), _ROWS_CHUNK):
+        chunk = rows[i : i + _ROWS_CHUNK]
+        size = _bucket(len(chunk))
+        sql = _INSERT_SQL.get((table, cols, size))
+        if sql is None:
+            row = f"({_qmarks(width)})"
+            sql = _INSERT_SQL[(table, cols, size)] = (
+                f"INSERT INTO {table}({cols}) VALUES {row}"
+                if size == 1
+                else f"INSERT INTO {table}({cols}) SELECT * FROM"
+                f" (VALUES {','.join([row] * size)}) WHERE column1 IS NOT NULL"
+            )
+        params: list[Any] = [v for r in chunk for v in r]
+        params += [None] * (width * (size - len(chunk)))
+        conn.execute(sql, params)
+
+
 def store(
+    conn: sqlite3.Connection,
+    batch: list[tuple[NewMessage, bool]],
+    now: float,
+    segments: SegmentStore,
+) -> list[ClaimedMessage]:
+    """Store each ``(message, inflight)`` of a batch: two INSERT statements in all.
+
+    The keys are given, not left to SQLite: what it would choose (the largest in the
+    table plus one; the writer holds the write lock, nobody else inserts meanwhile),
+    known before the INSERT, so no RETURNING row (a GIL hand-over each) is needed.
+    A message alone (the batch held no other) is stored as it always was: an INSERT
+    per row, SQLite picking the keys (one statement fewer)."""
+    if len(batch) == 1:
+        return [_store_one(conn, *batch[0], now, segments)]
+    last_pk, last_rid = conn.execute(
+        "SELECT (SELECT max(pk) FROM messages), (SELECT max(rid) FROM recipients)"
+    ).fetchone()
+    pk, rid = last_pk or 0, last_rid or 0
+    messages: list[tuple[Any, ...]] = []
+    recipients: list[tuple[Any, ...]] = []
+    stored: list[ClaimedMessage] = []
+    empty: list[int] = []
+    for m, inflight in batch:
+        # The content goes to a segment file (written once, synced before COMMIT), the
+        # row says where: SQLite would write it twice (WAL, then checkpoint).
+        seg, seg_off = segments.append(m.content)
+        pk += 1
+        messages.append(
+            (pk, m.queue_id, m.sender, m.message_id, len(m.content), m.received_at,
+             m.expires_at, m.client_ip, m.auth_user, m.content_class, int(m.is_dsn), seg,
+             seg_off)
+        )  # fmt: skip
+        claimed = ClaimedMessage(
+            pk, m.queue_id, m.sender, m.message_id, m.content, m.received_at, m.expires_at,
+            m.content_class, m.is_dsn, client_ip=m.client_ip,
+        )  # fmt: skip
+        state = INFLIGHT if inflight else QUEUED
+        for r in m.recipients:
+            rid += 1
+            recipients.append(
+                (rid, pk, r.address, domain_of(r.address), r.pool, r.priority, state,
+                 m.received_at, now)
+            )  # fmt: skip
+            claimed.recipients.append(ClaimedRecipient(rid, r.address, r.pool, r.priority, 0))
+        if not m.recipients:
+            empty.append(pk)
+        stored.append(claimed)
+    _insert_rows(conn, "messages", _MSG_INSERT, messages)
+    _insert_rows(conn, "recipients", _RCPT_INSERT, recipients)
+    if empty:
+        finalize(conn, empty, now)
+    return stored
+
+
+def _store_one(
     conn: sqlite3.Connection, m: NewMessage, inflight: bool, now: float, segments: SegmentStore
 ) -> ClaimedMessage:
-    # The content goes to a segment file (written once, synced before COMMIT), the
-    # row says where: SQLite would write it twice (WAL, then checkpoint).
     seg, seg_off = segments.append(m.content)
     cur = conn.execute(
-        "INSERT INTO messages(queue_id, sender, message_id, size, received_at, expires_at,"
-        " client_ip, auth_user, content_class, is_dsn, seg, seg_off)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        _INSERT_MESSAGE,
         (m.queue_id, m.sender, m.message_id, len(m.content), m.received_at, m.expires_at,
          m.client_ip, m.auth_user, m.content_class, int(m.is_dsn), seg, seg_off),
     )  # fmt: skip
@@ -86,8 +174,7 @@ def store(
     state = INFLIGHT if inflight else QUEUED
     for r in m.recipients:
         cur = conn.execute(
-            "INSERT INTO recipients(msg_pk, address, domain, pool, priority, state,"
-            " next_attempt, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+            _INSERT_RECIPIENT,
             (msg_pk, r.address, domain_of(r.address), r.pool, r.priority, state,
              m.received_at, now),
         )  # fmt: skip
@@ -150,20 +237,38 @@ def claim(
 
 def record(conn: sqlite3.Connection, results: list[RecipientResult], now: float) -> None:
     """One UPDATE … FROM (VALUES …) per chunk of results, not one per recipient:
-    each statement is a GIL hand-over to and from SQLite."""
-    touched: dict[int, None] = {}
+    each statement (and each row it returns) is a GIL hand-over to and from SQLite."""
     if len({r.rid for r in results}) < len(results):  # a rid twice: one by one, in order
         for r in results:
-            _record_rows(conn, [r], now, touched)
+            _record_rows(conn, [r], now)
     else:
         for i in range(0, len(results), _IN_CHUNK):
-            _record_rows(conn, results[i : i + _IN_CHUNK], now, touched)
-    finalize(conn, list(touched), now)
+            _record_rows(conn, results[i : i + _IN_CHUNK], now)
+    # The state a row is given is the result's: which messages may now be final is known
+    # without reading the rows back (finalize looks at all their recipients anyway).
+    final = list(dict.fromkeys(r.rid for r in results if r.state.is_final))
+    if len(final) == 1:  # the common case: "pk = (…)" spares SQLite a temporary IN table
+        conn.execute(_FINALIZE_RID, (now, final[0], FINAL_FROM))
+        return
+    for chunk in _chunks(final):
+        size = _bucket(len(chunk))
+        conn.execute(
+            "UPDATE messages SET final_at = ?, content = NULL, seg = NULL WHERE pk IN"
+            f" (SELECT msg_pk FROM recipients WHERE rid IN ({_qmarks(size)}))"
+            " AND final_at IS NULL AND NOT EXISTS"
+            " (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)",
+            [now, *chunk, *[chunk[0]] * (size - len(chunk)), FINAL_FROM],
+        )
 
 
-def _record_rows(
-    conn: sqlite3.Connection, rows: list[RecipientResult], now: float, touched: dict[int, None]
-) -> None:
+_FINALIZE_RID = (
+    "UPDATE messages SET final_at = ?, content = NULL, seg = NULL"
+    " WHERE pk = (SELECT msg_pk FROM recipients WHERE rid = ?) AND final_at IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)"
+)
+
+
+def _record_rows(conn: sqlite3.Connection, rows: list[RecipientResult], now: float) -> None:
     size = _bucket(len(rows))
     params: list[object] = [now]
     for r in rows:
@@ -182,11 +287,9 @@ def _record_rows(
             " member = CASE WHEN v.column9 <> '' THEN v.column9 ELSE member END,"
             " updated_at = ?"
             f" FROM (VALUES {','.join(['(?,?,?,?,?,?,?,?,?)'] * size)}) AS v"
-            " WHERE recipients.rid = v.column1 RETURNING msg_pk, state"
+            " WHERE recipients.rid = v.column1"
         )
-    for msg_pk, state in conn.execute(sql, params):  # no row: deleted while in flight
-        if state >= FINAL_FROM:
-            touched[msg_pk] = None
+    conn.execute(sql, params)  # no row: deleted while in flight
 
 
 def finalize(
@@ -313,8 +416,10 @@ def insert_traces(conn: sqlite3.Connection, steps: list[tuple[str, float, str, A
         else:
             entries.append((ts, step, details))
     encode = _TRACE_ENCODER.encode
-    conn.executemany(
-        "INSERT INTO traces(queue_id, ts, step, details) VALUES (?,?,?,?)",
+    _insert_rows(
+        conn,
+        "traces",
+        "queue_id, ts, step, details",
         [
             (qid, e[0][0], e[0][1], encode(e[0][2]).decode())
             if len(e) == 1
