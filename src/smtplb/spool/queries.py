@@ -268,24 +268,37 @@ _FINALIZE_RID = (
 )
 
 
+# The SET of record(), column k of a result (rid, state, count_attempt, not final,
+# next_attempt, code, enhanced_code, response, member) spelled by ``col(k)``.
+def _record_set(col: Callable[[int], str]) -> str:
+    return (
+        f"UPDATE recipients SET state = {col(2)}, attempts = attempts + {col(3)},"
+        f" next_attempt = CASE WHEN {col(4)} THEN {col(5)} ELSE next_attempt END,"
+        f" last_code = COALESCE({col(6)}, last_code),"
+        f" last_enhanced = COALESCE({col(7)}, last_enhanced),"
+        f" last_response = CASE WHEN {col(8)} <> '' THEN {col(8)} ELSE last_response END,"
+        f" member = CASE WHEN {col(9)} <> '' THEN {col(9)} ELSE member END,"
+    )
+
+
+# One result: a plain UPDATE by key costs SQLite half what the join with VALUES does.
+_RECORD_ONE = _record_set(lambda k: f"?{k + 1}") + " updated_at = ?1 WHERE rid = ?2"
+
+
 def _record_rows(conn: sqlite3.Connection, rows: list[RecipientResult], now: float) -> None:
     size = _bucket(len(rows))
     params: list[object] = [now]
     for r in rows:
         params += (r.rid, int(r.state), int(r.count_attempt), not r.state.is_final,
                    r.next_attempt, r.code, r.enhanced_code, r.response, r.member)  # fmt: skip
+    if size == 1:
+        conn.execute(_RECORD_ONE, params)  # no row: deleted while in flight
+        return
     params += _NO_ROW * (size - len(rows))  # padding: a fixed set of statement texts
     sql = _RECORD_SQL.get(size)
     if sql is None:
         sql = _RECORD_SQL[size] = (
-            "UPDATE recipients SET state = v.column2, attempts = attempts + v.column3,"
-            " next_attempt = CASE WHEN v.column4 THEN v.column5 ELSE next_attempt END,"
-            " last_code = COALESCE(v.column6, last_code),"
-            " last_enhanced = COALESCE(v.column7, last_enhanced),"
-            " last_response = CASE WHEN v.column8 <> '' THEN v.column8"
-            " ELSE last_response END,"
-            " member = CASE WHEN v.column9 <> '' THEN v.column9 ELSE member END,"
-            " updated_at = ?"
+            _record_set(lambda k: f"v.column{k}") + " updated_at = ?"
             f" FROM (VALUES {','.join(['(?,?,?,?,?,?,?,?,?)'] * size)}) AS v"
             " WHERE recipients.rid = v.column1"
         )
