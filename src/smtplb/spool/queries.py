@@ -8,6 +8,10 @@ index of live messages by ``expires_at``; state counts are kept by triggers.
 When every recipient of a message is final its content is released (set to
 NULL), except after expiry, where the DSN still quotes it; ``purge`` deletes
 final messages after their retention.
+
+Parameters go to sqlite3 as exact ``int``, ``float``, ``str``, ``bytes`` or ``None``:
+anything else (a ``bool``, an ``IntEnum``) goes through sqlite3's adaptation lookup,
+two failed attribute lookups with their error messages, some 3,000 instructions each.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ _RCPT_COLS = (
 _BELOW_ANY_PRIORITY = -(2**62)
 _IN_CHUNK = 500  # bound on host parameters per IN (...) list
 _RECORD_SQL: dict[int, str] = {}
-_NO_ROW = (-1, 0, 0, False, 0.0, None, None, "", "")  # rid -1 matches no recipient
+_NO_ROW = (-1, 0, 0, 0, 0.0, None, None, "", "")  # rid -1 matches no recipient
 
 
 def _chunks(items: list[int]) -> Iterable[list[int]]:
@@ -289,7 +293,7 @@ def _record_rows(conn: sqlite3.Connection, rows: list[RecipientResult], now: flo
     size = _bucket(len(rows))
     params: list[object] = [now]
     for r in rows:
-        params += (r.rid, int(r.state), int(r.count_attempt), not r.state.is_final,
+        params += (r.rid, int(r.state), int(r.count_attempt), int(not r.state.is_final),
                    r.next_attempt, r.code, r.enhanced_code, r.response, r.member)  # fmt: skip
     if size == 1:
         conn.execute(_RECORD_ONE, params)  # no row: deleted while in flight
@@ -317,7 +321,7 @@ def finalize(
             " seg = CASE WHEN ?2 THEN NULL ELSE seg END"
             f" WHERE pk IN ({_qmarks(size)}) AND final_at IS NULL AND NOT EXISTS"
             " (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)",
-            [now, release, *chunk, *[chunk[0]] * (size - len(chunk)), FINAL_FROM],
+            [now, int(release), *chunk, *[chunk[0]] * (size - len(chunk)), FINAL_FROM],
         )
 
 
