@@ -9,9 +9,10 @@ When every recipient of a message is final its content is released (set to
 NULL), except after expiry, where the DSN still quotes it; ``purge`` deletes
 final messages after their retention.
 
-Parameters go to sqlite3 as exact ``int``, ``float``, ``str``, ``bytes`` or ``None``:
-anything else (a ``bool``, an ``IntEnum``) goes through sqlite3's adaptation lookup,
-two failed attribute lookups with their error messages, some 3,000 instructions each.
+Parameters go to sqlite3 as exact ``int``, ``float`` or ``str`` where they can:
+anything else (a ``bool``, an ``IntEnum``, and even ``None`` or ``bytes``) goes
+through sqlite3's adaptation lookup, two failed attribute lookups with their error
+messages, some 3,000 instructions each.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ _RCPT_COLS = (
 _BELOW_ANY_PRIORITY = -(2**62)
 _IN_CHUNK = 500  # bound on host parameters per IN (...) list
 _RECORD_SQL: dict[int, str] = {}
-_NO_ROW = (-1, 0, 0, 0, 0.0, None, None, "", "")  # rid -1 matches no recipient
+_NO_ROW = (-1, 0, 0, 0, 0.0, 0, "", "", "")  # rid -1 matches no recipient
 
 
 def _chunks(items: list[int]) -> Iterable[list[int]]:
@@ -85,8 +86,9 @@ def _insert_rows(
 ) -> None:
     """INSERT ``rows`` with one statement per ``_ROWS_CHUNK`` of them, not one per row
     (each statement is a GIL hand-over to and from SQLite). The row count is padded
-    to a power of two with rows of NULLs, which the WHERE drops: a few statement texts,
-    which SQLite's statement cache keeps prepared. ``cols`` start with a NOT NULL one."""
+    to a power of two with rows of zeros, which the WHERE drops: a few statement texts,
+    which SQLite's statement cache keeps prepared. ``cols`` start with one never 0 (a
+    key, or text). Zeros, not NULLs: sqlite3 binds None through its adaptation lookup."""
     width = cols.count(",") + 1
     for i in range(0, len(rows), _ROWS_CHUNK):
         chunk = rows[i : i + _ROWS_CHUNK]
@@ -98,10 +100,10 @@ def _insert_rows(
                 f"INSERT INTO {table}({cols}) VALUES {row}"
                 if size == 1
                 else f"INSERT INTO {table}({cols}) SELECT * FROM"
-                f" (VALUES {','.join([row] * size)}) WHERE column1 IS NOT NULL"
+                f" (VALUES {','.join([row] * size)}) WHERE column1 <> 0"
             )
         params: list[Any] = [v for r in chunk for v in r]
-        params += [None] * (width * (size - len(chunk)))
+        params += [0] * (width * (size - len(chunk)))
         conn.execute(sql, params)
 
 
@@ -241,35 +243,21 @@ def claim(
 
 def record(conn: sqlite3.Connection, results: list[RecipientResult], now: float) -> None:
     """One UPDATE … FROM (VALUES …) per chunk of results, not one per recipient:
-    each statement (and each row it returns) is a GIL hand-over to and from SQLite."""
+    each statement is a GIL hand-over to and from SQLite."""
+    if len(results) == 1:  # the usual batch: statements for one row, half SQLite's work
+        r = results[0]
+        conn.execute(_RECORD_ONE, [now, *_record_params(r)])  # no row: deleted in flight
+        if r.state.is_final:
+            conn.execute(_FINALIZE_RID, (now, r.rid, FINAL_FROM))
+        return
+    touched: dict[int, None] = {}
     if len({r.rid for r in results}) < len(results):  # a rid twice: one by one, in order
         for r in results:
-            _record_rows(conn, [r], now)
+            _record_rows(conn, [r], now, touched)
     else:
         for i in range(0, len(results), _IN_CHUNK):
-            _record_rows(conn, results[i : i + _IN_CHUNK], now)
-    # The state a row is given is the result's: which messages may now be final is known
-    # without reading the rows back (finalize looks at all their recipients anyway).
-    final = list(dict.fromkeys(r.rid for r in results if r.state.is_final))
-    if len(final) == 1:  # the common case: "pk = (…)" spares SQLite a temporary IN table
-        conn.execute(_FINALIZE_RID, (now, final[0], FINAL_FROM))
-        return
-    for chunk in _chunks(final):
-        size = _bucket(len(chunk))
-        conn.execute(
-            "UPDATE messages SET final_at = ?, content = NULL, seg = NULL WHERE pk IN"
-            f" (SELECT msg_pk FROM recipients WHERE rid IN ({_qmarks(size)}))"
-            " AND final_at IS NULL AND NOT EXISTS"
-            " (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)",
-            [now, *chunk, *[chunk[0]] * (size - len(chunk)), FINAL_FROM],
-        )
-
-
-_FINALIZE_RID = (
-    "UPDATE messages SET final_at = ?, content = NULL, seg = NULL"
-    " WHERE pk = (SELECT msg_pk FROM recipients WHERE rid = ?) AND final_at IS NULL"
-    " AND NOT EXISTS (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)"
-)
+            _record_rows(conn, results[i : i + _IN_CHUNK], now, touched)
+    finalize(conn, list(touched), now)
 
 
 # The SET of record(), column k of a result (rid, state, count_attempt, not final,
@@ -285,28 +273,39 @@ def _record_set(col: Callable[[int], str]) -> str:
     )
 
 
-# One result: a plain UPDATE by key costs SQLite half what the join with VALUES does.
+# One result: a plain UPDATE by key, and "pk = (…)" rather than an IN list: SQLite does
+# about half the work of the join with VALUES and of the temporary IN table.
 _RECORD_ONE = _record_set(lambda k: f"?{k + 1}") + " updated_at = ?1 WHERE rid = ?2"
+_FINALIZE_RID = (
+    "UPDATE messages SET final_at = ?, content = NULL, seg = NULL"
+    " WHERE pk = (SELECT msg_pk FROM recipients WHERE rid = ?) AND final_at IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)"
+)
 
 
-def _record_rows(conn: sqlite3.Connection, rows: list[RecipientResult], now: float) -> None:
+def _record_params(r: RecipientResult) -> tuple[object, ...]:
+    return (r.rid, int(r.state), int(r.count_attempt), int(not r.state.is_final),
+            r.next_attempt, r.code, r.enhanced_code, r.response, r.member)  # fmt: skip
+
+
+def _record_rows(
+    conn: sqlite3.Connection, rows: list[RecipientResult], now: float, touched: dict[int, None]
+) -> None:
     size = _bucket(len(rows))
     params: list[object] = [now]
     for r in rows:
-        params += (r.rid, int(r.state), int(r.count_attempt), int(not r.state.is_final),
-                   r.next_attempt, r.code, r.enhanced_code, r.response, r.member)  # fmt: skip
-    if size == 1:
-        conn.execute(_RECORD_ONE, params)  # no row: deleted while in flight
-        return
+        params += _record_params(r)
     params += _NO_ROW * (size - len(rows))  # padding: a fixed set of statement texts
     sql = _RECORD_SQL.get(size)
     if sql is None:
         sql = _RECORD_SQL[size] = (
             _record_set(lambda k: f"v.column{k}") + " updated_at = ?"
             f" FROM (VALUES {','.join(['(?,?,?,?,?,?,?,?,?)'] * size)}) AS v"
-            " WHERE recipients.rid = v.column1"
+            " WHERE recipients.rid = v.column1 RETURNING msg_pk, state"
         )
-    conn.execute(sql, params)  # no row: deleted while in flight
+    for msg_pk, state in conn.execute(sql, params):  # no row: deleted while in flight
+        if state >= FINAL_FROM:
+            touched[msg_pk] = None
 
 
 def finalize(

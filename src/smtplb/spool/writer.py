@@ -59,6 +59,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -358,6 +359,10 @@ class GroupWriter:
             return True
         if isinstance(first, _Op):
             batch.append(first)
+            # Let the event loop run before the batch is closed: when it is busy, what it
+            # is about to queue joins this commit instead of making one of its own (a
+            # commit costs far more than a message); when it is idle this returns at once.
+            time.sleep(0)
         while len(batch) < self.batch_max:
             try:
                 op = self._ops.get_nowait()
