@@ -26,6 +26,7 @@ import pytest
 
 from smtplb.clock import FakeClock
 from smtplb.model import RecipientState
+from smtplb.spool import queries
 from smtplb.spool.base import (
     ClaimedMessage,
     NewMessage,
@@ -737,6 +738,98 @@ def test_sqlite_concurrent_stores_share_commits(db: Path) -> None:
         await asyncio.gather(*tasks)
         assert spool.commits - before == 2  # the gate's batch, then one for all 100
         assert (await spool.stats())["queued"] == 300
+        await spool.close()
+
+    run(main())
+
+
+def test_sqlite_stores_of_one_batch_are_one_insert_per_table_with_sqlites_keys(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inserts: list[tuple[str, int]] = []
+    insert_rows = queries._insert_rows
+
+    def counted(conn: sqlite3.Connection, table: str, cols: str, rows: list[Any]) -> None:
+        inserts.append((table, len(rows)))
+        insert_rows(conn, table, cols, rows)
+
+    monkeypatch.setattr(queries, "_insert_rows", counted)
+
+    async def main() -> None:
+        spool = SqliteSpool(db)
+        await spool.open()
+        first = await spool.store(msg("first", "a@x.test"))
+        last = await spool.store(msg("last", "a@x.test", "b@x.test"))
+        assert await spool.delete("last")  # SQLite's next key is the largest + 1: reused
+        inserts.clear()
+        async with Gate(spool):
+            tasks = [
+                asyncio.create_task(spool.store(m, inflight=i == 1))
+                for i, m in enumerate(
+                    (msg("b1", "a@x.test", "b@y.test"), msg("b2"), msg("b3", "c@z.test"))
+                )
+            ]
+            await asyncio.sleep(0)  # a yield: each new task runs to its first await
+        b1, b2, b3 = await asyncio.gather(*tasks)
+        assert inserts == [("messages", 3), ("recipients", 4)]
+        assert [m.msg_pk for m in (b1, b2, b3)] == [last.msg_pk + i for i in range(3)]
+        rids = [r.rid for m in (b1, b2, b3) for r in m.recipients]
+        assert rids == list(range(last.recipients[0].rid, last.recipients[0].rid + 4))
+        assert [r.address for r in b1.recipients] == ["a@x.test", "b@y.test"]
+        for m in (b1, b2, b3):
+            view = await spool.get(m.queue_id)
+            assert view is not None and view.msg_pk == m.msg_pk
+            assert [r.rid for r in view.recipients] == [r.rid for r in m.recipients]
+            assert await spool.get_content(m.queue_id) == m.content
+        assert await states(spool, "b2") == [S.INFLIGHT]
+        assert await states(spool, "b1") == [S.QUEUED, S.QUEUED]
+        assert (await spool.stats())["queued"] == 4 and first.msg_pk < last.msg_pk
+        await spool.close()
+
+    run(main())
+
+
+def test_sqlite_a_store_that_fails_in_a_batch_fails_alone(db: Path) -> None:
+    """The batch's stores run as one call; when it raises they run again one by one."""
+
+    async def main() -> None:
+        spool = SqliteSpool(db)
+        await spool.open()
+        await spool.store(msg("dup"))
+        async with Gate(spool):
+            tasks = [
+                asyncio.create_task(spool.store(msg(q, "a@x.test", "b@x.test")))
+                for q in ("a", "b", "dup", "c")
+            ]
+            await asyncio.sleep(0)
+        a, b, dup, c = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(dup, SpoolError) and "UNIQUE" in str(dup)
+        for m in (a, b, c):
+            assert isinstance(m, ClaimedMessage)
+            assert [r.rid for r in (await spool.get(m.queue_id)).recipients] == [  # type: ignore[union-attr]
+                r.rid for r in m.recipients
+            ]
+        assert (await spool.stats())["queued"] == 7
+        await spool.close()
+
+    run(main())
+
+
+def test_sqlite_a_claim_reads_content_stored_earlier_in_its_batch(db: Path) -> None:
+    """The content of a batch is written just before its commit: a claim in the same
+    transaction reads what is not written yet."""
+
+    async def main() -> None:
+        spool = SqliteSpool(db)
+        await spool.open()
+        async with Gate(spool):
+            stored = asyncio.create_task(spool.store(msg("q1", content=b"x" * 70_000)))
+            await asyncio.sleep(0)
+            claimed = asyncio.create_task(spool.claim_ready(T0 + 10, 10))
+            await asyncio.sleep(0)
+        await stored
+        [m] = await claimed
+        assert m.queue_id == "q1" and m.content == b"x" * 70_000
         await spool.close()
 
     run(main())

@@ -4,16 +4,19 @@ older spools still read, leftovers of a crash cleaned up."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from smtplb.clock import FakeClock
 from smtplb.model import RecipientState
 from smtplb.spool.base import NewMessage, NewRecipient, RecipientResult
 from smtplb.spool.schema import SCHEMA_VERSION
-from smtplb.spool.segments import segments_dir
+from smtplb.spool.segments import SegmentStore, segments_dir
 from smtplb.spool.sqlite import SqliteSpool
 
 T0 = 1_700_000_000.0
@@ -213,3 +216,33 @@ def test_a_version_2_spool_is_upgraded_and_its_content_read_from_sqlite(tmp_path
     assert rows == [("old", None, None), ("new", None, None)]  # both released
     conn.close()
     assert files(db) == []
+
+
+def test_appends_are_written_at_sync_in_one_call_and_a_rollback_drops_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE segments (id INTEGER PRIMARY KEY, live INTEGER, bytes INTEGER)")
+    store = SegmentStore(tmp_path / "segs")
+    store.open(conn)
+    calls: list[int] = []
+    pwritev = os.pwritev
+
+    def short_writes(fd: int, buffers: list[bytes], offset: int) -> int:
+        calls.append(len(buffers))
+        return pwritev(fd, [bytes(b"".join(buffers))[:3000]], offset)  # at most 3000 bytes
+
+    monkeypatch.setattr(os, "pwritev", short_writes)
+    store.begin()
+    first = [store.append(bytes([65 + i]) * 1000) for i in range(5)]
+    path = tmp_path / "segs" / f"{first[0][0]:010d}.seg"
+    assert path.stat().st_size == 0 and not calls  # nothing written before sync
+    store.rollback()  # never written: dropped, and their offsets are free again
+    store.begin()
+    again = [store.append(bytes([97 + i]) * 1000) for i in range(5)]
+    assert again == first
+    store.sync(conn)
+    assert calls[0] == 5 and len(calls) == 2  # one call for all five, one for the rest
+    assert store.read(*again[2], 1000) == b"c" * 1000
+    assert path.read_bytes() == b"".join(bytes([97 + i]) * 1000 for i in range(5))
+    store.close()

@@ -8,6 +8,11 @@ index of live messages by ``expires_at``; state counts are kept by triggers.
 When every recipient of a message is final its content is released (set to
 NULL), except after expiry, where the DSN still quotes it; ``purge`` deletes
 final messages after their retention.
+
+Parameters go to sqlite3 as exact ``int``, ``float`` or ``str`` where they can:
+anything else (a ``bool``, an ``IntEnum``, and even ``None`` or ``bytes``) goes
+through sqlite3's adaptation lookup, two failed attribute lookups with their error
+messages, some 3,000 instructions each.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ _RCPT_COLS = (
 _BELOW_ANY_PRIORITY = -(2**62)
 _IN_CHUNK = 500  # bound on host parameters per IN (...) list
 _RECORD_SQL: dict[int, str] = {}
-_NO_ROW = (-1, 0, 0, False, 0.0, None, None, "", "")  # rid -1 matches no recipient
+_NO_ROW = (-1, 0, 0, 0, 0.0, 0, "", "", "")  # rid -1 matches no recipient
 
 
 def _chunks(items: list[int]) -> Iterable[list[int]]:
@@ -64,16 +69,105 @@ def _qmarks(n: int) -> str:
 # -- writes (on the writer's connection, inside its transaction) -----------------
 
 
+_MSG_INSERT = (
+    "pk, queue_id, sender, message_id, size, received_at, expires_at, client_ip, auth_user,"
+    " content_class, is_dsn, seg, seg_off"
+)
+_RCPT_INSERT = "rid, msg_pk, address, domain, pool, priority, state, next_attempt, updated_at"
+# One row, the key left to SQLite (the columns after the first).
+_INSERT_MESSAGE = f"INSERT INTO messages({_MSG_INSERT[4:]}) VALUES ({_qmarks(12)})"
+_INSERT_RECIPIENT = f"INSERT INTO recipients({_RCPT_INSERT[5:]}) VALUES ({_qmarks(8)})"
+_ROWS_CHUNK = 256  # rows per multi-row INSERT
+_INSERT_SQL: dict[tuple[str, str, int], str] = {}
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, table: str, cols: str, rows: list[tuple[Any, ...]]
+) -> None:
+    """INSERT ``rows`` with one statement per ``_ROWS_CHUNK`` of them, not one per row
+    (each statement is a GIL hand-over to and from SQLite). The row count is padded
+    to a power of two with rows of zeros, which the WHERE drops: a few statement texts,
+    which SQLite's statement cache keeps prepared. ``cols`` start with one never 0 (a
+    key, or text). Zeros, not NULLs: sqlite3 binds None through its adaptation lookup."""
+    width = cols.count(",") + 1
+    for i in range(0, len(rows), _ROWS_CHUNK):
+        chunk = rows[i : i + _ROWS_CHUNK]
+        size = _bucket(len(chunk))
+        sql = _INSERT_SQL.get((table, cols, size))
+        if sql is None:
+            row = f"({_qmarks(width)})"
+            sql = _INSERT_SQL[(table, cols, size)] = (
+                f"INSERT INTO {table}({cols}) VALUES {row}"
+                if size == 1
+                else f"INSERT INTO {table}({cols}) SELECT * FROM"
+                f" (VALUES {','.join([row] * size)}) WHERE column1 <> 0"
+            )
+        params: list[Any] = [v for r in chunk for v in r]
+        params += [0] * (width * (size - len(chunk)))
+        conn.execute(sql, params)
+
+
 def store(
+    conn: sqlite3.Connection,
+    batch: list[tuple[NewMessage, bool]],
+    now: float,
+    segments: SegmentStore,
+) -> list[ClaimedMessage]:
+    """Store each ``(message, inflight)`` of a batch: two INSERT statements in all.
+
+    The keys are given, not left to SQLite: what it would choose (the largest in the
+    table plus one; the writer holds the write lock, nobody else inserts meanwhile),
+    known before the INSERT, so no RETURNING row (a GIL hand-over each) is needed.
+    A message alone (the batch held no other) is stored as it always was: an INSERT
+    per row, SQLite picking the keys (one statement fewer)."""
+    if len(batch) == 1:
+        return [_store_one(conn, *batch[0], now, segments)]
+    last_pk, last_rid = conn.execute(
+        "SELECT (SELECT max(pk) FROM messages), (SELECT max(rid) FROM recipients)"
+    ).fetchone()
+    pk, rid = last_pk or 0, last_rid or 0
+    messages: list[tuple[Any, ...]] = []
+    recipients: list[tuple[Any, ...]] = []
+    stored: list[ClaimedMessage] = []
+    empty: list[int] = []
+    for m, inflight in batch:
+        # The content goes to a segment file (written once, synced before COMMIT), the
+        # row says where: SQLite would write it twice (WAL, then checkpoint).
+        seg, seg_off = segments.append(m.content)
+        pk += 1
+        messages.append(
+            (pk, m.queue_id, m.sender, m.message_id, len(m.content), m.received_at,
+             m.expires_at, m.client_ip, m.auth_user, m.content_class, int(m.is_dsn), seg,
+             seg_off)
+        )  # fmt: skip
+        claimed = ClaimedMessage(
+            pk, m.queue_id, m.sender, m.message_id, m.content, m.received_at, m.expires_at,
+            m.content_class, m.is_dsn, client_ip=m.client_ip,
+        )  # fmt: skip
+        state = INFLIGHT if inflight else QUEUED
+        for r in m.recipients:
+            rid += 1
+            recipients.append(
+                (rid, pk, r.address, domain_of(r.address), r.pool, r.priority, state,
+                 m.received_at, now)
+            )  # fmt: skip
+            claimed.recipients.append(ClaimedRecipient(rid, r.address, r.pool, r.priority, 0))
+        if not m.recipients:
+            empty.append(pk)
+        stored.append(claimed)
+    _insert_rows(conn, "messages", _MSG_INSERT, messages)
+    _insert_rows(conn, "recipients", _RCPT_INSERT, recipients)
+    if empty:
+        finalize(conn, empty, now)
+    return stored
+
+
+def _store_one(
     conn: sqlite3.Connection, m: NewMessage, inflight: bool, now: float, segments: SegmentStore
 ) -> ClaimedMessage:
-    # The content goes to a segment file (written once, synced before COMMIT), the
-    # row says where: SQLite would write it twice (WAL, then checkpoint).
     seg, seg_off = segments.append(m.content)
     cur = conn.execute(
-        "INSERT INTO messages(queue_id, sender, message_id, size, received_at, expires_at,"
-        " client_ip, auth_user, content_class, is_dsn, seg, seg_off)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        _INSERT_MESSAGE,
         (m.queue_id, m.sender, m.message_id, len(m.content), m.received_at, m.expires_at,
          m.client_ip, m.auth_user, m.content_class, int(m.is_dsn), seg, seg_off),
     )  # fmt: skip
@@ -86,8 +180,7 @@ def store(
     state = INFLIGHT if inflight else QUEUED
     for r in m.recipients:
         cur = conn.execute(
-            "INSERT INTO recipients(msg_pk, address, domain, pool, priority, state,"
-            " next_attempt, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+            _INSERT_RECIPIENT,
             (msg_pk, r.address, domain_of(r.address), r.pool, r.priority, state,
              m.received_at, now),
         )  # fmt: skip
@@ -151,6 +244,12 @@ def claim(
 def record(conn: sqlite3.Connection, results: list[RecipientResult], now: float) -> None:
     """One UPDATE … FROM (VALUES …) per chunk of results, not one per recipient:
     each statement is a GIL hand-over to and from SQLite."""
+    if len(results) == 1:  # the usual batch: statements for one row, half SQLite's work
+        r = results[0]
+        conn.execute(_RECORD_ONE, [now, *_record_params(r)])  # no row: deleted in flight
+        if r.state.is_final:
+            conn.execute(_FINALIZE_RID, (now, r.rid, FINAL_FROM))
+        return
     touched: dict[int, None] = {}
     if len({r.rid for r in results}) < len(results):  # a rid twice: one by one, in order
         for r in results:
@@ -161,26 +260,46 @@ def record(conn: sqlite3.Connection, results: list[RecipientResult], now: float)
     finalize(conn, list(touched), now)
 
 
+# The SET of record(), column k of a result (rid, state, count_attempt, not final,
+# next_attempt, code, enhanced_code, response, member) spelled by ``col(k)``.
+def _record_set(col: Callable[[int], str]) -> str:
+    return (
+        f"UPDATE recipients SET state = {col(2)}, attempts = attempts + {col(3)},"
+        f" next_attempt = CASE WHEN {col(4)} THEN {col(5)} ELSE next_attempt END,"
+        f" last_code = COALESCE({col(6)}, last_code),"
+        f" last_enhanced = COALESCE({col(7)}, last_enhanced),"
+        f" last_response = CASE WHEN {col(8)} <> '' THEN {col(8)} ELSE last_response END,"
+        f" member = CASE WHEN {col(9)} <> '' THEN {col(9)} ELSE member END,"
+    )
+
+
+# One result: a plain UPDATE by key, and "pk = (…)" rather than an IN list: SQLite does
+# about half the work of the join with VALUES and of the temporary IN table.
+_RECORD_ONE = _record_set(lambda k: f"?{k + 1}") + " updated_at = ?1 WHERE rid = ?2"
+_FINALIZE_RID = (
+    "UPDATE messages SET final_at = ?, content = NULL, seg = NULL"
+    " WHERE pk = (SELECT msg_pk FROM recipients WHERE rid = ?) AND final_at IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)"
+)
+
+
+def _record_params(r: RecipientResult) -> tuple[object, ...]:
+    return (r.rid, int(r.state), int(r.count_attempt), int(not r.state.is_final),
+            r.next_attempt, r.code, r.enhanced_code, r.response, r.member)  # fmt: skip
+
+
 def _record_rows(
     conn: sqlite3.Connection, rows: list[RecipientResult], now: float, touched: dict[int, None]
 ) -> None:
     size = _bucket(len(rows))
     params: list[object] = [now]
     for r in rows:
-        params += (r.rid, int(r.state), int(r.count_attempt), not r.state.is_final,
-                   r.next_attempt, r.code, r.enhanced_code, r.response, r.member)  # fmt: skip
+        params += _record_params(r)
     params += _NO_ROW * (size - len(rows))  # padding: a fixed set of statement texts
     sql = _RECORD_SQL.get(size)
     if sql is None:
         sql = _RECORD_SQL[size] = (
-            "UPDATE recipients SET state = v.column2, attempts = attempts + v.column3,"
-            " next_attempt = CASE WHEN v.column4 THEN v.column5 ELSE next_attempt END,"
-            " last_code = COALESCE(v.column6, last_code),"
-            " last_enhanced = COALESCE(v.column7, last_enhanced),"
-            " last_response = CASE WHEN v.column8 <> '' THEN v.column8"
-            " ELSE last_response END,"
-            " member = CASE WHEN v.column9 <> '' THEN v.column9 ELSE member END,"
-            " updated_at = ?"
+            _record_set(lambda k: f"v.column{k}") + " updated_at = ?"
             f" FROM (VALUES {','.join(['(?,?,?,?,?,?,?,?,?)'] * size)}) AS v"
             " WHERE recipients.rid = v.column1 RETURNING msg_pk, state"
         )
@@ -201,7 +320,7 @@ def finalize(
             " seg = CASE WHEN ?2 THEN NULL ELSE seg END"
             f" WHERE pk IN ({_qmarks(size)}) AND final_at IS NULL AND NOT EXISTS"
             " (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)",
-            [now, release, *chunk, *[chunk[0]] * (size - len(chunk)), FINAL_FROM],
+            [now, int(release), *chunk, *[chunk[0]] * (size - len(chunk)), FINAL_FROM],
         )
 
 
@@ -313,8 +432,10 @@ def insert_traces(conn: sqlite3.Connection, steps: list[tuple[str, float, str, A
         else:
             entries.append((ts, step, details))
     encode = _TRACE_ENCODER.encode
-    conn.executemany(
-        "INSERT INTO traces(queue_id, ts, step, details) VALUES (?,?,?,?)",
+    _insert_rows(
+        conn,
+        "traces",
+        "queue_id, ts, step, details",
         [
             (qid, e[0][0], e[0][1], encode(e[0][2]).decode())
             if len(e) == 1

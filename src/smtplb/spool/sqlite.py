@@ -45,7 +45,7 @@ from smtplb.spool.segments import (
     plan_compaction,
     segments_dir,
 )
-from smtplb.spool.writer import GroupWriter
+from smtplb.spool.writer import Bulk, GroupWriter
 
 __all__ = ["SCHEMA_VERSION", "SqliteSpool"]
 
@@ -96,6 +96,9 @@ class SqliteSpool:
             low_space_wal=low_space_wal,
             files=self.segments,
         )
+        # One object (a bound method is a new one at each access): the writer runs the
+        # stores next to each other in a batch as one call of it.
+        self._store_bulk: Bulk = self._store_batch
         self.compaction = compaction or CompactionPolicy()
         self.retry_slice = 5000  # recipients per transaction of retry --all
         self._sealed_at: dict[int, float] = {}  # segment -> when first seen not current
@@ -244,10 +247,16 @@ class SqliteSpool:
     # -- the engine ------------------------------------------------------------------
 
     async def store(self, message: NewMessage, *, inflight: bool = False) -> ClaimedMessage:
-        segments = self.segments
-        return await self._write(
-            lambda c: queries.store(c, message, inflight, self.clock.wall(), segments)
-        )
+        if not self._open:
+            raise SpoolError(f"spool {self.path} is not open")
+        stored: ClaimedMessage = await self.writer.write_bulk(self._store_bulk, (message, inflight))
+        return stored
+
+    def _store_batch(
+        self, conn: sqlite3.Connection, batch: list[tuple[NewMessage, bool]]
+    ) -> list[ClaimedMessage]:
+        """The messages stored in one batch, with one statement per table."""
+        return queries.store(conn, batch, self.clock.wall(), self.segments)
 
     async def claim_ready(self, now: float, limit: int) -> list[ClaimedMessage]:
         if limit <= 0:

@@ -12,6 +12,12 @@ statement). A failed COMMIT fails every caller of the batch with
 :class:`SpoolError` and the next batch starts clean. Futures are resolved on
 their event loop with ``call_soon_threadsafe``.
 
+Operations of one *bulk* function (:meth:`GroupWriter.write_bulk`: storing messages)
+that are next to each other in a batch run as one call, which stores them all with
+one statement per table rather than one per row (each statement is a hand-over of
+the GIL to SQLite and back, a context switch when the event loop is busy). If that
+call raises, they run again one by one, so that only the culprit fails.
+
 Files written beside the database (the content segments, a :class:`Companion`)
 follow each transaction: operations append to them, they are made durable just
 before COMMIT (so no committed row points to bytes that could be lost), what a
@@ -53,9 +59,11 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -126,12 +134,19 @@ class _NoFiles:
         pass
 
 
+Bulk = Callable[[sqlite3.Connection, list[Any]], list[Any]]
+
+
 @dataclass(slots=True)
 class _Op:
     fn: Callable[[sqlite3.Connection], Any]
     loop: asyncio.AbstractEventLoop | None  # None: nobody waits (riders)
     future: asyncio.Future[Any] | None
     keep: bool = False  # held and run again when it fails for want of space
+    # Consecutive operations of one bulk function run as one call: bulk(conn, [arg, ...])
+    # gives their values, in order (fn does the same for this one alone).
+    bulk: Bulk | None = None
+    arg: Any = None
 
 
 class _Nudge:
@@ -140,6 +155,9 @@ class _Nudge:
 
 _NUDGE = _Nudge()
 Outcome = tuple[BaseException | None, Any]
+# The culprit _transact names when a bulk call of several operations raised: which one
+# is to blame is found by running them again one by one.
+_SEVERAL = _Op(lambda conn: None, None, None)
 
 
 def _resolve(outcomes: list[tuple[asyncio.Future[Any], BaseException | None, Any]]) -> None:
@@ -161,6 +179,10 @@ def _post(batch: list[_Op], outcomes: dict[int, Outcome]) -> None:
     for loop, resolved in by_loop.items():
         with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
             loop.call_soon_threadsafe(_resolve, resolved)
+
+
+def _alone(bulk: Bulk, arg: Any, conn: sqlite3.Connection) -> Any:
+    return bulk(conn, [arg])[0]
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -266,6 +288,15 @@ class GroupWriter:
                 loop.call_later(self.lazy_delay, self._nudge)
         return await fut
 
+    async def write_bulk(self, bulk: Bulk, arg: Any) -> Any:
+        """Like :meth:`write` of ``lambda conn: bulk(conn, [arg])[0]``, but run together
+        with the other operations of the same ``bulk`` (the same object) next to it in
+        the batch: one call for all, one statement for all their rows."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._ops.put(_Op(partial(_alone, bulk, arg), loop, fut, False, bulk, arg))
+        return await fut
+
     def ride(self, row: Any) -> None:
         """Write ``row`` (with ``write_riders``) in the next batch, whenever that is."""
         self._riders.append(row)
@@ -328,6 +359,10 @@ class GroupWriter:
             return True
         if isinstance(first, _Op):
             batch.append(first)
+            # Let the event loop run before the batch is closed: when it is busy, what it
+            # is about to queue joins this commit instead of making one of its own (a
+            # commit costs far more than a message); when it is idle this returns at once.
+            time.sleep(0)
         while len(batch) < self.batch_max:
             try:
                 op = self._ops.get_nowait()
@@ -368,10 +403,14 @@ class GroupWriter:
             _post(batch, outcomes)
             return
         live = list(batch)
+        several = True  # run consecutive bulk operations as one call
         while live:
-            culprit, error, values = self._transact(conn, live)
+            culprit, error, values = self._transact(conn, live, several)
             if is_space_error(error):
                 self._make_room(conn)
+            if culprit is _SEVERAL:
+                several = False
+                continue
             if culprit is not None:
                 assert error is not None
                 # One operation raised (a constraint, disk full, I/O error) and the
@@ -400,26 +439,39 @@ class GroupWriter:
         _post(batch, outcomes)
 
     def _transact(
-        self, conn: sqlite3.Connection, ops: list[_Op]
+        self, conn: sqlite3.Connection, ops: list[_Op], several: bool = True
     ) -> tuple[_Op | None, BaseException | None, list[Outcome]]:
-        """Run ``ops`` in one transaction and commit.
+        """Run ``ops`` in one transaction and commit (with ``several``, consecutive
+        operations of one bulk function in one call).
 
         Returns ``(culprit, error, outcomes)``: ``culprit`` is the operation that
-        raised (the transaction is then rolled back); ``error`` without a culprit
-        means the transaction itself (BEGIN/COMMIT) failed.
+        raised (the transaction is then rolled back), ``_SEVERAL`` when a bulk call of
+        several did; ``error`` without a culprit means the transaction itself
+        (BEGIN/COMMIT, or syncing the files) failed.
         """
         values: list[Outcome] = []
         files = self.files
         try:
             conn.execute("BEGIN IMMEDIATE")
             files.begin()
-            for op in ops:
+            i, n = 0, len(ops)
+            while i < n:
+                op = ops[i]
+                bulk, j = op.bulk, i + 1
+                if several and bulk is not None:
+                    while j < n and ops[j].bulk is bulk:
+                        j += 1
                 try:
-                    values.append((None, op.fn(conn)))
+                    if j - i == 1:
+                        values.append((None, op.fn(conn)))
+                    else:
+                        assert bulk is not None
+                        values += [(None, v) for v in bulk(conn, [o.arg for o in ops[i:j]])]
                 except Exception as exc:
                     _rollback(conn)
                     files.rollback()
-                    return op, exc, values
+                    return (op if j - i == 1 else _SEVERAL), exc, values
+                i = j
             files.sync(conn)  # the content before the rows that point to it
             conn.execute("COMMIT")
         except Exception as exc:
