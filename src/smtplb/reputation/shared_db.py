@@ -8,9 +8,25 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def _wal(db: sqlite3.Connection, wait: float = 10.0) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting its turn: when two workers open a new file at
+    once, the switch can answer "database is locked" at once, without the busy timeout
+    (SQLite does not wait for the lock it needs to change the journal mode)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 class SharedDb:
@@ -34,7 +50,7 @@ class SharedDb:
             try:
                 db.isolation_level = None  # transactions are explicit
                 db.execute("PRAGMA busy_timeout=10000")
-                db.execute("PRAGMA journal_mode=WAL")
+                _wal(db)
                 # A lost commit needs an OS crash; it costs a few counts.
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("BEGIN IMMEDIATE")
