@@ -131,19 +131,9 @@ def store(
     stored: list[ClaimedMessage] = []
     empty: list[int] = []
     for m, inflight in batch:
-        # The content goes to a segment file (written once, synced before COMMIT), the
-        # row says where: SQLite would write it twice (WAL, then checkpoint).
-        seg, seg_off = segments.append(m.content)
         pk += 1
-        messages.append(
-            (pk, m.queue_id, m.sender, m.message_id, len(m.content), m.received_at,
-             m.expires_at, m.client_ip, m.auth_user, m.content_class, int(m.is_dsn), seg,
-             seg_off)
-        )  # fmt: skip
-        claimed = ClaimedMessage(
-            pk, m.queue_id, m.sender, m.message_id, m.content, m.received_at, m.expires_at,
-            m.content_class, m.is_dsn, client_ip=m.client_ip,
-        )  # fmt: skip
+        messages.append((pk, *_message_row(m, segments)))
+        claimed = _claimed(pk, m)
         state = INFLIGHT if inflight else QUEUED
         for r in m.recipients:
             rid += 1
@@ -162,21 +152,30 @@ def store(
     return stored
 
 
+def _message_row(m: NewMessage, segments: SegmentStore) -> tuple[Any, ...]:
+    """The ``messages`` row of ``m`` without its key, its content appended to a segment
+    (written once, synced before COMMIT; the row says where: SQLite would write it
+    twice, to the WAL and again at checkpoint)."""
+    seg, seg_off = segments.append(m.content)
+    return (m.queue_id, m.sender, m.message_id, len(m.content), m.received_at, m.expires_at,
+            m.client_ip, m.auth_user, m.content_class, int(m.is_dsn), seg, seg_off)  # fmt: skip
+
+
+def _claimed(pk: int, m: NewMessage) -> ClaimedMessage:
+    """``m`` as stored under ``pk``, its recipients still to be added."""
+    return ClaimedMessage(
+        pk, m.queue_id, m.sender, m.message_id, m.content, m.received_at, m.expires_at,
+        m.content_class, m.is_dsn, client_ip=m.client_ip,
+    )  # fmt: skip
+
+
 def _store_one(
     conn: sqlite3.Connection, m: NewMessage, inflight: bool, now: float, segments: SegmentStore
 ) -> ClaimedMessage:
-    seg, seg_off = segments.append(m.content)
-    cur = conn.execute(
-        _INSERT_MESSAGE,
-        (m.queue_id, m.sender, m.message_id, len(m.content), m.received_at, m.expires_at,
-         m.client_ip, m.auth_user, m.content_class, int(m.is_dsn), seg, seg_off),
-    )  # fmt: skip
+    cur = conn.execute(_INSERT_MESSAGE, _message_row(m, segments))
     msg_pk = cur.lastrowid
     assert msg_pk is not None
-    stored = ClaimedMessage(
-        msg_pk, m.queue_id, m.sender, m.message_id, m.content, m.received_at, m.expires_at,
-        m.content_class, m.is_dsn, client_ip=m.client_ip,
-    )  # fmt: skip
+    stored = _claimed(msg_pk, m)
     state = INFLIGHT if inflight else QUEUED
     for r in m.recipients:
         cur = conn.execute(
