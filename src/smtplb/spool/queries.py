@@ -165,7 +165,7 @@ def _claimed(pk: int, m: NewMessage) -> ClaimedMessage:
     """``m`` as stored under ``pk``, its recipients still to be added."""
     return ClaimedMessage(
         pk, m.queue_id, m.sender, m.message_id, m.content, m.received_at, m.expires_at,
-        m.content_class, m.is_dsn, client_ip=m.client_ip,
+        m.content_class, m.is_dsn, client_ip=m.client_ip, plain_lines=m.plain_lines,
     )  # fmt: skip
 
 
