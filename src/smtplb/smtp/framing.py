@@ -5,8 +5,10 @@ lines, the client reply lines. A line longer than the buffer allows is
 reported once as ``TOO_LONG``; the rest of it, up to its LF, is dropped.
 
 The DATA body goes one way on each side. The client dot-stuffs a whole
-message with :func:`dot_stuff`. The server reads it with a :class:`BodyReader`,
-which never looks at the content line by line:
+message with :func:`dot_stuff`, unless intake has already read it as
+:func:`plain_lines` (no line starting with a dot: nothing to stuff, nothing to
+check again). The server reads it with a :class:`BodyReader`, which never looks
+at the content line by line:
 
 * the end is found with ``bytes.find`` from a remembered offset, which also
   covers a terminator split across reads: for ``CRLF.`` until a dot line
@@ -17,6 +19,8 @@ which never looks at the content line by line:
   CR or LF (:func:`only_crlf`) and NUL, and charged to a
   :class:`BodyBudget`. The pieces are joined once at the end: a large message
   is never a growing buffer copied on every resize;
+* whether any line started with a dot is noted on the way (``dot_lines``),
+  from the same searches: without one, the content is plain lines;
 * after a problem (too big, a bare CR/LF, a NUL, no room in the budget) the
   content is dropped as it arrives, only checked for a weightier problem, so
   that how the bytes were split into reads never changes the answer.
