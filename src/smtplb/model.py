@@ -27,6 +27,10 @@ class Envelope:
     # Every recipient passed the listener's check_recipient at RCPT (smtplb's is the
     # suppression list): intake need not look them up again.
     recipients_checked: bool = False
+    # The content came through the listener's DATA reader, which found no line
+    # starting with a dot: CRLF lines that go out without dot-stuffing (and need no
+    # second check for bare CR or LF). False (check and stuff) for any other source.
+    plain_lines: bool = False
 
 
 class RecipientState(enum.IntEnum):

@@ -118,10 +118,15 @@ def test_signed_at_intake_verified_by_dkimpy_and_opendkim(
     sent = message("news@mail.example.test")  # a subdomain: signed as its parent
     send(node, sent, "bounces@mail.example.test")
     send(node, message("app@unconfigured.test"), "app@unconfigured.test")
-    assert sink.wait_for(2, timeout=15)
+    # No line starts with a dot: it goes out unread (plain lines), the signature on top.
+    plain = message("news@mail.example.test").replace(b"\r\n.a line", b"\r\na line")
+    send(node, plain, "plain@mail.example.test")
+    assert sink.wait_for(3, timeout=15)
     by_sender = {m.mail_from: m.data for m in sink.received}
     signed = by_sender["bounces@mail.example.test"]
     unsigned = by_sender["app@unconfigured.test"]
+    signed_plain = by_sender["plain@mail.example.test"]
+    assert signed_plain.startswith(b"DKIM-Signature: ") and signed_plain.endswith(plain)
 
     a = "ed25519-sha256" if algorithm == "ed25519" else "rsa-sha256"
     assert signed.startswith(b"DKIM-Signature: v=1; a=" + a.encode())
@@ -132,6 +137,7 @@ def test_signed_at_intake_verified_by_dkimpy_and_opendkim(
 
     with DnsServer(zone) as server:
         assert dkimpy_verify(signed, server)
+        assert dkimpy_verify(signed_plain, server)
         assert not dkimpy_verify(signed.replace(b"the offers", b"the 0ffers"), server)
     ok = opendkim_verify(signed, zone, tmp_path / "opendkim-ok")
     assert ok.returncode == 0, ok.stderr

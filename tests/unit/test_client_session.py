@@ -30,7 +30,7 @@ from smtplb.delivery.client_events import (
     TransactionDone,
 )
 from smtplb.delivery.client_state import State
-from smtplb.smtp.framing import NEED_DATA
+from smtplb.smtp.framing import NEED_DATA, dot_stuff
 from smtplb.smtp.reply import Reply, parse_reply
 
 EHLO_PIPELINING = (
@@ -164,6 +164,33 @@ def test_the_body_goes_out_as_its_own_piece_uncopied() -> None:
     pieces = session.pieces_to_send()
     assert pieces[0] is data and b"".join(pieces) == data + b".\r\n"
     assert session.pieces_to_send() == [] and session.data_to_send() == b""
+
+
+def test_plain_lines_go_out_as_they_are_unread() -> None:
+    data = b"Subject: x\r\n\r\n" + b"y" * 70 + b"\r\n"
+    session = greeted()
+    session.send_transaction("a@x.example", ["b@y.example"], data, plain_lines=True)
+    session.data_to_send()
+    feed(session, b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n" + GO)
+    pieces = session.pieces_to_send()
+    assert pieces == [data, b".\r\n"] and pieces[0] is data
+    assert b"".join(pieces) == b"".join(dot_stuff(data))
+
+
+@pytest.mark.parametrize("data", [b"no trailing newline", b"a\r\n.", b""])
+def test_plain_lines_is_not_trusted_for_data_without_a_final_crlf(data: bytes) -> None:
+    plain = greeted()
+    plain.send_transaction("a@x.example", ["b@y.example"], data, plain_lines=True)
+    plain.data_to_send()
+    feed(plain, b"250 Ok\r\n250 Ok\r\n" + GO)
+    assert plain.data_to_send() == body_bytes(data)
+
+
+def test_without_plain_lines_a_bare_lf_is_still_refused() -> None:
+    session = greeted()
+    with pytest.raises(ValueError, match="bare LF"):
+        session.send_transaction("a@x.example", ["b@y.example"], b"Hi\n.\nQUIT\n")
+    assert session.data_to_send() == b""
 
 
 @pytest.mark.parametrize("data", [b"a\rb\r\n", b"\r\r\n", b"x\r"])

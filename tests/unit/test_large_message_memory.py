@@ -44,5 +44,5 @@ def test_the_body_is_not_copied_to_split_the_headers_off() -> None:
     data = b"Subject: x\r\n\r\n" + b"body\r\n" * 1000
     block, rest = split_message(data)
     assert block == b"Subject: x\r\n" and isinstance(rest, memoryview) and rest.obj is data
-    content, headers, _ = prepare_message(data, Envelope(helo="c"), "mx.test", "Q1", time.time())
+    content, headers, _, _ = prepare_message(data, Envelope(helo="c"), "mx.test", "Q1", time.time())
     assert content.endswith(data[len(block) :]) and ("subject", "x") in headers

@@ -5,11 +5,14 @@ import email.utils
 from collections import Counter
 from dataclasses import dataclass
 
+import pytest
+
 from smtplb.balancing import PickRequest
 from smtplb.balancing.weighted import RoundRobin
 from smtplb.delivery.dsn import FailedRecipient, build_dsn
 from smtplb.intake.headers import parse_headers, prepare_message, rfc5322_date, split_message
 from smtplb.model import Envelope
+from smtplb.smtp.framing import plain_lines
 
 
 @dataclass
@@ -37,7 +40,8 @@ def test_prepare_message_adds_trace_and_missing_headers_only() -> None:
         b"Subject: hi\r\nList-Unsubscribe: <https://x.test/u?a=1>,\r\n <mailto:u@x.test>\r\n"
         b"\r\nbody\r\n.. not stuffed\r\n"
     )
-    out, _, msgid = prepare_message(body, env, "relay.test", "Q1", 1_700_000_000)
+    out, _, msgid, plain = prepare_message(body, env, "relay.test", "Q1", 1_700_000_000)
+    assert not plain  # the envelope does not say the body was read plain
     assert out.startswith(b"Received: from client.test ([127.0.0.1])\r\n\tby relay.test")
     assert out.endswith(body.split(b"\r\n\r\n", 1)[1])
     assert b"List-Unsubscribe: <https://x.test/u?a=1>,\r\n <mailto:u@x.test>\r\n" in out
@@ -45,7 +49,7 @@ def test_prepare_message_adds_trace_and_missing_headers_only() -> None:
     assert b"Message-ID: " + msgid.encode() in out and b"\r\nDate: " in out
     parsed = dict(parse_headers(split_message(out)[0]))
     assert parsed["subject"] == "hi"
-    same, _, kept = prepare_message(
+    same, _, kept, _ = prepare_message(
         b"Message-ID: <k@x>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nx\r\n",
         env,
         "relay.test",
@@ -53,6 +57,23 @@ def test_prepare_message_adds_trace_and_missing_headers_only() -> None:
         0,
     )
     assert kept == "<k@x>" and same.count(b"Message-ID") == 1 and same.count(b"Date:") == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Subject: hi\r\n\r\nbody\r\n",
+        b"Subject: hi\r\n",  # no blank line: one is added
+        b"",
+    ],
+)
+def test_prepare_message_keeps_a_plain_body_plain(body: bytes) -> None:
+    env = Envelope("a@x.test", ["b@y.test"], helo="client.test", client_ip="127.0.0.1")
+    env.plain_lines = True
+    out, _, _, plain = prepare_message(body, env, "relay.test", "Q1", 1_700_000_000)
+    assert plain and plain_lines(out)
+    env.plain_lines = False
+    assert not prepare_message(body, env, "relay.test", "Q1", 1_700_000_000)[3]
 
 
 def test_dsn_is_a_multipart_report() -> None:

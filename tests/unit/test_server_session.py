@@ -197,6 +197,23 @@ def test_dot_unstuffing(content: bytes, expected: bytes) -> None:
     assert message.data == expected
 
 
+@pytest.mark.parametrize(
+    ("content", "plain"),
+    [
+        (b"a\r\nb . c\r\n.\r\n", True),
+        (b"\r\n.\r\n", True),
+        (b"..leading\r\n.\r\n", False),
+        (b"a\r\n..\r\nb\r\n.\r\n", False),
+        (b"a\r\n.x\r\n.\r\n", False),  # a sloppy client's unstuffed dot: not plain either
+    ],
+)
+def test_an_envelope_says_whether_its_content_is_plain_lines(content: bytes, plain: bool) -> None:
+    """No line started with a dot: delivery may send the content without stuffing it."""
+    [first, then_plain] = drive(new(), HEAD + content + TXN + b"ok\r\n.\r\n").messages
+    assert first.envelope.plain_lines is plain
+    assert then_plain.envelope.plain_lines  # each body is judged on its own
+
+
 def test_terminator_split_at_every_position() -> None:
     content = b"Subject: x\r\n\r\nline\r\n..dot\r\n.\r\n"
     for cut in range(len(content) + 1):

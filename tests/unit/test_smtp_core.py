@@ -22,6 +22,7 @@ from smtplb.smtp.framing import (
     LineBuffer,
     dot_stuff,
     only_crlf,
+    plain_lines,
 )
 from smtplb.smtp.reply import Reply, parse_reply, split_enhanced_code
 from smtplb.smtp.status import BounceKind, classify_reply
@@ -158,6 +159,47 @@ def test_dot_stuffing_round_trips_whatever_the_reads(lines: list[bytes], step: i
     body = BodyReader(max_size=10**9)
     assert read_body(wire, step, body) == (content, b"QUIT\r\n")
     assert body.problem is None
+    # What delivery is told: no dot line read means content it may send as it is.
+    assert body.dot_lines == any(line.startswith(b".") for line in lines)
+    assert plain_lines(content) == (bool(lines) and not body.dot_lines)
+
+
+@pytest.mark.parametrize("step", [1000, 16384, 70000])
+@pytest.mark.parametrize("at", [0, 1, PIECE // 52 - 1, PIECE // 52, PIECE // 52 + 1, -1])
+def test_a_dot_line_anywhere_in_a_large_body_is_seen(at: int, step: int) -> None:
+    """Wherever the one dot line falls (first, at a piece's cut, last), the reader says
+    so: delivery would otherwise send the content unstuffed."""
+    lines = [b"%050d\r\n" % i for i in range(3 * PIECE // 52)]  # 52-byte lines
+    plain = b"".join(lines)
+    assert read_body(plain + b".\r\n", step) == (plain, b"")
+    reader = BodyReader(max_size=10**9)
+    read_body(plain + b".\r\n", step, reader)
+    assert not reader.dot_lines
+    lines[at] = b"." + lines[at]
+    content = b"".join(lines)
+    reader = BodyReader(max_size=10**9)
+    assert read_body(b"".join(dot_stuff(content)), step, reader) == (content, b"")
+    assert reader.dot_lines and not plain_lines(content)
+
+
+@pytest.mark.parametrize(
+    ("data", "plain"),
+    [
+        (b"a\r\nb\r\n", True),
+        (b"\r\n", True),
+        (b"", False),  # not a line
+        (b"a\r\nb", False),  # the last line not ended
+        (b".a\r\n", False),
+        (b"a\r\n.\r\n", False),
+        (b"a\nb\r\n", False),
+        (b"a\rb\r\n", False),
+        (b"a.\r\n\t.b\r\n", True),  # a dot, but not at a line's start
+    ],
+)
+def test_plain_lines(data: bytes, plain: bool) -> None:
+    assert plain_lines(data) is plain
+    if plain:
+        assert dot_stuff(data) == [data, b".\r\n"]
 
 
 def test_a_large_body_leaves_the_buffer_in_pieces_and_is_joined_once() -> None:

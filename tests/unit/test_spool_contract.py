@@ -9,6 +9,7 @@ a failed commit, and durability across ``kill -9``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
 import signal
@@ -207,6 +208,23 @@ async def test_claim_returns_message_and_marks_in_flight(spool: Spool, clock: Fa
     assert all(r.pool == "default" and r.attempts == 0 for r in claimed.recipients)
     assert await states(spool, "q1") == [S.INFLIGHT, S.INFLIGHT]
     assert await spool.claim_ready(T0 + HOUR, 10) == []
+
+
+@spool_test
+async def test_the_plain_lines_fact_is_kept_with_the_message(
+    spool: Spool, clock: FakeClock
+) -> None:
+    """Intake's word that the content needs no check or dot-stuffing is kept: a message
+    claimed back later goes out as it would have from memory. A message without it
+    (HTTP, DSN, an older row) is checked and stuffed."""
+    stored = await spool.store(dataclasses.replace(msg("mem"), plain_lines=True), inflight=True)
+    assert stored.plain_lines
+    alone = await spool.store(dataclasses.replace(msg("alone"), plain_lines=True))
+    assert alone.plain_lines
+    batch = [dataclasses.replace(msg(f"p{i}"), plain_lines=i % 2 == 0) for i in range(6)]
+    await asyncio.gather(*(spool.store(m) for m in batch), spool.store(msg("other")))
+    claimed = {m.queue_id: m.plain_lines for m in await spool.claim_ready(T0, 100)}
+    assert claimed == {"alone": True, "other": False, **{m.queue_id: m.plain_lines for m in batch}}
 
 
 @spool_test

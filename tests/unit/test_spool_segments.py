@@ -171,6 +171,7 @@ def _make_version_2(db: Path) -> None:
     conn.execute("DROP TABLE segments")
     conn.execute("ALTER TABLE messages DROP COLUMN seg")
     conn.execute("ALTER TABLE messages DROP COLUMN seg_off")
+    conn.execute("ALTER TABLE messages DROP COLUMN plain_lines")
     conn.execute(
         "INSERT INTO messages(pk, queue_id, sender, message_id, size, received_at, expires_at,"
         " client_ip, content_class, is_dsn, content)"
@@ -200,6 +201,7 @@ def test_a_version_2_spool_is_upgraded_and_its_content_read_from_sqlite(tmp_path
         await spool.store(msg("new", b"new content"))
         claimed = {m.queue_id: m for m in await spool.claim_ready(T0, 10)}
         assert claimed["old"].content == b"old content"
+        assert not claimed["old"].plain_lines  # not known: checked and stuffed
         assert claimed["new"].content == b"new content"
         await spool.record(
             [

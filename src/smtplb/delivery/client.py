@@ -126,6 +126,7 @@ class _Transaction:
     rcpt_lines: list[bytes]
     data: bytes
     pipelined: bool
+    plain_lines: bool
     mail: Reply | None = None
     rcpts: list[Reply] = field(default_factory=list)
     accepted: int = 0
@@ -358,12 +359,18 @@ class ClientSession:
         *,
         smtputf8: bool = False,
         body_8bit: bool = False,
+        plain_lines: bool = False,
     ) -> None:
-        """Start one mail transaction; ``data`` uses CRLF and is not yet dot-stuffed."""
+        """Start one mail transaction; ``data`` uses CRLF and is not yet dot-stuffed.
+
+        ``plain_lines``: the caller knows ``data`` is CRLF lines, none starting with a
+        dot (:func:`~smtplb.smtp.framing.plain_lines`; intake read it so): it is sent
+        as it is, without reading it for bare LF or dots once more."""
         self._next_state(_MAIL)
         if not rcpts:
             raise ValueError("a transaction needs at least one recipient")
-        if not only_crlf(data) and data.count(b"\n") != data.count(b"\r\n"):
+        plain_lines = plain_lines and data.endswith(CRLF)
+        if not plain_lines and not only_crlf(data) and data.count(b"\n") != data.count(b"\r\n"):
             # A bare LF line could end the data early on a lenient server (SMTP smuggling).
             # (A bare CR alone is let through: only_crlf is the fast test, the counts the rule.)
             raise ValueError("message data has bare LF line endings; convert them to CRLF")
@@ -380,7 +387,7 @@ class ClientSession:
         rcpt_lines = [b"RCPT TO:<" + _encode_address(r, smtputf8) + b">\r\n" for r in rcpts]
         pipelined = "PIPELINING" in self._extensions
         self._move(_MAIL)
-        self._tx = _Transaction(rcpt_lines, data, pipelined)
+        self._tx = _Transaction(rcpt_lines, data, pipelined, plain_lines)
         if pipelined:
             self._write(b"".join([mail, *rcpt_lines, b"DATA\r\n"]))
         else:
@@ -488,7 +495,12 @@ class ClientSession:
         tx = self._current_tx()
         if reply.code == 354:
             if tx.accepted:
-                self._out.extend(dot_stuff(tx.data))
+                out = self._out
+                if tx.plain_lines:  # what dot_stuff would make of it, without the pass
+                    out.append(tx.data)
+                    out.append(b".\r\n")
+                else:
+                    out.extend(dot_stuff(tx.data))
             else:
                 # RFC 2920 §3.1: DATA accepted with no recipient; end it with a lone dot.
                 self._write(b".\r\n")

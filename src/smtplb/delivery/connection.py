@@ -361,8 +361,10 @@ class SmtpClientConnection:
         *,
         smtputf8: bool = False,
         body_8bit: bool = False,
+        plain_lines: bool = False,
     ) -> TransactionResult:
-        """One transaction; ``data`` must use CRLF line endings.
+        """One transaction; ``data`` must use CRLF line endings (``plain_lines``: see
+        :meth:`ClientSession.send_transaction`).
 
         Raises ConnectError when the connection dropped (or the server said
         ``421``) before the end-of-data reply: the message may not have been
@@ -371,7 +373,12 @@ class SmtpClientConnection:
         link = self._ready_link()
         try:
             self._session.send_transaction(
-                mail_from, rcpts, data, smtputf8=smtputf8, body_8bit=body_8bit
+                mail_from,
+                rcpts,
+                data,
+                smtputf8=smtputf8,
+                body_8bit=body_8bit,
+                plain_lines=plain_lines,
             )
         except ExtensionNotOffered as exc:
             text = f"smtplb: {exc.extension} is required, but {self.peer} does not offer it"

@@ -286,6 +286,7 @@ class Dispatcher:
                 rcpts,
                 msg.content,
                 smtputf8=not _ascii(msg, rcpts),
+                plain_lines=msg.plain_lines,
                 max_messages=self.desk.max_messages(job),
             )
         except ResolveError as exc:

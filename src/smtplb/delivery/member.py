@@ -206,12 +206,14 @@ class Member:
         *,
         smtputf8: bool = False,
         max_messages: int | None = None,
+        plain_lines: bool = False,
     ) -> Delivered:
         """Send one transaction over a reused or new connection.
 
         Raises :class:`ConnectError` when no destination could be reached or the
         connection failed before the upstream answered the data. ``max_messages``:
         the provider's messages per connection, when lower than the member's.
+        ``plain_lines``: see :meth:`ClientSession.send_transaction`.
         """
         start = self.clock.monotonic()
         last_error: ConnectError | None = None
@@ -224,7 +226,9 @@ class Member:
                 try:
                     if conn is None:
                         conn = await self._open(dest)
-                    result = await conn.send(mail_from, rcpts, data, smtputf8=smtputf8)
+                    result = await conn.send(
+                        mail_from, rcpts, data, smtputf8=smtputf8, plain_lines=plain_lines
+                    )
                 except ConnectError as exc:
                     last_error = exc
                     if conn is not None:

@@ -12,6 +12,7 @@ import secrets
 import time
 
 from smtplb.model import Envelope
+from smtplb.smtp.framing import plain_lines
 
 
 def rfc5322_date(now: float) -> str:
@@ -84,11 +85,18 @@ def received_header(envelope: Envelope, hostname: str, queue_id: str, now: float
 
 
 def prepare_message(
-    data: bytes, envelope: Envelope, hostname: str, queue_id: str, now: float
-) -> tuple[bytes, list[tuple[str, str]], str]:
+    data: bytes,
+    envelope: Envelope,
+    hostname: str,
+    queue_id: str,
+    now: float,
+) -> tuple[bytes, list[tuple[str, str]], str, bool]:
     """Add Received (always) and Message-ID / Date (when missing).
 
-    Returns the new content, the parsed headers, and the Message-ID.
+    Returns the new content, the parsed headers, the Message-ID, and whether the
+    content is plain lines (:func:`~smtplb.smtp.framing.plain_lines`): when
+    ``envelope.plain_lines`` says ``data`` is, and the fields added keep it so
+    (checked here: they are a few hundred bytes, the body is not read again).
     """
     block, rest = split_message(data)  # the body is copied once, by the join below
     headers = parse_headers(block)
@@ -102,7 +110,8 @@ def prepare_message(
         date = rfc5322_date(now)
         added.append(f"Date: {date}\r\n".encode())
         headers.append(("date", date))
+    plain = envelope.plain_lines and all(map(plain_lines, added))
     if not rest:  # a message with no blank line: everything was header
         end = b"\r\n" if block.endswith(b"\r\n") or not block else b"\r\n\r\n"
-        return b"".join([*added, block, end]), headers, message_id
-    return b"".join([*added, block, rest]), headers, message_id
+        return b"".join([*added, block, end]), headers, message_id, plain
+    return b"".join([*added, block, rest]), headers, message_id, plain

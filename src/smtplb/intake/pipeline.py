@@ -39,7 +39,7 @@ from smtplb.observability.trace import TraceBook
 from smtplb.reputation.feedback import FeedbackError, FeedbackHandler, parse_arf
 from smtplb.reputation.state import State, normalize
 from smtplb.routing.routes import RoutingInput, classify_content, decide_route
-from smtplb.smtp.framing import BodyBudget
+from smtplb.smtp.framing import BodyBudget, plain_lines
 from smtplb.smtp.reply import Reply
 from smtplb.spool.base import (
     ClaimedMessage,
@@ -250,7 +250,7 @@ class IntakePipeline:
         rcpt_to = await self._consume_feedback(rcpt_to, data, queue_id)
         if not rcpt_to:
             return queue_id  # accepted and dropped: suppressed, or a consumed report
-        content, headers, message_id = prepare_message(
+        content, headers, message_id, plain = prepare_message(
             data, envelope, self.config.hostname, queue_id, now
         )
         content_class = classify_content(headers, len(rcpt_to))
@@ -285,7 +285,10 @@ class IntakePipeline:
             self._check_compliance(queue_id, envelope, headers, content_class)
         # Signed once, here, on the bytes that will be sent: nothing after this point
         # changes the content (the delivery client only dot-stuffs on the wire).
-        content = await self.signer.sign(content, from_domain(headers))
+        signed = await self.signer.sign(content, from_domain(headers))
+        if signed is not content:  # the DKIM-Signature fields on top: are they plain too?
+            plain = plain and plain_lines(signed[: len(signed) - len(content)])
+            content = signed
         message = NewMessage(
             queue_id=queue_id,
             sender=envelope.mail_from,
@@ -298,6 +301,7 @@ class IntakePipeline:
             auth_user=envelope.auth_user,
             content_class=content_class,
             is_dsn=is_dsn,
+            plain_lines=plain,
         )
         inflight = self.handoff.has_room()
         stored = await self.spool.store(message, inflight=inflight)

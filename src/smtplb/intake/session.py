@@ -325,6 +325,7 @@ class ServerSession:
             self._out.append(_BODY_REFUSALS[body.problem].to_bytes())
             return None
         self._goto(_END_OF_DATA)
+        envelope.plain_lines = not body.dot_lines
         return MessageReceived(envelope, data)
 
     def _handle_line(self, raw: bytes | TooLong) -> Event | None:

@@ -5,8 +5,10 @@ lines, the client reply lines. A line longer than the buffer allows is
 reported once as ``TOO_LONG``; the rest of it, up to its LF, is dropped.
 
 The DATA body goes one way on each side. The client dot-stuffs a whole
-message with :func:`dot_stuff`. The server reads it with a :class:`BodyReader`,
-which never looks at the content line by line:
+message with :func:`dot_stuff`, unless intake has already read it as
+:func:`plain_lines` (no line starting with a dot: nothing to stuff, nothing to
+check again). The server reads it with a :class:`BodyReader`, which never looks
+at the content line by line:
 
 * the end is found with ``bytes.find`` from a remembered offset, which also
   covers a terminator split across reads: for ``CRLF.`` until a dot line
@@ -17,6 +19,8 @@ which never looks at the content line by line:
   CR or LF (:func:`only_crlf`) and NUL, and charged to a
   :class:`BodyBudget`. The pieces are joined once at the end: a large message
   is never a growing buffer copied on every resize;
+* whether any line started with a dot is noted on the way (``dot_lines``),
+  from the same searches: without one, the content is plain lines;
 * after a problem (too big, a bare CR/LF, a NUL, no room in the budget) the
   content is dropped as it arrives, only checked for a weightier problem, so
   that how the bytes were split into reads never changes the answer.
@@ -39,6 +43,7 @@ __all__ = [
     "TooLong",
     "dot_stuff",
     "only_crlf",
+    "plain_lines",
 ]
 
 CRLF: Final = b"\r\n"
@@ -125,6 +130,18 @@ def only_crlf(data: bytes) -> bool:
     return data.replace(b"\r", b"").replace(b"\n", b"\r\n") == data
 
 
+def plain_lines(data: bytes) -> bool:
+    """Whether ``data`` is CRLF lines (the last one ended), none starting with a dot:
+    what :func:`dot_stuff` would send unchanged, before the final dot. For the few
+    bytes intake puts on top of a body it has read (trace headers, DKIM-Signature)."""
+    return (
+        data.endswith(CRLF)
+        and not data.startswith(b".")
+        and b"\r\n." not in data
+        and only_crlf(data)
+    )
+
+
 def dot_stuff(data: bytes) -> list[bytes]:
     """``data`` (CRLF lines) as the pieces to write after ``354``, the final dot included."""
     stuffed = data.replace(b"\r\n.", b"\r\n..")  # no copy when there is nothing to stuff
@@ -185,6 +202,7 @@ class BodyReader:
         "_line_start",
         "_scan",
         "_size",
+        "dot_lines",
         "max_size",
         "problem",
     )
@@ -199,6 +217,9 @@ class BodyReader:
         self._scan = 0
         self._size = 0
         self.problem: BodyProblem | None = None
+        # Some content line starts with a dot (stuffed on the wire). Without one, the
+        # content read is CRLF lines that delivery can send as they are (plain_lines).
+        self.dot_lines = False
 
     @property
     def held(self) -> int:
@@ -213,6 +234,7 @@ class BodyReader:
         self._scan = 0
         self._size = 0
         self.problem = None
+        self.dot_lines = False
 
     def release(self) -> None:
         """The message is answered (or the connection gone): give its room back."""
@@ -269,7 +291,7 @@ class BodyReader:
                 return at
             if len(after) < 2 and CRLF.startswith(after):
                 return -1  # the end or not: the next read tells (and _scan comes back here)
-            self._dotted = True
+            self._dotted = self.dot_lines = True
             scan = at + 3
         return buf.find(b"\r\n.\r\n", scan)
 
@@ -279,6 +301,8 @@ class BodyReader:
         if self._size > self.max_size:
             self._fail(BodyProblem.TOO_BIG)
         start = 1 if self._line_start and stop and buf[0] == 0x2E else 0  # a stuffed dot
+        if start:
+            self.dot_lines = True
         if self.problem is not BodyProblem.TOO_BIG and stop > start:
             # A dropped body is still checked for a weightier problem, so the
             # reply never depends on the reads.

@@ -36,6 +36,9 @@ class NewMessage:
     auth_user: str | None = None
     content_class: str = "transactional"
     is_dsn: bool = False
+    # ``content`` is known to be CRLF lines, none starting with a dot (intake read it
+    # so): delivery sends it as it is. False: not known, delivery checks and stuffs.
+    plain_lines: bool = False
 
 
 @dataclass(slots=True)
@@ -62,6 +65,7 @@ class ClaimedMessage:
     is_dsn: bool
     recipients: list[ClaimedRecipient] = field(default_factory=list)
     client_ip: str = ""  # the client that sent it (for hash_key = "client_ip")
+    plain_lines: bool = False  # as NewMessage.plain_lines
 
 
 @dataclass(frozen=True, slots=True)

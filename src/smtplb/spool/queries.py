@@ -71,11 +71,11 @@ def _qmarks(n: int) -> str:
 
 _MSG_INSERT = (
     "pk, queue_id, sender, message_id, size, received_at, expires_at, client_ip, auth_user,"
-    " content_class, is_dsn, seg, seg_off"
+    " content_class, is_dsn, seg, seg_off, plain_lines"
 )
 _RCPT_INSERT = "rid, msg_pk, address, domain, pool, priority, state, next_attempt, updated_at"
 # One row, the key left to SQLite (the columns after the first).
-_INSERT_MESSAGE = f"INSERT INTO messages({_MSG_INSERT[4:]}) VALUES ({_qmarks(12)})"
+_INSERT_MESSAGE = f"INSERT INTO messages({_MSG_INSERT[4:]}) VALUES ({_qmarks(13)})"
 _INSERT_RECIPIENT = f"INSERT INTO recipients({_RCPT_INSERT[5:]}) VALUES ({_qmarks(8)})"
 _ROWS_CHUNK = 256  # rows per multi-row INSERT
 _INSERT_SQL: dict[tuple[str, str, int], str] = {}
@@ -158,14 +158,15 @@ def _message_row(m: NewMessage, segments: SegmentStore) -> tuple[Any, ...]:
     twice, to the WAL and again at checkpoint)."""
     seg, seg_off = segments.append(m.content)
     return (m.queue_id, m.sender, m.message_id, len(m.content), m.received_at, m.expires_at,
-            m.client_ip, m.auth_user, m.content_class, int(m.is_dsn), seg, seg_off)  # fmt: skip
+            m.client_ip, m.auth_user, m.content_class, int(m.is_dsn), seg, seg_off,
+            int(m.plain_lines))  # fmt: skip
 
 
 def _claimed(pk: int, m: NewMessage) -> ClaimedMessage:
     """``m`` as stored under ``pk``, its recipients still to be added."""
     return ClaimedMessage(
         pk, m.queue_id, m.sender, m.message_id, m.content, m.received_at, m.expires_at,
-        m.content_class, m.is_dsn, client_ip=m.client_ip,
+        m.content_class, m.is_dsn, client_ip=m.client_ip, plain_lines=m.plain_lines,
     )  # fmt: skip
 
 
@@ -225,16 +226,18 @@ def claim(
     msg_pks = list(dict.fromkeys(row[1] for row in rows))
     messages: dict[int, ClaimedMessage] = {}
     for chunk in _chunks(msg_pks):
-        for pk, qid, sender, mid, recv, exp, cclass, dsn, ip, seg, off, size, blob in conn.execute(
+        found = conn.execute(
             "SELECT pk, queue_id, sender, message_id, received_at, expires_at, content_class,"
-            " is_dsn, client_ip, seg, seg_off, size, content FROM messages"
+            " is_dsn, client_ip, seg, seg_off, size, plain_lines, content FROM messages"
             f" WHERE pk IN ({_qmarks(len(chunk))})",
             chunk,
-        ):
+        )
+        for pk, qid, sender, mid, recv, exp, cclass, dsn, ip, seg, off, size, plain, blob in found:
             content = read(seg, off, size) if seg is not None else blob or b""
             messages[pk] = ClaimedMessage(
-                pk, qid, sender, mid, content, recv, exp, cclass, bool(dsn), client_ip=ip
-            )
+                pk, qid, sender, mid, content, recv, exp, cclass, bool(dsn), client_ip=ip,
+                plain_lines=plain == 1,
+            )  # fmt: skip
     for rid, msg_pk, address, pool, priority, attempts in rows:
         messages[msg_pk].recipients.append(ClaimedRecipient(rid, address, pool, priority, attempts))
     return [messages[pk] for pk in msg_pks]

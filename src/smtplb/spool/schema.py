@@ -13,6 +13,12 @@ segment files (:mod:`~smtplb.spool.segments`): ``messages.seg``/``seg_off`` say 
 bytes too and indexes messages by segment (compaction: moving the few live messages
 of a mostly-dead segment, see :mod:`~smtplb.spool.segments`). Older files are
 upgraded in place.
+
+``messages.plain_lines`` (1: intake read the content as CRLF lines, none starting with
+a dot, so delivery sends it without checking or stuffing it again) is added to a file
+that lacks it without a version bump: an older smtplb names its columns and leaves it
+NULL, which reads as "not known" (check and stuff), so going back a release still
+opens the file.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ CREATE TABLE IF NOT EXISTS messages (
     final_at REAL,          -- set (and content released) when every recipient is final
     seg INTEGER,            -- content in segment file seg at seg_off (size bytes); NULL when
     seg_off INTEGER,        -- released, or for rows from before version 3 (content below)
+    plain_lines INTEGER,    -- 1: content known to be plain lines; NULL/0: not known
     content BLOB            -- last, so reading the other columns skips its overflow pages
 );
 CREATE INDEX IF NOT EXISTS messages_live_expiry ON messages(expires_at)
@@ -137,7 +144,7 @@ END;
 """
 
 # Columns added since version 1 of ``messages`` (ALTER TABLE on upgrade).
-_ADDED_COLUMNS = (("seg", "INTEGER"), ("seg_off", "INTEGER"))
+_ADDED_COLUMNS = (("seg", "INTEGER"), ("seg_off", "INTEGER"), ("plain_lines", "INTEGER"))
 
 # Speed without weakening durability: synchronous stays FULL (fsync per commit).
 COMMON_PRAGMAS = (
@@ -217,7 +224,8 @@ def connect_writer(path: Path, *, now: float, recover: bool) -> sqlite3.Connecti
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:
-    """Upgrade a ``messages`` table from before version 3 (none: a new file)."""
+    """Upgrade a ``messages`` table from before version 3, or without ``plain_lines``
+    (none: a new file)."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
     if have:
         for name, kind in _ADDED_COLUMNS:

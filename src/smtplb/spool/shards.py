@@ -147,6 +147,7 @@ async def _adopt(path: Path, into: Spool) -> int:
                             content_class=claimed.content_class,
                             is_dsn=claimed.is_dsn,
                             client_ip=claimed.client_ip,
+                            plain_lines=claimed.plain_lines,
                         )
                     )
                 except SpoolError:
