@@ -17,8 +17,11 @@ Life of a segment
 * The ``segments`` table counts each segment's live messages and their bytes
   (triggers on ``messages``: a row with ``seg`` set counts until ``seg`` is cleared,
   when its content is released, or changed, when compaction moves it, or until the
-  row is deleted). A segment other than the
-  current one whose count is 0 is unlinked; its row goes with the next commit.
+  row is deleted). A segment whose count is 0 is unlinked (the current one is
+  replaced first); its row goes with the next commit. The writer looks for such
+  segments before a COMMIT when a TEMP trigger of its connection saw a count fall to
+  0 in the transaction, and every ``_SCAN_EVERY`` commits for what other processes
+  emptied.
 * On open, files that no live row points to are removed (bytes of a batch that
   never committed, or a segment whose unlink a crash interrupted).
 
