@@ -942,6 +942,48 @@ def test_sqlite_batched_record_updates_exactly_the_given_recipients(
     run(main())
 
 
+def test_sqlite_record_marks_final_the_messages_whose_last_recipient_it_records(
+    db: Path,
+) -> None:
+    """Results go through a trigger of the writer's connection, one row each, in order:
+    a message is final (its content released) when the batch leaves none of its
+    recipients to go, whichever row of the batch that was; the counts follow."""
+
+    async def main() -> None:
+        spool = SqliteSpool(db, lazy_delay=0.01)
+        await spool.open()
+        a1, a2 = await store_rids(spool, msg("both", "a1@x.test", "a2@x.test"), inflight=True)
+        b1, b2 = await store_rids(spool, msg("half", "b1@x.test", "b2@x.test"), inflight=True)
+        [c] = await store_rids(spool, msg("later", "c@x.test"), inflight=True)
+        await spool.record(
+            [
+                RecipientResult(a1, S.DELIVERED, code=250),
+                RecipientResult(b1, S.BOUNCED, code=550),
+                RecipientResult(c, S.DEFERRED, next_attempt=T0 + 60, code=451),
+                RecipientResult(a2, S.BOUNCED, code=550),
+                RecipientResult(b2, S.DEFERRED, next_attempt=T0 + 60, code=451),
+            ]
+        )
+        assert await spool.get_content("both") is None
+        assert await spool.get_content("half") is not None
+        assert await spool.get_content("later") is not None
+        assert await states(spool, "half") == [S.BOUNCED, S.DEFERRED]
+        stats = await spool.stats()
+        assert (stats["delivered"], stats["bounced"], stats["deferred"], stats["in_flight"]) == (
+            1, 2, 2, 0,
+        )  # fmt: skip
+        await spool.record([RecipientResult(c, S.DELIVERED, code=250)])
+        assert await spool.get_content("later") is None
+        await spool.close()
+        conn = sqlite3.connect(db)  # nothing of the trigger's table in the file
+        assert conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE 'record%'"
+        ).fetchone() == (0,)
+        conn.close()
+
+    run(main())
+
+
 def test_sqlite_failed_operation_fails_only_its_caller(db: Path) -> None:
     async def main() -> None:
         spool = SqliteSpool(db)

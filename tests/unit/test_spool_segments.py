@@ -46,6 +46,16 @@ def spool_at(db: Path, **kw: Any) -> SqliteSpool:
     return SqliteSpool(db, clock=FakeClock(T0), **kw)
 
 
+async def filled(db: Path, n: int) -> SqliteSpool:
+    """An open spool holding ``n`` messages q0, q1, ... of 6,000 bytes ("A", "B", ...),
+    two to a segment."""
+    spool = spool_at(db, segment_max=10_000)
+    await spool.open()
+    for i in range(n):
+        await spool.store(msg(f"q{i}", bytes([65 + i]) * 6_000))
+    return spool
+
+
 def test_content_is_in_segment_files_not_in_sqlite(tmp_path: Path) -> None:
     db = tmp_path / "spool.db"
     body = b"Subject: big\r\n\r\n" + b"x" * 50_000
@@ -71,10 +81,7 @@ def test_segments_are_removed_when_their_messages_are_done(tmp_path: Path) -> No
     db = tmp_path / "spool.db"
 
     async def main() -> None:
-        spool = spool_at(db, segment_max=10_000)  # a new segment every two messages
-        await spool.open()
-        for i in range(6):
-            await spool.store(msg(f"q{i}", bytes([65 + i]) * 6_000))
+        spool = await filled(db, 6)
         assert len(files(db)) == 3
         claimed = await spool.claim_ready(T0, 10)
         assert [m.content[:1] for m in claimed] == [bytes([65 + i]) for i in range(6)]
@@ -91,6 +98,35 @@ def test_segments_are_removed_when_their_messages_are_done(tmp_path: Path) -> No
         assert len(files(db)) == 2
         assert spool.segments.reclaimed == 2
         assert await spool.get_content("q4") == b"E" * 6_000
+        await spool.close()
+
+    run(main())
+
+
+def test_a_segment_another_process_emptied_is_removed_within_a_few_commits(
+    tmp_path: Path,
+) -> None:
+    """The writer looks for done segments when its own transaction emptied one (a
+    trigger of its connection says so), and every few commits for what another
+    connection's writes emptied (the API worker deleting from this shard)."""
+    db = tmp_path / "spool.db"
+
+    async def main() -> None:
+        spool = await filled(db, 3)
+        assert len(files(db)) == 2
+        other = sqlite3.connect(db, isolation_level=None)
+        with other:  # q0 and q1, the whole first segment, deleted by someone else
+            other.execute("DELETE FROM recipients WHERE msg_pk IN (1, 2)")
+            other.execute("DELETE FROM messages WHERE pk IN (1, 2)")
+        other.close()
+        commits = 0
+        first = files(db)[0]
+        while first in files(db):
+            await spool.store(msg(f"n{commits}", b"n"))
+            commits += 1
+            assert commits <= 64
+        assert spool.segments.reclaimed == 1
+        assert await spool.get_content("q2") == b"C" * 6_000
         await spool.close()
 
     run(main())

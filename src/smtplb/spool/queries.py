@@ -244,70 +244,61 @@ def claim(
 
 
 def record(conn: sqlite3.Connection, results: list[RecipientResult], now: float) -> None:
-    """One UPDATE … FROM (VALUES …) per chunk of results, not one per recipient:
-    each statement is a GIL hand-over to and from SQLite."""
-    if len(results) == 1:  # the usual batch: statements for one row, half SQLite's work
-        r = results[0]
-        conn.execute(_RECORD_ONE, [now, *_record_params(r)])  # no row: deleted in flight
-        if r.state.is_final:
-            conn.execute(_FINALIZE_RID, (now, r.rid, FINAL_FROM))
-        return
-    touched: dict[int, None] = {}
-    if len({r.rid for r in results}) < len(results):  # a rid twice: one by one, in order
-        for r in results:
-            _record_rows(conn, [r], now, touched)
-    else:
-        for i in range(0, len(results), _IN_CHUNK):
-            _record_rows(conn, results[i : i + _IN_CHUNK], now, touched)
-    finalize(conn, list(touched), now)
+    """One INSERT of the results into ``temp.record_results`` per chunk of them: its
+    trigger (:data:`WRITER_SETUP`) updates each recipient, marks its message final
+    when that was its last recipient still to go, and drops the row. One statement
+    (a GIL hand-over) per batch of results, not one per result and another per
+    message; and no temporary b-trees, which a multi-row UPDATE (of a table with
+    triggers, or with FROM, IN or RETURNING) opens in SQLite, each costing more than
+    the rows it updates. Rows are taken in order: a rid twice ends as the last says."""
+    for i in range(0, len(results), _IN_CHUNK):
+        chunk = results[i : i + _IN_CHUNK]
+        size = _bucket(len(chunk))
+        sql = _RECORD_SQL.get(size)
+        if sql is None:
+            sql = _RECORD_SQL[size] = "INSERT INTO temp.record_results VALUES " + ",".join(
+                [_RESULT_ROW] * size
+            )
+        params: list[object] = [now]
+        for r in chunk:
+            params += _record_params(r)
+        params += _NO_ROW * (size - len(chunk))  # padding: a fixed set of statement texts
+        conn.execute(sql, params)
 
 
-# The SET of record(), column k of a result (rid, state, count_attempt, not final,
-# next_attempt, code, enhanced_code, response, member) spelled by ``col(k)``.
-def _record_set(col: Callable[[int], str]) -> str:
-    return (
-        f"UPDATE recipients SET state = {col(2)}, attempts = attempts + {col(3)},"
-        f" next_attempt = CASE WHEN {col(4)} THEN {col(5)} ELSE next_attempt END,"
-        f" last_code = COALESCE({col(6)}, last_code),"
-        f" last_enhanced = COALESCE({col(7)}, last_enhanced),"
-        f" last_response = CASE WHEN {col(8)} <> '' THEN {col(8)} ELSE last_response END,"
-        f" member = CASE WHEN {col(9)} <> '' THEN {col(9)} ELSE member END,"
-    )
+# A result's columns, in the order of _record_params; ?1 is the time.
+_RESULT_COLS = (
+    "rid", "state", "count_attempt", "not_final", "next_attempt", "code", "enhanced",
+    "response", "member",
+)  # fmt: skip
+_RESULT_ROW = f"(?1,{_qmarks(len(_RESULT_COLS))})"
 
-
-# One result: a plain UPDATE by key, and "pk = (…)" rather than an IN list: SQLite does
-# about half the work of the join with VALUES and of the temporary IN table.
-_RECORD_ONE = _record_set(lambda k: f"?{k + 1}") + " updated_at = ?1 WHERE rid = ?2"
-_FINALIZE_RID = (
-    "UPDATE messages SET final_at = ?, content = NULL, seg = NULL"
-    " WHERE pk = (SELECT msg_pk FROM recipients WHERE rid = ?) AND final_at IS NULL"
-    " AND NOT EXISTS (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)"
+# Run on the writer's connection once it is open (TEMP: this connection's own, never
+# in the file). A BEFORE INSERT trigger that ends with RAISE(IGNORE) keeps its updates
+# and drops the row it was given: the table stays empty.
+WRITER_SETUP = (
+    f"CREATE TEMP TABLE IF NOT EXISTS record_results (now REAL, {', '.join(_RESULT_COLS)})",
+    "CREATE TEMP TRIGGER IF NOT EXISTS record_result BEFORE INSERT ON record_results BEGIN"
+    " UPDATE recipients SET state = new.state, attempts = attempts + new.count_attempt,"
+    " next_attempt = CASE WHEN new.not_final THEN new.next_attempt ELSE next_attempt END,"
+    " last_code = COALESCE(new.code, last_code),"
+    " last_enhanced = COALESCE(new.enhanced, last_enhanced),"
+    " last_response = CASE WHEN new.response <> '' THEN new.response ELSE last_response END,"
+    " member = CASE WHEN new.member <> '' THEN new.member ELSE member END,"
+    " updated_at = new.now WHERE rid = new.rid;"  # no row: deleted while in flight
+    " UPDATE messages SET final_at = new.now, content = NULL, seg = NULL"
+    f" WHERE new.state >= {FINAL_FROM}"
+    " AND pk = (SELECT msg_pk FROM recipients WHERE rid = new.rid) AND final_at IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM recipients WHERE msg_pk = messages.pk"
+    f" AND state < {FINAL_FROM});"
+    " SELECT RAISE(IGNORE);"
+    " END",
 )
 
 
 def _record_params(r: RecipientResult) -> tuple[object, ...]:
     return (r.rid, int(r.state), int(r.count_attempt), int(not r.state.is_final),
             r.next_attempt, r.code, r.enhanced_code, r.response, r.member)  # fmt: skip
-
-
-def _record_rows(
-    conn: sqlite3.Connection, rows: list[RecipientResult], now: float, touched: dict[int, None]
-) -> None:
-    size = _bucket(len(rows))
-    params: list[object] = [now]
-    for r in rows:
-        params += _record_params(r)
-    params += _NO_ROW * (size - len(rows))  # padding: a fixed set of statement texts
-    sql = _RECORD_SQL.get(size)
-    if sql is None:
-        sql = _RECORD_SQL[size] = (
-            _record_set(lambda k: f"v.column{k}") + " updated_at = ?"
-            f" FROM (VALUES {','.join(['(?,?,?,?,?,?,?,?,?)'] * size)}) AS v"
-            " WHERE recipients.rid = v.column1 RETURNING msg_pk, state"
-        )
-    for msg_pk, state in conn.execute(sql, params):  # no row: deleted while in flight
-        if state >= FINAL_FROM:
-            touched[msg_pk] = None
 
 
 def finalize(

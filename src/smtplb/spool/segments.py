@@ -17,8 +17,11 @@ Life of a segment
 * The ``segments`` table counts each segment's live messages and their bytes
   (triggers on ``messages``: a row with ``seg`` set counts until ``seg`` is cleared,
   when its content is released, or changed, when compaction moves it, or until the
-  row is deleted). A segment other than the
-  current one whose count is 0 is unlinked; its row goes with the next commit.
+  row is deleted). A segment whose count is 0 is unlinked (the current one is
+  replaced first); its row goes with the next commit. The writer looks for such
+  segments before a COMMIT when a TEMP trigger of its connection saw a count fall to
+  0 in the transaction, and every ``_SCAN_EVERY`` commits for what other processes
+  emptied.
 * On open, files that no live row points to are removed (bytes of a batch that
   never committed, or a segment whose unlink a crash interrupted).
 
@@ -71,6 +74,8 @@ LOW_SPACE_SEGMENT_MAX = 1 << 20  # while the disk is low: give space back sooner
 _READ_FDS = 16  # segment files the writer thread keeps open for reading
 _PAGE = 4096  # each batch's content starts at a multiple of this
 _IOV_MAX = 1024  # buffers per pwritev (Linux's IOV_MAX)
+_SCAN_EVERY = 64  # commits between looks for segments other processes emptied
+_EMPTIED_FN = "smtplb_segment_emptied"  # called by the writer connection's TEMP trigger
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +200,11 @@ class SegmentStore:
         self._readers: OrderedDict[int, int] = OrderedDict()  # segment id -> read fd
         self._gone: list[int] = []  # unlinked; their rows are deleted with the next commit
         self._done: list[int] = []  # no live message once this transaction commits
+        # A segment's count fell to 0 in this transaction (told by a trigger of the
+        # writer's connection): sync() must look for segments that are done. Without
+        # it sync() looks only every _SCAN_EVERY commits, for what other processes did.
+        self._emptied = False
+        self._unscanned = 0  # commits since sync() last looked
 
     # -- opening ------------------------------------------------------------------------
 
@@ -203,6 +213,13 @@ class SegmentStore:
         if not self.owner:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
+        # TEMP: on this connection only (with its function), not in the file, so that
+        # no other connection's write to ``segments`` calls a function it lacks.
+        conn.create_function(_EMPTIED_FN, 1, self._note_emptied)
+        conn.execute(
+            f"CREATE TEMP TRIGGER IF NOT EXISTS segment_emptied AFTER UPDATE OF live"
+            f" ON main.segments WHEN new.live <= 0 BEGIN SELECT {_EMPTIED_FN}(new.id); END"
+        )
         conn.execute("DELETE FROM segments WHERE live <= 0")
         live = {seg for (seg,) in conn.execute("SELECT id FROM segments")}
         highest = max(live, default=0)
@@ -214,6 +231,9 @@ class SegmentStore:
             if seg not in live:
                 Path(entry.path).unlink(missing_ok=True)
         self._next_id = highest + 1
+
+    def _note_emptied(self, seg: int) -> None:
+        self._emptied = True
 
     def close(self) -> None:
         for fd in {*self._dirty.values(), *self._readers.values()}:
@@ -288,16 +308,21 @@ class SegmentStore:
             )
         # Which segments this transaction leaves with no live message: asked here, in
         # the transaction, rather than after COMMIT in a read transaction of its own.
-        # Unlinked by reclaim() once the COMMIT has made that so.
-        self._done = (
-            [
+        # Unlinked by reclaim() once the COMMIT has made that so. Asked only when a
+        # count fell to 0 in this transaction (most commits: none did, and the query
+        # would be one more statement, a GIL hand-over, per commit), and every
+        # _SCAN_EVERY commits for counts that other processes' writes (the API
+        # worker deleting from this shard) brought to 0.
+        self._unscanned += 1
+        if self.owner and (self._emptied or self._unscanned >= _SCAN_EVERY):
+            self._emptied, self._unscanned = False, 0
+            self._done = [
                 seg
                 for (seg,) in conn.execute("SELECT id FROM segments WHERE live <= 0").fetchall()
                 if seg not in self._gone
             ]
-            if self.owner
-            else []
-        )
+        else:
+            self._done = []
         appended = self.current in self._dirty
         self._write_queued()
         try:
@@ -391,16 +416,20 @@ class SegmentStore:
         """After a commit: unlink every segment whose messages are all done (the
         current one too: it is replaced), as :meth:`sync` found them. How many."""
         done, self._done = self._done, []
-        for seg in done:
-            if seg == self.current:
-                self._abandon()
-            fd = self._readers.pop(seg, None)
-            if fd is not None:
-                os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                _file(self.directory, seg).unlink()
-            self._gone.append(seg)
-            self.reclaimed += 1
+        try:
+            for seg in done:
+                if seg == self.current:
+                    self._abandon()
+                fd = self._readers.pop(seg, None)
+                if fd is not None:
+                    os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    _file(self.directory, seg).unlink()
+                self._gone.append(seg)
+                self.reclaimed += 1
+        except BaseException:
+            self._emptied = True  # what is left is looked for again with the next commit
+            raise
         return len(done)
 
     # -- internals ----------------------------------------------------------------------------

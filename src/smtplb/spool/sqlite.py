@@ -142,6 +142,8 @@ class SqliteSpool:
     def _connect_writer(self) -> sqlite3.Connection:
         conn = connect_writer(self.path, now=self.clock.wall(), recover=self.recover)
         try:
+            for stmt in queries.WRITER_SETUP:
+                conn.execute(stmt)
             self.segments.open(conn)
         except BaseException:
             conn.close()
