@@ -266,6 +266,13 @@ def record(conn: sqlite3.Connection, results: list[RecipientResult], now: float)
         conn.execute(sql, params)
 
 
+# Of a ``messages`` row: not yet final, and none of its recipients still to go. The one
+# rule both finalize() and the record trigger (WRITER_SETUP) mark a message final by.
+_ALL_FINAL = (
+    "final_at IS NULL AND NOT EXISTS"
+    f" (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < {FINAL_FROM})"
+)
+
 # A result's columns, in the order of _record_params; ?1 is the time.
 _RESULT_COLS = (
     "rid", "state", "count_attempt", "not_final", "next_attempt", "code", "enhanced",
@@ -288,9 +295,7 @@ WRITER_SETUP = (
     " updated_at = new.now WHERE rid = new.rid;"  # no row: deleted while in flight
     " UPDATE messages SET final_at = new.now, content = NULL, seg = NULL"
     f" WHERE new.state >= {FINAL_FROM}"
-    " AND pk = (SELECT msg_pk FROM recipients WHERE rid = new.rid) AND final_at IS NULL"
-    " AND NOT EXISTS (SELECT 1 FROM recipients WHERE msg_pk = messages.pk"
-    f" AND state < {FINAL_FROM});"
+    f" AND pk = (SELECT msg_pk FROM recipients WHERE rid = new.rid) AND {_ALL_FINAL};"
     " SELECT RAISE(IGNORE);"
     " END",
 )
@@ -311,9 +316,8 @@ def finalize(
         conn.execute(
             "UPDATE messages SET final_at = ?1, content = CASE WHEN ?2 THEN NULL ELSE content END,"
             " seg = CASE WHEN ?2 THEN NULL ELSE seg END"
-            f" WHERE pk IN ({_qmarks(size)}) AND final_at IS NULL AND NOT EXISTS"
-            " (SELECT 1 FROM recipients WHERE msg_pk = messages.pk AND state < ?)",
-            [now, int(release), *chunk, *[chunk[0]] * (size - len(chunk)), FINAL_FROM],
+            f" WHERE pk IN ({_qmarks(size)}) AND {_ALL_FINAL}",
+            [now, int(release), *chunk, *[chunk[0]] * (size - len(chunk))],
         )
 
 
