@@ -89,7 +89,11 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
     """Worker ``worker`` of the node described by ``config`` (not started yet)."""
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    spool = SqliteSpool(shard_path(data_dir, worker))
+    # smtp.max_connections is for the node: each worker takes its share.
+    connection_cap = ConnectionCap(max(1, -(-config.smtp.max_connections // config.workers)))
+    # The other SMTP sessions open in this worker may store a message soon: while there
+    # are any, a commit waits a moment for them (group commit, see spool.writer).
+    spool = SqliteSpool(shard_path(data_dir, worker), siblings=lambda: connection_cap.open - 1)
     # Worker 0 answers for the node: it also reads its peers' shards.
     peer_spools: list[Spool] = [
         SqliteSpool(shard_path(data_dir, i), recover=False)
@@ -250,8 +254,7 @@ def build_service(config: Config, config_path: Path | None = None, worker: int =
         dsn=dsn,
         authenticate=make_authenticator(users) if users else None,
         auth_throttle=auth_throttle,
-        # smtp.max_connections is for the node: each worker takes its share.
-        connection_cap=ConnectionCap(max(1, -(-smtp.max_connections // config.workers))),
+        connection_cap=connection_cap,
         state=state,
         suppressor=suppressor,
         book=book,

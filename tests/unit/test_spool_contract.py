@@ -1205,3 +1205,34 @@ def test_sqlite_store_is_durable_when_it_returns(db: Path, tmp_path: Path) -> No
         await spool.close()
 
     run(check())
+
+
+def test_sqlite_commit_waits_for_siblings_and_not_when_alone(db: Path) -> None:
+    """With siblings, the writer waits ``commit_delay`` before closing a batch: a store
+    queued during that wait shares the commit. Alone, a store is committed at once."""
+
+    async def main() -> None:
+        asked = threading.Event()
+
+        def siblings() -> int:
+            asked.set()  # the writer has taken the first operation of a batch
+            return 3
+
+        spool = SqliteSpool(db, commit_delay=2.0, siblings=siblings)
+        await spool.open()
+        before = spool.commits
+        first = asyncio.create_task(spool.store(msg("first")))
+        await asyncio.to_thread(asked.wait, 30)
+        second = asyncio.create_task(spool.store(msg("second")))  # during the wait
+        await asyncio.gather(first, second)
+        assert spool.commits - before == 1
+        await spool.close()
+
+        alone = SqliteSpool(db, commit_delay=30.0)  # no siblings: the delay never applies
+        await alone.open()
+        before = alone.commits
+        await asyncio.wait_for(alone.store(msg("third")), 10)
+        assert alone.commits - before == 1
+        await alone.close()
+
+    run(main())

@@ -53,6 +53,11 @@ T = TypeVar("T")
 
 log = logging.getLogger("smtplb.spool")
 
+# Seconds a commit waits for its siblings' writes (spool.writer, Gathering). With 20
+# SMTP sessions (bench case a, 2 workers) commits per message fell from 0.38 to 0.19
+# and CPU per message by about a quarter; 4 ms saved a little more CPU but no rate.
+COMMIT_DELAY = 0.002
+
 
 class SqliteSpool:
     """The :class:`~smtplb.spool.base.Spool` on one SQLite file."""
@@ -70,6 +75,8 @@ class SqliteSpool:
         low_space_wal: int = 1 << 20,
         segment_max: int = SEGMENT_MAX,
         compaction: CompactionPolicy | None = None,
+        commit_delay: float = COMMIT_DELAY,
+        siblings: Callable[[], int] | None = None,
     ) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
@@ -95,6 +102,8 @@ class SqliteSpool:
             low_space=low_space,
             low_space_wal=low_space_wal,
             files=self.segments,
+            commit_delay=commit_delay,
+            siblings=siblings,
         )
         # One object (a bound method is a new one at each access): the writer runs the
         # stores next to each other in a batch as one call of it.
