@@ -134,6 +134,9 @@ class Phase:
     drained: int = 0
     drain_rate_first: float = float("nan")
     drain_rate_last: float = float("nan")
+    # From the retry call's return to the last delivery: the drain without the retry
+    # pass (which rewrites every ready recipient, in slices) competing with it.
+    drain_rate_after_retry: float = float("nan")
     drain_rss: int = 0  # VmHWM of the restarted smtplb
     drain_anon: int = 0
     drain_cpu: float = 0.0
@@ -242,7 +245,8 @@ def run_phase(
         with MemorySampler(smtplb.pid, interval=1.0) as memory:
             t = time.perf_counter()
             phase.retried = api(smtplb, "/api/v1/queue/retry", "POST")["retried"]
-            phase.retry_s = time.perf_counter() - t
+            retried_at = time.perf_counter()
+            phase.retry_s = retried_at - t
             phase.retry_anon = rss_anon(smtplb.pid)
             deadline, last_print = time.perf_counter() + args.timeout, time.perf_counter()
             while sinks.total() < messages and time.perf_counter() < deadline:
@@ -269,6 +273,9 @@ def run_phase(
             phase.first_s = first - launched
             phase.drain_s = done - first
             phase.drain_rate_first, phase.drain_rate_last = window_rates(timeline, messages)
+            at_return = next((n for ts, n in timeline if ts >= retried_at), messages)
+            if done > retried_at and at_return < messages:
+                phase.drain_rate_after_retry = (messages - at_return) / (done - retried_at)
         print(
             f"  {label}: restart → listening {phase.listen_s:.1f} s, retry {phase.retry_s:.1f} s"
             f" ({phase.retried:,}), → first delivery {phase.first_s or float('nan'):.1f} s;"
@@ -393,6 +400,8 @@ def report(
         f"| drain rate over the first / last 10 % | {s(small.drain_rate_first, ',.0f')}"
         f" / {s(small.drain_rate_last, ',.0f')} | {s(deep.drain_rate_first, ',.0f')}"
         f" / {s(deep.drain_rate_last, ',.0f')} |",
+        f"| drain rate once retry --all had returned (msg/s) |"
+        f" {s(small.drain_rate_after_retry, ',.0f')} | {s(deep.drain_rate_after_retry, ',.0f')} |",
         f"| drain: smtplb CPU per message (ms) | {s(small.drain_ms, '.2f')}"
         f" | {s(deep.drain_ms, '.2f')} |",
         f"| drain: peak RSS (MB) | {small.drain_rss / 1e6:,.0f} | {deep.drain_rss / 1e6:,.0f} |",
