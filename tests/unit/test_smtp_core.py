@@ -200,6 +200,7 @@ def test_plain_lines(data: bytes, plain: bool) -> None:
     assert plain_lines(data) is plain
     if plain:
         assert dot_stuff(data) == [data, b".\r\n"]
+        assert dot_stuff(data, plain=True) == dot_stuff(data)
 
 
 def test_a_large_body_leaves_the_buffer_in_pieces_and_is_joined_once() -> None:

@@ -495,12 +495,7 @@ class ClientSession:
         tx = self._current_tx()
         if reply.code == 354:
             if tx.accepted:
-                out = self._out
-                if tx.plain_lines:  # what dot_stuff would make of it, without the pass
-                    out.append(tx.data)
-                    out.append(b".\r\n")
-                else:
-                    out.extend(dot_stuff(tx.data))
+                self._out.extend(dot_stuff(tx.data, plain=tx.plain_lines))
             else:
                 # RFC 2920 §3.1: DATA accepted with no recipient; end it with a lone dot.
                 self._write(b".\r\n")

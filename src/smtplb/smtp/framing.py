@@ -142,8 +142,13 @@ def plain_lines(data: bytes) -> bool:
     )
 
 
-def dot_stuff(data: bytes) -> list[bytes]:
-    """``data`` (CRLF lines) as the pieces to write after ``354``, the final dot included."""
+def dot_stuff(data: bytes, *, plain: bool = False) -> list[bytes]:
+    """``data`` (CRLF lines) as the pieces to write after ``354``, the final dot included.
+
+    ``plain``: the caller knows ``data`` is :func:`plain_lines` (intake read it so): the
+    same pieces, without reading a large body once more to find nothing to stuff."""
+    if plain:
+        return [data, b".\r\n"]
     stuffed = data.replace(b"\r\n.", b"\r\n..")  # no copy when there is nothing to stuff
     pieces = [b".", stuffed] if stuffed.startswith(b".") else [stuffed]
     pieces.append(b".\r\n" if stuffed.endswith(CRLF) or not stuffed else b"\r\n.\r\n")
