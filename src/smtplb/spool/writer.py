@@ -190,7 +190,7 @@ def _post(batch: list[_Op], outcomes: dict[int, Outcome]) -> None:
             loop.call_soon_threadsafe(_resolve, resolved)
 
 
-def _alone_writer() -> int:
+def _no_siblings() -> int:
     return 0
 
 
@@ -225,7 +225,7 @@ class GroupWriter:
     ) -> None:
         self.path = path
         self.commit_delay = commit_delay
-        self.siblings = siblings or _alone_writer
+        self.siblings = siblings or _no_siblings
         self.files: Companion = files or _NoFiles()
         self.wal_path = Path(f"{path}-wal")
         self._connect = connect
